@@ -1,0 +1,192 @@
+//! Every name that users see and that more than one component uses: API group, labels,
+//! annotations, ports, paths, environment variables, metric names and condition types.
+//!
+//! The values come from the product contract and its two seed documents (the MeshLogic agent's
+//! Helm chart README and the AgentMesh Kubernetes deployment guide). They are promises to users;
+//! change one only together with the documentation that makes it.
+
+/// API group of the AgentMesh custom resources.
+pub const GROUP: &str = "agentmesh.io";
+/// The one served and stored version of the custom resources.
+pub const VERSION: &str = "v1alpha1";
+/// `kubectl get agentmesh` lists every AgentMesh resource through this category.
+pub const CATEGORY: &str = "agentmesh";
+
+/// Field manager for every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "meshlogic-operator";
+
+pub mod labels {
+    //! Labels read or written by AgentMesh.
+
+    /// Namespace label that turns sidecar injection on for the pods created there.
+    pub const INJECT_NAMESPACE: &str = "agentmesh-inject";
+    /// The value of [`INJECT_NAMESPACE`] that enables injection.
+    pub const INJECT_ENABLED: &str = "enabled";
+    /// Pod label naming the pod's AgentIdentity; also the default identity selector.
+    pub const IDENTITY: &str = "agentmesh.io/identity";
+
+    pub const APP_NAME: &str = "app.kubernetes.io/name";
+    pub const APP_COMPONENT: &str = "app.kubernetes.io/component";
+    pub const APP_INSTANCE: &str = "app.kubernetes.io/instance";
+    pub const APP_PART_OF: &str = "app.kubernetes.io/part-of";
+    pub const APP_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+    /// `app.kubernetes.io/part-of` value on everything AgentMesh creates.
+    pub const PART_OF_VALUE: &str = "agentmesh";
+    /// `app.kubernetes.io/name` of the probe pods; the seed chart's troubleshooting commands
+    /// select on it (`-l app.kubernetes.io/name=meshlogic-agent`).
+    pub const PROBE_APP_NAME: &str = "meshlogic-agent";
+    /// `app.kubernetes.io/name` of the operator's own objects (seed deployment guide).
+    pub const OPERATOR_APP_NAME: &str = "agentmesh";
+}
+
+pub mod annotations {
+    //! Annotations read or written by AgentMesh.
+
+    /// Pod annotation to opt out of injection: `agentmesh.io/inject: "false"`.
+    pub const INJECT: &str = "agentmesh.io/inject";
+    /// Written by the injector: what it injected (JSON), so that a second pass injects nothing.
+    pub const SIDECAR_STATUS: &str = "agentmesh.io/sidecar-status";
+    /// ServiceAccount annotation used by IRSA (seed chart, "Using IRSA").
+    pub const IRSA_ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
+    /// Pod template annotation holding the hash of the probe configuration, so that a change
+    /// of configuration rolls the DaemonSet.
+    pub const CONFIG_HASH: &str = "agentmesh.io/config-hash";
+    pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+    pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
+    pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
+}
+
+pub mod ports {
+    //! Ports from the seed's port reference.
+
+    /// Operator: AgentMesh trust API, `/health` and `/ready`.
+    pub const TRUST_API: u16 = 8080;
+    /// Operator: Prometheus metrics.
+    pub const OPERATOR_METRICS: u16 = 9090;
+    /// Operator: the mutating admission webhook (TLS).
+    pub const WEBHOOK: u16 = 8443;
+    /// Sidecar: MCP proxy for agent traffic, and `/health`.
+    pub const SIDECAR_PROXY: u16 = 8081;
+    /// Sidecar: Prometheus metrics.
+    pub const SIDECAR_METRICS: u16 = 9091;
+    /// Probe: Prometheus metrics (seed chart `metrics.port`).
+    pub const PROBE_METRICS: u16 = 9090;
+}
+
+pub mod paths {
+    //! HTTP paths and files.
+
+    pub const HEALTH: &str = "/health";
+    pub const READY: &str = "/ready";
+    pub const METRICS: &str = "/metrics";
+    /// Directory of the sidecar's health volume.
+    pub const SIDECAR_HEALTH_DIR: &str = "/var/run/agentmesh";
+    /// File whose presence is the sidecar's liveness (`cat /var/run/agentmesh/healthy`).
+    pub const SIDECAR_HEALTHY_FILE: &str = "/var/run/agentmesh/healthy";
+    /// Where the kernel publishes BTF; tier 2 and 3 need it.
+    pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+    /// Default cgroup v2 root on a node.
+    pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+}
+
+pub mod objects {
+    //! Names of Kubernetes objects and keys from the seeds.
+
+    /// Name of the injected container.
+    pub const SIDECAR_CONTAINER: &str = "agentmesh-sidecar";
+    /// ConfigMap holding the `AGENTMESH_*` settings (seed deployment guide).
+    pub const CONFIG_MAP: &str = "agentmesh-config";
+    /// The seed's Secret of agent keys.
+    pub const AGENT_KEYS_SECRET: &str = "agentmesh-agent-keys";
+    /// Key of the PEM private key inside an identity's Secret.
+    pub const PRIVATE_KEY_KEY: &str = "private-key";
+    /// Key of the public key inside an identity's Secret.
+    pub const PUBLIC_KEY_KEY: &str = "public-key";
+    /// The seed chart's image pull secret for the probe image.
+    pub const PROBE_PULL_SECRET: &str = "meshlogic-registry";
+    /// Default image of the probe (seed chart: `registry.meshlogic.ai`, tag = appVersion).
+    pub const PROBE_IMAGE_REPOSITORY: &str = "registry.meshlogic.ai/meshlogic-agent";
+    /// Default image of the sidecar (seed deployment guide).
+    pub const SIDECAR_IMAGE: &str = "agentmesh/sidecar:1.0.0-alpha1";
+    /// Value of `AGENTMESH_PROXY_URL` set in agent containers.
+    pub const PROXY_URL: &str = "http://localhost:8081";
+}
+
+pub mod env {
+    //! The seed's environment variables. All are read; a bad value stops start-up.
+
+    pub const STORAGE_BACKEND: &str = "AGENTMESH_STORAGE_BACKEND";
+    pub const CACHE_ENABLED: &str = "AGENTMESH_CACHE_ENABLED";
+    pub const CACHE_TTL: &str = "AGENTMESH_CACHE_TTL";
+    pub const REDIS_HOST: &str = "AGENTMESH_REDIS_HOST";
+    pub const REDIS_PORT: &str = "AGENTMESH_REDIS_PORT";
+    pub const TRUST_INITIAL_SCORE: &str = "AGENTMESH_TRUST_INITIAL_SCORE";
+    pub const TRUST_DECAY_RATE: &str = "AGENTMESH_TRUST_DECAY_RATE";
+    pub const TRUST_DECAY_FLOOR: &str = "AGENTMESH_TRUST_DECAY_FLOOR";
+    pub const TRUST_MIN_THRESHOLD: &str = "AGENTMESH_TRUST_MIN_THRESHOLD";
+    pub const DELEGATION_MAX_DEPTH: &str = "AGENTMESH_DELEGATION_MAX_DEPTH";
+    pub const GOVERNANCE_DEFAULT_POLICY: &str = "AGENTMESH_GOVERNANCE_DEFAULT_POLICY";
+    pub const GOVERNANCE_SHADOW_MODE: &str = "AGENTMESH_GOVERNANCE_SHADOW_MODE";
+    pub const GOVERNANCE_AUDIT_RETENTION_DAYS: &str = "AGENTMESH_GOVERNANCE_AUDIT_RETENTION_DAYS";
+    pub const LOG_LEVEL: &str = "AGENTMESH_LOG_LEVEL";
+    pub const LOG_FORMAT: &str = "AGENTMESH_LOG_FORMAT";
+    pub const OTEL_ENABLED: &str = "AGENTMESH_OTEL_ENABLED";
+    pub const OTEL_ENDPOINT: &str = "AGENTMESH_OTEL_ENDPOINT";
+    pub const POLICY: &str = "AGENTMESH_POLICY";
+    pub const AGENT_PRIVATE_KEY: &str = "AGENTMESH_AGENT_PRIVATE_KEY";
+    pub const PROXY_URL: &str = "AGENTMESH_PROXY_URL";
+
+    /// Every variable of the seed, in the order of its ConfigMap.
+    pub const ALL: [&str; 20] = [
+        STORAGE_BACKEND,
+        CACHE_ENABLED,
+        CACHE_TTL,
+        REDIS_HOST,
+        REDIS_PORT,
+        TRUST_INITIAL_SCORE,
+        TRUST_DECAY_RATE,
+        TRUST_DECAY_FLOOR,
+        TRUST_MIN_THRESHOLD,
+        DELEGATION_MAX_DEPTH,
+        GOVERNANCE_DEFAULT_POLICY,
+        GOVERNANCE_SHADOW_MODE,
+        GOVERNANCE_AUDIT_RETENTION_DAYS,
+        LOG_LEVEL,
+        LOG_FORMAT,
+        OTEL_ENABLED,
+        OTEL_ENDPOINT,
+        POLICY,
+        AGENT_PRIVATE_KEY,
+        PROXY_URL,
+    ];
+}
+
+pub mod metrics {
+    //! Metric names promised by the seed deployment guide ("Key Metrics").
+
+    pub const HANDSHAKE_TOTAL: &str = "agentmesh_handshake_total";
+    pub const TRUST_SCORE_GAUGE: &str = "agentmesh_trust_score_gauge";
+    pub const POLICY_VIOLATION_COUNT: &str = "agentmesh_policy_violation_count";
+    pub const REGISTRY_SIZE: &str = "agentmesh_registry_size";
+    pub const API_REQUEST_DURATION_SECONDS: &str = "agentmesh_api_request_duration_seconds";
+}
+
+pub mod conditions {
+    //! Condition types written into status, per kind.
+
+    // AgentIdentity
+    pub const KEY_READY: &str = "KeyReady";
+    pub const TRUSTED: &str = "Trusted";
+    pub const QUARANTINED: &str = "Quarantined";
+    pub const DELEGATION_VALID: &str = "DelegationValid";
+    // TrustPolicy
+    pub const ACCEPTED: &str = "Accepted";
+    // MeshLogicAgent
+    pub const AVAILABLE: &str = "Available";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// Namespaces that are never injected, whatever their labels say.
+pub const NEVER_INJECTED_NAMESPACES: [&str; 1] = ["kube-system"];

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks for `make test` and `make demo`. Idempotent: when nothing
+# is missing it only checks, in well under a second. Caches live under $AGENTMESH_CACHE
+# (default ~/.cache/agentmesh), never inside the clone.
+set -euo pipefail
+
+AGENTMESH_CACHE="${AGENTMESH_CACHE:-$HOME/.cache/agentmesh}"
+mkdir -p "$AGENTMESH_CACHE"
+
+# Debian packages, installed only when missing: (none needed yet; the BPF toolchain and the
+# control plane's tools join this list with the issues that need them).
+APT_PACKAGES=()
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Rust toolchain comes with the machine (rustup); rustfmt and clippy must be there.
+for tool in cargo rustfmt cargo-clippy; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "setup: $tool is missing; install it with rustup (rustup component add rustfmt clippy)" >&2
+    exit 1
+  fi
+done
