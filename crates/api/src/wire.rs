@@ -1,0 +1,209 @@
+//! The operator's trust API (port 8080) as seen on the wire: what probes and sidecars send, and
+//! what they are told. JSON, `camelCase`. Every request carries
+//! `Authorization: Bearer <ServiceAccount token>`, checked by the operator with a TokenReview.
+//!
+//! The probe is a sensor: it reports what each pod did in a window (counts and first-seen
+//! items). The operator is the judge: it maps pods to identities, keeps each identity's
+//! baseline, applies the policies' behaviour rules and turns the result into trust signals.
+//! Enforcement decisions flow back to the probes for safety tier 3.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST`: a [`ReportBatch`]. Answers 202 with a [`ReportAck`].
+pub const REPORTS_PATH: &str = "/v1/reports";
+/// `GET ?node=<name>&since=<version>`: the node's [`EnforcementSet`]. Long-polls up to 30 s
+/// when `since` equals the current version, so a change arrives within a second.
+pub const ENFORCEMENT_PATH: &str = "/v1/enforcement";
+
+/// What one reporter sends in one request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportBatch {
+    pub source: ReportSource,
+    #[serde(default)]
+    pub pods: Vec<PodBehavior>,
+}
+
+/// Who reports.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum ReportSource {
+    /// The node probe of a MeshLogicAgent.
+    #[serde(rename_all = "camelCase")]
+    Probe {
+        /// Node the probe runs on.
+        node: String,
+        /// `namespace/name` of the MeshLogicAgent the probe belongs to.
+        agent: String,
+        /// Safety tier in force on the node (1-3).
+        tier: u8,
+        /// Why the tier in force is lower than the requested one, when it is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback_reason: Option<String>,
+        /// BPF programs loaded and attached.
+        programs_loaded: u32,
+        /// Events lost to a full ring buffer since the probe started.
+        ring_buffer_drops: u64,
+    },
+}
+
+/// What one pod did during one window, as seen by the probe on its node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodBehavior {
+    /// Pod UID, from the pod's cgroup.
+    pub pod_uid: String,
+    /// `namespace/name` of the pod, when the probe knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Window start and end, Unix milliseconds.
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    /// Exact event counts of the window (never noised: they feed trust inside the cluster).
+    pub counts: BehaviorCounts,
+    /// Executables run in the window, each once, at most [`MAX_ITEMS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executables: Vec<String>,
+    /// Files opened for writing in the window, each once, at most [`MAX_ITEMS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub written_paths: Vec<String>,
+    /// Files opened read-only in the window, each once, at most [`MAX_ITEMS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_paths: Vec<String>,
+    /// Outbound connection destinations in the window, each once, at most [`MAX_ITEMS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<Destination>,
+    /// Connects and execs refused in the kernel (tier 3) in the window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<BlockedAction>,
+    /// Items beyond [`MAX_ITEMS`] that were not listed (counted, never silent).
+    #[serde(default)]
+    pub items_truncated: u64,
+}
+
+/// Most distinct items of one list in one [`PodBehavior`].
+pub const MAX_ITEMS: usize = 256;
+
+/// Event counts of a window.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BehaviorCounts {
+    pub execs: u64,
+    pub exits: u64,
+    pub file_opens: u64,
+    pub connects: u64,
+}
+
+/// An outbound connection destination.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// Something the kernel refused at tier 3.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum BlockedAction {
+    Connect { ip: IpAddr, port: u16 },
+    Exec { path: String },
+}
+
+/// The operator's answer to a report batch.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportAck {
+    /// Pods whose report was applied.
+    pub accepted: u32,
+    /// Pods the operator does not know (not found, or no identity): ignored.
+    pub unknown_pods: u32,
+}
+
+/// What the probe on one node must enforce at tier 3. Replaces the previous set whole.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcementSet {
+    /// Changes whenever the content changes; pass it back as `since` to wait for the next one.
+    pub version: String,
+    /// Per-pod decisions; pods not listed are not enforced on.
+    #[serde(default)]
+    pub pods: Vec<PodEnforcement>,
+}
+
+/// Enforcement for one pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodEnforcement {
+    pub pod_uid: String,
+    /// The pod's identity is quarantined and its policy blocks the network: refuse every
+    /// outbound connect except to the operator's trust API (`allowedDestinations`).
+    #[serde(default)]
+    pub quarantined: bool,
+    /// Connects refused: destination network and ports (empty ports: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_networks: Vec<DeniedNetwork>,
+    /// Executables killed at exec: absolute paths, or prefixes ending in `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_executables: Vec<String>,
+    /// Destinations always allowed, even when quarantined (the trust API, DNS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_destinations: Vec<Destination>,
+}
+
+/// A network refused to a pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeniedNetwork {
+    /// CIDR, IPv4 or IPv6.
+    pub cidr: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_round_trips_in_camel_case() {
+        let batch = ReportBatch {
+            source: ReportSource::Probe {
+                node: "node-1".into(),
+                agent: "meshlogic/meshlogic-agent".into(),
+                tier: 2,
+                fallback_reason: None,
+                programs_loaded: 7,
+                ring_buffer_drops: 0,
+            },
+            pods: vec![PodBehavior {
+                pod_uid: "0b6c1f8e-3f6a-4d38-9d0e-3f2d1c0a9b11".into(),
+                window_start_ms: 1,
+                window_end_ms: 2,
+                counts: BehaviorCounts {
+                    execs: 3,
+                    ..Default::default()
+                },
+                destinations: vec![Destination {
+                    ip: "10.0.0.1".parse().unwrap(),
+                    port: 443,
+                }],
+                blocked: vec![BlockedAction::Exec {
+                    path: "/usr/bin/curl".into(),
+                }],
+                ..Default::default()
+            }],
+        };
+        let json = serde_json::to_value(&batch).unwrap();
+        assert_eq!(json["source"]["kind"], "probe");
+        assert_eq!(json["source"]["programsLoaded"], 7);
+        assert_eq!(
+            json["pods"][0]["podUid"],
+            "0b6c1f8e-3f6a-4d38-9d0e-3f2d1c0a9b11"
+        );
+        assert_eq!(json["pods"][0]["blocked"][0]["kind"], "exec");
+        assert_eq!(serde_json::from_value::<ReportBatch>(json).unwrap(), batch);
+    }
+}
