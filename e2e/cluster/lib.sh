@@ -108,26 +108,37 @@ stop_all() {
   done
   [[ ${#pids[@]} -eq 0 ]] && return 0
   log "stopping pids ${pids[*]}"
+  # Two phases: everything that talks to etcd first, then etcd. SIGTERM, then SIGKILL
+  # after AGENTMESH_STOP_GRACE seconds (state is disposable anyway).
+  local etcd_pids=() other_pids=() exe
   for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-    # give each component a moment so dependents stop before etcd goes away
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+    if [[ "$exe" == */etcd ]]; then etcd_pids+=("$pid"); else other_pids+=("$pid"); fi
   done
-  for _ in $(seq 1 40); do
-    local alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [[ $alive == 0 ]] && break
-    sleep 0.25
-  done
-  for pid in "${pids[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid did not exit after SIGTERM; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done
+  terminate "${other_pids[@]}"
+  terminate "${etcd_pids[@]}"
   # reap if they were our children
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -f "$DIR"/pids/*.pid "$DIR/ready" 2>/dev/null || true
+}
+
+# terminate PIDS...: SIGTERM, wait up to AGENTMESH_STOP_GRACE (3) seconds, SIGKILL.
+terminate() {
+  [[ $# -eq 0 ]] && return 0
+  local pid alive grace=${AGENTMESH_STOP_GRACE:-3}
+  kill -TERM "$@" 2>/dev/null || true
+  for _ in $(seq 1 $((grace * 10))); do
+    alive=0
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [[ $alive == 0 ]] && return 0
+    sleep 0.1
+  done
+  for pid in "$@"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      log "pid $pid ($(readlink "/proc/$pid/exe" 2>/dev/null)) still running after ${grace}s; SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
 }
 
 # Remove $DIR, but only if it is ours (marker file) or empty.

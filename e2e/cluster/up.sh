@@ -30,6 +30,7 @@ source "$HERE/versions.sh"
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
 trap 'die "up.sh failed at line $LINENO"' ERR
+trap 'die "up.sh interrupted"' INT TERM
 
 APISERVER_PORT=${AGENTMESH_APISERVER_PORT:-6443}
 ETCD_PORT=${AGENTMESH_ETCD_PORT:-23790}
@@ -76,6 +77,7 @@ for p in "$APISERVER_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KCM_PORT" "$SCHEDULE
   fi
 done
 mkdir -p "$DIR"/{pki,etcd,logs,pids,config}
+chmod 700 "$DIR/etcd" "$DIR/pki"
 touch "$DIR/$MARKER"
 T0=$SECONDS
 
@@ -171,6 +173,7 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --service-account-signing-key-file="$PKI/sa.key" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-cluster-ip-range="$SERVICE_CIDR" \
+  --endpoint-reconciler-type=none \
   --authorization-mode=Node,RBAC \
   --allow-privileged=true \
   --enable-admission-plugins=NodeRestriction \
