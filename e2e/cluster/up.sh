@@ -248,8 +248,15 @@ fi
 
 # ------------------------------------------------------------------ readiness
 kc() { "$KUBECTL" --kubeconfig="$KUBECONFIG_ADMIN" --request-timeout=5s "$@"; }
-wait_for "component healthz (controller-manager, scheduler)" 60 \
-  bash -c "curl -skf https://127.0.0.1:$KCM_PORT/healthz >/dev/null && curl -skf https://127.0.0.1:$SCHEDULER_PORT/healthz >/dev/null"
+healthz() { # port: /healthz is anonymous-readable on both components
+  if command -v curl >/dev/null 2>&1; then
+    curl -skf --max-time 5 "https://127.0.0.1:$1/healthz" >/dev/null
+  else
+    port_in_use "$1"
+  fi
+}
+wait_for "controller-manager /healthz" 60 healthz "$KCM_PORT"
+wait_for "scheduler /healthz" 60 healthz "$SCHEDULER_PORT"
 wait_for "namespace default + serviceaccount default/default" "$TIMEOUT" kc get -n default serviceaccount default
 wait_for "configmap default/kube-root-ca.crt" "$TIMEOUT" kc get -n default configmap kube-root-ca.crt
 if [[ "$KWOK" == 1 ]]; then
