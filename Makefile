@@ -20,10 +20,10 @@ setup: ## Install what this machine lacks (idempotent, quick when nothing is mis
 build: setup ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets --locked
 
-test: setup lint unit ## Every test: lint, unit and integration tests
+test: setup lint unit e2e ## Every test: lint, unit, integration and end-to-end tests
 
 unit: ## cargo test over the workspace
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --exclude agentmesh-e2e
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
@@ -35,8 +35,8 @@ fmt: ## Format the code
 crds: ## Regenerate crds/ from the types in crates/api
 	$(CARGO) run --quiet --locked -p agentmesh-cli -- crds --output-dir crds
 
-e2e: ## End-to-end suite against a real kube-apiserver (not built yet)
-	@echo "make e2e: not implemented yet (the local control plane and e2e suite are issue 3)" >&2; exit 1
+e2e: ## End-to-end suite: a local kube-apiserver + etcd (built once), or the cluster of E2E_KUBECONFIG
+	CARGO=$(CARGO) e2e/run.sh
 
 bench: ## Benchmarks with ratios against same-run baselines (not built yet)
 	@echo "make bench: no benchmarks yet (they come with the trust core, webhook, operator and probe)" >&2; exit 1
@@ -44,11 +44,11 @@ bench: ## Benchmarks with ratios against same-run baselines (not built yet)
 demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
 	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1
 
-cluster-up: ## Start a local kube-apiserver + etcd (not built yet)
-	@echo "make cluster-up: not implemented yet (issue 3)" >&2; exit 1
+cluster-up: ## Start the local control plane; kubeconfig at $(AGENTMESH_CACHE)/cluster/kubeconfig
+	e2e/cluster/up.sh
 
-cluster-down: ## Stop the local control plane (not built yet)
-	@echo "make cluster-down: not implemented yet (issue 3)" >&2; exit 1
+cluster-down: ## Stop the local control plane and remove its data
+	e2e/cluster/down.sh
 
 clean: ## Remove build outputs (the cache under $(AGENTMESH_CACHE) stays)
 	$(CARGO) clean

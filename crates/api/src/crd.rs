@@ -1,6 +1,8 @@
 //! The CustomResourceDefinitions generated from the types, and their YAML form.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 use crate::{AgentIdentity, MeshLogicAgent, TrustPolicy};
@@ -20,11 +22,43 @@ pub fn all() -> Vec<GeneratedCrd> {
         MeshLogicAgent::crd(),
     ]
     .into_iter()
-    .map(|crd| GeneratedCrd {
-        file_name: format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default()),
-        crd,
+    .map(|mut crd| {
+        for version in &mut crd.spec.versions {
+            let schema = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut());
+            if let Some(schema) = schema {
+                unwrap_descriptions(schema);
+            }
+        }
+        GeneratedCrd {
+            file_name: format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default()),
+            crd,
+        }
     })
     .collect()
+}
+
+/// Doc comments are wrapped at 100 columns and `kubectl explain` wraps again, so a description
+/// keeps only its paragraph breaks: each paragraph becomes one line.
+fn unwrap_descriptions(schema: &mut JSONSchemaProps) {
+    if let Some(description) = schema.description.as_mut() {
+        *description = description
+            .split("\n\n")
+            .map(|paragraph| paragraph.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        unwrap_descriptions(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        unwrap_descriptions(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(additional)) = schema.additional_properties.as_mut() {
+        unwrap_descriptions(additional);
+    }
 }
 
 /// The YAML document of one CRD, as committed under `crds/`.

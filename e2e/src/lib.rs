@@ -1,0 +1,250 @@
+//! Harness of the end-to-end suite: a real Kubernetes API server, reached through the real
+//! `kubectl` and through kube-rs.
+//!
+//! Which cluster: `E2E_KUBECONFIG` when set (kind, k3d, a real cluster), otherwise the local
+//! control plane that `make e2e` starts (`$AGENTMESH_CACHE/cluster/kubeconfig`, see
+//! `e2e/cluster/README.md`). Which kubectl: `E2E_KUBECTL`, else the one built with the local
+//! control plane, else `kubectl` on `PATH`.
+//!
+//! Every test gets its own namespace ([`TestNamespace`]), deleted when the test ends.
+
+pub mod webhook;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Kubernetes version of the local control plane; the e2e crate's k8s-openapi feature matches.
+pub const LOCAL_KUBERNETES_VERSION: &str = "v1.34.4";
+
+/// The cluster under test.
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("AGENTMESH_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/agentmesh")
+        })
+}
+
+/// Root of the repository (for `crds/` and `examples/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The cluster named by the environment, checked once per test binary.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let kubeconfig = std::env::var_os("E2E_KUBECONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache_dir().join("cluster/kubeconfig"));
+        assert!(
+            kubeconfig.exists(),
+            "no cluster: {} does not exist. Run the suite with `make e2e` (starts a local control \
+             plane) or set E2E_KUBECONFIG to a cluster's kubeconfig.",
+            kubeconfig.display()
+        );
+        let kubectl = std::env::var_os("E2E_KUBECTL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let built = cache_dir().join(format!("k8s/{LOCAL_KUBERNETES_VERSION}/bin/kubectl"));
+                if built.exists() {
+                    built
+                } else {
+                    PathBuf::from("kubectl")
+                }
+            });
+        Cluster {
+            kubeconfig,
+            kubectl,
+        }
+    })
+}
+
+impl Cluster {
+    /// A kube-rs client for this cluster. One per test: a client is bound to the runtime that
+    /// created it, and each `#[tokio::test]` has its own.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Runs kubectl with this cluster's kubeconfig and the given standard input.
+    pub fn kubectl_with_input(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut command = Command::new(&self.kubectl);
+        command
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.kubectl.display()));
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs kubectl; the result, whatever it is.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with_input(args, None)
+    }
+
+    /// Runs kubectl and returns its standard output; panics with its standard error on failure.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        checked(args, self.kubectl(args))
+    }
+
+    /// `kubectl apply -f -` of the given YAML; panics on failure.
+    pub fn apply(&self, namespace: &str, yaml: &str) -> String {
+        let args = ["apply", "-n", namespace, "-f", "-"];
+        checked(&args, self.kubectl_with_input(&args, Some(yaml)))
+    }
+
+    /// Installs (or updates) the CRDs from `crds/` and waits until they are Established.
+    /// Idempotent; done once per test binary.
+    pub fn ensure_crds(&self) {
+        static DONE: OnceLock<()> = OnceLock::new();
+        DONE.get_or_init(|| {
+            let dir = repo_root().join("crds");
+            let dir = dir.to_str().unwrap();
+            self.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir]);
+            self.kubectl_ok(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "-f",
+                dir,
+            ]);
+        });
+    }
+}
+
+fn checked(args: &[&str], output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        panic!(
+            "kubectl {} failed ({}):\n{}\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            stdout
+        );
+    }
+    stdout
+}
+
+/// A namespace of its own for one test, deleted (without waiting) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `e2e-<prefix>-<suffix>` with the given labels and waits for its default
+    /// ServiceAccount (pods cannot be created before it exists).
+    pub fn create(prefix: &str, labels: &[(&str, &str)]) -> Self {
+        let suffix = format!("{:x}", rand_suffix());
+        let name = format!("e2e-{prefix}-{suffix}");
+        let label_lines: String = labels
+            .iter()
+            .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+            .collect();
+        let yaml = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    agentmesh.io/e2e: \"true\"\n{label_lines}"
+        );
+        let cluster = cluster();
+        let args = ["apply", "-f", "-"];
+        checked(&args, cluster.kubectl_with_input(&args, Some(&yaml)));
+        let namespace = Self { name };
+        namespace.wait_for(
+            Duration::from_secs(60),
+            "its default ServiceAccount",
+            || {
+                cluster
+                    .kubectl(&["get", "serviceaccount", "default", "-n", &namespace.name])
+                    .status
+                    .success()
+            },
+        );
+        namespace
+    }
+
+    /// Polls `ready` until it holds, or panics after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !ready() {
+            assert!(
+                start.elapsed() < timeout,
+                "namespace {}: timed out waiting for {what}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = cluster().kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish() as u32
+}
+
+/// Reads a YAML file and re-targets it at `namespace` (examples name their own namespace).
+pub fn example_in_namespace(path: &Path, namespace: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut value: Value = serde_saphyr::from_str(&text)?;
+    let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) else {
+        bail!("{} has no metadata", path.display());
+    };
+    metadata.insert("namespace".into(), namespace.into());
+    Ok(serde_json::to_string(&value)?)
+}
+
+/// The `# key: value` header line of an example file.
+pub fn example_header(path: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let prefix = format!("# {key}: ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(str::to_owned)
+}
+
+/// The `.yaml` files of a directory, sorted.
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
