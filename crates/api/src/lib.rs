@@ -11,6 +11,7 @@ pub mod identity;
 pub mod meshlogic;
 pub mod names;
 pub mod policy;
+pub mod settings;
 pub mod wire;
 
 pub use common::{Conditions, TrustTier};
