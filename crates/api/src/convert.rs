@@ -30,7 +30,10 @@ pub enum ConvertError {
 
 /// The trust crate's policy model for a `TrustPolicySpec` (the selector aside).
 pub fn policy_spec(spec: &crd::TrustPolicySpec) -> PolicySpec {
-    let rate = |r: &crd::RateLimit| tp::RateLimitSpec { requests: r.requests, period_seconds: r.period_seconds };
+    let rate = |r: &crd::RateLimit| tp::RateLimitSpec {
+        requests: r.requests,
+        period_seconds: r.period_seconds,
+    };
     let action = |a: crd::BehaviorAction| match a {
         crd::BehaviorAction::Allow => tp::BehaviorAction::Allow,
         crd::BehaviorAction::Alert => tp::BehaviorAction::Alert,
@@ -70,7 +73,11 @@ pub fn policy_spec(spec: &crd::TrustPolicySpec) -> PolicySpec {
                 .tools
                 .rules
                 .iter()
-                .map(|r| tp::ToolRuleSpec { tool: r.tool.clone(), min_score: r.min_score, rate_limit: r.rate_limit.as_ref().map(rate) })
+                .map(|r| tp::ToolRuleSpec {
+                    tool: r.tool.clone(),
+                    min_score: r.min_score,
+                    rate_limit: r.rate_limit.as_ref().map(rate),
+                })
                 .collect(),
             rate_limit: spec.tools.rate_limit.as_ref().map(rate),
         },
@@ -81,7 +88,11 @@ pub fn policy_spec(spec: &crd::TrustPolicySpec) -> PolicySpec {
                 .behavior
                 .exec
                 .iter()
-                .map(|r| tp::ExecRuleSpec { path: r.path.clone(), action: action(r.action), penalty: r.penalty })
+                .map(|r| tp::ExecRuleSpec {
+                    path: r.path.clone(),
+                    action: action(r.action),
+                    penalty: r.penalty,
+                })
                 .collect(),
             files: spec
                 .behavior
@@ -102,7 +113,12 @@ pub fn policy_spec(spec: &crd::TrustPolicySpec) -> PolicySpec {
                 .behavior
                 .network
                 .iter()
-                .map(|r| tp::NetworkRuleSpec { cidr: r.cidr.clone(), ports: r.ports.clone(), action: action(r.action), penalty: r.penalty })
+                .map(|r| tp::NetworkRuleSpec {
+                    cidr: r.cidr.clone(),
+                    ports: r.ports.clone(),
+                    action: action(r.action),
+                    penalty: r.penalty,
+                })
                 .collect(),
             anomalies: tp::AnomalySpec {
                 new_executable: a.new_executable,
@@ -112,7 +128,10 @@ pub fn policy_spec(spec: &crd::TrustPolicySpec) -> PolicySpec {
                 learning_period_seconds: a.learning_period_seconds,
             },
         },
-        quarantine: tp::QuarantineSpec { deny_tools: spec.quarantine.deny_tools, block_network: spec.quarantine.block_network },
+        quarantine: tp::QuarantineSpec {
+            deny_tools: spec.quarantine.deny_tools,
+            block_network: spec.quarantine.block_network,
+        },
     }
 }
 
@@ -138,7 +157,9 @@ pub fn timestamp(time: &Time) -> Timestamp {
 pub fn time(timestamp: Timestamp, field: &str) -> Result<Time, ConvertError> {
     k8s_openapi::jiff::Timestamp::from_millisecond(timestamp.as_millis())
         .map(Time)
-        .map_err(|_| ConvertError::Time { field: field.into() })
+        .map_err(|_| ConvertError::Time {
+            field: field.into(),
+        })
 }
 
 /// The persisted score in an AgentIdentity status, if both fields are set.
@@ -150,9 +171,15 @@ pub fn persisted_score(status: &AgentIdentityStatus) -> Option<agentmesh_trust::
 }
 
 /// A CRD delegation link as the identity crate's link (DIDs checked).
-pub fn delegation_link(link: &SignedDelegationLink, index: usize) -> Result<DelegationLink, ConvertError> {
+pub fn delegation_link(
+    link: &SignedDelegationLink,
+    index: usize,
+) -> Result<DelegationLink, ConvertError> {
     let did = |text: &str, name: &str| {
-        Did::parse(text).map_err(|source| ConvertError::Did { field: format!("status.delegationChain[{index}].{name}"), source })
+        Did::parse(text).map_err(|source| ConvertError::Did {
+            field: format!("status.delegationChain[{index}].{name}"),
+            source,
+        })
     };
     Ok(DelegationLink {
         issuer: did(&link.issuer, "issuer")?,
@@ -164,12 +191,18 @@ pub fn delegation_link(link: &SignedDelegationLink, index: usize) -> Result<Dele
 }
 
 /// The identity crate's link in the CRD's shape.
-pub fn signed_delegation_link(link: &DelegationLink, index: usize) -> Result<SignedDelegationLink, ConvertError> {
+pub fn signed_delegation_link(
+    link: &DelegationLink,
+    index: usize,
+) -> Result<SignedDelegationLink, ConvertError> {
     Ok(SignedDelegationLink {
         issuer: link.issuer.to_string(),
         subject: link.subject.to_string(),
         capabilities: link.capabilities.clone(),
-        expires_at: link.expires_at.map(|t| time(t, &format!("status.delegationChain[{index}].expiresAt"))).transpose()?,
+        expires_at: link
+            .expires_at
+            .map(|t| time(t, &format!("status.delegationChain[{index}].expiresAt")))
+            .transpose()?,
         signature: link.signature.clone(),
     })
 }
@@ -180,7 +213,11 @@ mod tests {
     use crate::policy::TrustPolicy;
 
     fn example() -> TrustPolicy {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/trustpolicy.yaml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/trustpolicy.yaml"
+        ))
+        .unwrap();
         serde_saphyr::from_str(&text).unwrap()
     }
 
@@ -189,9 +226,20 @@ mod tests {
         let policy = compile_policy(&example().spec).unwrap();
         let now = Timestamp::from_secs(1_800_000_000);
         let mut rate = policy.new_rate_state(now);
-        assert!(policy.decide_tool("fetch_url", 600, &mut rate, now).effect.is_allowed());
-        assert_eq!(policy.decide_tool("fetch_url", 499, &mut rate, now).rule(), "tools.rules[0].minScore");
-        assert_eq!(policy.decide_tool("shell_run", 900, &mut rate, now).rule(), "tools.deny[0]");
+        assert!(
+            policy
+                .decide_tool("fetch_url", 600, &mut rate, now)
+                .effect
+                .is_allowed()
+        );
+        assert_eq!(
+            policy.decide_tool("fetch_url", 499, &mut rate, now).rule(),
+            "tools.rules[0].minScore"
+        );
+        assert_eq!(
+            policy.decide_tool("shell_run", 900, &mut rate, now).rule(),
+            "tools.deny[0]"
+        );
         assert_eq!(policy.max_delegation_depth(), 3);
     }
 
@@ -200,7 +248,10 @@ mod tests {
         // An empty spec takes the CRD's serde defaults; they must be the trust crate's.
         let from_crd: crd::TrustPolicySpec = serde_json::from_str("{}").unwrap();
         assert_eq!(policy_spec(&from_crd), PolicySpec::default());
-        assert_eq!(crate::names::env::AGENT_PRIVATE_KEY, agentmesh_identity::keyfile::agentmesh_env_name());
+        assert_eq!(
+            crate::names::env::AGENT_PRIVATE_KEY,
+            agentmesh_identity::keyfile::agentmesh_env_name()
+        );
     }
 
     #[test]
@@ -208,18 +259,35 @@ mod tests {
         let mut spec = example().spec;
         spec.behavior.network[0].cidr = "10.96.0.0/40".into();
         let err = compile_policy(&spec).unwrap_err();
-        assert!(err.to_string().contains("spec.behavior.network[0].cidr"), "{err}");
+        assert!(
+            err.to_string().contains("spec.behavior.network[0].cidr"),
+            "{err}"
+        );
         let mut spec = example().spec;
         spec.behavior.exec[0].penalty = 5; // an allow rule with a penalty (CEL bypassed)
-        assert!(compile_policy(&spec).unwrap_err().to_string().contains("spec.behavior.exec[0].penalty"));
+        assert!(
+            compile_policy(&spec)
+                .unwrap_err()
+                .to_string()
+                .contains("spec.behavior.exec[0].penalty")
+        );
     }
 
     #[test]
     fn delegation_links_map_both_ways() {
         let key = agentmesh_identity::SigningKey::from_bytes(&[5; 32]);
-        let subject = Did::from_public_key(&agentmesh_identity::SigningKey::from_bytes(&[6; 32]).verifying_key());
+        let subject = Did::from_public_key(
+            &agentmesh_identity::SigningKey::from_bytes(&[6; 32]).verifying_key(),
+        );
         let grants = agentmesh_identity::capability::parse_all(&["read:*"]).unwrap();
-        let link = DelegationLink::create(&key, &grants, subject, vec!["read:documents".into()], Some(Timestamp::from_secs(1_900_000_000))).unwrap();
+        let link = DelegationLink::create(
+            &key,
+            &grants,
+            subject,
+            vec!["read:documents".into()],
+            Some(Timestamp::from_secs(1_900_000_000)),
+        )
+        .unwrap();
         let crd_link = signed_delegation_link(&link, 0).unwrap();
         let json = serde_json::to_value(&crd_link).unwrap();
         assert_eq!(json, serde_json::to_value(&link).unwrap());

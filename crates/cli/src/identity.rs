@@ -38,19 +38,30 @@ pub fn run(command: IdentityCommand) -> anyhow::Result<()> {
             let public = key.verifying_key();
             if output_key {
                 print!("{}", keys::private_key_to_pem(&key)?);
-                eprintln!("did: {}\npublicKey: {}", Did::from_public_key(&public), keys::public_key_to_text(&public));
+                eprintln!(
+                    "did: {}\npublicKey: {}",
+                    Did::from_public_key(&public),
+                    keys::public_key_to_text(&public)
+                );
                 Ok(())
             } else {
                 describe(&public, output)
             }
         }
         IdentityCommand::Show { key, output } => {
-            let text = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
             let public = if text.trim_start().starts_with("-----BEGIN") {
-                keys::private_key_from_pem(&text).with_context(|| key.display().to_string())?.verifying_key()
+                keys::private_key_from_pem(&text)
+                    .with_context(|| key.display().to_string())?
+                    .verifying_key()
             } else {
-                keys::public_key_from_text(&text)
-                    .with_context(|| format!("{}: neither a PEM private key nor a base64 public key", key.display()))?
+                keys::public_key_from_text(&text).with_context(|| {
+                    format!(
+                        "{}: neither a PEM private key nor a base64 public key",
+                        key.display()
+                    )
+                })?
             };
             describe(&public, output)
         }

@@ -33,7 +33,9 @@ enum Command {
 fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Crds(args) => crds::run(&args).map(|()| std::process::ExitCode::SUCCESS),
-        Command::Identity(command) => identity::run(command).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Identity(command) => {
+            identity::run(command).map(|()| std::process::ExitCode::SUCCESS)
+        }
         Command::Policy(command) => policy::run(command),
     }
 }

@@ -57,50 +57,127 @@ struct Call {
 }
 
 fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
-    let PolicyCommand::Check { policy, identity, call, score, output } = command;
+    let PolicyCommand::Check {
+        policy,
+        identity,
+        call,
+        score,
+        output,
+    } = command;
     let resource: TrustPolicy = read_yaml(&policy)?;
     let agent: AgentIdentity = read_yaml(&identity)?;
-    let compiled = convert::compile_policy(&resource.spec).with_context(|| format!("policy {}", policy.display()))?;
-    let call: Call = serde_json::from_str(&call).context("--call is not a JSON call such as {\"tool\":\"fetch_url\"}")?;
+    let compiled = convert::compile_policy(&resource.spec)
+        .with_context(|| format!("policy {}", policy.display()))?;
+    let call: Call = serde_json::from_str(&call)
+        .context("--call is not a JSON call such as {\"tool\":\"fetch_url\"}")?;
     let status = agent.status.clone().unwrap_or_default();
-    let score = score.or(status.trust_score).unwrap_or(compiled.trust().initial_score);
-    let namespace = resource.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let score = score
+        .or(status.trust_score)
+        .unwrap_or(compiled.trust().initial_score);
+    let namespace = resource
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let now = Timestamp::from_secs(0);
 
     let (subject, decision): (String, Decision<'_>) = match &call {
-        Call { tool: Some(tool), exec: None, file: None, connect: None, peer: None, .. } => {
+        Call {
+            tool: Some(tool),
+            exec: None,
+            file: None,
+            connect: None,
+            peer: None,
+            ..
+        } => {
             let mut rate = compiled.new_rate_state(now);
-            (format!("tool:{tool}"), compiled.decide_tool(tool, score, &mut rate, now))
+            (
+                format!("tool:{tool}"),
+                compiled.decide_tool(tool, score, &mut rate, now),
+            )
         }
-        Call { exec: Some(path), tool: None, file: None, connect: None, peer: None, .. } => (format!("exec:{path}"), compiled.decide_exec(path, score)),
-        Call { file: Some(path), tool: None, exec: None, connect: None, peer: None, access, .. } => {
+        Call {
+            exec: Some(path),
+            tool: None,
+            file: None,
+            connect: None,
+            peer: None,
+            ..
+        } => (format!("exec:{path}"), compiled.decide_exec(path, score)),
+        Call {
+            file: Some(path),
+            tool: None,
+            exec: None,
+            connect: None,
+            peer: None,
+            access,
+            ..
+        } => {
             let access = match access.as_deref() {
                 None | Some("any") => FileAccess::Any,
                 Some("read") => FileAccess::Read,
                 Some("write") => FileAccess::Write,
                 Some(other) => bail!("access must be read, write or any, not {other:?}"),
             };
-            (format!("file:{path}"), compiled.decide_file(path, access, score))
+            (
+                format!("file:{path}"),
+                compiled.decide_file(path, access, score),
+            )
         }
-        Call { connect: Some(ip), tool: None, exec: None, file: None, peer: None, port, .. } => {
+        Call {
+            connect: Some(ip),
+            tool: None,
+            exec: None,
+            file: None,
+            peer: None,
+            port,
+            ..
+        } => {
             let port = port.context("a connect call needs \"port\"")?;
-            (format!("connect:{ip}:{port}"), compiled.decide_connect(*ip, port, score))
+            (
+                format!("connect:{ip}:{port}"),
+                compiled.decide_connect(*ip, port, score),
+            )
         }
-        Call { peer: Some(peer), tool: None, exec: None, file: None, connect: None, peer_score, .. } => {
+        Call {
+            peer: Some(peer),
+            tool: None,
+            exec: None,
+            file: None,
+            connect: None,
+            peer_score,
+            ..
+        } => {
             let peer_score = peer_score.context("a peer call needs \"peerScore\"")?;
             let peer_ref = if peer.starts_with("did:") {
-                PeerRef { did: peer, namespace: None, name: None }
+                PeerRef {
+                    did: peer,
+                    namespace: None,
+                    name: None,
+                }
             } else if let Some((ns, name)) = peer.split_once('/') {
-                PeerRef { did: "", namespace: Some(ns), name: Some(name) }
+                PeerRef {
+                    did: "",
+                    namespace: Some(ns),
+                    name: Some(name),
+                }
             } else {
-                PeerRef { did: "", namespace: Some(&namespace), name: Some(peer) }
+                PeerRef {
+                    did: "",
+                    namespace: Some(&namespace),
+                    name: Some(peer),
+                }
             };
-            (format!("peer:{peer}"), compiled.decide_peer(peer_ref, peer_score, &namespace))
+            (
+                format!("peer:{peer}"),
+                compiled.decide_peer(peer_ref, peer_score, &namespace),
+            )
         }
         _ => bail!("--call names exactly one of tool, exec, file, connect, peer"),
     };
@@ -114,7 +191,11 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             println!("{decision}");
             println!(
                 "identity {name}{}: score {score} ({}){}",
-                status.did.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(),
+                status
+                    .did
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default(),
                 tier.as_str(),
                 if quarantined { ", quarantined" } else { "" }
             );
@@ -145,5 +226,9 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             "policyVersion": compiled.version(),
         }))?,
     }
-    Ok(if decision.effect == Effect::Deny { ExitCode::from(DENY_EXIT) } else { ExitCode::SUCCESS })
+    Ok(if decision.effect == Effect::Deny {
+        ExitCode::from(DENY_EXIT)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
