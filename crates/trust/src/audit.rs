@@ -228,7 +228,8 @@ mod tests {
 
     #[test]
     fn altering_any_field_breaks_verification() {
-        let alterations: Vec<(&str, fn(&mut AuditEntry))> = vec![
+        type Alteration = fn(&mut AuditEntry);
+        let alterations: Vec<(&str, Alteration)> = vec![
             ("at", |e| e.record.at = e.record.at.plus_millis(1)),
             ("identity", |e| e.record.identity.push('x')),
             ("subject", |e| e.record.subject = "tool:other".into()),

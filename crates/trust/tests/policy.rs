@@ -379,7 +379,8 @@ fn behaviour_rules_most_specific_wins() {
 
 #[test]
 fn invalid_policies_name_the_field() {
-    let cases: Vec<(fn(&mut PolicySpec), &str)> = vec![
+    type Mutation = fn(&mut PolicySpec);
+    let cases: Vec<(Mutation, &str)> = vec![
         (|s| s.trust.decay_floor = 400, "decayFloor"),
         (|s| s.trust.decay_rate = f64::INFINITY, "decayRate"),
         (

@@ -172,11 +172,11 @@ pub(crate) fn strictness(action: BehaviorAction) -> u8 {
 }
 
 /// Pick the winner among matching rules by (specificity, strictness).
-pub(crate) fn best<'a, R>(
-    rules: &'a [R],
+pub(crate) fn best<R>(
+    rules: &[R],
     is_match: impl Fn(&R) -> bool,
     rank: impl Fn(&R) -> (usize, u8),
-) -> Option<(usize, &'a R)> {
+) -> Option<(usize, &R)> {
     let mut winner: Option<(usize, &R, (usize, u8))> = None;
     for (i, rule) in rules.iter().enumerate() {
         if is_match(rule) {
