@@ -48,7 +48,7 @@ fuzz-smoke: ## Run every fuzz target for FUZZ_SECONDS (10) each; installs cargo-
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null 2>&1 || CARGO_TARGET_DIR=$(AGENTMESH_CACHE)/target-tools $(CARGO) install cargo-fuzz --locked --root $(HOME)/.cargo
 	cd fuzz && cargo +nightly fuzz build --sanitizer none --target-dir $(FUZZ_TARGET_DIR)
-	cd fuzz && for target in $(FUZZ_TARGETS); do \
+	@cd fuzz && for target in $(FUZZ_TARGETS); do \
 	  mkdir -p $(FUZZ_CORPUS)/$$target; \
 	  log=$(FUZZ_CORPUS)/$$target.log; \
 	  if cargo +nightly fuzz run --sanitizer none --target-dir $(FUZZ_TARGET_DIR) $$target \
