@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(AGENTMESH_CACHE)/target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build test unit lint fmt crds e2e bench demo cluster-up cluster-down clean
+.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench demo cluster-up cluster-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ setup: ## Install what this machine lacks (idempotent, quick when nothing is mis
 build: setup ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets --locked
 
-test: setup lint unit e2e ## Every test: lint, unit, integration and end-to-end tests
+test: setup lint unit fuzz-smoke e2e ## Every test: lint, unit and integration tests, a short fuzz run, end-to-end
 
 unit: ## cargo test over the workspace
 	$(CARGO) test --workspace --locked --exclude agentmesh-e2e
@@ -38,8 +38,32 @@ crds: ## Regenerate crds/ from the types in crates/api
 e2e: ## End-to-end suite: a local kube-apiserver + etcd (built once), or the cluster of E2E_KUBECONFIG
 	CARGO=$(CARGO) e2e/run.sh
 
-bench: ## Benchmarks with ratios against same-run baselines (not built yet)
-	@echo "make bench: no benchmarks yet (they come with the trust core, webhook, operator and probe)" >&2; exit 1
+# Fuzz targets: one per decoder of untrusted input (fuzz/, its own workspace, nightly).
+FUZZ_TARGETS := handshake request_proof delegation_chain policy_document private_key
+FUZZ_SECONDS ?= 10
+FUZZ_TARGET_DIR := $(AGENTMESH_CACHE)/target-fuzz
+FUZZ_CORPUS := $(AGENTMESH_CACHE)/fuzz-corpus
+
+fuzz-smoke: ## Run every fuzz target for FUZZ_SECONDS (10) each; installs cargo-fuzz when missing
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null 2>&1 || CARGO_TARGET_DIR=$(AGENTMESH_CACHE)/target-tools $(CARGO) install cargo-fuzz --locked --root $(HOME)/.cargo
+	cd fuzz && cargo +nightly fuzz build --sanitizer none --target-dir $(FUZZ_TARGET_DIR)
+	@cd fuzz && for target in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_CORPUS)/$$target; \
+	  log=$(FUZZ_CORPUS)/$$target.log; \
+	  if cargo +nightly fuzz run --sanitizer none --target-dir $(FUZZ_TARGET_DIR) $$target \
+	      $(FUZZ_CORPUS)/$$target seeds/$$target -- \
+	      -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 >$$log 2>&1; then \
+	    echo "fuzz-smoke: $$target ok, $$(grep -h 'stat::number_of_executed_units' $$log | awk '{print $$2}') inputs in $(FUZZ_SECONDS) s"; \
+	  else \
+	    tail -40 $$log >&2; echo "fuzz-smoke: $$target FAILED (crash input under fuzz/artifacts/$$target)" >&2; exit 1; \
+	  fi; \
+	done
+
+bench: ## Benchmarks; prints ratios against baselines measured in the same run
+	$(CARGO) bench --locked -p agentmesh-identity --bench handshake 2>&1 | tee $(AGENTMESH_CACHE)/bench-identity.log
+	$(CARGO) bench --locked -p agentmesh-trust --bench trust 2>&1 | tee $(AGENTMESH_CACHE)/bench-trust.log
+	@echo "== ratios (same run) =="; grep -h "ratio =" $(AGENTMESH_CACHE)/bench-identity.log $(AGENTMESH_CACHE)/bench-trust.log
 
 demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
 	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1

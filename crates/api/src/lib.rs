@@ -6,6 +6,7 @@
 //! fails when the committed files drift from them.
 
 pub mod common;
+pub mod convert;
 pub mod crd;
 pub mod identity;
 pub mod meshlogic;

@@ -6,6 +6,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use agentmesh_trust::defaults;
+
 use crate::common::{Conditions, NAME_PATTERN, PATH_PATTERN, conditions_schema};
 
 /// Governs the AgentIdentities it selects.
@@ -184,16 +186,16 @@ impl Default for TrustSettings {
 }
 
 fn default_initial_score() -> i32 {
-    800
+    defaults::INITIAL_SCORE
 }
 fn default_decay_rate() -> f64 {
-    2.0
+    defaults::DECAY_RATE_POINTS_PER_HOUR
 }
 fn default_decay_floor() -> i32 {
-    100
+    defaults::DECAY_FLOOR
 }
 fn default_min_threshold() -> i32 {
-    300
+    defaults::MIN_THRESHOLD
 }
 
 /// Points each signal adds (rewards) or removes (penalties).
@@ -235,19 +237,19 @@ impl Default for SignalWeights {
 }
 
 fn default_compliant_reward() -> i32 {
-    1
+    defaults::COMPLIANT_ACTIVITY_REWARD
 }
 fn default_handshake_reward() -> i32 {
-    2
+    defaults::SUCCESSFUL_HANDSHAKE_REWARD
 }
 fn default_failed_handshake_penalty() -> i32 {
-    25
+    defaults::FAILED_HANDSHAKE_PENALTY
 }
 fn default_denied_call_penalty() -> i32 {
-    10
+    defaults::DENIED_CALL_PENALTY
 }
 fn default_violation_penalty() -> i32 {
-    50
+    defaults::VIOLATION_PENALTY
 }
 
 /// Delegation limits.
@@ -269,7 +271,7 @@ impl Default for DelegationSettings {
 }
 
 fn default_max_depth() -> i32 {
-    5
+    defaults::MAX_DELEGATION_DEPTH as i32
 }
 
 /// MCP tool rules, applied on top of the preset: a deny wins over an allow.
@@ -335,7 +337,7 @@ pub struct RateLimit {
 }
 
 fn default_period_seconds() -> i32 {
-    60
+    defaults::RATE_LIMIT_PERIOD_SECONDS
 }
 
 /// Behaviour rules and anomaly costs.
@@ -477,28 +479,19 @@ impl Default for AnomalySettings {
 }
 
 fn default_new_executable_penalty() -> i32 {
-    20
+    defaults::NEW_EXECUTABLE_PENALTY
 }
 fn default_new_destination_penalty() -> i32 {
-    10
+    defaults::NEW_DESTINATION_PENALTY
 }
 fn default_sensitive_write_penalty() -> i32 {
-    50
+    defaults::SENSITIVE_WRITE_PENALTY
 }
 fn default_sensitive_paths() -> Vec<String> {
-    [
-        "/etc",
-        "/root",
-        "/boot",
-        "/usr/bin",
-        "/usr/sbin",
-        "/var/run/secrets",
-    ]
-    .map(String::from)
-    .to_vec()
+    defaults::SENSITIVE_PATHS.map(String::from).to_vec()
 }
 fn default_learning_seconds() -> i32 {
-    300
+    defaults::LEARNING_PERIOD_SECONDS
 }
 
 /// What quarantine does to an identity.

@@ -1,6 +1,9 @@
 //! `agentmesh`: the AgentMesh command line.
 
 mod crds;
+mod identity;
+mod output;
+mod policy;
 
 use clap::{Parser, Subcommand};
 
@@ -19,10 +22,20 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions, or write one file per kind.
     Crds(crds::CrdsArgs),
+    /// Generate and inspect agent keys.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
+    /// Evaluate policies offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
-        Command::Crds(args) => crds::run(&args),
+        Command::Crds(args) => crds::run(&args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Identity(command) => {
+            identity::run(command).map(|()| std::process::ExitCode::SUCCESS)
+        }
+        Command::Policy(command) => policy::run(command),
     }
 }

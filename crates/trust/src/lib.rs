@@ -1,0 +1,17 @@
+//! AgentMesh trust, pure: the scoring model ([`score`]), policy evaluation ([`policy`]),
+//! behaviour baselines ([`baseline`]) and the audit hash chain ([`audit`]).
+//!
+//! No Kubernetes, no async runtime, no I/O, no clock: time is an input
+//! ([`agentmesh_identity::Timestamp`]), so the same inputs always give the same outputs and
+//! everything is tested in-process. `crates/api` converts a `TrustPolicySpec` into
+//! [`policy::PolicySpec`] and compiles it.
+
+pub mod audit;
+pub mod baseline;
+pub mod defaults;
+pub mod policy;
+pub mod score;
+
+pub use agentmesh_identity::Timestamp;
+pub use policy::{Decision, Effect, Policy, PolicyError, PolicySpec};
+pub use score::{PersistedScore, Signal, Tier, TrustConfig, TrustState};
