@@ -10,6 +10,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CARGO=${CARGO:-cargo}
 
 run_suite() {
+  # The components under test run as host processes; build them first.
+  "$CARGO" build --locked -p meshlogic-operator
   "$CARGO" test --locked -p agentmesh-e2e -- "$@"
 }
 

