@@ -111,6 +111,12 @@ pub mod objects {
     pub const SIDECAR_IMAGE: &str = "agentmesh/sidecar:1.0.0-alpha1";
     /// Value of `AGENTMESH_PROXY_URL` set in agent containers.
     pub const PROXY_URL: &str = "http://localhost:8081";
+
+    /// Name of the Secret holding the key pair of the AgentIdentity `identity` (same
+    /// namespace), created by the operator when the identity brings no public key.
+    pub fn key_secret_name(identity: &str) -> String {
+        format!("{identity}-agentmesh-key")
+    }
 }
 
 pub mod env {
