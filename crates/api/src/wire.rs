@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 /// `POST`: a [`ReportBatch`]. Answers 202 with a [`ReportAck`].
 pub const REPORTS_PATH: &str = "/v1/reports";
+/// `GET ?since=<version>`: the calling sidecar's [`SidecarConfig`], long-polled like
+/// [`ENFORCEMENT_PATH`]. The caller is the pod whose ServiceAccount token it presents.
+pub const SIDECAR_CONFIG_PATH: &str = "/v1/sidecar/config";
 /// `GET ?node=<name>&since=<version>`: the node's [`EnforcementSet`]. Long-polls up to 30 s
 /// when `since` equals the current version, so a change arrives within a second.
 pub const ENFORCEMENT_PATH: &str = "/v1/enforcement";
@@ -22,8 +25,72 @@ pub const ENFORCEMENT_PATH: &str = "/v1/enforcement";
 #[serde(rename_all = "camelCase")]
 pub struct ReportBatch {
     pub source: ReportSource,
-    #[serde(default)]
+    /// Probe reports: what each pod on the node did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<PodBehavior>,
+    /// Sidecar reports: the outcomes of the MCP calls and handshakes it handled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Something a sidecar decided or observed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Outcome {
+    /// An MCP tool call and the policy's decision on it.
+    #[serde(rename_all = "camelCase")]
+    ToolCall {
+        tool: String,
+        /// `allow`, `deny` or `would-deny`.
+        effect: String,
+        /// The rule that decided.
+        rule: String,
+        at_ms: i64,
+    },
+    /// A mutual handshake with a peer.
+    #[serde(rename_all = "camelCase")]
+    Handshake {
+        peer_did: String,
+        succeeded: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        at_ms: i64,
+    },
+}
+
+/// What a sidecar needs to enforce policy and check peers: its identity's live state, the
+/// policy that governs it and the registry of peers (keys and scores from AgentIdentity status,
+/// never from what a peer claims).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarConfig {
+    /// Changes whenever the content changes; pass it back as `since`.
+    pub version: String,
+    pub identity: RegistryEntry,
+    /// `namespace/name` of the governing TrustPolicy; `None`: the operator's default preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_name: Option<String>,
+    /// The governing policy's spec (or the default preset's, as a spec).
+    pub policy: crate::policy::TrustPolicySpec,
+    /// Every identity the operator knows, this one included.
+    pub peers: Vec<RegistryEntry>,
+}
+
+/// One identity as the registry knows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryEntry {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub did: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    pub score: i32,
+    pub tier: crate::common::TrustTier,
+    pub quarantined: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 /// Who reports.
@@ -46,6 +113,12 @@ pub enum ReportSource {
         programs_loaded: u32,
         /// Events lost to a full ring buffer since the probe started.
         ring_buffer_drops: u64,
+    },
+    /// The sidecar of an agent pod; the pod is the one whose token authenticates the request.
+    #[serde(rename_all = "camelCase")]
+    Sidecar {
+        /// `namespace/name` of the AgentIdentity the sidecar acts for.
+        identity: String,
     },
 }
 
@@ -195,6 +268,7 @@ mod tests {
                 }],
                 ..Default::default()
             }],
+            outcomes: vec![],
         };
         let json = serde_json::to_value(&batch).unwrap();
         assert_eq!(json["source"]["kind"], "probe");
