@@ -15,6 +15,8 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub probes: ProbeRegistry,
+    /// The trust engine, once this replica leads.
+    pub engine: std::sync::OnceLock<Arc<crate::engine::Engine>>,
     recorder: Recorder,
     leading: watch::Receiver<bool>,
 }
@@ -36,6 +38,7 @@ impl Context {
             config,
             metrics,
             probes: ProbeRegistry::default(),
+            engine: std::sync::OnceLock::new(),
             leading,
         }
     }

@@ -9,11 +9,15 @@
 pub mod config;
 pub mod context;
 pub mod crd_check;
+pub mod engine;
 pub mod error;
+pub mod governance;
 pub mod http;
+pub mod identity;
 pub mod leader;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod probes;
 pub mod trust_api;
 
@@ -85,7 +89,10 @@ pub async fn run() -> anyhow::Result<()> {
     }
     metrics.is_leader.set(1);
     tracing::info!("leading: starting the reconcilers");
-    let mut controllers = start_controllers(ctx.clone());
+    let mut controllers = tokio::task::JoinSet::new();
+    let engine = engine::Engine::start(ctx.clone(), &mut controllers).await;
+    let _ = ctx.engine.set(engine);
+    start_controllers(ctx.clone(), &mut controllers);
 
     tokio::select! {
         _ = shutdown_signal() => {
@@ -100,11 +107,10 @@ pub async fn run() -> anyhow::Result<()> {
     }
 }
 
-/// Starts every reconciler and the trust engine; they run until aborted.
-fn start_controllers(ctx: Arc<Context>) -> tokio::task::JoinSet<()> {
-    let tasks = tokio::task::JoinSet::new();
-    let _ = ctx;
-    tasks
+/// Starts every reconciler; they run until aborted.
+fn start_controllers(ctx: Arc<Context>, tasks: &mut tokio::task::JoinSet<()>) {
+    tasks.spawn(identity::run(ctx.clone()));
+    tasks.spawn(policy::run(ctx.clone()));
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,194 @@
+//! Who is calling: a ServiceAccount token checked with a TokenReview (cached for a minute),
+//! then, for probes, a SubjectAccessReview for `create` on `reports.agentmesh.io`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::api::{Api, PostParams};
+use sha2::{Digest, Sha256};
+
+use crate::context::Context;
+
+const CACHE_TTL: Duration = Duration::from_secs(60);
+const CACHE_MAX: usize = 4096;
+/// `user.extra` key of the pod a bound ServiceAccount token was issued for.
+const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub username: String,
+    pub groups: Vec<String>,
+    /// The pod the token is bound to, for a pod's projected token.
+    pub pod_uid: Option<String>,
+    extra: BTreeMap<String, Vec<String>>,
+}
+
+/// Why a request is refused: the HTTP status and the metric reason.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+type CachedReview = (Result<Caller, String>, Instant);
+
+#[derive(Default)]
+pub struct Authenticator {
+    /// sha256(token) → the review's outcome and when it was made.
+    cache: Mutex<HashMap<[u8; 32], CachedReview>>,
+    allowed: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+impl Authenticator {
+    /// The caller of a request with this `Authorization` header.
+    pub async fn authenticate(
+        &self,
+        ctx: &Context,
+        header: Option<&str>,
+    ) -> Result<Caller, Refusal> {
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "a ServiceAccount bearer token is required",
+                )
+            })?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((result, at)) = self.cache.lock().expect("auth cache").get(&digest)
+            && at.elapsed() < CACHE_TTL
+        {
+            return result
+                .clone()
+                .map_err(|m| Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", m));
+        }
+        let result = review_token(ctx, token).await?;
+        let mut cache = self.cache.lock().expect("auth cache");
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(digest, (result.clone(), Instant::now()));
+        result.map_err(|m| Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", m))
+    }
+
+    /// Whether `caller` may post reports (`create` on `reports.agentmesh.io`).
+    pub async fn may_report(&self, ctx: &Context, caller: &Caller) -> Result<(), Refusal> {
+        if let Some((allowed, at)) = self
+            .allowed
+            .lock()
+            .expect("authz cache")
+            .get(&caller.username)
+            && at.elapsed() < CACHE_TTL
+        {
+            return if *allowed {
+                Ok(())
+            } else {
+                Err(forbidden(caller))
+            };
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(caller.username.clone()),
+                groups: Some(caller.groups.clone()),
+                extra: Some(caller.extra.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(agentmesh_api::names::GROUP.into()),
+                    resource: Some("reports".into()),
+                    verb: Some("create".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
+        let allowed = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "authz_unavailable",
+                    format!("SubjectAccessReview failed: {e}"),
+                )
+            })?
+            .status
+            .is_some_and(|s| s.allowed);
+        let mut cache = self.allowed.lock().expect("authz cache");
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(caller.username.clone(), (allowed, Instant::now()));
+        if allowed {
+            Ok(())
+        } else {
+            Err(forbidden(caller))
+        }
+    }
+}
+
+fn forbidden(caller: &Caller) -> Refusal {
+    Refusal::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("{} may not create reports.agentmesh.io", caller.username),
+    )
+}
+
+/// `Ok(Err(message))`: the API server says the token is not valid.
+async fn review_token(ctx: &Context, token: &str) -> Result<Result<Caller, String>, Refusal> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<TokenReview> = Api::all(ctx.client.clone());
+    let status = api
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authn_unavailable",
+                format!("TokenReview failed: {e}"),
+            )
+        })?
+        .status
+        .unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Ok(Err(status
+            .error
+            .unwrap_or_else(|| "the token is not valid".into())));
+    }
+    let user = status.user.unwrap_or_default();
+    let extra = user.extra.unwrap_or_default();
+    Ok(Ok(Caller {
+        username: user.username.unwrap_or_default(),
+        groups: user.groups.unwrap_or_default(),
+        pod_uid: extra.get(POD_UID_EXTRA).and_then(|v| v.first().cloned()),
+        extra,
+    }))
+}
