@@ -65,6 +65,9 @@ bench: ## Benchmarks; prints ratios against baselines measured in the same run
 	$(CARGO) bench --locked -p agentmesh-trust --bench trust 2>&1 | tee $(AGENTMESH_CACHE)/bench-trust.log
 	@echo "== ratios (same run) =="; grep -h "ratio =" $(AGENTMESH_CACHE)/bench-identity.log $(AGENTMESH_CACHE)/bench-trust.log
 
+bench-operator: ## Trust API ingest throughput and status writes per identity under load (real API server)
+	CARGO=$(CARGO) e2e/run.sh --bench
+
 demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
 	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1
 

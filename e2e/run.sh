@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # `make e2e`: the end-to-end suite against a real Kubernetes API server.
+# `e2e/run.sh --bench`: the operator's ingest benchmark (`make bench-operator`) on the same set-up.
 #
 # With E2E_KUBECONFIG set, against that cluster (kind, k3d, a real one) and nothing else.
 # Otherwise: build the local control plane if its binaries are not cached yet
@@ -9,10 +10,19 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CARGO=${CARGO:-cargo}
 
+mode=suite
+if [[ "${1:-}" == --bench ]]; then mode=bench; shift; fi
+
 run_suite() {
   # The components under test run as host processes; build them first.
   "$CARGO" build --locked -p meshlogic-operator
-  "$CARGO" test --locked -p agentmesh-e2e -- "$@"
+  if [[ $mode == bench ]]; then
+    "$CARGO" build --locked --release -p meshlogic-operator
+    export E2E_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/release/meshlogic-operator"
+    "$CARGO" run --locked --release -p agentmesh-e2e --bin bench_ingest -- "$@"
+  else
+    "$CARGO" test --locked -p agentmesh-e2e -- "$@"
+  fi
 }
 
 if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
@@ -24,6 +34,7 @@ fi
 # Compile the suite before starting the control plane: a compile error should not cost a
 # cluster start, and the build should not compete with the API server for the CPU.
 "$CARGO" test --locked -p agentmesh-e2e --no-run
+"$CARGO" build --locked -p meshlogic-operator
 e2e/cluster/build.sh
 keep=1
 cleanup() {
