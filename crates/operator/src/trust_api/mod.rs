@@ -128,7 +128,9 @@ impl Server {
             .get(hyper::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned);
-        // Authenticate before reading the body: an anonymous caller costs nothing more.
+        // Leadership, then authentication, before reading the body: a request that will be
+        // refused costs nothing more.
+        let engine = self.engine()?;
         let caller = self.auth.authenticate(&self.ctx, header.as_deref()).await?;
         let body = Limited::new(request.into_body(), MAX_BODY)
             .collect()
@@ -148,7 +150,6 @@ impl Server {
                 format!("not a report batch: {e}"),
             )
         })?;
-        let engine = self.engine()?;
         let ack = match &batch.source {
             ReportSource::Probe {
                 node,
