@@ -5,7 +5,24 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 #include "probe.h"
+
+/* tp_btf programs attach through BTF, with no need for tracefs (often not mounted on nodes);
+ * syscalls are observed at the raw sys_enter tracepoint, filtered on the syscall number. */
+#if defined(__TARGET_ARCH_x86)
+#define NR_OPEN 2
+#define NR_CONNECT 42
+#define NR_OPENAT 257
+#define NR_OPENAT2 437
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_OPEN -1 /* no open(2) on arm64 */
+#define NR_CONNECT 203
+#define NR_OPENAT 56
+#define NR_OPENAT2 437
+#else
+#error "unsupported architecture"
+#endif
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -17,6 +34,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile bool filter_pods = true; /* only tasks under a watched pod cgroup */
 const volatile bool enforce = false;    /* tier 3: kill denied execs */
 const volatile bool report_exec = true; /* false: exec is loaded for tier 3 only, not observed */
+const volatile bool observe_file = true;
+const volatile bool observe_network = true;
 
 /* Keeps the event layout in the skeleton's BTF so that a Rust test can check its mirror. */
 struct event event_layout = {};
@@ -158,8 +177,8 @@ static __always_inline void emit(struct event *e, long path_bytes, __u32 counter
 		count(counter);
 }
 
-SEC("tp/sched/sched_process_exec")
-int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	__u32 flags = 0;
 	__u64 pod = find_pod(&flags);
@@ -170,11 +189,10 @@ int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 	struct event *e = new_event(EV_EXEC, pod);
 	if (!e)
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	unsigned int offset = ctx->__data_loc_filename & 0xFFFF;
-	long n = bpf_probe_read_kernel_str(e->path, sizeof(e->path), (void *)ctx + offset);
+	const char *filename = BPF_CORE_READ(bprm, filename);
+	long n = bpf_probe_read_kernel_str(e->path, sizeof(e->path), filename);
 
 	if (enforce && (flags & POD_ENFORCED)) {
 		__u32 zero = 0;
@@ -182,7 +200,7 @@ int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 		if (key) {
 			key->prefixlen = 64 + 8 * EXEC_KEY_PATH;
 			__builtin_memcpy(key->pod, &pod, sizeof(pod));
-			bpf_probe_read_kernel_str(key->path, sizeof(key->path), (void *)ctx + offset);
+			bpf_probe_read_kernel_str(key->path, sizeof(key->path), filename);
 			if (bpf_map_lookup_elem(&deny_exec, key)) {
 				/* The new image never runs a user instruction: the signal is delivered
 				 * on the way back to user space. */
@@ -198,8 +216,8 @@ int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 	return 0;
 }
 
-SEC("tp/sched/sched_process_exit")
-int handle_exit(void *ctx)
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle_exit, struct task_struct *p)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if ((__u32)pid_tgid != (pid_tgid >> 32))
@@ -213,8 +231,7 @@ int handle_exit(void *ctx)
 	struct event *e = new_event(EV_EXIT, pod);
 	if (!e)
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	e->flags = BPF_CORE_READ(task, exit_code) >> 8;
+	e->flags = BPF_CORE_READ(p, exit_code) >> 8;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	emit(e, 0, C_EXIT);
 	return 0;
@@ -250,22 +267,7 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 	return 0;
 }
 
-SEC("tp/syscalls/sys_enter_openat")
-int handle_openat(struct trace_event_raw_sys_enter *ctx)
-{
-	return handle_open((const char *)ctx->args[1], (__s32)ctx->args[2]);
-}
-
-SEC("tp/syscalls/sys_enter_openat2")
-int handle_openat2(struct trace_event_raw_sys_enter *ctx)
-{
-	struct open_how how = {};
-	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
-	return handle_open((const char *)ctx->args[1], (__s32)how.flags);
-}
-
-SEC("tp/syscalls/sys_enter_connect")
-int handle_connect(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int handle_connect(const void *uaddr)
 {
 	__u32 flags = 0;
 	__u64 pod = find_pod(&flags);
@@ -273,7 +275,6 @@ int handle_connect(struct trace_event_raw_sys_enter *ctx)
 		count(C_UNWATCHED);
 		return 0;
 	}
-	const void *uaddr = (const void *)ctx->args[1];
 	__u16 family = 0;
 	if (bpf_probe_read_user(&family, sizeof(family), uaddr))
 		return 0;
@@ -296,6 +297,27 @@ int handle_connect(struct trace_event_raw_sys_enter *ctx)
 	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	emit(e, 0, C_CONNECT);
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
+{
+	if (observe_file) {
+		if (id == NR_OPENAT)
+			return handle_open((const char *)PT_REGS_PARM2_CORE_SYSCALL(regs),
+					   (__s32)PT_REGS_PARM3_CORE_SYSCALL(regs));
+		if (id == NR_OPENAT2) {
+			struct open_how how = {};
+			bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
+			return handle_open((const char *)PT_REGS_PARM2_CORE_SYSCALL(regs), (__s32)how.flags);
+		}
+		if (id == NR_OPEN)
+			return handle_open((const char *)PT_REGS_PARM1_CORE_SYSCALL(regs),
+					   (__s32)PT_REGS_PARM2_CORE_SYSCALL(regs));
+	}
+	if (observe_network && id == NR_CONNECT)
+		return handle_connect((const void *)PT_REGS_PARM2_CORE_SYSCALL(regs));
 	return 0;
 }
 

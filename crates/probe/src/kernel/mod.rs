@@ -271,6 +271,8 @@ fn load<'obj>(
         rodata.filter_pods = options.filter_pods;
         rodata.enforce = blocking;
         rodata.report_exec = options.enable_process;
+        rodata.observe_file = options.enable_file;
+        rodata.observe_network = options.enable_network;
     }
     open.maps
         .events
@@ -280,9 +282,8 @@ fn load<'obj>(
         .handle_exec
         .set_autoload(options.enable_process || blocking);
     open.progs.handle_exit.set_autoload(options.enable_process);
-    open.progs.handle_openat.set_autoload(options.enable_file);
-    open.progs.handle_openat2.set_autoload(options.enable_file);
-    open.progs.handle_connect.set_autoload(options.enable_network);
+    let syscalls = options.enable_file || options.enable_network;
+    open.progs.handle_sys_enter.set_autoload(syscalls);
     open.progs.enforce_connect4.set_autoload(blocking);
     open.progs.enforce_connect6.set_autoload(blocking);
     let skel = open.load().map_err(load_error)?;
@@ -301,9 +302,7 @@ fn load<'obj>(
     let tracepoints = [
         (options.enable_process || blocking, "handle_exec", &skel.progs.handle_exec),
         (options.enable_process, "handle_exit", &skel.progs.handle_exit),
-        (options.enable_file, "handle_openat", &skel.progs.handle_openat),
-        (options.enable_file, "handle_openat2", &skel.progs.handle_openat2),
-        (options.enable_network, "handle_connect", &skel.progs.handle_connect),
+        (syscalls, "handle_sys_enter", &skel.progs.handle_sys_enter),
     ];
     for (wanted, name, program) in tracepoints {
         if wanted {
