@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(AGENTMESH_CACHE)/target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build test unit lint fmt crds e2e bench demo cluster-up cluster-down clean
+.PHONY: help setup build test unit lint fmt crds e2e bench bench-probe demo cluster-up cluster-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ e2e: ## End-to-end suite against a real kube-apiserver (not built yet)
 
 bench: ## Benchmarks with ratios against same-run baselines (not built yet)
 	@echo "make bench: no benchmarks yet (they come with the trust core, webhook, operator and probe)" >&2; exit 1
+
+bench-probe: setup ## Probe overhead (exec/open/connect with vs without), zero-drop event rate, peak RSS (root)
+	$(CARGO) build --release --locked -p meshlogic-probe --bins
+	$(CARGO_TARGET_DIR)/release/meshlogic-probe-bench
 
 demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
 	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1

@@ -213,19 +213,47 @@ mod tests {
         let mut aggregator = Aggregator::new(1000);
         for _ in 0..3 {
             aggregator.record("pod-a", Observation::Exec { path: "/bin/sh" });
-            aggregator.record("pod-a", Observation::Open { path: "/etc/passwd", write: false });
-            aggregator.record("pod-a", Observation::Open { path: "/tmp/x", write: true });
-            aggregator.record("pod-a", Observation::Connect { ip: "10.0.0.1".parse().unwrap(), port: 443 });
+            aggregator.record(
+                "pod-a",
+                Observation::Open {
+                    path: "/etc/passwd",
+                    write: false,
+                },
+            );
+            aggregator.record(
+                "pod-a",
+                Observation::Open {
+                    path: "/tmp/x",
+                    write: true,
+                },
+            );
+            aggregator.record(
+                "pod-a",
+                Observation::Connect {
+                    ip: "10.0.0.1".parse().unwrap(),
+                    port: 443,
+                },
+            );
         }
         aggregator.record("pod-b", Observation::Exit);
-        let pods = aggregator.take(2000, |uid| (uid == "pod-a").then(|| ("ns/a".into(), Some("id-a".into()))));
+        let pods = aggregator.take(2000, |uid| {
+            (uid == "pod-a").then(|| ("ns/a".into(), Some("id-a".into())))
+        });
         assert_eq!(pods.len(), 2);
         let a = &pods[0];
         assert_eq!(a.pod_uid, "pod-a");
         assert_eq!(a.pod.as_deref(), Some("ns/a"));
         assert_eq!(a.identity.as_deref(), Some("id-a"));
         assert_eq!((a.window_start_ms, a.window_end_ms), (1000, 2000));
-        assert_eq!(a.counts, BehaviorCounts { execs: 3, exits: 0, file_opens: 6, connects: 3 });
+        assert_eq!(
+            a.counts,
+            BehaviorCounts {
+                execs: 3,
+                exits: 0,
+                file_opens: 6,
+                connects: 3
+            }
+        );
         assert_eq!(a.executables, ["/bin/sh"]);
         assert_eq!(a.read_paths, ["/etc/passwd"]);
         assert_eq!(a.written_paths, ["/tmp/x"]);
@@ -246,7 +274,13 @@ mod tests {
             aggregator.record("p", Observation::Open { path, write: false });
         }
         // Seen again: still listed, not truncated twice.
-        aggregator.record("p", Observation::Open { path: &paths[0], write: false });
+        aggregator.record(
+            "p",
+            Observation::Open {
+                path: &paths[0],
+                write: false,
+            },
+        );
         let pods = aggregator.take(1, |_| None);
         assert_eq!(pods[0].read_paths.len(), MAX_ITEMS);
         assert_eq!(pods[0].items_truncated, 10);

@@ -20,7 +20,11 @@ const MAX_DIRS: usize = 100_000;
 
 /// The pod UID named by one cgroup directory name, when it is a pod cgroup in `driver`'s layout.
 pub fn pod_uid_of_component(name: &str, driver: CgroupDriver) -> Option<String> {
-    let cgroupfs = || name.strip_prefix("pod").filter(|uid| is_pod_uid(uid)).map(str::to_string);
+    let cgroupfs = || {
+        name.strip_prefix("pod")
+            .filter(|uid| is_pod_uid(uid))
+            .map(str::to_string)
+    };
     let systemd = || {
         let stem = name.strip_prefix("kubepods")?.strip_suffix(".slice")?;
         let (_, uid) = stem.rsplit_once("-pod")?;
@@ -79,7 +83,9 @@ pub fn scan(root: &Path, driver: CgroupDriver) -> std::io::Result<Vec<PodCgroup>
             continue; // removed while scanning
         };
         for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if !kind.is_dir() {
                 continue;
             }
@@ -145,14 +151,27 @@ mod tests {
             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-0123.scope",
             UID.replace('-', "_")
         );
-        let guaranteed = format!("/kubepods.slice/kubepods-pod{}.slice", UID.replace('-', "_"));
+        let guaranteed = format!(
+            "/kubepods.slice/kubepods-pod{}.slice",
+            UID.replace('-', "_")
+        );
         for path in [&cgroupfs, &systemd, &guaranteed] {
-            assert_eq!(pod_uid_of_path(path, CgroupDriver::Auto).as_deref(), Some(UID), "{path}");
+            assert_eq!(
+                pod_uid_of_path(path, CgroupDriver::Auto).as_deref(),
+                Some(UID),
+                "{path}"
+            );
         }
         assert_eq!(pod_uid_of_path(&cgroupfs, CgroupDriver::Systemd), None);
         assert_eq!(pod_uid_of_path(&systemd, CgroupDriver::Cgroupfs), None);
-        assert_eq!(pod_uid_of_path(&cgroupfs, CgroupDriver::Cgroupfs).as_deref(), Some(UID));
-        assert_eq!(pod_uid_of_path(&systemd, CgroupDriver::Systemd).as_deref(), Some(UID));
+        assert_eq!(
+            pod_uid_of_path(&cgroupfs, CgroupDriver::Cgroupfs).as_deref(),
+            Some(UID)
+        );
+        assert_eq!(
+            pod_uid_of_path(&systemd, CgroupDriver::Systemd).as_deref(),
+            Some(UID)
+        );
     }
 
     #[test]

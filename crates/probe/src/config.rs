@@ -118,8 +118,12 @@ pub struct ProbeConfig {
 impl ProbeConfig {
     /// Reads and validates the configuration file, then applies the overrides.
     pub fn load(path: &Path, overrides: Overrides) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| bad("--config", format!("cannot read {}: {error}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            bad(
+                "--config",
+                format!("cannot read {}: {error}", path.display()),
+            )
+        })?;
         Self::from_json(&text, overrides)
     }
 
@@ -127,7 +131,11 @@ impl ProbeConfig {
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         let file: ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
-            let field = if path == "." { "config file".to_string() } else { path };
+            let field = if path == "." {
+                "config file".to_string()
+            } else {
+                path
+            };
             bad(field, error.into_inner().to_string())
         })?;
         Self::from_file(file, overrides)
@@ -137,7 +145,12 @@ impl ProbeConfig {
         let ConfigFile { agent, spec } = file;
         match agent.split_once('/') {
             Some((ns, name)) if is_dns_label(ns) && is_dns_subdomain(name) => {}
-            _ => return Err(bad("agent", format!("must be namespace/name, got {agent:?}"))),
+            _ => {
+                return Err(bad(
+                    "agent",
+                    format!("must be namespace/name, got {agent:?}"),
+                ));
+            }
         }
         if overrides.node_name.is_empty() {
             return Err(bad("NODE_NAME (--node-name)", "must not be empty"));
@@ -152,13 +165,20 @@ impl ProbeConfig {
             1 => Tier::UserMode,
             2 => Tier::ReadOnly,
             3 => Tier::Blocking,
-            other => return Err(bad("spec.safetyTier", format!("must be 1, 2 or 3, got {other}"))),
+            other => {
+                return Err(bad(
+                    "spec.safetyTier",
+                    format!("must be 1, 2 or 3, got {other}"),
+                ));
+            }
         };
         let size = spec.ebpf.ring_buffer_size;
         if !(RING_BUFFER_MIN..=RING_BUFFER_MAX).contains(&size) || size.count_ones() != 1 {
             return Err(bad(
                 "spec.ebpf.ringBufferSize",
-                format!("must be a power of two from {RING_BUFFER_MIN} to {RING_BUFFER_MAX}, got {size}"),
+                format!(
+                    "must be a power of two from {RING_BUFFER_MIN} to {RING_BUFFER_MAX}, got {size}"
+                ),
             ));
         }
         if spec.ebpf.mute_paths.len() > 64 {
@@ -265,7 +285,8 @@ impl ProbeConfig {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -315,7 +336,8 @@ mod tests {
 
     #[test]
     fn the_cgroup_root_flag_wins_over_the_spec() {
-        let text = r#"{"agent":"a/b","spec":{"customerId":"x","cgroup":{"root":"/sys/fs/cgroup"}}}"#;
+        let text =
+            r#"{"agent":"a/b","spec":{"customerId":"x","cgroup":{"root":"/sys/fs/cgroup"}}}"#;
         let mut o = overrides();
         o.cgroup_root = Some("/sys/fs/cgroup/unified".into());
         let config = ProbeConfig::from_json(text, o).unwrap();
@@ -325,7 +347,10 @@ mod tests {
     #[test]
     fn each_bad_value_names_its_field() {
         let cases = [
-            (serde_json::json!({"customerId": "x", "safetyTier": 4}), "spec.safetyTier"),
+            (
+                serde_json::json!({"customerId": "x", "safetyTier": 4}),
+                "spec.safetyTier",
+            ),
             (
                 serde_json::json!({"customerId": "x", "ebpf": {"ringBufferSize": 5000}}),
                 "spec.ebpf.ringBufferSize",
@@ -358,18 +383,26 @@ mod tests {
                 serde_json::json!({"customerId": "x", "telemetry": {"sink": "http"}}),
                 "spec.telemetry.endpoint",
             ),
-            (serde_json::json!({"customerId": "x", "ebpf": {"enableFile": "yes"}}), "enableFile"),
+            (
+                serde_json::json!({"customerId": "x", "ebpf": {"enableFile": "yes"}}),
+                "enableFile",
+            ),
         ];
         for (spec, field) in cases {
             let message = error_of(spec.clone());
-            assert!(message.contains(field), "{spec}: {message:?} should name {field}");
+            assert!(
+                message.contains(field),
+                "{spec}: {message:?} should name {field}"
+            );
         }
     }
 
     #[test]
     fn unknown_top_level_fields_are_refused() {
         let text = r#"{"agent":"a/b","spec":{"customerId":"x"},"spce":{}}"#;
-        let message = ProbeConfig::from_json(text, overrides()).unwrap_err().to_string();
+        let message = ProbeConfig::from_json(text, overrides())
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("spce"), "{message}");
     }
 
@@ -377,13 +410,28 @@ mod tests {
     fn agent_node_and_trust_api_are_checked() {
         let spec = r#""spec":{"customerId":"x"}"#;
         let text = format!(r#"{{"agent":"no-slash",{spec}}}"#);
-        assert!(ProbeConfig::from_json(&text, overrides()).unwrap_err().to_string().starts_with("agent:"));
+        assert!(
+            ProbeConfig::from_json(&text, overrides())
+                .unwrap_err()
+                .to_string()
+                .starts_with("agent:")
+        );
         let text = format!(r#"{{"agent":"a/b",{spec}}}"#);
         let mut o = overrides();
         o.node_name.clear();
-        assert!(ProbeConfig::from_json(&text, o).unwrap_err().to_string().contains("NODE_NAME"));
+        assert!(
+            ProbeConfig::from_json(&text, o)
+                .unwrap_err()
+                .to_string()
+                .contains("NODE_NAME")
+        );
         let mut o = overrides();
         o.trust_api = "ftp://x".into();
-        assert!(ProbeConfig::from_json(&text, o).unwrap_err().to_string().contains("MESHLOGIC_TRUST_API"));
+        assert!(
+            ProbeConfig::from_json(&text, o)
+                .unwrap_err()
+                .to_string()
+                .contains("MESHLOGIC_TRUST_API")
+        );
     }
 }

@@ -21,7 +21,10 @@ use crate::status::Status;
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("token file {path}: {error}")]
-    Token { path: PathBuf, error: std::io::Error },
+    Token {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("request: {0}")]
     Request(String),
     #[error("timed out after {0:?}")]
@@ -149,7 +152,11 @@ fn route(
             .expect("static response")
     };
     if request.method() != Method::GET {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
     }
     match request.uri().path() {
         "/metrics" if serve_metrics => reply(

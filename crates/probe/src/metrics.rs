@@ -17,7 +17,14 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
-const KINDS: [&str; 6] = ["exec", "exit", "open", "connect", "blocked_connect", "blocked_exec"];
+const KINDS: [&str; 6] = [
+    "exec",
+    "exit",
+    "open",
+    "connect",
+    "blocked_connect",
+    "blocked_exec",
+];
 
 /// Every metric of the probe.
 #[derive(Debug)]
@@ -137,7 +144,10 @@ impl Metrics {
             "Telemetry records sent to the telemetry sink",
             metrics.telemetry_exports.clone(),
         );
-        Self { registry, ..metrics }
+        Self {
+            registry,
+            ..metrics
+        }
     }
 
     /// One event of `kind` received.
@@ -162,13 +172,20 @@ impl Metrics {
                 counter.inc_by(now - before);
             }
         };
-        advance(&self.ring_buffer_drops, &self.last_drops, counters.get(C_RINGBUF_DROPS));
+        advance(
+            &self.ring_buffer_drops,
+            &self.last_drops,
+            counters.get(C_RINGBUF_DROPS),
+        );
         advance(&self.muted, &self.last_muted, counters.get(C_MUTED));
         for (i, (kind, index)) in [("connect", C_BLOCKED_CONNECT), ("exec", C_BLOCKED_EXEC)]
             .into_iter()
             .enumerate()
         {
-            let counter = self.kernel_blocked.get_or_create(&KindLabel { kind }).clone();
+            let counter = self
+                .kernel_blocked
+                .get_or_create(&KindLabel { kind })
+                .clone();
             advance(&counter, &self.last_blocked[i], counters.get(index));
         }
     }

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use agentmesh_api::names::labels;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
 use crate::config::KubeAccess;
@@ -72,12 +72,18 @@ pub async fn watch(client: Client, node: String, names: PodNames) {
             }
             Ok(Event::Apply(pod)) => {
                 if let Some((uid, info)) = info(&pod) {
-                    names.write().unwrap_or_else(|e| e.into_inner()).insert(uid, info);
+                    names
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(uid, info);
                 }
             }
             Ok(Event::Delete(pod)) => {
                 if let Some(uid) = pod.metadata.uid {
-                    names.write().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+                    names
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&uid);
                 }
             }
             Err(error) => tracing::warn!(%error, "pod watch"),

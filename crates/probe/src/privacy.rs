@@ -94,17 +94,29 @@ mod tests {
         assert!(mean.abs() < 0.05, "mean {mean}");
         assert!((mean_abs - scale).abs() < 0.05, "mean |x| {mean_abs}");
         // P(|X| > scale * ln 20) = 1/20.
-        let tail = samples.iter().filter(|x| x.abs() > scale * 20f64.ln()).count() as f64 / n as f64;
+        let tail = samples
+            .iter()
+            .filter(|x| x.abs() > scale * 20f64.ln())
+            .count() as f64
+            / n as f64;
         assert!((tail - 0.05).abs() < 0.005, "tail {tail}");
     }
 
     #[test]
     fn a_release_spends_epsilon_only_with_noise() {
         let mut rng = StdRng::seed_from_u64(1);
-        let exact = BehaviorCounts { execs: 1000, exits: 1000, file_opens: 5000, connects: 10 };
+        let exact = BehaviorCounts {
+            execs: 1000,
+            exits: 1000,
+            file_opens: 5000,
+            connects: 10,
+        };
         let (noised, spent) = release(&exact, true, 0.5, &mut rng);
         assert_eq!(spent, 0.5);
-        assert_ne!(noised.file_opens, 5000, "noise of scale 8 is almost never exactly 0");
+        assert_ne!(
+            noised.file_opens, 5000,
+            "noise of scale 8 is almost never exactly 0"
+        );
         assert!(noised.file_opens.abs_diff(5000) < 200);
         let (exact_release, spent) = release(&exact, false, 0.5, &mut rng);
         assert_eq!(spent, 0.0);

@@ -62,7 +62,10 @@ impl ReportQueue {
         if batches.len() >= self.capacity {
             batches.pop_front();
             self.metrics.report_drops.inc();
-            tracing::warn!(capacity = self.capacity, "report queue full: oldest batch dropped");
+            tracing::warn!(
+                capacity = self.capacity,
+                "report queue full: oldest batch dropped"
+            );
         }
         batches.push_back(batch);
         drop(batches);
@@ -94,7 +97,12 @@ impl ReportQueue {
     }
 
     /// Sends batches in order, forever.
-    pub async fn run_sender(self: Arc<Self>, client: JsonClient, trust_api: String, backoff: Backoff) {
+    pub async fn run_sender(
+        self: Arc<Self>,
+        client: JsonClient,
+        trust_api: String,
+        backoff: Backoff,
+    ) {
         let url = format!("{trust_api}{REPORTS_PATH}");
         let mut attempt = 0u32;
         loop {

@@ -18,7 +18,7 @@ use crate::aggregate::Aggregator;
 use crate::cgroup::{self, PodCgroups};
 use crate::config::{ProbeConfig, Tier};
 use crate::http::JsonClient;
-use crate::kernel::event::{C_COUNT, C_RINGBUF_DROPS};
+use crate::kernel::event::C_RINGBUF_DROPS;
 use crate::kernel::maps::{self, KernelState};
 use crate::kernel::{KernelCounters, KernelOptions, KernelProbe, Shared};
 use crate::metrics::Metrics;
@@ -45,7 +45,10 @@ pub enum StartError {
     #[error("spec.cgroup.root (--cgroup-root): {0}")]
     CgroupRoot(String),
     #[error("metrics address {addr} (spec.metrics.port, --metrics-addr): {error}")]
-    Bind { addr: SocketAddr, error: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
 }
 
 /// A running probe.
@@ -117,7 +120,9 @@ pub async fn start(config: ProbeConfig) -> Result<ProbeHandle, StartError> {
     check_cgroup_root(&config.cgroup_root)?;
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(Status::new(config.requested_tier));
-    metrics.tier_requested.set(config.requested_tier.number().into());
+    metrics
+        .tier_requested
+        .set(config.requested_tier.number().into());
 
     let listener = crate::http::bind(config.metrics_addr)
         .await
@@ -159,11 +164,11 @@ pub async fn start(config: ProbeConfig) -> Result<ProbeHandle, StartError> {
             };
             match KernelProbe::start(options, shared.clone(), metrics.clone()) {
                 Ok(probe) => {
-                    if tier == Tier::Blocking {
-                        if let Err(why) = &probe.loaded.blocking {
-                            tier = Tier::ReadOnly;
-                            reason = Some(format!("tier 3 unavailable: {why}"));
-                        }
+                    if tier == Tier::Blocking
+                        && let Err(why) = &probe.loaded.blocking
+                    {
+                        tier = Tier::ReadOnly;
+                        reason = Some(format!("tier 3 unavailable: {why}"));
                     }
                     status.set_programs_loaded(probe.loaded.programs);
                     kernel = Some(probe);
@@ -185,7 +190,11 @@ pub async fn start(config: ProbeConfig) -> Result<ProbeHandle, StartError> {
             %reason,
             "safety tier lowered"
         ),
-        None => tracing::info!(tier = tier.number(), programs = status.programs_loaded(), "probe started"),
+        None => tracing::info!(
+            tier = tier.number(),
+            programs = status.programs_loaded(),
+            "probe started"
+        ),
     }
 
     let mut tasks = Vec::new();
@@ -321,14 +330,13 @@ async fn scan_loop(
     mut applied: KernelState,
 ) {
     let mut tick = tokio::time::interval(SCAN_INTERVAL);
+    // Below tier 3 nobody sends enforcement sets: the channel is closed.
+    let mut enforcement_open = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            changed = sets.changed() => {
-                if changed.is_err() {
-                    // No enforcement at this tier: keep scanning.
-                    sets = watch::channel(None).1;
-                }
+            changed = sets.changed(), if enforcement_open => {
+                enforcement_open = changed.is_ok();
             }
         }
         let root = config.cgroup_root.clone();
@@ -344,22 +352,19 @@ async fn scan_loop(
             tracing::warn!(%warning, "enforcement rule not applied as written");
         }
         // New cgroups are known to the consumer before the kernel reports them.
-        shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pod_cgroups = pod_cgroups;
+        shared.lock().unwrap_or_else(|e| e.into_inner()).pod_cgroups = pod_cgroups;
         if state != applied {
             metrics.pods_watched.set(state.pods.len() as i64);
             sync.send(state.clone());
             applied = state;
         }
-        if let Some(set) = set {
-            if status.enforcement_version().as_deref() != Some(set.version.as_str()) {
-                // Applied by the kernel thread within one poll (50 ms); wait for it.
-                let flusher = sync.clone();
-                let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
-                status.set_enforcement_version(set.version);
-            }
+        if let Some(set) = set
+            && status.enforcement_version().as_deref() != Some(set.version.as_str())
+        {
+            // Applied by the kernel thread within one poll (50 ms); wait for it.
+            let flusher = sync.clone();
+            let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
+            status.set_enforcement_version(set.version);
         }
     }
 }
@@ -377,7 +382,6 @@ async fn report_windows(
     loop {
         tick.tick().await;
         let drops = counters.as_ref().map_or(0, |c| c.get(C_RINGBUF_DROPS));
-        debug_assert!(C_RINGBUF_DROPS < C_COUNT);
         status.set_ring_buffer_drops(drops);
         let pods = {
             let names = names.read().unwrap_or_else(|e| e.into_inner());

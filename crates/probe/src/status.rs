@@ -31,7 +31,10 @@ impl Status {
 
     pub fn set_tier(&self, tier: Tier, reason: Option<String>) {
         self.tier.store(tier.number().into(), Ordering::Relaxed);
-        *self.fallback_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        *self
+            .fallback_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = reason;
     }
 
     pub fn tier(&self) -> u8 {
@@ -43,7 +46,10 @@ impl Status {
     }
 
     pub fn fallback_reason(&self) -> Option<String> {
-        self.fallback_reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.fallback_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_programs_loaded(&self, programs: u32) {
@@ -71,12 +77,18 @@ impl Status {
     }
 
     pub fn set_enforcement_version(&self, version: String) {
-        *self.enforcement_version.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+        *self
+            .enforcement_version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(version);
     }
 
     /// Version of the enforcement set in force in the kernel (tier 3).
     pub fn enforcement_version(&self) -> Option<String> {
-        self.enforcement_version.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.enforcement_version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn to_json(&self) -> String {

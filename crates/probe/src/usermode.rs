@@ -67,7 +67,11 @@ impl UserModePoller {
             return;
         };
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Some(start_time) = start_time(&self.options.proc_root, pid) else {
@@ -114,10 +118,10 @@ impl UserModePoller {
             .copied()
             .collect();
         for pid in gone {
-            if let Some(process) = self.processes.remove(&pid) {
-                if self.options.enable_process {
-                    seen.push((process.pod_uid, Seen::Exit));
-                }
+            if let Some(process) = self.processes.remove(&pid)
+                && self.options.enable_process
+            {
+                seen.push((process.pod_uid, Seen::Exit));
             }
         }
         let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,8 +129,14 @@ impl UserModePoller {
             let observation = match event {
                 Seen::Exec(path) => Observation::Exec { path },
                 Seen::Exit => Observation::Exit,
-                Seen::Open(path, write) => Observation::Open { path, write: *write },
-                Seen::Connect(ip, port) => Observation::Connect { ip: *ip, port: *port },
+                Seen::Open(path, write) => Observation::Open {
+                    path,
+                    write: *write,
+                },
+                Seen::Connect(ip, port) => Observation::Connect {
+                    ip: *ip,
+                    port: *port,
+                },
             };
             metrics.event(observation.kind());
             shared.aggregator.record(uid, observation);
@@ -176,7 +186,10 @@ impl UserModePoller {
                 })
                 .unwrap_or(0);
             process.paths.insert(target.to_string());
-            seen.push((process.pod_uid.clone(), Seen::Open(target.into_owned(), open_flags_write(flags))));
+            seen.push((
+                process.pod_uid.clone(),
+                Seen::Open(target.into_owned(), open_flags_write(flags)),
+            ));
         }
         if new_sockets.is_empty() {
             return;
@@ -194,7 +207,10 @@ impl UserModePoller {
 fn muted(path: &str, mute_paths: &[String]) -> bool {
     mute_paths.iter().any(|prefix| {
         let prefix = prefix.trim_end_matches('/');
-        path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+        path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
     })
 }
 
@@ -218,7 +234,8 @@ fn tcp_peers(proc_dir: &Path) -> HashMap<u64, (IpAddr, u16)> {
             if fields.len() < 10 || fields[3] == "0A" {
                 continue;
             }
-            let (Some((ip, port)), Ok(inode)) = (parse_address(fields[2]), fields[9].parse::<u64>())
+            let (Some((ip, port)), Ok(inode)) =
+                (parse_address(fields[2]), fields[9].parse::<u64>())
             else {
                 continue;
             };
@@ -235,7 +252,11 @@ fn parse_address(text: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let word = |i: usize| -> Option<[u8; 4]> {
-        Some(u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes())
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
     };
     let ip = match addr.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
@@ -257,7 +278,10 @@ mod tests {
 
     #[test]
     fn proc_net_addresses_parse() {
-        assert_eq!(parse_address("0100007F:1F90"), Some(("127.0.0.1".parse().unwrap(), 8080)));
+        assert_eq!(
+            parse_address("0100007F:1F90"),
+            Some(("127.0.0.1".parse().unwrap(), 8080))
+        );
         assert_eq!(
             parse_address("00000000000000000000000001000000:01BB"),
             Some(("::1".parse().unwrap(), 443))

@@ -35,10 +35,20 @@ async fn a_forced_bpf_load_failure_gives_tier_1_reported_without_a_crash() {
         r#"{{"agent":"meshlogic/test-agent","spec":{{"customerId":"test","safetyTier":2,"reportIntervalSeconds":1}}}}"#
     )
     .unwrap();
-    let metrics_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshlogic-probe"))
         .args(["--config", config_file.to_str().unwrap()])
-        .args(["--node-name", "test-node", "--trust-api", &server.url, "--no-kube"])
+        .args([
+            "--node-name",
+            "test-node",
+            "--trust-api",
+            &server.url,
+            "--no-kube",
+        ])
         .args(["--token-file", token.to_str().unwrap()])
         .args(["--btf-path", bogus_btf.to_str().unwrap()])
         .args(["--cgroup-root", common::cgroup_root().to_str().unwrap()])
@@ -52,23 +62,39 @@ async fn a_forced_bpf_load_failure_gives_tier_1_reported_without_a_crash() {
     while server.batches().len() < 3 {
         if let Some(status) = child.try_wait().unwrap() {
             let output = child.wait_with_output().unwrap();
-            panic!("the probe exited ({status}): {}", String::from_utf8_lossy(&output.stderr));
+            panic!(
+                "the probe exited ({status}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         assert!(start.elapsed() < WAIT, "no reports from the probe");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(child.try_wait().unwrap().is_none(), "the probe must keep running at tier 1");
-    let ReportSource::Probe { tier, fallback_reason, programs_loaded, .. } =
-        server.batches().pop().unwrap().source;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the probe must keep running at tier 1"
+    );
+    let ReportSource::Probe {
+        tier,
+        fallback_reason,
+        programs_loaded,
+        ..
+    } = server.batches().pop().unwrap().source;
     assert_eq!((tier, programs_loaded), (1, 0));
     let reason = fallback_reason.expect("a fallback reason");
     assert!(reason.contains("BPF load failed"), "{reason}");
     let addr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     let health = common::get(addr, "/health").await;
-    assert!(health.contains("200 OK") && health.contains(r#""tier":1"#), "{health}");
+    assert!(
+        health.contains("200 OK") && health.contains(r#""tier":1"#),
+        "{health}"
+    );
     let metrics = common::get(addr, "/metrics").await;
     assert!(metrics.contains("meshlogic_probe_tier 1"), "{metrics}");
-    assert!(metrics.contains("meshlogic_probe_tier_requested 2"), "{metrics}");
+    assert!(
+        metrics.contains("meshlogic_probe_tier_requested 2"),
+        "{metrics}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -84,7 +110,13 @@ async fn missing_btf_gives_tier_1_in_process() {
     config.btf_path = "/nonexistent/vmlinux".into();
     let probe = meshlogic_probe::run::start(config).await.unwrap();
     assert_eq!(probe.status.tier(), 1);
-    assert!(probe.status.fallback_reason().unwrap().contains("no kernel BTF"));
+    assert!(
+        probe
+            .status
+            .fallback_reason()
+            .unwrap()
+            .contains("no kernel BTF")
+    );
     assert!(probe.kernel_counters().is_none());
     probe.shutdown();
 }
@@ -94,7 +126,10 @@ async fn a_bad_cgroup_root_stops_start_up_naming_the_field() {
     let server = TrustServer::start().await;
     let mut config = config(&server, json!({}));
     config.cgroup_root = std::env::temp_dir();
-    let error = meshlogic_probe::run::start(config).await.err().expect("refused");
+    let error = meshlogic_probe::run::start(config)
+        .await
+        .err()
+        .expect("refused");
     assert!(error.to_string().starts_with("spec.cgroup.root"), "{error}");
 }
 
@@ -113,7 +148,10 @@ async fn user_mode_attributes_processes_to_pods() {
     assert_eq!(probe.status.fallback_reason(), None);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let pods = [TestPod::new(Layout::Cgroupfs), TestPod::new(Layout::Systemd)];
+    let pods = [
+        TestPod::new(Layout::Cgroupfs),
+        TestPod::new(Layout::Systemd),
+    ];
     let mut children = Vec::new();
     for pod in &pods {
         children.push(
@@ -143,6 +181,11 @@ async fn user_mode_attributes_processes_to_pods() {
     for pod in &pods {
         server.wait_for_pod(&pod.uid, WAIT, |m| m.exits >= 1).await;
     }
-    assert_eq!(server.unauthorized.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        server
+            .unauthorized
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     probe.shutdown();
 }

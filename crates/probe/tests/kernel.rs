@@ -21,8 +21,15 @@ async fn attribution(layout: Layout) {
         return;
     }
     let server = TrustServer::start().await;
-    let probe = meshlogic_probe::run::start(config(&server, json!({}))).await.unwrap();
-    assert_eq!(probe.status.tier(), 2, "{:?}", probe.status.fallback_reason());
+    let probe = meshlogic_probe::run::start(config(&server, json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.status.tier(),
+        2,
+        "{:?}",
+        probe.status.fallback_reason()
+    );
     assert_eq!(probe.status.programs_loaded(), 3, "exec, exit, sys_enter");
 
     let pod = TestPod::new(layout);
@@ -55,19 +62,33 @@ async fn attribution(layout: Layout) {
                 && m.destinations.contains(&v6)
         })
         .await;
-    assert!(seen.execs >= 2 && seen.exits >= 1 && seen.connects >= 2, "{seen:#?}");
+    assert!(
+        seen.execs >= 2 && seen.exits >= 1 && seen.connects >= 2,
+        "{seen:#?}"
+    );
     assert!(
         !seen.read_paths.iter().any(|p| p == "/etc/os-release"),
         "another pod's open was attributed to this one: {seen:#?}"
     );
     let theirs = server
-        .wait_for_pod(&other.uid, WAIT, |m| m.read_paths.iter().any(|p| p == "/etc/os-release"))
+        .wait_for_pod(&other.uid, WAIT, |m| {
+            m.read_paths.iter().any(|p| p == "/etc/os-release")
+        })
         .await;
     assert!(!theirs.read_paths.iter().any(|p| p == "/etc/hostname"));
     let batch = server.batches().pop().unwrap();
     match batch.source {
-        agentmesh_api::wire::ReportSource::Probe { tier, node, agent, programs_loaded, .. } => {
-            assert_eq!((tier, node.as_str(), agent.as_str(), programs_loaded), (2, "test-node", "meshlogic/test-agent", 3));
+        agentmesh_api::wire::ReportSource::Probe {
+            tier,
+            node,
+            agent,
+            programs_loaded,
+            ..
+        } => {
+            assert_eq!(
+                (tier, node.as_str(), agent.as_str(), programs_loaded),
+                (2, "test-node", "meshlogic/test-agent", 3)
+            );
         }
     }
     let _ = std::fs::remove_file(written);
@@ -90,7 +111,9 @@ async fn muted_paths_never_reach_user_space() {
         return;
     }
     let server = TrustServer::start().await;
-    let probe = meshlogic_probe::run::start(config(&server, json!({}))).await.unwrap();
+    let probe = meshlogic_probe::run::start(config(&server, json!({})))
+        .await
+        .unwrap();
     let pod = TestPod::new(Layout::Cgroupfs);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let muted_before = probe.kernel_counters().unwrap().get(C_MUTED);
@@ -98,18 +121,30 @@ async fn muted_paths_never_reach_user_space() {
         .run("cat /proc/self/status /sys/kernel/btf/vmlinux /dev/null > /dev/null; cat /etc/hostname > /dev/null")
         .success());
     let seen = server
-        .wait_for_pod(&pod.uid, WAIT, |m| m.read_paths.iter().any(|p| p == "/etc/hostname"))
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            m.read_paths.iter().any(|p| p == "/etc/hostname")
+        })
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let muted = probe.kernel_counters().unwrap().get(C_MUTED) - muted_before;
     assert!(muted >= 3, "the kernel counted {muted} muted opens");
     let leaked: Vec<&String> = seen
         .all_paths()
-        .filter(|p| ["/proc", "/sys", "/dev"].iter().any(|m| p == m || p.starts_with(&format!("{m}/"))))
+        .filter(|p| {
+            ["/proc", "/sys", "/dev"]
+                .iter()
+                .any(|m| p == m || p.starts_with(&format!("{m}/")))
+        })
         .collect();
-    assert!(leaked.is_empty(), "muted paths reached user space: {leaked:?}");
+    assert!(
+        leaked.is_empty(),
+        "muted paths reached user space: {leaked:?}"
+    );
     let metrics = common::get(probe.listen_addr, "/metrics").await;
-    assert!(metrics.contains("meshlogic_probe_muted_events_total"), "{metrics}");
+    assert!(
+        metrics.contains("meshlogic_probe_muted_events_total"),
+        "{metrics}"
+    );
     probe.shutdown();
 }
 
@@ -123,17 +158,25 @@ async fn disabling_a_category_stops_its_events() {
     // Process only.
     let server = TrustServer::start().await;
     let spec = json!({"ebpf": {"enableFile": false, "enableNetwork": false}});
-    let probe = meshlogic_probe::run::start(config(&server, spec)).await.unwrap();
+    let probe = meshlogic_probe::run::start(config(&server, spec))
+        .await
+        .unwrap();
     assert_eq!(probe.status.programs_loaded(), 2, "exec and exit only");
     let pod = TestPod::new(Layout::Cgroupfs);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(pod.run(script).success());
     let seen = server
-        .wait_for_pod(&pod.uid, WAIT, |m| m.executables.iter().any(|e| e == "/bin/true"))
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            m.executables.iter().any(|e| e == "/bin/true")
+        })
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let seen_later = common::Merged::of(&server.pod_windows(&pod.uid));
-    assert_eq!((seen_later.file_opens, seen_later.connects), (0, 0), "{seen:#?}");
+    assert_eq!(
+        (seen_later.file_opens, seen_later.connects),
+        (0, 0),
+        "{seen:#?}"
+    );
     let counters = probe.kernel_counters().unwrap();
     assert_eq!((counters.get(C_OPEN), counters.get(C_CONNECT)), (0, 0));
     assert!(counters.get(C_EXEC) >= 1);
@@ -143,8 +186,14 @@ async fn disabling_a_category_stops_its_events() {
     // Files and network, no process.
     let server = TrustServer::start().await;
     let spec = json!({"ebpf": {"enableProcess": false}});
-    let probe = meshlogic_probe::run::start(config(&server, spec)).await.unwrap();
-    assert_eq!(probe.status.programs_loaded(), 1, "sys_enter (opens and connects)");
+    let probe = meshlogic_probe::run::start(config(&server, spec))
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.status.programs_loaded(),
+        1,
+        "sys_enter (opens and connects)"
+    );
     let pod = TestPod::new(Layout::Systemd);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(pod.run(script).success());
@@ -168,7 +217,12 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     let probe = meshlogic_probe::run::start(config(&server, json!({"safetyTier": 3})))
         .await
         .unwrap();
-    assert_eq!(probe.status.tier(), 3, "{:?}", probe.status.fallback_reason());
+    assert_eq!(
+        probe.status.tier(),
+        3,
+        "{:?}",
+        probe.status.fallback_reason()
+    );
     assert_eq!(probe.status.programs_loaded(), 5);
     let pod = TestPod::new(Layout::Cgroupfs);
     let bystander = TestPod::new(Layout::Systemd);
@@ -185,14 +239,20 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
         version: "1".into(),
         pods: vec![PodEnforcement {
             pod_uid: pod.uid.clone(),
-            denied_networks: vec![DeniedNetwork { cidr: "127.0.0.0/8".into(), ports: vec![port] }],
+            denied_networks: vec![DeniedNetwork {
+                cidr: "127.0.0.0/8".into(),
+                ports: vec![port],
+            }],
             denied_executables: vec!["/bin/true".into()],
             ..Default::default()
         }],
     });
     wait_for_version(&probe, "1").await;
 
-    assert!(!pod.run(&connect).success(), "a denied connect went through");
+    assert!(
+        !pod.run(&connect).success(),
+        "a denied connect went through"
+    );
     let killed = pod.run("/bin/true");
     assert_eq!(killed.signal(), Some(libc::SIGKILL), "{killed:?}");
     // Other ports, other binaries and other pods are untouched.
@@ -203,8 +263,17 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     let seen = server
         .wait_for_pod(&pod.uid, WAIT, |m| m.blocked.len() >= 2)
         .await;
-    assert!(seen.blocked.contains(&BlockedAction::Exec { path: "/bin/true".into() }), "{seen:#?}");
-    assert!(seen.blocked.iter().any(|b| matches!(b, BlockedAction::Connect { port: p, .. } if *p == port)));
+    assert!(
+        seen.blocked.contains(&BlockedAction::Exec {
+            path: "/bin/true".into()
+        }),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.blocked
+            .iter()
+            .any(|b| matches!(b, BlockedAction::Connect { port: p, .. } if *p == port))
+    );
 
     // Quarantine: every connect refused but the allowed destinations.
     let other_listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -223,11 +292,20 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     });
     wait_for_version(&probe, "2").await;
     assert!(!pod.run(&connect).success(), "a quarantined pod connected");
-    assert!(pod.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{allowed_port}")).success());
-    assert!(pod.run("/bin/true").success(), "the exec rule was lifted with version 2");
+    assert!(
+        pod.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{allowed_port}"))
+            .success()
+    );
+    assert!(
+        pod.run("/bin/true").success(),
+        "the exec rule was lifted with version 2"
+    );
 
     // Lifted: everything goes through again.
-    server.set_enforcement(EnforcementSet { version: "3".into(), pods: vec![] });
+    server.set_enforcement(EnforcementSet {
+        version: "3".into(),
+        pods: vec![],
+    });
     wait_for_version(&probe, "3").await;
     assert!(pod.run(&connect).success());
     assert!(pod.run("/bin/true").success());
@@ -238,7 +316,10 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
 async fn wait_for_version(probe: &meshlogic_probe::run::ProbeHandle, version: &str) {
     let start = std::time::Instant::now();
     while probe.status.enforcement_version().as_deref() != Some(version) {
-        assert!(start.elapsed() < WAIT, "enforcement version {version} never applied");
+        assert!(
+            start.elapsed() < WAIT,
+            "enforcement version {version} never applied"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

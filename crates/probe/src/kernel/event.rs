@@ -99,8 +99,14 @@ impl<'a> RawEvent<'a> {
                 path: &self.path,
                 write: open_flags_write(self.header.flags),
             },
-            EV_CONNECT => Observation::Connect { ip: self.ip(), port },
-            EV_BLOCKED_CONNECT => Observation::BlockedConnect { ip: self.ip(), port },
+            EV_CONNECT => Observation::Connect {
+                ip: self.ip(),
+                port,
+            },
+            EV_BLOCKED_CONNECT => Observation::BlockedConnect {
+                ip: self.ip(),
+                port,
+            },
             EV_BLOCKED_EXEC => Observation::BlockedExec { path: &self.path },
             _ => return None,
         })
@@ -119,12 +125,30 @@ mod tests {
     fn the_header_mirrors_the_c_event() {
         assert_eq!(HEADER_LEN, offset_of!(types::event, path));
         assert_eq!(size_of::<types::event>(), HEADER_LEN + PATH_LEN);
-        assert_eq!(offset_of!(EventHeader, pod_cgroup_id), offset_of!(types::event, pod_cgroup_id));
-        assert_eq!(offset_of!(EventHeader, kind), offset_of!(types::event, kind));
-        assert_eq!(offset_of!(EventHeader, flags), offset_of!(types::event, flags));
-        assert_eq!(offset_of!(EventHeader, port), offset_of!(types::event, port));
-        assert_eq!(offset_of!(EventHeader, addr), offset_of!(types::event, addr));
-        assert_eq!(offset_of!(EventHeader, path_len), offset_of!(types::event, path_len));
+        assert_eq!(
+            offset_of!(EventHeader, pod_cgroup_id),
+            offset_of!(types::event, pod_cgroup_id)
+        );
+        assert_eq!(
+            offset_of!(EventHeader, kind),
+            offset_of!(types::event, kind)
+        );
+        assert_eq!(
+            offset_of!(EventHeader, flags),
+            offset_of!(types::event, flags)
+        );
+        assert_eq!(
+            offset_of!(EventHeader, port),
+            offset_of!(types::event, port)
+        );
+        assert_eq!(
+            offset_of!(EventHeader, addr),
+            offset_of!(types::event, addr)
+        );
+        assert_eq!(
+            offset_of!(EventHeader, path_len),
+            offset_of!(types::event, path_len)
+        );
         assert_eq!(size_of::<types::exec_key>(), 4 + 8 + EXEC_KEY_PATH);
         assert_eq!(size_of::<types::path_key>(), 4 + PATH_LEN);
         assert_eq!(size_of::<types::net4_key>(), 4 + 8 + 4);

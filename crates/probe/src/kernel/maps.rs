@@ -83,7 +83,11 @@ pub fn parse_cidr(cidr: &str) -> Option<(IpAddr, u8)> {
             Some((IpAddr::V4((u32::from(v4) & mask).into()), len))
         }
         IpAddr::V6(v6) if len <= 128 => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             Some((IpAddr::V6((u128::from(v6) & mask).into()), len))
         }
         _ => None,
@@ -93,11 +97,19 @@ pub fn parse_cidr(cidr: &str) -> Option<(IpAddr, u8)> {
 fn contains(net: (IpAddr, u8), other: (IpAddr, u8)) -> bool {
     match (net.0, other.0) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mask = if net.1 == 0 { 0 } else { u32::MAX << (32 - net.1) };
+            let mask = if net.1 == 0 {
+                0
+            } else {
+                u32::MAX << (32 - net.1)
+            };
             net.1 <= other.1 && u32::from(a) & mask == u32::from(b) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let mask = if net.1 == 0 { 0 } else { u128::MAX << (128 - net.1) };
+            let mask = if net.1 == 0 {
+                0
+            } else {
+                u128::MAX << (128 - net.1)
+            };
             net.1 <= other.1 && u128::from(a) & mask == u128::from(b) & mask
         }
         _ => false,
@@ -252,7 +264,10 @@ pub fn apply(skel: &super::skel::ProbeSkel<'_>, old: &KernelState, new: &KernelS
         }
     }
     for key in new.allowed.difference(&old.allowed) {
-        report("allowed_dest", maps.allowed_dest.update(key, &[1], MapFlags::ANY));
+        report(
+            "allowed_dest",
+            maps.allowed_dest.update(key, &[1], MapFlags::ANY),
+        );
     }
     for (id, flags) in &new.pods {
         if old.pods.get(id) != Some(flags) {
@@ -313,21 +328,36 @@ mod tests {
     #[test]
     fn exec_keys_match_exactly_or_by_prefix() {
         let exact = exec_key(7, "/usr/bin/curl").unwrap();
-        assert_eq!(u32::from_ne_bytes(exact[..4].try_into().unwrap()), 64 + 14 * 8);
+        assert_eq!(
+            u32::from_ne_bytes(exact[..4].try_into().unwrap()),
+            64 + 14 * 8
+        );
         assert_eq!(&exact[4..12], &7u64.to_ne_bytes());
         assert_eq!(&exact[12..26], b"/usr/bin/curl\0");
         let prefix = exec_key(7, "/tmp/*").unwrap();
-        assert_eq!(u32::from_ne_bytes(prefix[..4].try_into().unwrap()), 64 + 5 * 8);
+        assert_eq!(
+            u32::from_ne_bytes(prefix[..4].try_into().unwrap()),
+            64 + 5 * 8
+        );
         assert!(exec_key(7, "curl").is_none());
         assert!(exec_key(7, &format!("/{}", "a".repeat(300))).is_none());
     }
 
     #[test]
     fn cidrs_are_parsed_and_masked() {
-        assert_eq!(parse_cidr("10.1.2.3/8"), Some(("10.0.0.0".parse().unwrap(), 8)));
-        assert_eq!(parse_cidr("10.1.2.3"), Some(("10.1.2.3".parse().unwrap(), 32)));
+        assert_eq!(
+            parse_cidr("10.1.2.3/8"),
+            Some(("10.0.0.0".parse().unwrap(), 8))
+        );
+        assert_eq!(
+            parse_cidr("10.1.2.3"),
+            Some(("10.1.2.3".parse().unwrap(), 32))
+        );
         assert_eq!(parse_cidr("::1/128"), Some(("::1".parse().unwrap(), 128)));
-        assert_eq!(parse_cidr("0.0.0.0/0"), Some(("0.0.0.0".parse().unwrap(), 0)));
+        assert_eq!(
+            parse_cidr("0.0.0.0/0"),
+            Some(("0.0.0.0".parse().unwrap(), 0))
+        );
         assert_eq!(parse_cidr("10.0.0.0/33"), None);
         assert_eq!(parse_cidr("nope"), None);
     }
@@ -343,16 +373,31 @@ mod tests {
                 pod_uid: "a".into(),
                 quarantined: true,
                 denied_networks: vec![
-                    DeniedNetwork { cidr: "10.0.0.0/8".into(), ports: vec![22] },
-                    DeniedNetwork { cidr: "10.1.0.0/16".into(), ports: vec![443] },
-                    DeniedNetwork { cidr: "fd00::/8".into(), ports: vec![] },
+                    DeniedNetwork {
+                        cidr: "10.0.0.0/8".into(),
+                        ports: vec![22],
+                    },
+                    DeniedNetwork {
+                        cidr: "10.1.0.0/16".into(),
+                        ports: vec![443],
+                    },
+                    DeniedNetwork {
+                        cidr: "fd00::/8".into(),
+                        ports: vec![],
+                    },
                 ],
                 denied_executables: vec!["/usr/bin/curl".into(), "bad".into()],
-                allowed_destinations: vec![Destination { ip: "10.0.0.1".parse().unwrap(), port: 8080 }],
+                allowed_destinations: vec![Destination {
+                    ip: "10.0.0.1".parse().unwrap(),
+                    port: 8080,
+                }],
             }],
         };
         let (state, warnings) = build(&pods, Some(&set));
-        assert_eq!(state.pods[&11], POD_WATCHED | POD_ENFORCED | POD_QUARANTINED);
+        assert_eq!(
+            state.pods[&11],
+            POD_WATCHED | POD_ENFORCED | POD_QUARANTINED
+        );
         assert_eq!(state.pods[&22], POD_WATCHED);
         assert_eq!(state.deny_exec.len(), 1);
         assert_eq!(warnings.len(), 1, "{warnings:?}");

@@ -221,10 +221,10 @@ fn kernel_thread(
     let mut applied = KernelState::default();
     let mut last_counters = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
-        if let Err(error) = ring.poll(Duration::from_millis(50)) {
-            if error.kind() != libbpf_rs::ErrorKind::Interrupted {
-                tracing::warn!(%error, "ring buffer poll");
-            }
+        if let Err(error) = ring.poll(Duration::from_millis(50))
+            && error.kind() != libbpf_rs::ErrorKind::Interrupted
+        {
+            tracing::warn!(%error, "ring buffer poll");
         }
         let mut flushed = Vec::new();
         let mut latest = None;
@@ -295,13 +295,20 @@ fn load<'obj>(
             .map_err(load_error)?;
     }
 
-    let attach_error = |name: &str, error: libbpf_rs::Error| {
-        KernelError::Attach(format!("{name}: {error:#}"))
-    };
+    let attach_error =
+        |name: &str, error: libbpf_rs::Error| KernelError::Attach(format!("{name}: {error:#}"));
     let mut links = Vec::new();
     let tracepoints = [
-        (options.enable_process || blocking, "handle_exec", &skel.progs.handle_exec),
-        (options.enable_process, "handle_exit", &skel.progs.handle_exit),
+        (
+            options.enable_process || blocking,
+            "handle_exec",
+            &skel.progs.handle_exec,
+        ),
+        (
+            options.enable_process,
+            "handle_exit",
+            &skel.progs.handle_exit,
+        ),
         (syscalls, "handle_sys_enter", &skel.progs.handle_sys_enter),
     ];
     for (wanted, name, program) in tracepoints {
@@ -347,7 +354,9 @@ fn consume(data: &[u8], shared: &Mutex<Shared>, metrics: &Metrics) {
         return;
     };
     metrics.event(observation.kind());
-    let mut shared = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut shared = shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let shared = &mut *shared;
     match shared.pod_cgroups.by_id.get(&event.header.pod_cgroup_id) {
         Some(uid) => shared.aggregator.record(uid, observation),

@@ -79,7 +79,9 @@ impl TrustServer {
         let state = server.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
@@ -125,7 +127,10 @@ impl TrustServer {
                 }
                 let batch: ReportBatch = serde_json::from_slice(&body).unwrap();
                 self.batches.lock().unwrap().push(batch);
-                reply(StatusCode::ACCEPTED, r#"{"accepted":0,"unknownPods":0}"#.into())
+                reply(
+                    StatusCode::ACCEPTED,
+                    r#"{"accepted":0,"unknownPods":0}"#.into(),
+                )
             }
             "/v1/enforcement" => {
                 let since = query
@@ -301,7 +306,9 @@ fn rand_tail() -> u64 {
 }
 
 fn remove_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             remove_tree(&entry.path());
@@ -357,7 +364,9 @@ pub async fn get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut response = String::new();
