@@ -192,7 +192,20 @@ fn connect_loop(target: SocketAddr, n: usize) -> Duration {
     for _ in 0..n {
         let stream = TcpStream::connect(target).unwrap();
         // Reset instead of TIME_WAIT, so thousands of connects do not exhaust ports.
-        let _ = stream.set_linger(Some(Duration::ZERO));
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a linger struct of the size given.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&stream),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
     }
     start.elapsed()
 }
