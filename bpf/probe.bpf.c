@@ -35,6 +35,9 @@ const volatile bool filter_pods = true; /* only tasks under a watched pod cgroup
 const volatile bool enforce = false;    /* tier 3: kill denied execs */
 const volatile bool report_exec = true; /* false: exec is loaded for tier 3 only, not observed */
 const volatile bool observe_file = true;
+/* Wake the consumer only once this much data waits (it also drains every few milliseconds):
+ * a wake-up per event would cost more than the event itself. */
+const volatile __u64 wakeup_bytes = 1 << 18;
 const volatile bool observe_network = true;
 
 /* Keeps the event layout in the skeleton's BTF so that a Rust test can check its mirror. */
@@ -113,6 +116,12 @@ struct {
 	__type(value, __u8);
 } allowed_dest SEC(".maps");
 
+static __always_inline __u64 wakeup_flag(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									     : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void count(__u32 which)
 {
 	__u64 *value = bpf_map_lookup_elem(&counters, &which);
@@ -171,7 +180,7 @@ static __always_inline void emit(struct event *e, long path_bytes, __u32 counter
 	__u64 size = __builtin_offsetof(struct event, path) + (__u64)path_bytes;
 	if (size > sizeof(*e))
 		return;
-	if (bpf_ringbuf_output(&events, e, size, 0))
+	if (bpf_ringbuf_output(&events, e, size, wakeup_flag()))
 		count(C_RINGBUF_DROPS);
 	else
 		count(counter);
@@ -360,7 +369,7 @@ static __always_inline int refuse(__u64 pod, __u32 family, const void *addr, __u
 		__builtin_memcpy(e->addr, addr, 4);
 	else
 		__builtin_memcpy(e->addr, addr, 16);
-	if (bpf_ringbuf_output(&events, e, __builtin_offsetof(struct event, path), 0))
+	if (bpf_ringbuf_output(&events, e, __builtin_offsetof(struct event, path), BPF_RB_FORCE_WAKEUP))
 		count(C_RINGBUF_DROPS);
 	return 0; /* connect() fails with EPERM */
 }

@@ -361,7 +361,7 @@ async fn scan_loop(
         if let Some(set) = set
             && status.enforcement_version().as_deref() != Some(set.version.as_str())
         {
-            // Applied by the kernel thread within one poll (50 ms); wait for it.
+            // Applied by the kernel thread within one drain interval (10 ms); wait for it.
             let flusher = sync.clone();
             let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
             status.set_enforcement_version(set.version);

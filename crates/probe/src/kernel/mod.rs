@@ -221,11 +221,13 @@ fn kernel_thread(
     let mut applied = KernelState::default();
     let mut last_counters = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
-        if let Err(error) = ring.poll(Duration::from_millis(50))
+        // Woken when a quarter of the ring is full; otherwise drained every DRAIN_INTERVAL.
+        if let Err(error) = ring.poll(DRAIN_INTERVAL)
             && error.kind() != libbpf_rs::ErrorKind::Interrupted
         {
             tracing::warn!(%error, "ring buffer poll");
         }
+        let _ = ring.consume();
         let mut flushed = Vec::new();
         let mut latest = None;
         while let Ok(command) = commands.try_recv() {
@@ -253,6 +255,9 @@ fn kernel_thread(
 
 type Skel<'obj> = skel::ProbeSkel<'obj>;
 
+/// Longest time an event waits in the ring buffer when the kernel does not wake us.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
 fn load<'obj>(
     options: &KernelOptions,
     object: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
@@ -273,6 +278,7 @@ fn load<'obj>(
         rodata.report_exec = options.enable_process;
         rodata.observe_file = options.enable_file;
         rodata.observe_network = options.enable_network;
+        rodata.wakeup_bytes = u64::from(options.ring_buffer_size / 4);
     }
     open.maps
         .events
