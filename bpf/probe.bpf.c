@@ -166,6 +166,7 @@ static __always_inline struct event *new_event(__u32 kind, __u64 pod)
 	__builtin_memset(e->addr, 0, sizeof(e->addr));
 	e->path_len = 0;
 	e->lpm_prefixlen = 0;
+	e->comm[0] = 0; /* filled for execs only: user space does not need it elsewhere */
 	return e;
 }
 
@@ -241,7 +242,6 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 	if (!e)
 		return 0;
 	e->flags = BPF_CORE_READ(p, exit_code) >> 8;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	emit(e, 0, C_EXIT);
 	return 0;
 }
@@ -271,7 +271,6 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 	}
 	e->lpm_prefixlen = 0;
 	e->flags = open_flags;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	emit(e, n, C_OPEN);
 	return 0;
 }
@@ -304,7 +303,6 @@ static __always_inline int handle_connect(const void *uaddr)
 		e->port = bpf_ntohs(sa.sin6_port);
 		__builtin_memcpy(e->addr, &sa.sin6_addr, 16);
 	}
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	emit(e, 0, C_CONNECT);
 	return 0;
 }
