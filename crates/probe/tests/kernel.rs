@@ -323,3 +323,59 @@ async fn wait_for_version(probe: &meshlogic_probe::run::ProbeHandle, version: &s
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A one-page ring buffer flooded by a burst of opens: the losses are counted in the kernel,
+/// exported, and reported to the trust API, never silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_buffer_drops_are_counted_and_reported() {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let spec = json!({"ebpf": {"ringBufferSize": 4096}});
+    let probe = meshlogic_probe::run::start(config(&server, spec))
+        .await
+        .unwrap();
+    let pod = TestPod::new(Layout::Cgroupfs);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let flood = "python3 -c \"import os\nfor _ in range(20000): os.close(os.open('/etc/hostname', os.O_RDONLY))\"";
+    assert!(pod.run(flood).success());
+    let start = std::time::Instant::now();
+    let drops = loop {
+        let drops = probe
+            .kernel_counters()
+            .unwrap()
+            .get(meshlogic_probe::kernel::event::C_RINGBUF_DROPS);
+        if drops > 0 || start.elapsed() > WAIT {
+            break drops;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        drops > 0,
+        "20000 opens through a 4 KiB ring buffer lost nothing?"
+    );
+    // Reported to the trust API and exported.
+    let start = std::time::Instant::now();
+    loop {
+        let reported = server.batches().iter().any(|b| match &b.source {
+            agentmesh_api::wire::ReportSource::Probe {
+                ring_buffer_drops, ..
+            } => *ring_buffer_drops > 0,
+        });
+        if reported {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "drops never reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = common::get(probe.listen_addr, "/metrics").await;
+    let exported: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meshlogic_probe_ring_buffer_drops_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(exported > 0.0, "{metrics}");
+    probe.shutdown();
+}
