@@ -34,8 +34,7 @@ async fn attribution(layout: Layout) {
 
     let pod = TestPod::new(layout);
     let other = TestPod::new(layout);
-    // Let the scanner put the new pod cgroups into the kernel map.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    common::wait_watched(&probe, &[&pod, &other]).await;
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -115,7 +114,7 @@ async fn muted_paths_never_reach_user_space() {
         .await
         .unwrap();
     let pod = TestPod::new(Layout::Cgroupfs);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    common::wait_watched(&probe, &[&pod]).await;
     let muted_before = probe.kernel_counters().unwrap().get(C_MUTED);
     assert!(pod
         .run("cat /proc/self/status /sys/kernel/btf/vmlinux /dev/null > /dev/null; cat /etc/hostname > /dev/null")
@@ -163,7 +162,7 @@ async fn disabling_a_category_stops_its_events() {
         .unwrap();
     assert_eq!(probe.status.programs_loaded(), 2, "exec and exit only");
     let pod = TestPod::new(Layout::Cgroupfs);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    common::wait_watched(&probe, &[&pod]).await;
     assert!(pod.run(script).success());
     let seen = server
         .wait_for_pod(&pod.uid, WAIT, |m| {
@@ -195,7 +194,7 @@ async fn disabling_a_category_stops_its_events() {
         "sys_enter (opens and connects)"
     );
     let pod = TestPod::new(Layout::Systemd);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    common::wait_watched(&probe, &[&pod]).await;
     assert!(pod.run(script).success());
     let seen = server
         .wait_for_pod(&pod.uid, WAIT, |m| {
@@ -229,7 +228,7 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    common::wait_watched(&probe, &[&pod, &bystander]).await;
 
     // Nothing enforced yet.
     assert!(pod.run(&connect).success());
@@ -337,7 +336,7 @@ async fn ring_buffer_drops_are_counted_and_reported() {
         .await
         .unwrap();
     let pod = TestPod::new(Layout::Cgroupfs);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    common::wait_watched(&probe, &[&pod]).await;
     let flood = "python3 -c \"import os\nfor _ in range(20000): os.close(os.open('/etc/hostname', os.O_RDONLY))\"";
     assert!(pod.run(flood).success());
     let start = std::time::Instant::now();

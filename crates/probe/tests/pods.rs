@@ -90,7 +90,7 @@ async fn reports_name_the_pod_and_its_identity_from_a_node_scoped_watch() {
     let mut config = config(&server, json!({}));
     config.kube = KubeAccess::Kubeconfig(kubeconfig.clone());
     let probe = meshlogic_probe::run::start(config).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    common::wait_watched(&probe, &[&pod]).await;
     assert!(pod.run("cat /etc/hostname > /dev/null").success());
 
     let start = std::time::Instant::now();

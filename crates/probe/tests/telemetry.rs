@@ -60,7 +60,7 @@ async fn telemetry_is_noised_and_epsilon_is_accounted() {
     config.telemetry_interval = Duration::from_secs(1); // the CRD's minimum is 10 s
     let probe = meshlogic_probe::run::start(config).await.unwrap();
     let pod = TestPod::new(Layout::Cgroupfs);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    common::wait_watched(&probe, &[&pod]).await;
     assert!(
         pod.run("for i in $(seq 200); do : < /etc/hostname; done")
             .success()

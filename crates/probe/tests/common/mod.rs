@@ -373,3 +373,25 @@ pub async fn get(addr: SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     response
 }
+
+/// Waits until the probe watches these pods (its scanner found their cgroups and the kernel
+/// map has them: the map is written within one drain interval after the scan).
+pub async fn wait_watched(probe: &meshlogic_probe::run::ProbeHandle, pods: &[&TestPod]) {
+    let start = Instant::now();
+    loop {
+        let known = {
+            let shared = probe.shared.lock().unwrap();
+            pods.iter()
+                .all(|pod| shared.pod_cgroups.by_id.values().any(|uid| *uid == pod.uid))
+        };
+        if known {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "pod cgroups never watched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
