@@ -308,8 +308,19 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     wait_for_version(&probe, "3").await;
     assert!(pod.run(&connect).success());
     assert!(pod.run("/bin/true").success());
+    assert!(connect_error(&pod, "::1", port).contains("Connection refused"));
     drop(listener);
     probe.shutdown();
+}
+
+/// What bash says when it cannot connect to [ip]:port from the pod.
+fn connect_error(pod: &TestPod, ip: &str, port: u16) -> String {
+    let output = pod
+        .command(&format!("exec 3<>/dev/tcp/{ip}/{port}"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 async fn wait_for_version(probe: &meshlogic_probe::run::ProbeHandle, version: &str) {
