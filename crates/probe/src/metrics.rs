@@ -146,6 +146,11 @@ impl Metrics {
             "Telemetry records sent to the telemetry sink",
             metrics.telemetry_exports.clone(),
         );
+        registry.register(
+            "unattributed_events",
+            "Kernel events whose pod cgroup was no longer known in user space",
+            metrics.unattributed.clone(),
+        );
         Self {
             registry,
             ..metrics

@@ -366,7 +366,10 @@ fn consume(data: &[u8], shared: &Mutex<Shared>, metrics: &Metrics) {
     let shared = &mut *shared;
     match shared.pod_cgroups.by_id.get(&event.header.pod_cgroup_id) {
         Some(uid) => shared.aggregator.record(uid, observation),
-        None => shared.unattributed += 1,
+        None => {
+            shared.unattributed += 1;
+            metrics.unattributed.inc();
+        }
     }
 }
 
