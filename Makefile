@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(AGENTMESH_CACHE)/target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench demo cluster-up cluster-down clean
+.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe demo cluster-up cluster-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -67,6 +67,10 @@ bench: ## Benchmarks; prints ratios against baselines measured in the same run
 
 bench-operator: ## Trust API ingest throughput and status writes per identity under load (real API server)
 	CARGO=$(CARGO) e2e/run.sh --bench
+
+bench-probe: setup ## Probe overhead (exec/open/connect with vs without), zero-drop event rate, peak RSS (root)
+	$(CARGO) build --release --locked -p meshlogic-probe --bins
+	$(CARGO_TARGET_DIR)/release/meshlogic-probe-bench
 
 demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
 	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1

@@ -7,9 +7,9 @@ set -euo pipefail
 AGENTMESH_CACHE="${AGENTMESH_CACHE:-$HOME/.cache/agentmesh}"
 mkdir -p "$AGENTMESH_CACHE"
 
-# Debian packages, installed only when missing: (none needed yet; the BPF toolchain and the
-# control plane's tools join this list with the issues that need them).
-APT_PACKAGES=()
+# Debian packages, installed only when missing. The probe's BPF toolchain: clang compiles
+# bpf/*.bpf.c (libbpf-cargo), libelf/zlib/pkg-config build the vendored libbpf (libbpf-sys).
+APT_PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -131,6 +131,10 @@ pub struct PodBehavior {
     /// `namespace/name` of the pod, when the probe knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pod's `agentmesh.io/identity` label, when it has one: a hint only; the operator
+    /// decides which AgentIdentity the pod is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// Window start and end, Unix milliseconds.
     pub window_start_ms: i64,
     pub window_end_ms: i64,

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The event and map layouts shared by bpf/probe.bpf.c and crates/probe/src/kernel/event.rs.
+ * Change both together; a Rust test checks the sizes and offsets against the skeleton's BTF. */
+#ifndef MESHLOGIC_PROBE_H
+#define MESHLOGIC_PROBE_H
+
+#define PATH_LEN 256      /* bytes of a path carried by an event (with its NUL) */
+#define COMM_LEN 16
+#define EXEC_KEY_PATH 240 /* bytes of an executable path in a deny key (LPM data max is 256) */
+#define MAX_PORTS 16      /* ports in one denied-network rule */
+#define MAX_CGROUP_LEVEL 16
+
+enum event_kind {
+	EV_EXEC = 1,
+	EV_EXIT = 2,
+	EV_OPEN = 3,
+	EV_CONNECT = 4,
+	EV_BLOCKED_CONNECT = 5,
+	EV_BLOCKED_EXEC = 6,
+};
+
+/* Kernel-side counters (per-CPU array, summed in user space). */
+enum counter {
+	C_RINGBUF_DROPS = 0, /* bpf_ringbuf_output failed: the ring buffer was full */
+	C_MUTED = 1,         /* opens dropped in the kernel by a mute path */
+	C_EXEC = 2,
+	C_EXIT = 3,
+	C_OPEN = 4,
+	C_CONNECT = 5,
+	C_BLOCKED_CONNECT = 6,
+	C_BLOCKED_EXEC = 7,
+	C_UNWATCHED = 8, /* events of tasks outside every watched pod cgroup */
+	C_COUNT = 9,
+};
+
+/* Flags of a watched pod cgroup (value of the pod_cgroups map). */
+#define POD_WATCHED 1u
+#define POD_ENFORCED 2u
+#define POD_QUARANTINED 4u
+
+struct event {
+	__u64 ts_ns;
+	__u64 pod_cgroup_id; /* the watched ancestor cgroup (the pod's), 0 when none */
+	__u64 cgroup_id;     /* the task's own cgroup (its container's) */
+	__u32 pid;
+	__u32 tgid;
+	__u32 ppid;
+	__u32 kind;
+	__s32 flags; /* open flags; exit code for EV_EXIT */
+	__u16 family; /* AF_INET or AF_INET6 for connects */
+	__u16 port;   /* host byte order */
+	__u8 addr[16];
+	char comm[COMM_LEN];
+	__u32 path_len;      /* bytes of path sent, with the NUL; 0 when none */
+	__u32 lpm_prefixlen; /* lets &lpm_prefixlen serve as the mute_paths LPM key, path its data */
+	char path[PATH_LEN];
+};
+
+/* Key of the mute_paths LPM trie: the same bytes as event.lpm_prefixlen + event.path. */
+struct path_key {
+	__u32 prefixlen;
+	char path[PATH_LEN];
+};
+
+/* Key of the deny_exec LPM trie: pod cgroup id (8 bytes, native order) then the path. */
+struct exec_key {
+	__u32 prefixlen;
+	__u8 pod[8];
+	char path[EXEC_KEY_PATH];
+};
+
+struct net4_key {
+	__u32 prefixlen;
+	__u8 pod[8];
+	__u8 addr[4];
+};
+
+struct net6_key {
+	__u32 prefixlen;
+	__u8 pod[8];
+	__u8 addr[16];
+};
+
+struct net_rule {
+	__u32 nports; /* 0: every port */
+	__u16 ports[MAX_PORTS];
+};
+
+/* Key of allowed_dest: destinations always allowed to an enforced pod. */
+struct dest_key {
+	__u64 pod;
+	__u8 addr[16];
+	__u32 family;
+	__u32 port;
+};
+
+#endif

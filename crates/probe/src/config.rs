@@ -1,0 +1,437 @@
+//! Start-up configuration: the MeshLogicAgent file written by the operator plus flags and
+//! environment variables. Parsed once into [`ProbeConfig`]; every bad value is an error that
+//! names its field, flag or variable.
+//!
+//! The file (a ConfigMap key mounted into the pod) is JSON:
+//!
+//! ```json
+//! {"agent": "meshlogic/meshlogic-agent", "spec": { ...MeshLogicAgentSpec, camelCase... }}
+//! ```
+//!
+//! `spec` is exactly the MeshLogicAgent's spec as the operator serializes it; fields left out
+//! take the CRD's defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentmesh_api::MeshLogicAgentSpec;
+use agentmesh_api::meshlogic::{CgroupDriver, RING_BUFFER_MAX, RING_BUFFER_MIN, TelemetrySink};
+use serde::Deserialize;
+
+/// Where Kubernetes mounts the ServiceAccount token.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// A configuration error: what is wrong, naming the field, flag or variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The probe's configuration file.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `namespace/name` of the MeshLogicAgent.
+    pub agent: String,
+    pub spec: MeshLogicAgentSpec,
+}
+
+/// Settings that come from flags or environment, not from the MeshLogicAgent.
+#[derive(Debug, Clone)]
+pub struct Overrides {
+    pub node_name: String,
+    pub trust_api: String,
+    pub token_file: PathBuf,
+    pub cgroup_root: Option<PathBuf>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub btf_path: PathBuf,
+    pub proc_root: PathBuf,
+    pub report_queue: usize,
+    pub kube: KubeAccess,
+}
+
+/// How the probe reaches the API server to learn the names of the pods on its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeAccess {
+    /// In-cluster config or `KUBECONFIG`, whichever kube finds.
+    Infer,
+    /// A kubeconfig file.
+    Kubeconfig(PathBuf),
+    /// No API server: reports carry pod UIDs only.
+    Disabled,
+}
+
+/// The safety tier a probe is asked for (the tier in force may be lower: see `run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    UserMode = 1,
+    ReadOnly = 2,
+    Blocking = 3,
+}
+
+impl Tier {
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Everything the probe needs, validated.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub agent: String,
+    pub node_name: String,
+    pub requested_tier: Tier,
+    pub enable_process: bool,
+    pub enable_file: bool,
+    pub enable_network: bool,
+    pub ring_buffer_size: u32,
+    pub mute_paths: Vec<String>,
+    pub cgroup_root: PathBuf,
+    pub cgroup_driver: CgroupDriver,
+    pub epsilon: f64,
+    pub enable_noise: bool,
+    pub metrics_enabled: bool,
+    pub metrics_addr: std::net::SocketAddr,
+    pub telemetry_sink: TelemetrySink,
+    pub telemetry_endpoint: Option<String>,
+    pub telemetry_interval: Duration,
+    pub report_interval: Duration,
+    pub trust_api: String,
+    pub token_file: PathBuf,
+    pub btf_path: PathBuf,
+    pub proc_root: PathBuf,
+    pub report_queue: usize,
+    pub kube: KubeAccess,
+    /// Only tasks under a watched pod cgroup are observed (always on outside benchmarks).
+    pub filter_pods: bool,
+}
+
+impl ProbeConfig {
+    /// Reads and validates the configuration file, then applies the overrides.
+    pub fn load(path: &Path, overrides: Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            bad(
+                "--config",
+                format!("cannot read {}: {error}", path.display()),
+            )
+        })?;
+        Self::from_json(&text, overrides)
+    }
+
+    pub fn from_json(text: &str, overrides: Overrides) -> Result<Self, ConfigError> {
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        let file: ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let field = if path == "." {
+                "config file".to_string()
+            } else {
+                path
+            };
+            bad(field, error.into_inner().to_string())
+        })?;
+        Self::from_file(file, overrides)
+    }
+
+    pub fn from_file(file: ConfigFile, overrides: Overrides) -> Result<Self, ConfigError> {
+        let ConfigFile { agent, spec } = file;
+        match agent.split_once('/') {
+            Some((ns, name)) if is_dns_label(ns) && is_dns_subdomain(name) => {}
+            _ => {
+                return Err(bad(
+                    "agent",
+                    format!("must be namespace/name, got {agent:?}"),
+                ));
+            }
+        }
+        if overrides.node_name.is_empty() {
+            return Err(bad("NODE_NAME (--node-name)", "must not be empty"));
+        }
+        if !(overrides.trust_api.starts_with("http://")) {
+            return Err(bad(
+                "MESHLOGIC_TRUST_API (--trust-api)",
+                format!("must be an http:// URL, got {:?}", overrides.trust_api),
+            ));
+        }
+        let requested_tier = match spec.safety_tier {
+            1 => Tier::UserMode,
+            2 => Tier::ReadOnly,
+            3 => Tier::Blocking,
+            other => {
+                return Err(bad(
+                    "spec.safetyTier",
+                    format!("must be 1, 2 or 3, got {other}"),
+                ));
+            }
+        };
+        let size = spec.ebpf.ring_buffer_size;
+        if !(RING_BUFFER_MIN..=RING_BUFFER_MAX).contains(&size) || size.count_ones() != 1 {
+            return Err(bad(
+                "spec.ebpf.ringBufferSize",
+                format!(
+                    "must be a power of two from {RING_BUFFER_MIN} to {RING_BUFFER_MAX}, got {size}"
+                ),
+            ));
+        }
+        if spec.ebpf.mute_paths.len() > 64 {
+            return Err(bad("spec.ebpf.mutePaths", "at most 64 paths"));
+        }
+        for (i, path) in spec.ebpf.mute_paths.iter().enumerate() {
+            if !path.starts_with('/') || path.len() > 128 || path.contains('\0') {
+                return Err(bad(
+                    format!("spec.ebpf.mutePaths[{i}]"),
+                    format!("must be an absolute path of at most 128 bytes, got {path:?}"),
+                ));
+            }
+        }
+        let cgroup_root = match overrides.cgroup_root {
+            Some(root) => root,
+            None => PathBuf::from(&spec.cgroup.root),
+        };
+        if !cgroup_root.is_absolute() {
+            return Err(bad(
+                "spec.cgroup.root (--cgroup-root)",
+                format!("must be an absolute path, got {}", cgroup_root.display()),
+            ));
+        }
+        let epsilon = spec.privacy.epsilon;
+        if !(epsilon.is_finite() && epsilon > 0.0 && epsilon <= 100.0) {
+            return Err(bad(
+                "spec.privacy.epsilon",
+                format!("must be > 0 and <= 100, got {epsilon}"),
+            ));
+        }
+        let port = u16::try_from(spec.metrics.port)
+            .ok()
+            .filter(|port| *port > 0)
+            .ok_or_else(|| {
+                bad(
+                    "spec.metrics.port",
+                    format!("must be 1-65535, got {}", spec.metrics.port),
+                )
+            })?;
+        if !(1..=3600).contains(&spec.report_interval_seconds) {
+            return Err(bad(
+                "spec.reportIntervalSeconds",
+                format!("must be 1-3600, got {}", spec.report_interval_seconds),
+            ));
+        }
+        if !(10..=86_400).contains(&spec.telemetry.interval_seconds) {
+            return Err(bad(
+                "spec.telemetry.intervalSeconds",
+                format!("must be 10-86400, got {}", spec.telemetry.interval_seconds),
+            ));
+        }
+        if spec.telemetry.sink == TelemetrySink::Http {
+            match &spec.telemetry.endpoint {
+                Some(url) if url.starts_with("http://") => {}
+                Some(url) => {
+                    return Err(bad(
+                        "spec.telemetry.endpoint",
+                        format!("this probe sends telemetry over http:// only, got {url:?}"),
+                    ));
+                }
+                None => {
+                    return Err(bad(
+                        "spec.telemetry.endpoint",
+                        "required when spec.telemetry.sink is http",
+                    ));
+                }
+            }
+        }
+        if overrides.report_queue == 0 {
+            return Err(bad("--report-queue", "must be at least 1"));
+        }
+        Ok(Self {
+            agent,
+            node_name: overrides.node_name,
+            requested_tier,
+            enable_process: spec.ebpf.enable_process,
+            enable_file: spec.ebpf.enable_file,
+            enable_network: spec.ebpf.enable_network,
+            ring_buffer_size: size as u32,
+            mute_paths: spec.ebpf.mute_paths.clone(),
+            cgroup_root,
+            cgroup_driver: spec.cgroup.driver,
+            epsilon,
+            enable_noise: spec.privacy.enable_noise,
+            metrics_enabled: spec.metrics.enabled,
+            metrics_addr: overrides
+                .metrics_addr
+                .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], port))),
+            telemetry_sink: spec.telemetry.sink,
+            telemetry_endpoint: spec.telemetry.endpoint.clone(),
+            telemetry_interval: Duration::from_secs(spec.telemetry.interval_seconds as u64),
+            report_interval: Duration::from_secs(spec.report_interval_seconds as u64),
+            trust_api: overrides.trust_api.trim_end_matches('/').to_string(),
+            token_file: overrides.token_file,
+            btf_path: overrides.btf_path,
+            proc_root: overrides.proc_root,
+            report_queue: overrides.report_queue,
+            kube: overrides.kube,
+            filter_pods: true,
+        })
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overrides() -> Overrides {
+        Overrides {
+            node_name: "node-1".into(),
+            trust_api: "http://127.0.0.1:8080".into(),
+            token_file: "/tmp/token".into(),
+            cgroup_root: None,
+            metrics_addr: None,
+            btf_path: "/sys/kernel/btf/vmlinux".into(),
+            proc_root: "/proc".into(),
+            report_queue: 16,
+            kube: KubeAccess::Disabled,
+        }
+    }
+
+    fn error_of(spec: serde_json::Value) -> String {
+        let text = serde_json::json!({"agent": "meshlogic/agent", "spec": spec}).to_string();
+        ProbeConfig::from_json(&text, overrides())
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_minimal_file_takes_the_seed_defaults() {
+        let text = r#"{"agent":"meshlogic/meshlogic-agent","spec":{"customerId":"acme"}}"#;
+        let config = ProbeConfig::from_json(text, overrides()).unwrap();
+        assert_eq!(config.requested_tier, Tier::ReadOnly);
+        assert_eq!(config.ring_buffer_size, 1_048_576);
+        assert_eq!(config.mute_paths, ["/proc", "/sys", "/dev"]);
+        assert_eq!(config.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(config.metrics_addr.port(), 9090);
+        assert_eq!(config.epsilon, 1.0);
+        assert!(config.enable_noise && config.enable_file);
+        assert_eq!(config.report_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_cgroup_root_flag_wins_over_the_spec() {
+        let text =
+            r#"{"agent":"a/b","spec":{"customerId":"x","cgroup":{"root":"/sys/fs/cgroup"}}}"#;
+        let mut o = overrides();
+        o.cgroup_root = Some("/sys/fs/cgroup/unified".into());
+        let config = ProbeConfig::from_json(text, o).unwrap();
+        assert_eq!(config.cgroup_root, PathBuf::from("/sys/fs/cgroup/unified"));
+    }
+
+    #[test]
+    fn each_bad_value_names_its_field() {
+        let cases = [
+            (
+                serde_json::json!({"customerId": "x", "safetyTier": 4}),
+                "spec.safetyTier",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "ebpf": {"ringBufferSize": 5000}}),
+                "spec.ebpf.ringBufferSize",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "ebpf": {"ringBufferSize": 2048}}),
+                "spec.ebpf.ringBufferSize",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "ebpf": {"mutePaths": ["/ok", "relative"]}}),
+                "spec.ebpf.mutePaths[1]",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "privacy": {"epsilon": 0.0}}),
+                "spec.privacy.epsilon",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "metrics": {"port": 70000}}),
+                "spec.metrics.port",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "reportIntervalSeconds": 0}),
+                "spec.reportIntervalSeconds",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "cgroup": {"root": "sys/fs/cgroup"}}),
+                "spec.cgroup.root",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "telemetry": {"sink": "http"}}),
+                "spec.telemetry.endpoint",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "ebpf": {"enableFile": "yes"}}),
+                "enableFile",
+            ),
+        ];
+        for (spec, field) in cases {
+            let message = error_of(spec.clone());
+            assert!(
+                message.contains(field),
+                "{spec}: {message:?} should name {field}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_refused() {
+        let text = r#"{"agent":"a/b","spec":{"customerId":"x"},"spce":{}}"#;
+        let message = ProbeConfig::from_json(text, overrides())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("spce"), "{message}");
+    }
+
+    #[test]
+    fn agent_node_and_trust_api_are_checked() {
+        let spec = r#""spec":{"customerId":"x"}"#;
+        let text = format!(r#"{{"agent":"no-slash",{spec}}}"#);
+        assert!(
+            ProbeConfig::from_json(&text, overrides())
+                .unwrap_err()
+                .to_string()
+                .starts_with("agent:")
+        );
+        let text = format!(r#"{{"agent":"a/b",{spec}}}"#);
+        let mut o = overrides();
+        o.node_name.clear();
+        assert!(
+            ProbeConfig::from_json(&text, o)
+                .unwrap_err()
+                .to_string()
+                .contains("NODE_NAME")
+        );
+        let mut o = overrides();
+        o.trust_api = "ftp://x".into();
+        assert!(
+            ProbeConfig::from_json(&text, o)
+                .unwrap_err()
+                .to_string()
+                .contains("MESHLOGIC_TRUST_API")
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! Tiers 2 and 3: the CO-RE programs of `bpf/probe.bpf.c`, loaded, attached and drained on one
+//! dedicated thread that owns every libbpf object. The async side talks to it through a
+//! channel ([`KernelProbe::sync`]) and reads its counters through atomics.
+
+pub mod event;
+pub mod maps;
+pub mod skel;
+
+use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder};
+
+use crate::aggregate::Aggregator;
+use crate::cgroup::PodCgroups;
+use crate::metrics::Metrics;
+use event::{C_COUNT, RawEvent};
+use maps::KernelState;
+use skel::ProbeSkelBuilder;
+
+/// What to load and how.
+#[derive(Debug, Clone)]
+pub struct KernelOptions {
+    /// BTF of the running kernel; `None`: libbpf finds it.
+    pub btf_path: Option<PathBuf>,
+    pub ring_buffer_size: u32,
+    pub enable_process: bool,
+    pub enable_file: bool,
+    pub enable_network: bool,
+    pub mute_paths: Vec<String>,
+    pub filter_pods: bool,
+    /// Tier 3: load the exec kill and the cgroup connect programs, attached at this cgroup v2
+    /// root.
+    pub blocking_cgroup_root: Option<PathBuf>,
+}
+
+/// The aggregation state the consumer writes into.
+#[derive(Debug)]
+pub struct Shared {
+    pub aggregator: Aggregator,
+    pub pod_cgroups: PodCgroups,
+    /// Events whose pod cgroup is no longer known (removed between the kernel and us).
+    pub unattributed: u64,
+}
+
+/// Kernel counters summed over CPUs, refreshed by the kernel thread.
+#[derive(Debug, Default)]
+pub struct KernelCounters {
+    values: [AtomicU64; C_COUNT],
+}
+
+impl KernelCounters {
+    pub fn get(&self, index: usize) -> u64 {
+        self.values[index].load(Ordering::Relaxed)
+    }
+}
+
+/// What loading gave.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Programs attached.
+    pub programs: u32,
+    /// Tier 3 enforcement attached; otherwise why not.
+    pub blocking: Result<(), String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("BPF load failed: {0}")]
+    Load(String),
+    #[error("BPF attach failed: {0}")]
+    Attach(String),
+    #[error("kernel thread: {0}")]
+    Thread(String),
+}
+
+/// The running kernel side.
+pub struct KernelProbe {
+    commands: mpsc::Sender<Command>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub counters: Arc<KernelCounters>,
+    pub loaded: Loaded,
+}
+
+impl KernelProbe {
+    /// Loads and attaches on a new thread, then drains the ring buffer into `shared` until
+    /// dropped. Returns once loading has succeeded or failed.
+    pub fn start(
+        options: KernelOptions,
+        shared: Arc<Mutex<Shared>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, KernelError> {
+        let (loaded_tx, loaded_rx) = mpsc::sync_channel(1);
+        let (commands, commands_rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(KernelCounters::default());
+        let thread = {
+            let stop = stop.clone();
+            let counters = counters.clone();
+            std::thread::Builder::new()
+                .name("bpf-events".into())
+                .spawn(move || {
+                    kernel_thread(
+                        options,
+                        shared,
+                        metrics,
+                        counters,
+                        stop,
+                        commands_rx,
+                        loaded_tx,
+                    )
+                })
+                .map_err(|error| KernelError::Thread(error.to_string()))?
+        };
+        match loaded_rx.recv() {
+            Ok(Ok(loaded)) => Ok(Self {
+                commands,
+                stop,
+                thread: Some(thread),
+                counters,
+                loaded,
+            }),
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                Err(error)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(KernelError::Thread("exited while loading".into()))
+            }
+        }
+    }
+
+    /// A sender of new kernel map contents to the kernel thread.
+    pub fn syncer(&self) -> KernelSync {
+        KernelSync {
+            commands: self.commands.clone(),
+        }
+    }
+}
+
+/// Sends desired kernel map contents to the kernel thread.
+#[derive(Debug, Clone)]
+pub struct KernelSync {
+    commands: mpsc::Sender<Command>,
+}
+
+impl KernelSync {
+    /// Replaces the watched pods and enforcement in the kernel maps.
+    pub fn send(&self, state: KernelState) {
+        let _ = self.commands.send(Command::Apply(state));
+    }
+
+    /// Returns once every state sent before has been written to the kernel.
+    pub fn flush(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.commands.send(Command::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+enum Command {
+    Apply(KernelState),
+    Flush(mpsc::SyncSender<()>),
+}
+
+impl Drop for KernelProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn kernel_thread(
+    options: KernelOptions,
+    shared: Arc<Mutex<Shared>>,
+    metrics: Arc<Metrics>,
+    counters: Arc<KernelCounters>,
+    stop: Arc<AtomicBool>,
+    commands: mpsc::Receiver<Command>,
+    loaded_tx: mpsc::SyncSender<Result<Loaded, KernelError>>,
+) {
+    let mut object = MaybeUninit::uninit();
+    let (skel, links, loaded) = match load(&options, &mut object) {
+        Ok(done) => done,
+        Err(error) => {
+            let _ = loaded_tx.send(Err(error));
+            return;
+        }
+    };
+    let _ = loaded_tx.send(Ok(loaded));
+    let _links = links;
+
+    let mut builder = RingBufferBuilder::new();
+    let consumer_shared = shared.clone();
+    let consumer_metrics = metrics.clone();
+    let added = builder
+        .add(&skel.maps.events, move |data: &[u8]| {
+            consume(data, &consumer_shared, &consumer_metrics);
+            0
+        })
+        .map(|_| ());
+    let ring = match added.and_then(|()| builder.build()) {
+        Ok(ring) => ring,
+        Err(error) => {
+            tracing::error!(%error, "ring buffer could not be opened; no kernel events");
+            return;
+        }
+    };
+    let mut applied = KernelState::default();
+    let mut last_counters = Instant::now() - Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        // Woken when a quarter of the ring is full; otherwise drained every DRAIN_INTERVAL.
+        if let Err(error) = ring.poll(DRAIN_INTERVAL)
+            && error.kind() != libbpf_rs::ErrorKind::Interrupted
+        {
+            tracing::warn!(%error, "ring buffer poll");
+        }
+        let _ = ring.consume();
+        let mut flushed = Vec::new();
+        let mut latest = None;
+        while let Ok(command) = commands.try_recv() {
+            match command {
+                Command::Apply(state) => latest = Some(state),
+                Command::Flush(done) => flushed.push(done),
+            }
+        }
+        if let Some(state) = latest {
+            maps::apply(&skel, &applied, &state);
+            applied = state;
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+        if last_counters.elapsed() >= Duration::from_millis(200) {
+            last_counters = Instant::now();
+            read_counters(&skel, &counters, &metrics);
+        }
+    }
+    // Whatever is left, then the final counters.
+    let _ = ring.consume();
+    read_counters(&skel, &counters, &metrics);
+}
+
+type Skel<'obj> = skel::ProbeSkel<'obj>;
+
+/// Longest time an event waits in the ring buffer when the kernel does not wake us.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+fn load<'obj>(
+    options: &KernelOptions,
+    object: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+) -> Result<(Skel<'obj>, Vec<Link>, Loaded), KernelError> {
+    let load_error = |error: libbpf_rs::Error| KernelError::Load(format!("{error:#}"));
+    let mut builder = ProbeSkelBuilder::default();
+    if let Some(btf) = &options.btf_path {
+        builder
+            .obj_builder
+            .btf_custom_path(btf)
+            .map_err(load_error)?;
+    }
+    let mut open = builder.open(object).map_err(load_error)?;
+    let blocking = options.blocking_cgroup_root.is_some();
+    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        rodata.filter_pods = options.filter_pods;
+        rodata.enforce = blocking;
+        rodata.report_exec = options.enable_process;
+        rodata.observe_file = options.enable_file;
+        rodata.observe_network = options.enable_network;
+        rodata.wakeup_bytes = u64::from(options.ring_buffer_size / 4);
+    }
+    open.maps
+        .events
+        .set_max_entries(options.ring_buffer_size)
+        .map_err(load_error)?;
+    open.progs
+        .handle_exec
+        .set_autoload(options.enable_process || blocking);
+    open.progs.handle_exit.set_autoload(options.enable_process);
+    let syscalls = options.enable_file || options.enable_network;
+    open.progs.handle_sys_enter.set_autoload(syscalls);
+    open.progs.enforce_connect4.set_autoload(blocking);
+    open.progs.enforce_connect6.set_autoload(blocking);
+    let skel = open.load().map_err(load_error)?;
+
+    for (key, value) in maps::mute_path_entries(&options.mute_paths) {
+        skel.maps
+            .mute_paths
+            .update(&key, &value, MapFlags::ANY)
+            .map_err(load_error)?;
+    }
+
+    let attach_error =
+        |name: &str, error: libbpf_rs::Error| KernelError::Attach(format!("{name}: {error:#}"));
+    let mut links = Vec::new();
+    let tracepoints = [
+        (
+            options.enable_process || blocking,
+            "handle_exec",
+            &skel.progs.handle_exec,
+        ),
+        (
+            options.enable_process,
+            "handle_exit",
+            &skel.progs.handle_exit,
+        ),
+        (syscalls, "handle_sys_enter", &skel.progs.handle_sys_enter),
+    ];
+    for (wanted, name, program) in tracepoints {
+        if wanted {
+            links.push(program.attach().map_err(|e| attach_error(name, e))?);
+        }
+    }
+    let blocking = match &options.blocking_cgroup_root {
+        None => Err("safety tier 3 not requested".to_string()),
+        Some(root) => attach_cgroup(&skel, root, &mut links),
+    };
+    let loaded = Loaded {
+        programs: links.len() as u32,
+        blocking,
+    };
+    Ok((skel, links, loaded))
+}
+
+fn attach_cgroup(skel: &Skel<'_>, root: &PathBuf, links: &mut Vec<Link>) -> Result<(), String> {
+    let cgroup = std::fs::File::open(root)
+        .map_err(|error| format!("cannot open cgroup root {}: {error}", root.display()))?;
+    let fd = cgroup.as_raw_fd();
+    let v4 = skel
+        .progs
+        .enforce_connect4
+        .attach_cgroup(fd)
+        .map_err(|error| format!("cgroup/connect4 on {}: {error:#}", root.display()))?;
+    let v6 = skel
+        .progs
+        .enforce_connect6
+        .attach_cgroup(fd)
+        .map_err(|error| format!("cgroup/connect6 on {}: {error:#}", root.display()))?;
+    links.push(v4);
+    links.push(v6);
+    Ok(())
+}
+
+fn consume(data: &[u8], shared: &Mutex<Shared>, metrics: &Metrics) {
+    let Some(event) = RawEvent::parse(data) else {
+        return;
+    };
+    let Some(observation) = event.observation() else {
+        return;
+    };
+    metrics.event(observation.kind());
+    let mut shared = shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let shared = &mut *shared;
+    match shared.pod_cgroups.by_id.get(&event.header.pod_cgroup_id) {
+        Some(uid) => shared.aggregator.record(uid, observation),
+        None => {
+            shared.unattributed += 1;
+            metrics.unattributed.inc();
+        }
+    }
+}
+
+fn read_counters(skel: &Skel<'_>, counters: &KernelCounters, metrics: &Metrics) {
+    for (index, slot) in counters.values.iter().enumerate() {
+        let key = (index as u32).to_ne_bytes();
+        let Ok(Some(per_cpu)) = skel.maps.counters.lookup_percpu(&key, MapFlags::ANY) else {
+            continue;
+        };
+        let total: u64 = per_cpu
+            .iter()
+            .filter_map(|value| value.get(..8))
+            .map(|bytes| u64::from_ne_bytes(bytes.try_into().unwrap_or_default()))
+            .sum();
+        slot.store(total, Ordering::Relaxed);
+    }
+    metrics.kernel_counters(counters);
+}

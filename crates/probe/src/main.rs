@@ -1,0 +1,145 @@
+//! `meshlogic-probe --config FILE`: see the crate documentation and README ("The node probe").
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agentmesh_api::names::{env, paths};
+use clap::Parser;
+use meshlogic_probe::config::{DEFAULT_TOKEN_FILE, KubeAccess, Overrides, ProbeConfig};
+
+/// The AgentMesh node probe (MeshLogic agent).
+#[derive(Parser, Debug)]
+#[command(name = "meshlogic-probe", version)]
+struct Args {
+    /// The probe configuration file: {"agent":"<namespace>/<name>","spec":{MeshLogicAgent spec}}.
+    #[arg(long, env = "MESHLOGIC_PROBE_CONFIG")]
+    config: PathBuf,
+    /// Name of this node (the DaemonSet sets it from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Base URL of the operator's trust API, e.g. http://meshlogic-operator.agentmesh.svc:8080.
+    #[arg(long, env = "MESHLOGIC_TRUST_API")]
+    trust_api: String,
+    /// File holding the bearer token sent to the trust API (re-read for every request).
+    #[arg(long, env = "MESHLOGIC_TOKEN_FILE", default_value = DEFAULT_TOKEN_FILE)]
+    token_file: PathBuf,
+    /// Kubeconfig used to learn the names of the pods on this node; without it the in-cluster
+    /// config or $KUBECONFIG is tried.
+    #[arg(long, env = "MESHLOGIC_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Do not talk to the API server: reports carry pod UIDs only.
+    #[arg(long, env = "MESHLOGIC_NO_KUBE", conflicts_with = "kubeconfig")]
+    no_kube: bool,
+    /// cgroup v2 mount point; overrides spec.cgroup.root.
+    #[arg(long, env = "MESHLOGIC_CGROUP_ROOT")]
+    cgroup_root: Option<PathBuf>,
+    /// Address of /metrics and /health; overrides 0.0.0.0:<spec.metrics.port>.
+    #[arg(long, env = "MESHLOGIC_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Kernel BTF the CO-RE programs are relocated against.
+    #[arg(long, env = "MESHLOGIC_BTF_PATH", default_value = paths::KERNEL_BTF)]
+    btf_path: PathBuf,
+    /// procfs mount read at tier 1.
+    #[arg(long, env = "MESHLOGIC_PROC_ROOT", default_value = "/proc")]
+    proc_root: PathBuf,
+    /// Report batches kept while the trust API is unreachable; the oldest are dropped beyond.
+    #[arg(long, env = "MESHLOGIC_REPORT_QUEUE", default_value_t = 64)]
+    report_queue: usize,
+}
+
+fn init_logging() -> Result<(), String> {
+    let level = std::env::var(env::LOG_LEVEL).unwrap_or_else(|_| "info".into());
+    let level = match level.to_ascii_lowercase().as_str() {
+        "trace" | "debug" | "info" | "warn" | "error" => level.to_ascii_lowercase(),
+        "warning" => "warn".into(),
+        _ => {
+            return Err(format!(
+                "{}: must be one of trace, debug, info, warn, error; got {level:?}",
+                env::LOG_LEVEL
+            ));
+        }
+    };
+    let format = std::env::var(env::LOG_FORMAT).unwrap_or_else(|_| "text".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr);
+    match format.as_str() {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => {
+            return Err(format!(
+                "{}: must be json or text; got {other:?}",
+                env::LOG_FORMAT
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(message) = init_logging() {
+        eprintln!("meshlogic-probe: {message}");
+        return ExitCode::from(2);
+    }
+    let kube = if args.no_kube {
+        KubeAccess::Disabled
+    } else if let Some(path) = args.kubeconfig {
+        KubeAccess::Kubeconfig(path)
+    } else {
+        KubeAccess::Infer
+    };
+    let overrides = Overrides {
+        node_name: args.node_name,
+        trust_api: args.trust_api,
+        token_file: args.token_file,
+        cgroup_root: args.cgroup_root,
+        metrics_addr: args.metrics_addr,
+        btf_path: args.btf_path,
+        proc_root: args.proc_root,
+        report_queue: args.report_queue,
+        kube,
+    };
+    let config = match ProbeConfig::load(&args.config, overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("meshlogic-probe: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("meshlogic-probe: tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let probe = match meshlogic_probe::run::start(config).await {
+            Ok(probe) => probe,
+            Err(error) => {
+                eprintln!("meshlogic-probe: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        tracing::info!(addr = %probe.listen_addr, tier = probe.status.tier(), "serving /metrics and /health");
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        probe.shutdown();
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

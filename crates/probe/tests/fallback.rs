@@ -1,0 +1,194 @@
+//! Tier 1: chosen when BPF cannot be loaded (reported, no crash loop) or requested; user-mode
+//! `/proc` polling attributes processes to pods.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentmesh_api::wire::ReportSource;
+use common::{Layout, TestPod, TrustServer, config, require_root};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The real binary, with BTF pointing at a file that is not BTF: the BPF load fails, the probe
+/// runs at tier 1, says why in its reports and on /health, and keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_bpf_load_failure_gives_tier_1_reported_without_a_crash() {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let dir = std::env::temp_dir().join(format!("meshlogic-fallback-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bogus_btf = dir.join("vmlinux");
+    std::fs::write(&bogus_btf, b"this is not BTF").unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, common::TOKEN).unwrap();
+    let config_file = dir.join("config.json");
+    let mut file = std::fs::File::create(&config_file).unwrap();
+    write!(
+        file,
+        r#"{{"agent":"meshlogic/test-agent","spec":{{"customerId":"test","safetyTier":2,"reportIntervalSeconds":1}}}}"#
+    )
+    .unwrap();
+    let metrics_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshlogic-probe"))
+        .args(["--config", config_file.to_str().unwrap()])
+        .args([
+            "--node-name",
+            "test-node",
+            "--trust-api",
+            &server.url,
+            "--no-kube",
+        ])
+        .args(["--token-file", token.to_str().unwrap()])
+        .args(["--btf-path", bogus_btf.to_str().unwrap()])
+        .args(["--cgroup-root", common::cgroup_root().to_str().unwrap()])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let start = Instant::now();
+    while server.batches().len() < 3 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the probe exited ({status}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(start.elapsed() < WAIT, "no reports from the probe");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the probe must keep running at tier 1"
+    );
+    let ReportSource::Probe {
+        tier,
+        fallback_reason,
+        programs_loaded,
+        ..
+    } = server.batches().pop().unwrap().source
+    else {
+        panic!("the probe reported as something other than a probe");
+    };
+    assert_eq!((tier, programs_loaded), (1, 0));
+    let reason = fallback_reason.expect("a fallback reason");
+    assert!(reason.contains("BPF load failed"), "{reason}");
+    let addr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let health = common::get(addr, "/health").await;
+    assert!(
+        health.contains("200 OK") && health.contains(r#""tier":1"#),
+        "{health}"
+    );
+    let metrics = common::get(addr, "/metrics").await;
+    assert!(metrics.contains("meshlogic_probe_tier 1"), "{metrics}");
+    assert!(
+        metrics.contains("meshlogic_probe_tier_requested 2"),
+        "{metrics}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_btf_gives_tier_1_in_process() {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let mut config = config(&server, json!({"safetyTier": 3}));
+    config.btf_path = "/nonexistent/vmlinux".into();
+    let probe = meshlogic_probe::run::start(config).await.unwrap();
+    assert_eq!(probe.status.tier(), 1);
+    assert!(
+        probe
+            .status
+            .fallback_reason()
+            .unwrap()
+            .contains("no kernel BTF")
+    );
+    assert!(probe.kernel_counters().is_none());
+    probe.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cgroup_root_stops_start_up_naming_the_field() {
+    let server = TrustServer::start().await;
+    let mut config = config(&server, json!({}));
+    config.cgroup_root = std::env::temp_dir();
+    let error = meshlogic_probe::run::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().starts_with("spec.cgroup.root"), "{error}");
+}
+
+/// Tier 1 requested: processes in pod cgroups are found in /proc, with their executable, open
+/// files and TCP peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_mode_attributes_processes_to_pods() {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let probe = meshlogic_probe::run::start(config(&server, json!({"safetyTier": 1})))
+        .await
+        .unwrap();
+    assert_eq!(probe.status.tier(), 1);
+    assert_eq!(probe.status.fallback_reason(), None);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pods = [
+        TestPod::new(Layout::Cgroupfs),
+        TestPod::new(Layout::Systemd),
+    ];
+    let mut children = Vec::new();
+    for pod in &pods {
+        children.push(
+            pod.command(&format!(
+                "exec 5</etc/hostname 6<>/dev/tcp/127.0.0.1/{port}; exec /bin/sleep 30"
+            ))
+            .spawn()
+            .unwrap(),
+        );
+    }
+    let peer: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for pod in &pods {
+        let seen = server
+            .wait_for_pod(&pod.uid, WAIT, |m| {
+                m.executables.iter().any(|e| e.ends_with("/sleep"))
+                    && m.read_paths.iter().any(|p| p == "/etc/hostname")
+                    && m.destinations.contains(&peer)
+            })
+            .await;
+        assert!(seen.execs >= 1);
+    }
+    for child in &mut children {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // The exits are seen too.
+    for pod in &pods {
+        server.wait_for_pod(&pod.uid, WAIT, |m| m.exits >= 1).await;
+    }
+    assert_eq!(
+        server
+            .unauthorized
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    probe.shutdown();
+}

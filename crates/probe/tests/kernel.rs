@@ -1,0 +1,393 @@
+//! On the real kernel, as root: the tier 2/3 programs attribute events to pods, filter in the
+//! kernel, and enforce at tier 3. Needs root and BPF (this machine and CI have both).
+
+mod common;
+
+use std::net::TcpListener;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use agentmesh_api::wire::{BlockedAction, DeniedNetwork, EnforcementSet, PodEnforcement};
+use common::{Layout, TestPod, TrustServer, config, require_root};
+use meshlogic_probe::kernel::event::{C_CONNECT, C_EXEC, C_MUTED, C_OPEN};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Execs, opens (read and write) and connects (IPv4 and IPv6) from a process in a pod cgroup
+/// of `layout`; a second pod's activity must not be attributed to the first.
+async fn attribution(layout: Layout) {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let probe = meshlogic_probe::run::start(config(&server, json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.status.tier(),
+        2,
+        "{:?}",
+        probe.status.fallback_reason()
+    );
+    assert_eq!(probe.status.programs_loaded(), 3, "exec, exit, sys_enter");
+
+    let pod = TestPod::new(layout);
+    let other = TestPod::new(layout);
+    common::wait_watched(&probe, &[&pod, &other]).await;
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let written = std::env::temp_dir().join(format!("meshlogic-written-{}", pod.uid));
+    let status = pod.run(&format!(
+        "/bin/true; cat /etc/hostname > /dev/null; echo x > {written}; \
+         (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; \
+         (exec 3<>/dev/tcp/::1/{port6}) 2>/dev/null; exit 0",
+        written = written.display(),
+        port6 = port + 1,
+    ));
+    assert!(status.success(), "{status:?}");
+    assert!(other.run("cat /etc/os-release > /dev/null").success());
+
+    let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: std::net::SocketAddr = format!("[::1]:{}", port + 1).parse().unwrap();
+    let written_path = written.display().to_string();
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            m.executables.iter().any(|e| e == "/bin/true")
+                && m.read_paths.iter().any(|p| p == "/etc/hostname")
+                && m.written_paths.contains(&written_path)
+                && m.destinations.contains(&v4)
+                && m.destinations.contains(&v6)
+        })
+        .await;
+    assert!(
+        seen.execs >= 2 && seen.exits >= 1 && seen.connects >= 2,
+        "{seen:#?}"
+    );
+    assert!(
+        !seen.read_paths.iter().any(|p| p == "/etc/os-release"),
+        "another pod's open was attributed to this one: {seen:#?}"
+    );
+    let theirs = server
+        .wait_for_pod(&other.uid, WAIT, |m| {
+            m.read_paths.iter().any(|p| p == "/etc/os-release")
+        })
+        .await;
+    assert!(!theirs.read_paths.iter().any(|p| p == "/etc/hostname"));
+    let batch = server.batches().pop().unwrap();
+    match batch.source {
+        agentmesh_api::wire::ReportSource::Probe {
+            tier,
+            node,
+            agent,
+            programs_loaded,
+            ..
+        } => {
+            assert_eq!(
+                (tier, node.as_str(), agent.as_str(), programs_loaded),
+                (2, "test-node", "meshlogic/test-agent", 3)
+            );
+        }
+        other => panic!("the probe reported as {other:?}"),
+    }
+    let _ = std::fs::remove_file(written);
+    probe.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_attributed_to_the_pod_in_the_cgroupfs_layout() {
+    attribution(Layout::Cgroupfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_attributed_to_the_pod_in_the_systemd_layout() {
+    attribution(Layout::Systemd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muted_paths_never_reach_user_space() {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let probe = meshlogic_probe::run::start(config(&server, json!({})))
+        .await
+        .unwrap();
+    let pod = TestPod::new(Layout::Cgroupfs);
+    common::wait_watched(&probe, &[&pod]).await;
+    let muted_before = probe.kernel_counters().unwrap().get(C_MUTED);
+    assert!(pod
+        .run("cat /proc/self/status /sys/kernel/btf/vmlinux /dev/null > /dev/null; cat /etc/hostname > /dev/null")
+        .success());
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            m.read_paths.iter().any(|p| p == "/etc/hostname")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let muted = probe.kernel_counters().unwrap().get(C_MUTED) - muted_before;
+    assert!(muted >= 3, "the kernel counted {muted} muted opens");
+    let leaked: Vec<&String> = seen
+        .all_paths()
+        .filter(|p| {
+            ["/proc", "/sys", "/dev"]
+                .iter()
+                .any(|m| p == m || p.starts_with(&format!("{m}/")))
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "muted paths reached user space: {leaked:?}"
+    );
+    let metrics = common::get(probe.listen_addr, "/metrics").await;
+    assert!(
+        metrics.contains("meshlogic_probe_muted_events_total"),
+        "{metrics}"
+    );
+    probe.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_category_stops_its_events() {
+    if !require_root() {
+        return;
+    }
+    let script = "/bin/true; cat /etc/hostname > /dev/null; (exec 3<>/dev/tcp/127.0.0.1/9) 2>/dev/null; exit 0";
+
+    // Process only.
+    let server = TrustServer::start().await;
+    let spec = json!({"ebpf": {"enableFile": false, "enableNetwork": false}});
+    let probe = meshlogic_probe::run::start(config(&server, spec))
+        .await
+        .unwrap();
+    assert_eq!(probe.status.programs_loaded(), 2, "exec and exit only");
+    let pod = TestPod::new(Layout::Cgroupfs);
+    common::wait_watched(&probe, &[&pod]).await;
+    assert!(pod.run(script).success());
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            m.executables.iter().any(|e| e == "/bin/true")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen_later = common::Merged::of(&server.pod_windows(&pod.uid));
+    assert_eq!(
+        (seen_later.file_opens, seen_later.connects),
+        (0, 0),
+        "{seen:#?}"
+    );
+    let counters = probe.kernel_counters().unwrap();
+    assert_eq!((counters.get(C_OPEN), counters.get(C_CONNECT)), (0, 0));
+    assert!(counters.get(C_EXEC) >= 1);
+    probe.shutdown();
+    drop(pod);
+
+    // Files and network, no process.
+    let server = TrustServer::start().await;
+    let spec = json!({"ebpf": {"enableProcess": false}});
+    let probe = meshlogic_probe::run::start(config(&server, spec))
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.status.programs_loaded(),
+        1,
+        "sys_enter (opens and connects)"
+    );
+    let pod = TestPod::new(Layout::Systemd);
+    common::wait_watched(&probe, &[&pod]).await;
+    assert!(pod.run(script).success());
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            m.read_paths.iter().any(|p| p == "/etc/hostname") && m.connects >= 1
+        })
+        .await;
+    assert_eq!((seen.execs, seen.exits), (0, 0), "{seen:#?}");
+    assert!(seen.executables.is_empty());
+    assert_eq!(probe.kernel_counters().unwrap().get(C_EXEC), 0);
+    probe.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let probe = meshlogic_probe::run::start(config(&server, json!({"safetyTier": 3})))
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.status.tier(),
+        3,
+        "{:?}",
+        probe.status.fallback_reason()
+    );
+    assert_eq!(probe.status.programs_loaded(), 5);
+    let pod = TestPod::new(Layout::Cgroupfs);
+    let bystander = TestPod::new(Layout::Systemd);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+    common::wait_watched(&probe, &[&pod, &bystander]).await;
+
+    // Nothing enforced yet.
+    assert!(pod.run(&connect).success());
+    assert!(pod.run("/bin/true").success());
+
+    server.set_enforcement(EnforcementSet {
+        version: "1".into(),
+        pods: vec![PodEnforcement {
+            pod_uid: pod.uid.clone(),
+            denied_networks: vec![DeniedNetwork {
+                cidr: "127.0.0.0/8".into(),
+                ports: vec![port],
+            }],
+            denied_executables: vec!["/bin/true".into()],
+            ..Default::default()
+        }],
+    });
+    wait_for_version(&probe, "1").await;
+
+    assert!(
+        !pod.run(&connect).success(),
+        "a denied connect went through"
+    );
+    let killed = pod.run("/bin/true");
+    assert_eq!(killed.signal(), Some(libc::SIGKILL), "{killed:?}");
+    // Other ports, other binaries and other pods are untouched.
+    assert!(pod.run("/bin/echo ok").success());
+    assert!(bystander.run(&connect).success());
+    assert!(bystander.run("/bin/true").success());
+
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| m.blocked.len() >= 2)
+        .await;
+    assert!(
+        seen.blocked.contains(&BlockedAction::Exec {
+            path: "/bin/true".into()
+        }),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.blocked
+            .iter()
+            .any(|b| matches!(b, BlockedAction::Connect { port: p, .. } if *p == port))
+    );
+
+    // Quarantine: every connect refused but the allowed destinations.
+    let other_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let allowed_port = other_listener.local_addr().unwrap().port();
+    server.set_enforcement(EnforcementSet {
+        version: "2".into(),
+        pods: vec![PodEnforcement {
+            pod_uid: pod.uid.clone(),
+            quarantined: true,
+            allowed_destinations: vec![agentmesh_api::wire::Destination {
+                ip: "127.0.0.1".parse().unwrap(),
+                port: allowed_port,
+            }],
+            ..Default::default()
+        }],
+    });
+    wait_for_version(&probe, "2").await;
+    assert!(!pod.run(&connect).success(), "a quarantined pod connected");
+    assert!(
+        pod.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{allowed_port}"))
+            .success()
+    );
+    assert!(
+        pod.run("/bin/true").success(),
+        "the exec rule was lifted with version 2"
+    );
+
+    // Lifted: everything goes through again.
+    server.set_enforcement(EnforcementSet {
+        version: "3".into(),
+        pods: vec![],
+    });
+    wait_for_version(&probe, "3").await;
+    assert!(pod.run(&connect).success());
+    assert!(pod.run("/bin/true").success());
+    assert!(connect_error(&pod, "::1", port).contains("Connection refused"));
+    drop(listener);
+    probe.shutdown();
+}
+
+/// What bash says when it cannot connect to [ip]:port from the pod.
+fn connect_error(pod: &TestPod, ip: &str, port: u16) -> String {
+    let output = pod
+        .command(&format!("exec 3<>/dev/tcp/{ip}/{port}"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn wait_for_version(probe: &meshlogic_probe::run::ProbeHandle, version: &str) {
+    let start = std::time::Instant::now();
+    while probe.status.enforcement_version().as_deref() != Some(version) {
+        assert!(
+            start.elapsed() < WAIT,
+            "enforcement version {version} never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A one-page ring buffer flooded by a burst of opens: the losses are counted in the kernel,
+/// exported, and reported to the trust API, never silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_buffer_drops_are_counted_and_reported() {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let spec = json!({"ebpf": {"ringBufferSize": 4096}});
+    let probe = meshlogic_probe::run::start(config(&server, spec))
+        .await
+        .unwrap();
+    let pod = TestPod::new(Layout::Cgroupfs);
+    common::wait_watched(&probe, &[&pod]).await;
+    let flood = "python3 -c \"import os\nfor _ in range(20000): os.close(os.open('/etc/hostname', os.O_RDONLY))\"";
+    assert!(pod.run(flood).success());
+    let start = std::time::Instant::now();
+    let drops = loop {
+        let drops = probe
+            .kernel_counters()
+            .unwrap()
+            .get(meshlogic_probe::kernel::event::C_RINGBUF_DROPS);
+        if drops > 0 || start.elapsed() > WAIT {
+            break drops;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        drops > 0,
+        "20000 opens through a 4 KiB ring buffer lost nothing?"
+    );
+    // Reported to the trust API and exported.
+    let start = std::time::Instant::now();
+    loop {
+        let reported = server.batches().iter().any(|b| match &b.source {
+            agentmesh_api::wire::ReportSource::Probe {
+                ring_buffer_drops, ..
+            } => *ring_buffer_drops > 0,
+            agentmesh_api::wire::ReportSource::Sidecar { .. } => false,
+        });
+        if reported {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "drops never reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = common::get(probe.listen_addr, "/metrics").await;
+    let exported: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meshlogic_probe_ring_buffer_drops_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(exported > 0.0, "{metrics}");
+    probe.shutdown();
+}
