@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod logging;
+pub mod meshlogic;
 pub mod metrics;
 pub mod probes;
 pub mod trust_api;
@@ -102,8 +103,8 @@ pub async fn run() -> anyhow::Result<()> {
 
 /// Starts every reconciler and the trust engine; they run until aborted.
 fn start_controllers(ctx: Arc<Context>) -> tokio::task::JoinSet<()> {
-    let tasks = tokio::task::JoinSet::new();
-    let _ = ctx;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(meshlogic::run(ctx.clone()));
     tasks
 }
 
