@@ -132,19 +132,27 @@ fn assert_labels(object: &Value, name: &str) {
     );
 }
 
-/// `kubectl auth can-i` as the probe's ServiceAccount.
-fn probe_can(namespace: &str, name: &str, verb: &str, resource: &str) -> bool {
-    let user = format!("system:serviceaccount:{namespace}:{name}-probe");
-    let output = cluster().kubectl(&["auth", "can-i", verb, resource, "--as", &user]);
-    let answer = String::from_utf8_lossy(&output.stdout);
-    match answer.trim() {
-        "yes" => true,
-        "no" => false,
-        other => panic!(
-            "kubectl auth can-i {verb} {resource}: {other:?} {}",
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    }
+/// A SubjectAccessReview for the probe's ServiceAccount, as the trust API makes one (cluster
+/// wide, no namespace).
+fn probe_may(namespace: &str, name: &str, verb: &str, group: &str, resource: &str) -> bool {
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": format!("system:serviceaccount:{namespace}:{name}-probe"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource},
+        }
+    });
+    let args = ["create", "-f", "-", "-o", "json"];
+    let output = cluster().kubectl_with_input(&args, Some(&review.to_string()));
+    assert!(
+        output.status.success(),
+        "SubjectAccessReview: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    answer["status"]["allowed"] == true
 }
 
 fn condition<'a>(agent: &'a Value, type_: &str) -> Option<&'a Value> {
@@ -216,18 +224,32 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "probe-a-probe", "namespace": ns}])
     );
-    // What the API server's authorizer makes of it (the trust API asks the same question).
-    assert!(probe_can(ns, name, "create", "reports.agentmesh.io"));
-    assert!(probe_can(ns, name, "list", "pods"));
-    assert!(probe_can(ns, name, "watch", "pods"));
-    assert!(!probe_can(ns, name, "delete", "pods"));
-    assert!(!probe_can(ns, name, "get", "secrets"));
-    assert!(!probe_can(
-        ns,
-        name,
-        "create",
-        "meshlogicagents.agentmesh.io"
-    ));
+    // What the API server's authorizer makes of it: the trust API asks it the first question.
+    // RBAC's caches take a moment to see new bindings, so the grants are awaited first.
+    for (verb, group, resource) in [
+        ("create", "agentmesh.io", "reports"),
+        ("get", "", "pods"),
+        ("list", "", "pods"),
+        ("watch", "", "pods"),
+    ] {
+        eventually(
+            &mut operator,
+            &format!("the probe may {verb} {resource}"),
+            || probe_may(ns, name, verb, group, resource).then_some(()),
+        );
+    }
+    for (verb, group, resource) in [
+        ("delete", "", "pods"),
+        ("get", "", "secrets"),
+        ("update", "agentmesh.io", "reports"),
+        ("create", "agentmesh.io", "meshlogicagents"),
+        ("create", "", "reports"),
+    ] {
+        assert!(
+            !probe_may(ns, name, verb, group, resource),
+            "the probe may {verb} {resource} in group {group:?}"
+        );
+    }
 
     // DaemonSet: the seed's posture.
     let daemon_set = get("daemonset", "probe-a-probe", Some(ns)).unwrap();

@@ -937,13 +937,13 @@ mod tests {
         again.metadata.labels = Some(BTreeMap::from([("team".into(), "x".into())]));
         assert_eq!(hash_of(&again), base);
 
-        let changes: Vec<Box<dyn Fn(&mut MeshLogicAgentSpec)>> = vec![
-            Box::new(|s| s.safety_tier = 3),
-            Box::new(|s| s.ebpf.mute_paths.push("/tmp".into())),
-            Box::new(|s| s.privacy.epsilon = 0.5),
-            Box::new(|s| s.customer_id = "other".into()),
-            Box::new(|s| s.image.tag = Some("9.9.9".into())),
-            Box::new(|s| s.region = "us-east-1".into()),
+        let changes: [fn(&mut MeshLogicAgentSpec); 6] = [
+            |s| s.safety_tier = 3,
+            |s| s.ebpf.mute_paths.push("/tmp".into()),
+            |s| s.privacy.epsilon = 0.5,
+            |s| s.customer_id = "other".into(),
+            |s| s.image.tag = Some("9.9.9".into()),
+            |s| s.region = "us-east-1".into(),
         ];
         for (i, change) in changes.iter().enumerate() {
             let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
