@@ -433,6 +433,19 @@ fn editing_a_meshlogicagent_rolls_its_daemonset_and_nothing_else_does() {
         (hash_of(&ds) != hash_of(&before)).then_some(ds)
     });
     assert!(after["metadata"]["generation"].as_i64().unwrap() > generation);
+    eventually(&mut operator, "a ConfigChanged Event", || {
+        let events = cluster().kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("reason=ConfigChanged,involvedObject.name={name}"),
+            "-o",
+            "name",
+        ]);
+        (!events.trim().is_empty()).then_some(())
+    });
     let config_map = get("configmap", &format!("{name}-probe-config"), Some(ns)).unwrap();
     let file: Value =
         serde_json::from_str(config_map["data"]["config.json"].as_str().unwrap()).unwrap();
