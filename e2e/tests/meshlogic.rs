@@ -381,6 +381,19 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
         [name, "2", "2", "2"],
         "NAME TIER DESIRED READY"
     );
+
+    // Settled, RBAC deleted by hand comes back at once: it is watched, not only resynchronised
+    // every 30 s.
+    cluster().kubectl_ok(&["delete", "clusterrolebinding", &rbac_name(ns, name)]);
+    let deleted = Instant::now();
+    eventually(&mut operator, "the ClusterRoleBinding to come back", || {
+        get("clusterrolebinding", &rbac_name(ns, name), None)
+    });
+    assert!(
+        deleted.elapsed() < Duration::from_secs(15),
+        "the ClusterRoleBinding took {:?} to come back",
+        deleted.elapsed()
+    );
 }
 
 #[test]

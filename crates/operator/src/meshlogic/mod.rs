@@ -25,6 +25,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -55,6 +56,18 @@ pub async fn run(ctx: Arc<Context>) {
     .owns(ctx.watched_api::<DaemonSet>(), owned())
     .owns(ctx.watched_api::<ConfigMap>(), owned())
     .owns(ctx.watched_api::<ServiceAccount>(), owned())
+    // Cluster-scoped, so not owned: mapped back to their agent by annotation, so that a
+    // ClusterRole(Binding) changed or deleted by hand is restored at once.
+    .watches(
+        Api::<ClusterRole>::all(ctx.client.clone()),
+        owned(),
+        agent_of(ctx.config.args.watch_namespace.clone()),
+    )
+    .watches(
+        Api::<ClusterRoleBinding>::all(ctx.client.clone()),
+        owned(),
+        agent_of(ctx.config.args.watch_namespace.clone()),
+    )
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -64,6 +77,21 @@ pub async fn run(ctx: Arc<Context>) {
         }
     })
     .await;
+}
+
+/// Maps a cluster-scoped object made for an agent back to that agent (from its
+/// [`annotations::OWNER`]), when the agent's namespace is watched.
+fn agent_of<K: Resource>(
+    watched_namespace: Option<String>,
+) -> impl Fn(K) -> Option<ObjectRef<MeshLogicAgent>> + Send + Sync + 'static {
+    move |object| {
+        let owner = object.annotations().get(annotations::OWNER)?;
+        let (namespace, name) = owner.split_once('/')?;
+        if watched_namespace.as_deref().is_some_and(|w| w != namespace) {
+            return None;
+        }
+        Some(ObjectRef::new(name).within(namespace))
+    }
 }
 
 async fn reconcile(agent: Arc<MeshLogicAgent>, ctx: Arc<Context>) -> Result<Action> {
