@@ -5,6 +5,21 @@
 //! Namespaced objects are owned by the agent (`controller: true`), so the garbage collector
 //! removes them with it. The ClusterRole and ClusterRoleBinding cannot be owned by a namespaced
 //! object: a finalizer on the agent deletes them before it goes.
+//!
+//! What the operator's own ClusterRole needs for this reconciler:
+//!
+//! | API group | resources | verbs |
+//! |---|---|---|
+//! | `agentmesh.io` | `meshlogicagents` | get, list, watch, patch, update (the finalizer) |
+//! | `agentmesh.io` | `meshlogicagents/status` | get, patch, update |
+//! | `apps` | `daemonsets` | get, list, watch, create, patch |
+//! | `""` | `configmaps`, `serviceaccounts` | get, list, watch, create, patch |
+//! | `rbac.authorization.k8s.io` | `clusterroles`, `clusterrolebindings` | get, list, watch, create, patch, delete |
+//! | `""` | `pods` | get, list, watch (RBAC lets one grant only what one holds) |
+//! | `agentmesh.io` | `reports` | create (likewise) |
+//! | `events.k8s.io` | `events` | create, patch |
+//!
+//! Deleting the namespaced objects is the garbage collector's work, not the operator's.
 
 pub mod resources;
 pub mod status;
