@@ -539,3 +539,118 @@ fn deleting_a_meshlogicagent_removes_everything_it_made() {
     }
     assert!(operator.logs().contains("cleaned up cluster-scoped RBAC"));
 }
+
+/// Deletes cluster-scoped objects when dropped.
+struct ClusterObjects(Vec<(&'static str, String)>);
+
+impl Drop for ClusterObjects {
+    fn drop(&mut self) {
+        for (kind, name) in &self.0 {
+            let _ = cluster().kubectl(&["delete", kind, name, "--ignore-not-found"]);
+        }
+    }
+}
+
+/// A kubeconfig for the cluster under test that authenticates with `token`.
+fn kubeconfig_with_token(namespace: &str, token: &str) -> std::path::PathBuf {
+    let raw: Value = serde_json::from_str(&cluster().kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let server = &raw["clusters"][0]["cluster"];
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {
+            "server": server["server"],
+            "certificate-authority-data": server["certificate-authority-data"],
+        }}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": "operator", "namespace": namespace}}],
+        "current-context": "operator",
+    });
+    let path = std::env::temp_dir().join(format!("agentmesh-e2e-{namespace}-operator.kubeconfig"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn the_reconciler_needs_only_the_rbac_it_documents() {
+    let cluster = cluster();
+    cluster.ensure_crds();
+    let namespace = TestNamespace::create("mla-rbac", &[]);
+    let ns = namespace.name.as_str();
+    let name = "probe-d";
+    let role_name = format!("e2e-operator-{ns}");
+    let _operator_rbac = ClusterObjects(vec![
+        ("clusterrolebinding", role_name.clone()),
+        ("clusterrole", role_name.clone()),
+    ]);
+    // The rules listed in crates/operator/src/meshlogic/mod.rs, plus what the operator's
+    // skeleton needs (its Lease, the start-up CRD check).
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| json!({"apiGroups": groups, "resources": resources, "verbs": verbs});
+    let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator", "namespace": ns}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role_name}, "rules": [
+            rule(&["agentmesh.io"], &["meshlogicagents"], &["get", "list", "watch", "patch", "update"]),
+            rule(&["agentmesh.io"], &["meshlogicagents/status"], &["get", "patch", "update"]),
+            rule(&["apps"], &["daemonsets"], &["get", "list", "watch", "create", "patch"]),
+            rule(&[""], &["configmaps", "serviceaccounts"], &["get", "list", "watch", "create", "patch"]),
+            rule(&["rbac.authorization.k8s.io"], &["clusterroles", "clusterrolebindings"], &["get", "list", "watch", "create", "patch", "delete"]),
+            rule(&[""], &["pods"], &["get", "list", "watch"]),
+            rule(&["agentmesh.io"], &["reports"], &["create"]),
+            rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+            rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update", "patch"]),
+            rule(&["apiextensions.k8s.io"], &["customresourcedefinitions"], &["get"]),
+        ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role_name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+         "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]},
+    ]});
+    cluster.apply(ns, &rbac.to_string());
+    let token = cluster.kubectl_ok(&["create", "token", "operator", "-n", ns, "--duration=1h"]);
+    let kubeconfig = kubeconfig_with_token(ns, token.trim());
+    let mut operator =
+        OperatorProcess::start(ns, "op-1", &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let _cleanup = AgentCleanup {
+        namespace: ns,
+        name,
+    };
+    cluster.apply(ns, &agent_yaml(ns, name));
+    eventually(&mut operator, "status: 2 of 2 nodes ready", || {
+        let agent = get("mla", name, Some(ns))?;
+        (agent["status"]["readyNodes"] == 2 && condition(&agent, "Available")?["status"] == "True")
+            .then_some(())
+    });
+    assert!(get("clusterrolebinding", &rbac_name(ns, name), None).is_some());
+    eventually(&mut operator, "a Created Event", || {
+        let events = cluster.kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("reason=Created,involvedObject.name={name}"),
+            "-o",
+            "name",
+        ]);
+        (!events.trim().is_empty()).then_some(())
+    });
+    cluster.kubectl_ok(&["delete", "mla", name, "-n", ns, "--wait=false"]);
+    eventually(&mut operator, "the MeshLogicAgent to go", || {
+        get("mla", name, Some(ns)).is_none().then_some(())
+    });
+    assert!(get("clusterrole", &rbac_name(ns, name), None).is_none());
+    assert!(get("clusterrolebinding", &rbac_name(ns, name), None).is_none());
+    let logs = operator.logs();
+    assert!(
+        !logs.contains("forbidden") && !logs.contains("Forbidden"),
+        "the operator was refused something:\n{logs}"
+    );
+}
