@@ -74,7 +74,14 @@ pub fn compute(
     };
 
     let (desired, ready) = (rollout.desired, rollout.ready);
-    let available = if desired == 0 {
+    let available = if desired == 0 && !rollout.observed {
+        condition(
+            conditions::AVAILABLE,
+            false,
+            "Pending",
+            "the DaemonSet controller has not placed the probe yet".into(),
+        )
+    } else if desired == 0 {
         condition(
             conditions::AVAILABLE,
             false,
@@ -253,8 +260,18 @@ mod tests {
     fn a_missing_or_unobserved_daemon_set_is_progressing() {
         let status = compute(Some(1), 2, &Rollout::of(None), vec![], None, &time(100));
         assert_eq!(get(&status, "Available").status, "False");
-        assert_eq!(get(&status, "Available").reason, "NoNodes");
+        assert_eq!(get(&status, "Available").reason, "Pending");
         assert_eq!(get(&status, "Progressing").status, "True");
+
+        // Observed, and no node to run on.
+        let rollout = Rollout::of(Some(&daemon_set(1, 1, 0, 0, 0)));
+        let status = compute(Some(1), 2, &rollout, vec![], None, &time(100));
+        assert_eq!(get(&status, "Available").reason, "NoNodes");
+        assert_eq!(
+            get(&status, "Progressing").status,
+            "False",
+            "nothing to roll out"
+        );
 
         let rollout = Rollout::of(Some(&daemon_set(3, 2, 2, 2, 2)));
         assert!(!rollout.complete());
