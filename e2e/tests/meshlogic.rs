@@ -603,6 +603,8 @@ fn the_reconciler_needs_only_the_rbac_it_documents() {
             rule(&["apps"], &["daemonsets"], &["get", "list", "watch", "create", "patch"]),
             rule(&[""], &["configmaps", "serviceaccounts"], &["get", "list", "watch", "create", "patch"]),
             rule(&["rbac.authorization.k8s.io"], &["clusterroles", "clusterrolebindings"], &["get", "list", "watch", "create", "patch", "delete"]),
+            rule(&[""], &["services"], &["get", "list", "watch", "create", "patch", "delete"]),
+            rule(&["monitoring.coreos.com"], &["servicemonitors"], &["get", "create", "patch", "delete"]),
             rule(&[""], &["pods"], &["get", "list", "watch"]),
             rule(&["agentmesh.io"], &["reports"], &["create"]),
             rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
@@ -652,5 +654,109 @@ fn the_reconciler_needs_only_the_rbac_it_documents() {
     assert!(
         !logs.contains("forbidden") && !logs.contains("Forbidden"),
         "the operator was refused something:\n{logs}"
+    );
+}
+
+/// Makes sure the cluster serves `monitoring.coreos.com/v1` ServiceMonitors: creates a minimal
+/// CRD when there is none, and never touches an existing one (a real Prometheus Operator's).
+fn ensure_service_monitor_crd() {
+    let crd = "servicemonitors.monitoring.coreos.com";
+    if get("crd", crd, None).is_none() {
+        let manifest = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": crd, "labels": {"agentmesh.io/e2e": "true"}},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "names": {"kind": "ServiceMonitor", "listKind": "ServiceMonitorList", "plural": "servicemonitors", "singular": "servicemonitor"},
+                "scope": "Namespaced",
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                }}],
+            }
+        });
+        let args = ["create", "-f", "-"];
+        let output = cluster().kubectl_with_input(&args, Some(&manifest.to_string()));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() || stderr.contains("AlreadyExists"),
+            "creating the ServiceMonitor CRD: {stderr}"
+        );
+    }
+    cluster().kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        &format!("crd/{crd}"),
+    ]);
+}
+
+#[test]
+fn a_service_monitor_is_made_when_asked_and_removed_when_not() {
+    ensure_service_monitor_crd();
+    let name = "probe-e";
+    let (namespace, mut operator) = start("mla-monitor", name);
+    let _cleanup = AgentCleanup {
+        namespace: &namespace.name,
+        name,
+    };
+    let ns = namespace.name.as_str();
+    let service = format!("{name}-probe-metrics");
+    let monitor = format!("{name}-probe");
+    // Off by default: status written means the whole pass ran, and made neither.
+    eventually(&mut operator, "the first status", || {
+        get("mla", name, Some(ns))?["status"]["observedGeneration"]
+            .as_i64()
+            .map(|_| ())
+    });
+    assert!(get("service", &service, Some(ns)).is_none());
+    assert!(get("servicemonitor", &monitor, Some(ns)).is_none());
+
+    let patch = |enabled: bool| {
+        cluster().kubectl_ok(&[
+            "patch",
+            "mla",
+            name,
+            "-n",
+            ns,
+            "--type",
+            "merge",
+            "-p",
+            &json!({"spec": {"metrics": {"serviceMonitor": {"enabled": enabled, "interval": "15s"}}}})
+                .to_string(),
+        ]);
+    };
+    patch(true);
+    let made = eventually(&mut operator, "the ServiceMonitor", || {
+        get("servicemonitor", &monitor, Some(ns))
+    });
+    let agent = get("mla", name, Some(ns)).unwrap();
+    assert_owned_by(&made, &agent);
+    assert_eq!(made["spec"]["endpoints"][0]["interval"], "15s");
+    assert_eq!(made["spec"]["endpoints"][0]["port"], "metrics");
+    let svc = get("service", &service, Some(ns)).expect("the metrics Service");
+    assert_owned_by(&svc, &agent);
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9090);
+    for (key, value) in made["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&svc["metadata"]["labels"][key], value, "label {key}");
+    }
+    for (key, value) in svc["spec"]["selector"].as_object().unwrap() {
+        let template = get("daemonset", &monitor, Some(ns)).unwrap();
+        assert_eq!(
+            &template["spec"]["template"]["metadata"]["labels"][key], value,
+            "the Service does not select the probe pods on {key}"
+        );
+    }
+
+    patch(false);
+    eventually(
+        &mut operator,
+        "the ServiceMonitor and Service to go",
+        || {
+            (get("servicemonitor", &monitor, Some(ns)).is_none()
+                && get("service", &service, Some(ns)).is_none())
+            .then_some(())
+        },
     );
 }

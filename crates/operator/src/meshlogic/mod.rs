@@ -14,6 +14,8 @@
 //! | `agentmesh.io` | `meshlogicagents/status` | get, patch, update |
 //! | `apps` | `daemonsets` | get, list, watch, create, patch |
 //! | `""` | `configmaps`, `serviceaccounts` | get, list, watch, create, patch |
+//! | `""` | `services` | get, list, watch, create, patch, delete |
+//! | `monitoring.coreos.com` | `servicemonitors` | get, create, patch, delete |
 //! | `rbac.authorization.k8s.io` | `clusterroles`, `clusterrolebindings` | get, list, watch, create, patch, delete |
 //! | `""` | `pods` | get, list, watch (RBAC lets one grant only what one holds) |
 //! | `agentmesh.io` | `reports` | create (likewise) |
@@ -33,10 +35,12 @@ use agentmesh_api::common::find_condition;
 use agentmesh_api::names::{self, annotations, conditions, labels};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event, finalizer};
@@ -71,6 +75,7 @@ pub async fn run(ctx: Arc<Context>) {
     .owns(ctx.watched_api::<DaemonSet>(), owned())
     .owns(ctx.watched_api::<ConfigMap>(), owned())
     .owns(ctx.watched_api::<ServiceAccount>(), owned())
+    .owns(ctx.watched_api::<Service>(), owned())
     // Cluster-scoped, so not owned: mapped back to their agent by annotation, so that a
     // ClusterRole(Binding) changed or deleted by hand is restored at once.
     .watches(
@@ -239,9 +244,87 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
         Some(_) => {}
     }
 
+    reconcile_service_monitor(&agent, ctx).await?;
+
     let rollout = Rollout::of(Some(&applied));
     write_status(resource, &agent, &rollout, ctx).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// The metrics Service and ServiceMonitor, when `metrics.serviceMonitor.enabled` (and
+/// metrics are on); removed when no longer asked for. Without the Prometheus Operator's CRD
+/// the agent gets a Warning Event and the rest of it proceeds.
+async fn reconcile_service_monitor(agent: &Agent<'_>, ctx: &Context) -> Result<()> {
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), agent.namespace);
+    let gvk = GroupVersionKind::gvk(
+        resources::SERVICE_MONITOR_GROUP,
+        resources::SERVICE_MONITOR_VERSION,
+        "ServiceMonitor",
+    );
+    let monitor_type = ApiResource::from_gvk_with_plural(&gvk, resources::SERVICE_MONITOR_PLURAL);
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), agent.namespace, &monitor_type);
+    let service_name = agent.metrics_service_name();
+    let monitor_name = agent.probe_name();
+    let uid = agent.resource.metadata.uid.as_deref().unwrap_or_default();
+
+    if !resources::wants_service_monitor(agent) {
+        // The two are made together; one GET tells whether there is anything to remove.
+        if delete_controlled(&services, &service_name, uid).await? {
+            match delete_controlled(&monitors, &monitor_name, uid).await {
+                Ok(_) => {}
+                Err(Error::Kube(kube::Error::Api(response))) if response.code == 404 => {}
+                Err(error) => return Err(error),
+            }
+        }
+        return Ok(());
+    }
+    server_side_apply(&services, &service_name, &resources::metrics_service(agent)).await?;
+    let params = PatchParams::apply(names::FIELD_MANAGER).force();
+    let monitor = resources::service_monitor(agent);
+    match monitors
+        .patch(&monitor_name, &params, &Patch::Apply(&monitor))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(response)) if response.code == 404 => {
+            ctx.event(
+                &agent.resource.object_ref(&()),
+                EventType::Warning,
+                "ServiceMonitorUnavailable",
+                "Apply",
+                "metrics.serviceMonitor.enabled is true but the cluster serves no \
+                 monitoring.coreos.com/v1 ServiceMonitor (install the Prometheus Operator); \
+                 the probe pods keep their prometheus.io annotations"
+                    .into(),
+            )
+            .await;
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Deletes `name` if it exists and this agent (`uid`) is its controller; whether it did.
+async fn delete_controlled<K>(api: &Api<K>, name: &str, uid: &str) -> Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let Some(object) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let controlled = object
+        .owner_references()
+        .iter()
+        .any(|owner| owner.controller == Some(true) && owner.uid == uid);
+    if !controlled {
+        return Ok(false);
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(response)) if response.code == 404 => Ok(false),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Writes the status when it differs from the one the agent carries.

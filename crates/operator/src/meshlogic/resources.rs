@@ -11,8 +11,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, SecretKeySelector, SecurityContext, ServiceAccount, Volume,
-    VolumeMount,
+    PodTemplateSpec, Probe, SecretKeySelector, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -78,6 +78,11 @@ impl<'a> Agent<'a> {
     /// Name of the ServiceAccount and of the DaemonSet.
     pub fn probe_name(&self) -> String {
         format!("{}-probe", self.name)
+    }
+
+    /// Name of the headless Service of the probes' `/metrics` (for a ServiceMonitor).
+    pub fn metrics_service_name(&self) -> String {
+        format!("{}-probe-metrics", self.name)
     }
 
     /// Name of the ConfigMap.
@@ -209,6 +214,58 @@ pub fn cluster_role_binding(agent: &Agent) -> ClusterRoleBinding {
             ..Default::default()
         }]),
     }
+}
+
+/// Whether the spec asks for a Prometheus Operator ServiceMonitor (and metrics are on).
+pub fn wants_service_monitor(agent: &Agent) -> bool {
+    let metrics = &agent.resource.spec.metrics;
+    metrics.enabled && metrics.service_monitor.enabled
+}
+
+/// A headless Service over the probe pods' metrics port, for the ServiceMonitor to select.
+pub fn metrics_service(agent: &Agent) -> Service {
+    Service {
+        metadata: agent.namespaced_meta(agent.metrics_service_name()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(agent.selector_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some(METRICS_PORT_NAME.into()),
+                port: agent.resource.spec.metrics.port,
+                target_port: Some(IntOrString::String(METRICS_PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Group, version and plural of the Prometheus Operator's ServiceMonitor.
+pub const SERVICE_MONITOR_GROUP: &str = "monitoring.coreos.com";
+pub const SERVICE_MONITOR_VERSION: &str = "v1";
+pub const SERVICE_MONITOR_PLURAL: &str = "servicemonitors";
+
+/// The ServiceMonitor (seed chart `metrics.serviceMonitor`), as JSON: its CRD belongs to the
+/// Prometheus Operator, so there is no type for it here. It selects [`metrics_service`].
+pub fn service_monitor(agent: &Agent) -> serde_json::Value {
+    let mut selector = agent.selector_labels();
+    selector.insert(labels::APP_COMPONENT.into(), labels::PROBE_COMPONENT.into());
+    json!({
+        "apiVersion": format!("{SERVICE_MONITOR_GROUP}/{SERVICE_MONITOR_VERSION}"),
+        "kind": "ServiceMonitor",
+        "metadata": agent.namespaced_meta(agent.probe_name()),
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "namespaceSelector": {"matchNames": [agent.namespace]},
+            "endpoints": [{
+                "port": METRICS_PORT_NAME,
+                "path": paths::METRICS,
+                "interval": agent.resource.spec.metrics.service_monitor.interval,
+            }],
+        },
+    })
 }
 
 /// The probe's configuration file: `{"agent": "<namespace>/<name>", "spec": <the spec>}`, the
@@ -901,6 +958,52 @@ mod tests {
         let annotations = annotations.annotations.as_ref().unwrap();
         assert!(!annotations.contains_key("prometheus.io/scrape"));
         assert!(annotations.contains_key("agentmesh.io/config-hash"));
+    }
+
+    #[test]
+    fn a_service_monitor_selects_the_metrics_service_of_the_probe_pods() {
+        let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
+        assert!(!wants_service_monitor(
+            &Agent::new(&resource(spec.clone())).unwrap()
+        ));
+        spec.metrics.service_monitor.enabled = true;
+        spec.metrics.service_monitor.interval = "15s".into();
+        spec.metrics.port = 9200;
+        let mla = resource(spec.clone());
+        let agent = Agent::new(&mla).unwrap();
+        assert!(wants_service_monitor(&agent));
+        let service = metrics_service(&agent);
+        assert_eq!(
+            service.metadata.name.as_deref(),
+            Some("probe-a-probe-metrics")
+        );
+        assert_eq!(service.metadata.owner_references.as_ref().unwrap().len(), 1);
+        let service_spec = service.spec.as_ref().unwrap();
+        assert_eq!(service_spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(service_spec.selector, Some(agent.selector_labels()));
+        let port = &service_spec.ports.as_ref().unwrap()[0];
+        assert_eq!((port.name.as_deref(), port.port), (Some("metrics"), 9200));
+        let monitor = service_monitor(&agent);
+        assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(
+            monitor["metadata"]["ownerReferences"][0]["kind"],
+            "MeshLogicAgent"
+        );
+        assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
+        assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+        // The monitor's selector matches the Service's labels.
+        let service_labels = service.metadata.labels.as_ref().unwrap();
+        for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+        {
+            assert_eq!(service_labels.get(key).map(String::as_str), value.as_str());
+        }
+        // Metrics off: no monitor, whatever serviceMonitor says.
+        spec.metrics.enabled = false;
+        assert!(!wants_service_monitor(
+            &Agent::new(&resource(spec)).unwrap()
+        ));
     }
 
     #[test]
