@@ -15,6 +15,10 @@ pub const CATEGORY: &str = "agentmesh";
 /// Field manager for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "meshlogic-operator";
 
+/// Finalizer on a MeshLogicAgent: its cluster-scoped RBAC (ClusterRole and ClusterRoleBinding
+/// of its probes) cannot be owned by a namespaced object, so the operator deletes it first.
+pub const MESHLOGIC_FINALIZER: &str = "agentmesh.io/probe-rbac";
+
 pub mod labels {
     //! Labels read or written by AgentMesh.
 
@@ -38,6 +42,10 @@ pub mod labels {
     pub const PROBE_APP_NAME: &str = "meshlogic-agent";
     /// `app.kubernetes.io/name` of the operator's own objects (seed deployment guide).
     pub const OPERATOR_APP_NAME: &str = "agentmesh";
+    /// `app.kubernetes.io/managed-by` value on every object the operator creates.
+    pub const MANAGED_BY_VALUE: &str = "meshlogic-operator";
+    /// `app.kubernetes.io/component` of the probe's objects.
+    pub const PROBE_COMPONENT: &str = "probe";
 }
 
 pub mod annotations {
@@ -55,6 +63,9 @@ pub mod annotations {
     pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
     pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
     pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
+    /// On cluster-scoped objects made for a namespaced resource (which cannot own them):
+    /// `namespace/name` of that resource.
+    pub const OWNER: &str = "agentmesh.io/owner";
 }
 
 pub mod ports {
@@ -88,6 +99,21 @@ pub mod paths {
     pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
     /// Default cgroup v2 root on a node.
     pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+    /// Directory of the probe's configuration volume (the MeshLogicAgent's ConfigMap).
+    pub const PROBE_CONFIG_DIR: &str = "/etc/meshlogic";
+    /// Key of the probe's configuration file in its ConfigMap, and the file's name in
+    /// [`PROBE_CONFIG_DIR`]: JSON `{"agent": "<namespace>/<name>", "spec": <the spec>}`.
+    pub const PROBE_CONFIG_KEY: &str = "config.json";
+    /// Where the probe's configuration file is mounted.
+    pub const PROBE_CONFIG_FILE: &str = "/etc/meshlogic/config.json";
+    /// Where the node's `/proc` is mounted in the probe container (hostPID shows every
+    /// process in the container's own `/proc` too; this one is the host's, whatever the
+    /// runtime does to `/proc`).
+    pub const PROBE_HOST_PROC: &str = "/host/proc";
+    /// Directory of the kernel's BTF files.
+    pub const KERNEL_BTF_DIR: &str = "/sys/kernel/btf";
+    /// The BPF filesystem.
+    pub const BPF_FS: &str = "/sys/fs/bpf";
 }
 
 pub mod objects {
@@ -166,6 +192,27 @@ pub mod env {
         AGENT_PRIVATE_KEY,
         PROXY_URL,
     ];
+}
+
+pub mod probe_env {
+    //! Environment variables of the node probe (`meshlogic-probe`), set by the operator in its
+    //! DaemonSet.
+
+    /// Path of the configuration file.
+    pub const CONFIG: &str = "MESHLOGIC_PROBE_CONFIG";
+    /// The node the probe runs on (from the pod's `spec.nodeName`).
+    pub const NODE_NAME: &str = "NODE_NAME";
+    /// URL of the operator's trust API.
+    pub const TRUST_API: &str = "MESHLOGIC_TRUST_API";
+    /// Where the host's `/proc` is.
+    pub const PROC_ROOT: &str = "MESHLOGIC_PROC_ROOT";
+    /// AWS region of telemetry (seed chart `agent.region`).
+    pub const AWS_REGION: &str = "AWS_REGION";
+    pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+    /// Keys of the seed's AWS credentials Secret (`aws.credentialsSecret`).
+    pub const AWS_ACCESS_KEY_ID_KEY: &str = "aws-access-key-id";
+    pub const AWS_SECRET_ACCESS_KEY_KEY: &str = "aws-secret-access-key";
 }
 
 pub mod metrics {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod identity;
 pub mod leader;
 pub mod logging;
+pub mod meshlogic;
 pub mod metrics;
 pub mod policy;
 pub mod probes;
@@ -111,6 +112,7 @@ pub async fn run() -> anyhow::Result<()> {
 fn start_controllers(ctx: Arc<Context>, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(identity::run(ctx.clone()));
     tasks.spawn(policy::run(ctx.clone()));
+    tasks.spawn(meshlogic::run(ctx.clone()));
 }
 
 async fn shutdown_signal() {

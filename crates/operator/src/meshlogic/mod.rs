@@ -1,0 +1,436 @@
+//! The MeshLogicAgent reconciler: each agent becomes a ServiceAccount, least-privilege RBAC
+//! (a ClusterRole and its binding), a ConfigMap holding the probe's configuration file and the
+//! probe DaemonSet; status comes from the DaemonSet and from what the probes report.
+//!
+//! Namespaced objects are owned by the agent (`controller: true`), so the garbage collector
+//! removes them with it. The ClusterRole and ClusterRoleBinding cannot be owned by a namespaced
+//! object: a finalizer on the agent deletes them before it goes.
+//!
+//! What the operator's own ClusterRole needs for this reconciler:
+//!
+//! | API group | resources | verbs |
+//! |---|---|---|
+//! | `agentmesh.io` | `meshlogicagents` | get, list, watch, patch, update (the finalizer) |
+//! | `agentmesh.io` | `meshlogicagents/status` | get, patch, update |
+//! | `apps` | `daemonsets` | get, list, watch, create, patch |
+//! | `""` | `configmaps`, `serviceaccounts` | get, list, watch, create, patch |
+//! | `""` | `services` | get, list, watch, create, patch, delete |
+//! | `monitoring.coreos.com` | `servicemonitors` | get, create, patch, delete |
+//! | `rbac.authorization.k8s.io` | `clusterroles`, `clusterrolebindings` | get, list, watch, create, patch, delete |
+//! | `""` | `pods` | get, list, watch (RBAC lets one grant only what one holds) |
+//! | `agentmesh.io` | `reports` | create (likewise) |
+//! | `events.k8s.io` | `events` | create, patch |
+//!
+//! Deleting the namespaced objects is the garbage collector's work, not the operator's.
+
+pub mod resources;
+pub mod status;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentmesh_api::MeshLogicAgent;
+use agentmesh_api::common::find_condition;
+use agentmesh_api::names::{self, annotations, conditions, labels};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{self, Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use self::resources::{Agent, OperatorSettings};
+use self::status::Rollout;
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// The `controller` label of this reconciler's metrics.
+pub const CONTROLLER: &str = "meshlogicagent";
+/// How often an agent is looked at again without a change, so that what probes report
+/// reaches its status.
+const RESYNC: Duration = Duration::from_secs(30);
+/// How soon a failed reconciliation is retried.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// Runs the reconciler until the process is told to stop.
+pub async fn run(ctx: Arc<Context>) {
+    let managed = format!("{}={}", labels::APP_MANAGED_BY, labels::MANAGED_BY_VALUE);
+    let owned = || watcher::Config::default().labels(&managed);
+    Controller::new(
+        ctx.watched_api::<MeshLogicAgent>(),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(ctx.watched_api::<DaemonSet>(), owned())
+    .owns(ctx.watched_api::<ConfigMap>(), owned())
+    .owns(ctx.watched_api::<ServiceAccount>(), owned())
+    .owns(ctx.watched_api::<Service>(), owned())
+    // Cluster-scoped, so not owned: mapped back to their agent by annotation, so that a
+    // ClusterRole(Binding) changed or deleted by hand is restored at once.
+    .watches(
+        Api::<ClusterRole>::all(ctx.client.clone()),
+        owned(),
+        agent_of(ctx.config.args.watch_namespace.clone()),
+    )
+    .watches(
+        Api::<ClusterRoleBinding>::all(ctx.client.clone()),
+        owned(),
+        agent_of(ctx.config.args.watch_namespace.clone()),
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((agent, _)) => tracing::debug!(%agent, "reconciled"),
+            Err(error) => tracing::debug!(%error, "reconcile stream"),
+        }
+    })
+    .await;
+}
+
+/// Maps a cluster-scoped object made for an agent back to that agent (from its
+/// [`annotations::OWNER`]), when the agent's namespace is watched.
+fn agent_of<K: Resource>(
+    watched_namespace: Option<String>,
+) -> impl Fn(K) -> Option<ObjectRef<MeshLogicAgent>> + Send + Sync + 'static {
+    move |object| {
+        let owner = object.annotations().get(annotations::OWNER)?;
+        let (namespace, name) = owner.split_once('/')?;
+        if watched_namespace.as_deref().is_some_and(|w| w != namespace) {
+            return None;
+        }
+        Some(ObjectRef::new(name).within(namespace))
+    }
+}
+
+async fn reconcile(agent: Arc<MeshLogicAgent>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let namespace = agent
+        .namespace()
+        .ok_or(Error::NoNamespace("MeshLogicAgent"))?;
+    let api: Api<MeshLogicAgent> = Api::namespaced(ctx.client.clone(), &namespace);
+    let span = tracing::info_span!(
+        "reconcile",
+        controller = CONTROLLER,
+        agent = %format!("{namespace}/{}", agent.name_any())
+    );
+    let result = finalizer(&api, names::MESHLOGIC_FINALIZER, agent, |event| async {
+        match event {
+            Event::Apply(agent) => apply(&agent, &ctx).await,
+            Event::Cleanup(agent) => cleanup(&agent, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(from_finalizer);
+    ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed());
+    result
+}
+
+fn error_policy(agent: Arc<MeshLogicAgent>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_error(CONTROLLER, error.metric_label());
+    tracing::warn!(
+        agent = %format!("{}/{}", agent.namespace().unwrap_or_default(), agent.name_any()),
+        %error,
+        "reconcile failed; retrying"
+    );
+    Action::requeue(RETRY)
+}
+
+fn from_finalizer(error: finalizer::Error<Error>) -> Error {
+    match error {
+        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error,
+        finalizer::Error::AddFinalizer(error) | finalizer::Error::RemoveFinalizer(error) => {
+            Error::Kube(error)
+        }
+        other => Error::Invalid(other.to_string()),
+    }
+}
+
+/// Server-side apply of `object` under the operator's field manager; returns it as stored.
+async fn server_side_apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let params = PatchParams::apply(names::FIELD_MANAGER).force();
+    Ok(api.patch(name, &params, &Patch::Apply(object)).await?)
+}
+
+/// Makes the world match the agent, then its status match the world.
+async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
+    let agent = Agent::new(resource)?;
+    let settings = OperatorSettings {
+        default_image_tag: ctx.config.args.probe_image_tag.clone(),
+        trust_api_url: ctx.config.args.trust_api_url.clone(),
+    };
+    let client = &ctx.client;
+    let namespace = agent.namespace;
+    let probe_name = agent.probe_name();
+    let rbac_name = agent.cluster_rbac_name();
+
+    // The ServiceAccount first: the DaemonSet controller cannot create pods that name a
+    // ServiceAccount that does not exist.
+    server_side_apply(
+        &Api::namespaced(client.clone(), namespace),
+        &probe_name,
+        &resources::service_account(&agent),
+    )
+    .await?;
+    server_side_apply(
+        &Api::all(client.clone()),
+        &rbac_name,
+        &resources::cluster_role(&agent),
+    )
+    .await?;
+    server_side_apply(
+        &Api::all(client.clone()),
+        &rbac_name,
+        &resources::cluster_role_binding(&agent),
+    )
+    .await?;
+    let config = resources::config_json(&agent)?;
+    server_side_apply(
+        &Api::namespaced(client.clone(), namespace),
+        &agent.config_map_name(),
+        &resources::config_map(&agent, &config),
+    )
+    .await?;
+
+    let desired = resources::daemon_set(&agent, &settings, &config)?;
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+    let before = daemon_sets.get_opt(&probe_name).await?;
+    let applied = server_side_apply(&daemon_sets, &probe_name, &desired).await?;
+    let reference = resource.object_ref(&());
+    let new_hash = resources::template_hash(&desired).unwrap_or_default();
+    match before.as_ref().map(resources::template_hash) {
+        None => {
+            ctx.event(
+                &reference,
+                EventType::Normal,
+                "Created",
+                "Apply",
+                format!(
+                    "created DaemonSet {probe_name}, ConfigMap {}, ServiceAccount {probe_name} and ClusterRole(Binding) {rbac_name}",
+                    agent.config_map_name()
+                ),
+            )
+            .await;
+        }
+        Some(old_hash) if old_hash != Some(new_hash) => {
+            ctx.event(
+                &reference,
+                EventType::Normal,
+                "ConfigChanged",
+                "Apply",
+                format!(
+                    "rolling DaemonSet {probe_name}: configuration hash {} -> {new_hash}",
+                    old_hash.unwrap_or("none")
+                ),
+            )
+            .await;
+        }
+        Some(_) => {}
+    }
+
+    reconcile_service_monitor(&agent, ctx).await?;
+
+    let rollout = Rollout::of(Some(&applied));
+    write_status(resource, &agent, &rollout, ctx).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// The metrics Service and ServiceMonitor, when `metrics.serviceMonitor.enabled` (and
+/// metrics are on); removed when no longer asked for. Without the Prometheus Operator's CRD
+/// the agent gets a Warning Event and the rest of it proceeds.
+async fn reconcile_service_monitor(agent: &Agent<'_>, ctx: &Context) -> Result<()> {
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), agent.namespace);
+    let gvk = GroupVersionKind::gvk(
+        resources::SERVICE_MONITOR_GROUP,
+        resources::SERVICE_MONITOR_VERSION,
+        "ServiceMonitor",
+    );
+    let monitor_type = ApiResource::from_gvk_with_plural(&gvk, resources::SERVICE_MONITOR_PLURAL);
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), agent.namespace, &monitor_type);
+    let service_name = agent.metrics_service_name();
+    let monitor_name = agent.probe_name();
+    let uid = agent.resource.metadata.uid.as_deref().unwrap_or_default();
+
+    if !resources::wants_service_monitor(agent) {
+        // The two are made together; one GET tells whether there is anything to remove.
+        if delete_controlled(&services, &service_name, uid).await? {
+            match delete_controlled(&monitors, &monitor_name, uid).await {
+                Ok(_) => {}
+                Err(Error::Kube(kube::Error::Api(response))) if response.code == 404 => {}
+                Err(error) => return Err(error),
+            }
+        }
+        return Ok(());
+    }
+    server_side_apply(&services, &service_name, &resources::metrics_service(agent)).await?;
+    let params = PatchParams::apply(names::FIELD_MANAGER).force();
+    let monitor = resources::service_monitor(agent);
+    match monitors
+        .patch(&monitor_name, &params, &Patch::Apply(&monitor))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(response)) if response.code == 404 => {
+            ctx.event(
+                &agent.resource.object_ref(&()),
+                EventType::Warning,
+                "ServiceMonitorUnavailable",
+                "Apply",
+                "metrics.serviceMonitor.enabled is true but the cluster serves no \
+                 monitoring.coreos.com/v1 ServiceMonitor (install the Prometheus Operator); \
+                 the probe pods keep their prometheus.io annotations"
+                    .into(),
+            )
+            .await;
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Deletes `name` if it exists and this agent (`uid`) is its controller; whether it did.
+async fn delete_controlled<K>(api: &Api<K>, name: &str, uid: &str) -> Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let Some(object) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let controlled = object
+        .owner_references()
+        .iter()
+        .any(|owner| owner.controller == Some(true) && owner.uid == uid);
+    if !controlled {
+        return Ok(false);
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(response)) if response.code == 404 => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Writes the status when it differs from the one the agent carries.
+async fn write_status(
+    resource: &MeshLogicAgent,
+    agent: &Agent<'_>,
+    rollout: &Rollout,
+    ctx: &Context,
+) -> Result<()> {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    // Whole seconds: what the API server keeps, so that an unchanged status compares equal.
+    let now = Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now));
+    let previous = resource.status.as_ref();
+    let next = status::compute(
+        resource.metadata.generation,
+        resource.spec.safety_tier,
+        rollout,
+        ctx.probes.nodes(&agent.key()),
+        previous,
+        &now,
+    );
+    if previous == Some(&next) {
+        return Ok(());
+    }
+    let api: Api<MeshLogicAgent> = Api::namespaced(ctx.client.clone(), agent.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": MeshLogicAgent::api_version(&()),
+        "kind": MeshLogicAgent::kind(&()),
+        "status": next,
+    });
+    let params = PatchParams::apply(names::FIELD_MANAGER).force();
+    api.patch_status(agent.name, &params, &Patch::Apply(&patch))
+        .await?;
+    tracing::debug!(
+        desired = next.desired_nodes,
+        ready = next.ready_nodes,
+        "status written"
+    );
+
+    // A change of Degraded is worth telling whoever looks at the agent's events.
+    let was = previous
+        .and_then(|p| find_condition(&p.conditions, conditions::DEGRADED))
+        .map(|c| (c.status.clone(), c.message.clone()));
+    if let Some(degraded) = find_condition(&next.conditions, conditions::DEGRADED)
+        && degraded.status == "True"
+        && was != Some((degraded.status.clone(), degraded.message.clone()))
+    {
+        ctx.event(
+            &resource.object_ref(&()),
+            EventType::Warning,
+            &degraded.reason,
+            "Status",
+            degraded.message.clone(),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Deletes `name` if it exists and was made for the agent `owner` (`namespace/name`).
+async fn delete_owned<K>(api: &Api<K>, name: &str, owner: &str) -> Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let Some(object) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    if object
+        .annotations()
+        .get(annotations::OWNER)
+        .map(String::as_str)
+        != Some(owner)
+    {
+        tracing::warn!(name, owner, "not deleting an object made for someone else");
+        return Ok(false);
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(response)) if response.code == 404 => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Before the agent goes: delete what the garbage collector cannot (cluster-scoped RBAC).
+async fn cleanup(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
+    let namespace = resource
+        .namespace()
+        .ok_or(Error::NoNamespace("MeshLogicAgent"))?;
+    let name = resource.name_any();
+    let owner = format!("{namespace}/{name}");
+    let rbac_name = resources::cluster_rbac_name(&namespace, &name);
+    let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+    let roles: Api<ClusterRole> = Api::all(ctx.client.clone());
+    let deleted_binding = delete_owned(&bindings, &rbac_name, &owner).await?;
+    let deleted_role = delete_owned(&roles, &rbac_name, &owner).await?;
+    ctx.probes.forget(&owner);
+    if deleted_binding || deleted_role {
+        ctx.event(
+            &resource.object_ref(&()),
+            EventType::Normal,
+            "Deleted",
+            "Cleanup",
+            format!("deleted ClusterRole and ClusterRoleBinding {rbac_name}"),
+        )
+        .await;
+    }
+    tracing::info!(agent = %owner, "cleaned up cluster-scoped RBAC");
+    Ok(Action::await_change())
+}

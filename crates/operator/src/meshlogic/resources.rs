@@ -1,0 +1,1066 @@
+//! The objects a MeshLogicAgent turns into, as pure functions of the resource and the
+//! operator's settings: ServiceAccount, ClusterRole and ClusterRoleBinding, ConfigMap and
+//! DaemonSet. No I/O here; the reconciler applies what these build.
+
+use std::collections::BTreeMap;
+
+use agentmesh_api::MeshLogicAgent;
+use agentmesh_api::meshlogic::PullPolicy;
+use agentmesh_api::names::{self, annotations, labels, paths, probe_env};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, SecretKeySelector, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Name of the probe container.
+pub const CONTAINER: &str = "meshlogic-agent";
+/// Name of the container port of `/metrics` and the health endpoints.
+pub const METRICS_PORT_NAME: &str = "metrics";
+
+/// What the built objects need from the operator's own configuration.
+#[derive(Clone, Debug)]
+pub struct OperatorSettings {
+    /// Image tag when the MeshLogicAgent names none (the operator's version).
+    pub default_image_tag: String,
+    /// URL at which probes reach the trust API.
+    pub trust_api_url: String,
+}
+
+/// The identity of one MeshLogicAgent, checked once: name, namespace, and the owner reference
+/// its namespaced objects carry.
+#[derive(Clone, Debug)]
+pub struct Agent<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub resource: &'a MeshLogicAgent,
+    owner: OwnerReference,
+}
+
+impl<'a> Agent<'a> {
+    pub fn new(resource: &'a MeshLogicAgent) -> Result<Self> {
+        let name = resource
+            .metadata
+            .name
+            .as_deref()
+            .ok_or_else(|| Error::Invalid("MeshLogicAgent without a name".into()))?;
+        let namespace = resource
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or(Error::NoNamespace("MeshLogicAgent"))?;
+        let owner = resource.controller_owner_ref(&()).ok_or_else(|| {
+            Error::Invalid(format!("MeshLogicAgent {namespace}/{name} has no uid yet"))
+        })?;
+        Ok(Self {
+            name,
+            namespace,
+            resource,
+            owner,
+        })
+    }
+
+    /// `namespace/name`, as probes name their agent in reports.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Name of the ServiceAccount and of the DaemonSet.
+    pub fn probe_name(&self) -> String {
+        format!("{}-probe", self.name)
+    }
+
+    /// Name of the headless Service of the probes' `/metrics` (for a ServiceMonitor).
+    pub fn metrics_service_name(&self) -> String {
+        format!("{}-probe-metrics", self.name)
+    }
+
+    /// Name of the ConfigMap.
+    pub fn config_map_name(&self) -> String {
+        format!("{}-probe-config", self.name)
+    }
+
+    /// Name of the ClusterRole and ClusterRoleBinding: cluster-wide, so it names the
+    /// namespace too. A namespace holds no `:`, so two agents never share one.
+    pub fn cluster_rbac_name(&self) -> String {
+        cluster_rbac_name(self.namespace, self.name)
+    }
+
+    /// Labels of every object made for this agent.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut all = self.selector_labels();
+        all.insert(labels::APP_PART_OF.into(), labels::PART_OF_VALUE.into());
+        all.insert(
+            labels::APP_MANAGED_BY.into(),
+            labels::MANAGED_BY_VALUE.into(),
+        );
+        all.insert(labels::APP_COMPONENT.into(), labels::PROBE_COMPONENT.into());
+        all
+    }
+
+    /// The DaemonSet's selector (immutable once created): the seed's name label and the
+    /// instance.
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::APP_NAME.into(), labels::PROBE_APP_NAME.into()),
+            (labels::APP_INSTANCE.into(), label_value(self.name)),
+        ])
+    }
+
+    fn namespaced_meta(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_owned()),
+            labels: Some(self.labels()),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..Default::default()
+        }
+    }
+
+    fn cluster_meta(&self) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.cluster_rbac_name()),
+            labels: Some(self.labels()),
+            annotations: Some(BTreeMap::from([(annotations::OWNER.into(), self.key())])),
+            ..Default::default()
+        }
+    }
+}
+
+/// Name of the ClusterRole and ClusterRoleBinding of the agent `namespace/name`.
+pub fn cluster_rbac_name(namespace: &str, name: &str) -> String {
+    format!("meshlogic-probe:{namespace}:{name}")
+}
+
+/// A label value for `name`: itself when it fits in 63 characters, else a prefix and a hash,
+/// so that every name gets a distinct, valid value.
+pub fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_owned();
+    }
+    let digest = hex(&Sha256::digest(name.as_bytes()));
+    let prefix: String = name.chars().take(52).collect();
+    format!(
+        "{}-{}",
+        prefix.trim_end_matches(['-', '.', '_']),
+        &digest[..10]
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The probe's ServiceAccount, with the spec's annotations (IRSA's role ARN among them).
+pub fn service_account(agent: &Agent) -> ServiceAccount {
+    let spec_annotations = &agent.resource.spec.service_account.annotations;
+    let mut meta = agent.namespaced_meta(agent.probe_name());
+    if !spec_annotations.is_empty() {
+        meta.annotations = Some(spec_annotations.clone());
+    }
+    ServiceAccount {
+        metadata: meta,
+        ..Default::default()
+    }
+}
+
+/// What the probe may do, and nothing more: read pods (it keeps those of its node, by field
+/// selector, to name the pods it reports on) and post reports, which the trust API authorizes
+/// with a SubjectAccessReview for `create` on `reports` in `agentmesh.io`.
+pub fn cluster_role(agent: &Agent) -> ClusterRole {
+    ClusterRole {
+        metadata: agent.cluster_meta(),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["pods".into()]),
+                verbs: ["get", "list", "watch"].map(String::from).to_vec(),
+                ..Default::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![names::GROUP.into()]),
+                resources: Some(vec!["reports".into()]),
+                verbs: vec!["create".into()],
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
+}
+
+/// Binds [`cluster_role`] to the probe's ServiceAccount.
+pub fn cluster_role_binding(agent: &Agent) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: agent.cluster_meta(),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: agent.cluster_rbac_name(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: agent.probe_name(),
+            namespace: Some(agent.namespace.to_owned()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// Whether the spec asks for a Prometheus Operator ServiceMonitor (and metrics are on).
+pub fn wants_service_monitor(agent: &Agent) -> bool {
+    let metrics = &agent.resource.spec.metrics;
+    metrics.enabled && metrics.service_monitor.enabled
+}
+
+/// A headless Service over the probe pods' metrics port, for the ServiceMonitor to select.
+pub fn metrics_service(agent: &Agent) -> Service {
+    Service {
+        metadata: agent.namespaced_meta(agent.metrics_service_name()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(agent.selector_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some(METRICS_PORT_NAME.into()),
+                port: agent.resource.spec.metrics.port,
+                target_port: Some(IntOrString::String(METRICS_PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Group, version and plural of the Prometheus Operator's ServiceMonitor.
+pub const SERVICE_MONITOR_GROUP: &str = "monitoring.coreos.com";
+pub const SERVICE_MONITOR_VERSION: &str = "v1";
+pub const SERVICE_MONITOR_PLURAL: &str = "servicemonitors";
+
+/// The ServiceMonitor (seed chart `metrics.serviceMonitor`), as JSON: its CRD belongs to the
+/// Prometheus Operator, so there is no type for it here. It selects [`metrics_service`].
+pub fn service_monitor(agent: &Agent) -> serde_json::Value {
+    let mut selector = agent.selector_labels();
+    selector.insert(labels::APP_COMPONENT.into(), labels::PROBE_COMPONENT.into());
+    json!({
+        "apiVersion": format!("{SERVICE_MONITOR_GROUP}/{SERVICE_MONITOR_VERSION}"),
+        "kind": "ServiceMonitor",
+        "metadata": agent.namespaced_meta(agent.probe_name()),
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "namespaceSelector": {"matchNames": [agent.namespace]},
+            "endpoints": [{
+                "port": METRICS_PORT_NAME,
+                "path": paths::METRICS,
+                "interval": agent.resource.spec.metrics.service_monitor.interval,
+            }],
+        },
+    })
+}
+
+/// The probe's configuration file: `{"agent": "<namespace>/<name>", "spec": <the spec>}`, the
+/// format `meshlogic-probe --config` reads. Deterministic: the same spec gives the same bytes.
+pub fn config_json(agent: &Agent) -> Result<String> {
+    Ok(serde_json::to_string(&json!({
+        "agent": agent.key(),
+        "spec": agent.resource.spec,
+    }))?)
+}
+
+/// The ConfigMap holding [`config_json`] under [`paths::PROBE_CONFIG_KEY`].
+pub fn config_map(agent: &Agent, config: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: agent.namespaced_meta(agent.config_map_name()),
+        data: Some(BTreeMap::from([(
+            paths::PROBE_CONFIG_KEY.into(),
+            config.to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The probe image: the spec's repository, and its tag or else the operator's.
+pub fn image(agent: &Agent, settings: &OperatorSettings) -> String {
+    let image = &agent.resource.spec.image;
+    let tag = image.tag.as_deref().unwrap_or(&settings.default_image_tag);
+    format!("{}:{tag}", image.repository)
+}
+
+fn pull_policy(policy: PullPolicy) -> &'static str {
+    match policy {
+        PullPolicy::Always => "Always",
+        PullPolicy::IfNotPresent => "IfNotPresent",
+        PullPolicy::Never => "Never",
+    }
+}
+
+fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn env_from(name: &str, source: EnvVarSource) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(source),
+        ..Default::default()
+    }
+}
+
+fn secret_key(secret: &str, key: &str) -> EnvVarSource {
+    EnvVarSource {
+        secret_key_ref: Some(SecretKeySelector {
+            name: secret.into(),
+            key: key.into(),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    }
+}
+
+fn env(agent: &Agent, settings: &OperatorSettings) -> Vec<EnvVar> {
+    let spec = &agent.resource.spec;
+    let mut env = vec![
+        env_from(
+            probe_env::NODE_NAME,
+            EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "spec.nodeName".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        env_value(probe_env::CONFIG, paths::PROBE_CONFIG_FILE),
+        env_value(probe_env::TRUST_API, settings.trust_api_url.as_str()),
+        env_value(probe_env::PROC_ROOT, paths::PROBE_HOST_PROC),
+        env_value(probe_env::AWS_REGION, spec.region.as_str()),
+    ];
+    // With IRSA, the ServiceAccount's annotation gives the pod its role; otherwise the keys
+    // come from the seed's credentials Secret.
+    if !spec.aws.use_irsa
+        && let Some(secret) = &spec.aws.credentials_secret
+    {
+        env.push(env_from(
+            probe_env::AWS_ACCESS_KEY_ID,
+            secret_key(secret, probe_env::AWS_ACCESS_KEY_ID_KEY),
+        ));
+        env.push(env_from(
+            probe_env::AWS_SECRET_ACCESS_KEY,
+            secret_key(secret, probe_env::AWS_SECRET_ACCESS_KEY_KEY),
+        ));
+    }
+    env
+}
+
+fn host_path(name: &str, path: &str, type_: Option<&str>) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: type_.map(str::to_owned),
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+/// Volumes and their mounts: the configuration, and what BPF and the tier 1 fallback read
+/// on the node. BTF has no type check: a node without it must still start the probe, which
+/// then falls back to tier 1 and says so.
+fn volumes(agent: &Agent) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let cgroup_root = agent.resource.spec.cgroup.root.as_str();
+    let volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: agent.config_map_name(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        host_path("btf", paths::KERNEL_BTF_DIR, None),
+        host_path("bpffs", paths::BPF_FS, Some("DirectoryOrCreate")),
+        host_path("cgroup", cgroup_root, Some("Directory")),
+        host_path("host-proc", "/proc", Some("Directory")),
+    ];
+    let mounts = vec![
+        mount("config", paths::PROBE_CONFIG_DIR, true),
+        mount("btf", paths::KERNEL_BTF_DIR, true),
+        mount("bpffs", paths::BPF_FS, false),
+        mount("cgroup", cgroup_root, true),
+        mount("host-proc", paths::PROBE_HOST_PROC, true),
+    ];
+    (volumes, mounts)
+}
+
+fn http_probe(path: &str, initial_delay: i32, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(METRICS_PORT_NAME.into()),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The pod template without the configuration hash.
+fn pod_template(agent: &Agent, settings: &OperatorSettings) -> PodTemplateSpec {
+    let spec = &agent.resource.spec;
+    let (volumes, volume_mounts) = volumes(agent);
+    let mut pod_annotations = BTreeMap::new();
+    if spec.metrics.enabled {
+        pod_annotations.insert(annotations::PROMETHEUS_SCRAPE.into(), "true".into());
+        pod_annotations.insert(
+            annotations::PROMETHEUS_PORT.into(),
+            spec.metrics.port.to_string(),
+        );
+        pod_annotations.insert(annotations::PROMETHEUS_PATH.into(), paths::METRICS.into());
+    }
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(image(agent, settings)),
+        image_pull_policy: Some(pull_policy(spec.image.pull_policy).into()),
+        env: Some(env(agent, settings)),
+        ports: Some(vec![ContainerPort {
+            name: Some(METRICS_PORT_NAME.into()),
+            container_port: spec.metrics.port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // `/health` answers while the process serves; `/ready` once the probe observes.
+        liveness_probe: Some(http_probe(paths::HEALTH, 10, 20)),
+        readiness_probe: Some(http_probe(paths::READY, 2, 10)),
+        resources: Some(spec.resources.clone()),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        }),
+        volume_mounts: Some(volume_mounts),
+        ..Default::default()
+    };
+    let pull_secrets: Vec<LocalObjectReference> = spec
+        .image
+        .pull_secrets
+        .iter()
+        .map(|name| LocalObjectReference { name: name.clone() })
+        .collect();
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(agent.labels()),
+            annotations: Some(pod_annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(agent.probe_name()),
+            host_pid: Some(true),
+            containers: vec![container],
+            volumes: Some(volumes),
+            image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+            tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Hash of the configuration file and of the pod template built from it: any change of
+/// either changes it, and nothing else does.
+pub fn config_hash(config: &str, template: &PodTemplateSpec) -> Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(config.as_bytes());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(template)?);
+    Ok(hex(&hasher.finalize())[..32].to_owned())
+}
+
+/// The probe DaemonSet, its pod template annotated with [`config_hash`] so that a change of
+/// configuration rolls it.
+pub fn daemon_set(agent: &Agent, settings: &OperatorSettings, config: &str) -> Result<DaemonSet> {
+    let mut template = pod_template(agent, settings);
+    let hash = config_hash(config, &template)?;
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(annotations::CONFIG_HASH.into(), hash);
+    Ok(DaemonSet {
+        metadata: agent.namespaced_meta(agent.probe_name()),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(agent.selector_labels()),
+                ..Default::default()
+            },
+            template,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The configuration hash a DaemonSet's pod template carries, if any.
+pub fn template_hash(daemon_set: &DaemonSet) -> Option<&str> {
+    daemon_set
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(annotations::CONFIG_HASH)
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_api::MeshLogicAgentSpec;
+
+    fn settings() -> OperatorSettings {
+        OperatorSettings {
+            default_image_tag: "0.1.0".into(),
+            trust_api_url: "http://agentmesh.agentmesh.svc:8080".into(),
+        }
+    }
+
+    fn resource(spec: MeshLogicAgentSpec) -> MeshLogicAgent {
+        let mut mla = MeshLogicAgent::new("probe-a", spec);
+        mla.metadata.namespace = Some("meshlogic".into());
+        mla.metadata.uid = Some("6b2f5c1e-0000-4000-8000-000000000001".into());
+        mla
+    }
+
+    fn default_resource() -> MeshLogicAgent {
+        resource(MeshLogicAgentSpec::with_customer_id("acme"))
+    }
+
+    fn built(mla: &MeshLogicAgent) -> DaemonSet {
+        let agent = Agent::new(mla).unwrap();
+        let config = config_json(&agent).unwrap();
+        daemon_set(&agent, &settings(), &config).unwrap()
+    }
+
+    fn pod_spec(ds: &DaemonSet) -> &PodSpec {
+        ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn hash_of(mla: &MeshLogicAgent) -> String {
+        template_hash(&built(mla)).unwrap().to_owned()
+    }
+
+    #[test]
+    fn an_agent_needs_a_namespace_and_a_uid() {
+        let mut mla = default_resource();
+        mla.metadata.namespace = None;
+        assert!(matches!(Agent::new(&mla), Err(Error::NoNamespace(_))));
+        let mut mla = default_resource();
+        mla.metadata.uid = None;
+        assert!(matches!(Agent::new(&mla), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn names_derive_from_the_agent() {
+        let mla = default_resource();
+        let agent = Agent::new(&mla).unwrap();
+        assert_eq!(agent.probe_name(), "probe-a-probe");
+        assert_eq!(agent.config_map_name(), "probe-a-probe-config");
+        assert_eq!(
+            agent.cluster_rbac_name(),
+            "meshlogic-probe:meshlogic:probe-a"
+        );
+        assert_eq!(agent.key(), "meshlogic/probe-a");
+        // Namespaces hold no `:`, so the cluster-wide name is unambiguous.
+        assert_ne!(cluster_rbac_name("a-b", "c"), cluster_rbac_name("a", "b-c"));
+    }
+
+    #[test]
+    fn every_object_carries_the_seed_labels_and_namespaced_ones_are_owned() {
+        let mla = default_resource();
+        let agent = Agent::new(&mla).unwrap();
+        let config = config_json(&agent).unwrap();
+        let ds = daemon_set(&agent, &settings(), &config).unwrap();
+        let metas = [
+            service_account(&agent).metadata,
+            config_map(&agent, &config).metadata,
+            ds.metadata.clone(),
+            cluster_role(&agent).metadata,
+            cluster_role_binding(&agent).metadata,
+        ];
+        for meta in &metas {
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels["app.kubernetes.io/name"], "meshlogic-agent");
+            assert_eq!(labels["app.kubernetes.io/instance"], "probe-a");
+            assert_eq!(labels["app.kubernetes.io/part-of"], "agentmesh");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "meshlogic-operator");
+        }
+        for meta in &metas[..3] {
+            let owners = meta.owner_references.as_ref().unwrap();
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "MeshLogicAgent");
+            assert_eq!(owners[0].name, "probe-a");
+            assert_eq!(owners[0].uid, "6b2f5c1e-0000-4000-8000-000000000001");
+            assert_eq!(owners[0].controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("meshlogic"));
+        }
+        for meta in &metas[3..] {
+            assert!(
+                meta.owner_references.is_none(),
+                "cluster objects cannot be owned"
+            );
+            assert!(meta.namespace.is_none());
+            assert_eq!(
+                meta.annotations.as_ref().unwrap()["agentmesh.io/owner"],
+                "meshlogic/probe-a"
+            );
+        }
+        // The pods carry the labels the seed's `kubectl logs -l` uses, and the selector
+        // matches them.
+        let spec = ds.spec.as_ref().unwrap();
+        let pod_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        for (key, value) in spec.selector.match_labels.as_ref().unwrap() {
+            assert_eq!(pod_labels.get(key), Some(value));
+        }
+        assert_eq!(pod_labels["app.kubernetes.io/name"], "meshlogic-agent");
+    }
+
+    #[test]
+    fn long_names_get_valid_distinct_label_values() {
+        let long_a = format!("{}-a", "x".repeat(100));
+        let long_b = format!("{}-b", "x".repeat(100));
+        let (a, b) = (label_value(&long_a), label_value(&long_b));
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b);
+        assert_eq!(label_value("short"), "short");
+    }
+
+    #[test]
+    fn rbac_grants_exactly_pod_reads_and_report_creation() {
+        let mla = default_resource();
+        let agent = Agent::new(&mla).unwrap();
+        let role = cluster_role(&agent);
+        let rules = role.rules.unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].api_groups, Some(vec![String::new()]));
+        assert_eq!(rules[0].resources, Some(vec!["pods".to_string()]));
+        assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+        assert_eq!(rules[1].api_groups, Some(vec!["agentmesh.io".to_string()]));
+        assert_eq!(rules[1].resources, Some(vec!["reports".to_string()]));
+        assert_eq!(rules[1].verbs, ["create"]);
+        for rule in &rules {
+            assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        }
+        let binding = cluster_role_binding(&agent);
+        assert_eq!(binding.role_ref.kind, "ClusterRole");
+        assert_eq!(binding.role_ref.name, agent.cluster_rbac_name());
+        let subjects = binding.subjects.unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, "probe-a-probe");
+        assert_eq!(subjects[0].namespace.as_deref(), Some("meshlogic"));
+    }
+
+    #[test]
+    fn the_config_file_is_the_agent_and_its_spec() {
+        let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
+        spec.safety_tier = 3;
+        let mla = resource(spec.clone());
+        let agent = Agent::new(&mla).unwrap();
+        let config = config_json(&agent).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(parsed["agent"], "meshlogic/probe-a");
+        assert_eq!(parsed["spec"]["safetyTier"], 3);
+        assert_eq!(parsed["spec"]["customerId"], "acme");
+        assert_eq!(parsed.as_object().unwrap().len(), 2);
+        let back: MeshLogicAgentSpec = serde_json::from_value(parsed["spec"].clone()).unwrap();
+        assert_eq!(back, spec);
+        let map = config_map(&agent, &config);
+        assert_eq!(map.data.unwrap()["config.json"], config);
+    }
+
+    #[test]
+    fn the_pod_has_the_seed_posture_and_the_mounts_bpf_needs() {
+        let ds = built(&default_resource());
+        let pod = pod_spec(&ds);
+        assert_eq!(pod.host_pid, Some(true));
+        assert_eq!(pod.service_account_name.as_deref(), Some("probe-a-probe"));
+        assert_eq!(pod.containers.len(), 1);
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.security_context.as_ref().unwrap().privileged,
+            Some(true)
+        );
+        let mounts: BTreeMap<&str, (&str, Option<bool>)> = container
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.mount_path.as_str(), (m.name.as_str(), m.read_only)))
+            .collect();
+        assert_eq!(mounts["/sys/kernel/btf"], ("btf", Some(true)));
+        assert_eq!(mounts["/sys/fs/bpf"], ("bpffs", Some(false)));
+        assert_eq!(mounts["/sys/fs/cgroup"], ("cgroup", Some(true)));
+        assert_eq!(mounts["/host/proc"], ("host-proc", Some(true)));
+        assert_eq!(mounts["/etc/meshlogic"], ("config", Some(true)));
+        let volumes: BTreeMap<&str, &Volume> = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        let host = |name: &str| volumes[name].host_path.as_ref().unwrap().path.clone();
+        assert_eq!(host("btf"), "/sys/kernel/btf");
+        assert_eq!(host("bpffs"), "/sys/fs/bpf");
+        assert_eq!(host("cgroup"), "/sys/fs/cgroup");
+        assert_eq!(host("host-proc"), "/proc");
+        assert_eq!(
+            volumes["config"].config_map.as_ref().unwrap().name,
+            "probe-a-probe-config"
+        );
+        // Every mount has its volume.
+        for (_, (name, _)) in mounts {
+            assert!(volumes.contains_key(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_cgroup_root_comes_from_the_spec() {
+        let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
+        spec.cgroup.root = "/sys/fs/cgroup/unified".into();
+        let ds = built(&resource(spec));
+        let pod = pod_spec(&ds);
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "cgroup")
+            .unwrap();
+        assert_eq!(
+            volume.host_path.as_ref().unwrap().path,
+            "/sys/fs/cgroup/unified"
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "cgroup")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/sys/fs/cgroup/unified");
+    }
+
+    fn env_map(container: &Container) -> BTreeMap<String, EnvVar> {
+        container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_container_gets_what_the_probe_reads() {
+        let ds = built(&default_resource());
+        let container = &pod_spec(&ds).containers[0];
+        let env = env_map(container);
+        assert_eq!(
+            env["NODE_NAME"]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "spec.nodeName"
+        );
+        assert_eq!(
+            env["MESHLOGIC_PROBE_CONFIG"].value.as_deref(),
+            Some("/etc/meshlogic/config.json")
+        );
+        assert_eq!(
+            env["MESHLOGIC_TRUST_API"].value.as_deref(),
+            Some("http://agentmesh.agentmesh.svc:8080")
+        );
+        assert_eq!(
+            env["MESHLOGIC_PROC_ROOT"].value.as_deref(),
+            Some("/host/proc")
+        );
+        assert_eq!(env["AWS_REGION"].value.as_deref(), Some("ap-southeast-2"));
+        assert!(
+            !env.contains_key("AWS_ACCESS_KEY_ID"),
+            "IRSA is the default"
+        );
+        assert_eq!(
+            container.image.as_deref(),
+            Some("registry.meshlogic.ai/meshlogic-agent:0.1.0")
+        );
+        assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            pod_spec(&ds).image_pull_secrets,
+            Some(vec![LocalObjectReference {
+                name: "meshlogic-registry".into()
+            }])
+        );
+        let port = &container.ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (port.name.as_deref(), port.container_port),
+            (Some("metrics"), 9090)
+        );
+        let probe_path = |probe: &Option<Probe>| {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            (get.path.clone().unwrap(), get.port.clone())
+        };
+        let metrics_port = IntOrString::String("metrics".into());
+        assert_eq!(
+            probe_path(&container.liveness_probe),
+            ("/health".into(), metrics_port.clone())
+        );
+        assert_eq!(
+            probe_path(&container.readiness_probe),
+            ("/ready".into(), metrics_port)
+        );
+        let annotations = ds
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap();
+        let annotations = annotations.annotations.as_ref().unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], "9090");
+        assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    }
+
+    #[test]
+    fn resources_default_to_the_seed_values_and_follow_the_spec() {
+        let ds = built(&default_resource());
+        let resources = pod_spec(&ds).containers[0].resources.clone().unwrap();
+        let get = |map: &Option<
+            BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+        >,
+                   key: &str| map.as_ref().unwrap()[key].0.clone();
+        assert_eq!(get(&resources.requests, "cpu"), "100m");
+        assert_eq!(get(&resources.requests, "memory"), "128Mi");
+        assert_eq!(get(&resources.limits, "cpu"), "500m");
+        assert_eq!(get(&resources.limits, "memory"), "256Mi");
+
+        // A spec parsed without `resources` gets the same defaults.
+        let spec: MeshLogicAgentSpec =
+            serde_json::from_value(json!({"customerId": "acme"})).unwrap();
+        let ds = built(&resource(spec));
+        assert_eq!(pod_spec(&ds).containers[0].resources, Some(resources));
+
+        let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
+        spec.resources.limits.as_mut().unwrap().insert(
+            "memory".into(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into()),
+        );
+        let ds = built(&resource(spec));
+        let resources = pod_spec(&ds).containers[0].resources.clone().unwrap();
+        assert_eq!(get(&resources.limits, "memory"), "1Gi");
+    }
+
+    #[test]
+    fn spec_settings_reach_the_pod() {
+        let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
+        spec.image.repository = "example.com/probe".into();
+        spec.image.tag = Some("2.0".into());
+        spec.image.pull_policy = PullPolicy::Always;
+        spec.image.pull_secrets = vec![];
+        spec.metrics.port = 9200;
+        spec.metrics.enabled = false;
+        spec.region = "eu-west-1".into();
+        spec.node_selector = BTreeMap::from([("kubernetes.io/os".into(), "linux".into())]);
+        spec.tolerations = vec![k8s_openapi::api::core::v1::Toleration {
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }];
+        spec.aws.use_irsa = false;
+        spec.aws.credentials_secret = Some("aws-credentials".into());
+        let ds = built(&resource(spec));
+        let pod = pod_spec(&ds);
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("example.com/probe:2.0"));
+        assert_eq!(container.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(pod.image_pull_secrets, None);
+        assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 9200);
+        assert_eq!(
+            pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+            "linux"
+        );
+        assert_eq!(pod.tolerations.as_ref().unwrap().len(), 1);
+        let env = env_map(container);
+        assert_eq!(env["AWS_REGION"].value.as_deref(), Some("eu-west-1"));
+        for (var, key) in [
+            ("AWS_ACCESS_KEY_ID", "aws-access-key-id"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key"),
+        ] {
+            let selector = env[var]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .clone()
+                .unwrap();
+            assert_eq!(
+                (selector.name.as_str(), selector.key.as_str()),
+                ("aws-credentials", key)
+            );
+        }
+        let annotations = ds
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap();
+        let annotations = annotations.annotations.as_ref().unwrap();
+        assert!(!annotations.contains_key("prometheus.io/scrape"));
+        assert!(annotations.contains_key("agentmesh.io/config-hash"));
+    }
+
+    #[test]
+    fn a_service_monitor_selects_the_metrics_service_of_the_probe_pods() {
+        let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
+        assert!(!wants_service_monitor(
+            &Agent::new(&resource(spec.clone())).unwrap()
+        ));
+        spec.metrics.service_monitor.enabled = true;
+        spec.metrics.service_monitor.interval = "15s".into();
+        spec.metrics.port = 9200;
+        let mla = resource(spec.clone());
+        let agent = Agent::new(&mla).unwrap();
+        assert!(wants_service_monitor(&agent));
+        let service = metrics_service(&agent);
+        assert_eq!(
+            service.metadata.name.as_deref(),
+            Some("probe-a-probe-metrics")
+        );
+        assert_eq!(service.metadata.owner_references.as_ref().unwrap().len(), 1);
+        let service_spec = service.spec.as_ref().unwrap();
+        assert_eq!(service_spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(service_spec.selector, Some(agent.selector_labels()));
+        let port = &service_spec.ports.as_ref().unwrap()[0];
+        assert_eq!((port.name.as_deref(), port.port), (Some("metrics"), 9200));
+        let monitor = service_monitor(&agent);
+        assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(
+            monitor["metadata"]["ownerReferences"][0]["kind"],
+            "MeshLogicAgent"
+        );
+        assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
+        assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+        // The monitor's selector matches the Service's labels.
+        let service_labels = service.metadata.labels.as_ref().unwrap();
+        for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+        {
+            assert_eq!(service_labels.get(key).map(String::as_str), value.as_str());
+        }
+        // Metrics off: no monitor, whatever serviceMonitor says.
+        spec.metrics.enabled = false;
+        assert!(!wants_service_monitor(
+            &Agent::new(&resource(spec)).unwrap()
+        ));
+    }
+
+    #[test]
+    fn irsa_annotations_go_on_the_service_account() {
+        let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
+        spec.service_account.annotations = BTreeMap::from([(
+            "eks.amazonaws.com/role-arn".into(),
+            "arn:aws:iam::123456789012:role/meshlogic-agent".into(),
+        )]);
+        let mla = resource(spec);
+        let sa = service_account(&Agent::new(&mla).unwrap());
+        assert_eq!(sa.metadata.name.as_deref(), Some("probe-a-probe"));
+        assert_eq!(
+            sa.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
+            "arn:aws:iam::123456789012:role/meshlogic-agent"
+        );
+        let plain = default_resource();
+        assert!(
+            service_account(&Agent::new(&plain).unwrap())
+                .metadata
+                .annotations
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_hash_changes_with_the_spec_and_only_with_it() {
+        let base = hash_of(&default_resource());
+        assert_eq!(base.len(), 32);
+        // Same spec, other metadata that is not configuration: same hash.
+        let mut again = default_resource();
+        again.metadata.generation = Some(7);
+        again.metadata.resource_version = Some("12345".into());
+        again.metadata.labels = Some(BTreeMap::from([("team".into(), "x".into())]));
+        assert_eq!(hash_of(&again), base);
+
+        let changes: [fn(&mut MeshLogicAgentSpec); 6] = [
+            |s| s.safety_tier = 3,
+            |s| s.ebpf.mute_paths.push("/tmp".into()),
+            |s| s.privacy.epsilon = 0.5,
+            |s| s.customer_id = "other".into(),
+            |s| s.image.tag = Some("9.9.9".into()),
+            |s| s.region = "us-east-1".into(),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
+            change(&mut spec);
+            assert_ne!(hash_of(&resource(spec)), base, "change {i} kept the hash");
+        }
+
+        // The operator's own settings that reach the pod count too.
+        let mla = default_resource();
+        let agent = Agent::new(&mla).unwrap();
+        let config = config_json(&agent).unwrap();
+        let mut other = settings();
+        other.trust_api_url = "http://elsewhere:8080".into();
+        let moved = daemon_set(&agent, &other, &config).unwrap();
+        assert_ne!(template_hash(&moved).unwrap(), base);
+    }
+}

@@ -1,0 +1,762 @@
+//! The MeshLogicAgent reconciler against a real API server: an agent becomes a ServiceAccount,
+//! least-privilege cluster RBAC, a ConfigMap and a probe DaemonSet (whose pods kwok runs on
+//! its two fake nodes); editing it rolls the DaemonSet; deleting it removes everything.
+
+use std::time::{Duration, Instant};
+
+use agentmesh_e2e::operator::OperatorProcess;
+use agentmesh_e2e::{TestNamespace, cluster};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// `kubectl get <kind> <name> [-n namespace] -o json`, or `None` when it does not exist.
+fn get(kind: &str, name: &str, namespace: Option<&str>) -> Option<Value> {
+    let mut args = vec!["get", kind, name, "-o", "json"];
+    if let Some(namespace) = namespace {
+        args.extend(["-n", namespace]);
+    }
+    let output = cluster().kubectl(&args);
+    if output.status.success() {
+        return Some(serde_json::from_slice(&output.stdout).unwrap());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("NotFound"), "kubectl {args:?}: {stderr}");
+    None
+}
+
+/// Polls `probe` until it returns something; panics with the operator's logs after `timeout`.
+fn eventually<T>(
+    operator: &mut OperatorProcess,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if !operator.is_running() || start.elapsed() > TIMEOUT {
+            panic!(
+                "timed out waiting for {what} (operator running: {}):\n{}",
+                operator.is_running(),
+                operator.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Deletes the agent when a test ends, while its operator still runs (declared after the
+/// operator, so dropped before it): the agent's finalizer needs the operator, and a namespace
+/// cannot go while an object in it waits on a finalizer.
+struct AgentCleanup<'a> {
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl Drop for AgentCleanup<'_> {
+    fn drop(&mut self) {
+        let _ = cluster().kubectl(&[
+            "delete",
+            "mla",
+            self.name,
+            "-n",
+            self.namespace,
+            "--ignore-not-found",
+            "--timeout=30s",
+        ]);
+    }
+}
+
+fn agent_yaml(namespace: &str, name: &str) -> String {
+    json!({
+        "apiVersion": "agentmesh.io/v1alpha1",
+        "kind": "MeshLogicAgent",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "customerId": "acme-e2e",
+            "safetyTier": 2,
+            "image": {"tag": "e2e"},
+            "ebpf": {"mutePaths": ["/proc", "/sys", "/dev"]},
+            "serviceAccount": {"annotations": {
+                "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/meshlogic-agent"
+            }},
+        }
+    })
+    .to_string()
+}
+
+fn rbac_name(namespace: &str, name: &str) -> String {
+    format!("meshlogic-probe:{namespace}:{name}")
+}
+
+/// Starts an operator for a fresh namespace and applies an agent; waits for its DaemonSet.
+fn start(prefix: &str, name: &str) -> (TestNamespace, OperatorProcess) {
+    let cluster = cluster();
+    cluster.ensure_crds();
+    let namespace = TestNamespace::create(prefix, &[]);
+    let mut operator = OperatorProcess::start(&namespace.name, "op-1", &[]);
+    cluster.apply(&namespace.name, &agent_yaml(&namespace.name, name));
+    let ns = namespace.name.clone();
+    eventually(&mut operator, "the probe DaemonSet", || {
+        get("daemonset", &format!("{name}-probe"), Some(&ns))
+    });
+    (namespace, operator)
+}
+
+fn assert_owned_by(object: &Value, agent: &Value) {
+    let owners = object["metadata"]["ownerReferences"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ownerReferences: {object}"));
+    assert_eq!(owners.len(), 1, "{object}");
+    let owner = &owners[0];
+    assert_eq!(owner["apiVersion"], "agentmesh.io/v1alpha1");
+    assert_eq!(owner["kind"], "MeshLogicAgent");
+    assert_eq!(owner["name"], agent["metadata"]["name"]);
+    assert_eq!(owner["uid"], agent["metadata"]["uid"]);
+    assert_eq!(owner["controller"], true);
+}
+
+fn assert_labels(object: &Value, name: &str) {
+    let labels = &object["metadata"]["labels"];
+    assert_eq!(
+        labels["app.kubernetes.io/name"], "meshlogic-agent",
+        "{object}"
+    );
+    assert_eq!(labels["app.kubernetes.io/instance"], name, "{object}");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "agentmesh", "{object}");
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"], "meshlogic-operator",
+        "{object}"
+    );
+}
+
+/// A SubjectAccessReview for the probe's ServiceAccount, as the trust API makes one (cluster
+/// wide, no namespace).
+fn probe_may(namespace: &str, name: &str, verb: &str, group: &str, resource: &str) -> bool {
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": format!("system:serviceaccount:{namespace}:{name}-probe"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource},
+        }
+    });
+    let args = ["create", "-f", "-", "-o", "json"];
+    let output = cluster().kubectl_with_input(&args, Some(&review.to_string()));
+    assert!(
+        output.status.success(),
+        "SubjectAccessReview: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    answer["status"]["allowed"] == true
+}
+
+fn condition<'a>(agent: &'a Value, type_: &str) -> Option<&'a Value> {
+    agent["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+#[test]
+fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_config() {
+    let name = "probe-a";
+    let (namespace, mut operator) = start("mla-create", name);
+    let _cleanup = AgentCleanup {
+        namespace: &namespace.name,
+        name,
+    };
+    let ns = namespace.name.as_str();
+    let agent = get("mla", name, Some(ns)).unwrap();
+    assert!(
+        agent["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "agentmesh.io/probe-rbac")),
+        "no finalizer: {agent}"
+    );
+
+    // ServiceAccount, with the IRSA annotation.
+    let account = eventually(&mut operator, "the ServiceAccount", || {
+        get("serviceaccount", "probe-a-probe", Some(ns))
+    });
+    assert_owned_by(&account, &agent);
+    assert_labels(&account, name);
+    assert_eq!(
+        account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/meshlogic-agent"
+    );
+
+    // ConfigMap: the probe's configuration file.
+    let config_map = eventually(&mut operator, "the ConfigMap", || {
+        get("configmap", "probe-a-probe-config", Some(ns))
+    });
+    assert_owned_by(&config_map, &agent);
+    assert_labels(&config_map, name);
+    let file: Value =
+        serde_json::from_str(config_map["data"]["config.json"].as_str().unwrap()).unwrap();
+    assert_eq!(file["agent"], format!("{ns}/{name}"));
+    assert_eq!(file["spec"]["customerId"], "acme-e2e");
+    assert_eq!(file["spec"]["safetyTier"], 2);
+    assert_eq!(file["spec"]["ebpf"]["ringBufferSize"], 1048576);
+
+    // Cluster RBAC: exactly pod reads and report creation, bound to the ServiceAccount.
+    let role = eventually(&mut operator, "the ClusterRole", || {
+        get("clusterrole", &rbac_name(ns, name), None)
+    });
+    assert_labels(&role, name);
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["agentmesh.io"], "resources": ["reports"], "verbs": ["create"]},
+        ])
+    );
+    let binding = eventually(&mut operator, "the ClusterRoleBinding", || {
+        get("clusterrolebinding", &rbac_name(ns, name), None)
+    });
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(binding["roleRef"]["name"], rbac_name(ns, name));
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "probe-a-probe", "namespace": ns}])
+    );
+    // What the API server's authorizer makes of it: the trust API asks it the first question.
+    // RBAC's caches take a moment to see new bindings, so the grants are awaited first.
+    for (verb, group, resource) in [
+        ("create", "agentmesh.io", "reports"),
+        ("get", "", "pods"),
+        ("list", "", "pods"),
+        ("watch", "", "pods"),
+    ] {
+        eventually(
+            &mut operator,
+            &format!("the probe may {verb} {resource}"),
+            || probe_may(ns, name, verb, group, resource).then_some(()),
+        );
+    }
+    for (verb, group, resource) in [
+        ("delete", "", "pods"),
+        ("get", "", "secrets"),
+        ("update", "agentmesh.io", "reports"),
+        ("create", "agentmesh.io", "meshlogicagents"),
+        ("create", "", "reports"),
+    ] {
+        assert!(
+            !probe_may(ns, name, verb, group, resource),
+            "the probe may {verb} {resource} in group {group:?}"
+        );
+    }
+
+    // DaemonSet: the seed's posture.
+    let daemon_set = get("daemonset", "probe-a-probe", Some(ns)).unwrap();
+    assert_owned_by(&daemon_set, &agent);
+    assert_labels(&daemon_set, name);
+    let template = &daemon_set["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["labels"]["app.kubernetes.io/name"],
+        "meshlogic-agent"
+    );
+    let hash = template["metadata"]["annotations"]["agentmesh.io/config-hash"]
+        .as_str()
+        .unwrap();
+    assert_eq!(hash.len(), 32);
+    assert_eq!(
+        template["metadata"]["annotations"]["prometheus.io/port"],
+        "9090"
+    );
+    let pod = &template["spec"];
+    assert_eq!(pod["hostPID"], true);
+    assert_eq!(pod["serviceAccountName"], "probe-a-probe");
+    assert_eq!(
+        pod["imagePullSecrets"],
+        json!([{"name": "meshlogic-registry"}])
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["privileged"], true);
+    assert_eq!(
+        container["image"],
+        "registry.meshlogic.ai/meshlogic-agent:e2e"
+    );
+    assert_eq!(
+        container["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}})
+    );
+    assert_eq!(container["ports"][0]["containerPort"], 9090);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    let env = container["env"].as_array().unwrap();
+    let env_var = |key: &str| {
+        env.iter()
+            .find(|e| e["name"] == key)
+            .unwrap_or_else(|| panic!("no {key} in {env:?}"))
+            .clone()
+    };
+    assert_eq!(
+        env_var("NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert_eq!(
+        env_var("MESHLOGIC_TRUST_API")["value"],
+        format!("http://{}", operator.trust_api)
+    );
+    assert_eq!(
+        env_var("MESHLOGIC_PROBE_CONFIG")["value"],
+        "/etc/meshlogic/config.json"
+    );
+    assert_eq!(env_var("AWS_REGION")["value"], "ap-southeast-2");
+    let mounts: Vec<(String, String)> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_owned(),
+                m["mountPath"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let host_paths: Vec<(String, String)> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v["name"].as_str()?.to_owned(),
+                v["hostPath"]["path"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    for (host, mounted) in [
+        ("/sys/kernel/btf", "/sys/kernel/btf"),
+        ("/sys/fs/bpf", "/sys/fs/bpf"),
+        ("/sys/fs/cgroup", "/sys/fs/cgroup"),
+        ("/proc", "/host/proc"),
+    ] {
+        let (volume, _) = host_paths
+            .iter()
+            .find(|(_, path)| path == host)
+            .unwrap_or_else(|| panic!("no hostPath {host}: {host_paths:?}"));
+        assert!(
+            mounts.contains(&(volume.clone(), mounted.to_owned())),
+            "{volume} not mounted at {mounted}: {mounts:?}"
+        );
+    }
+    assert!(mounts.contains(&("config".into(), "/etc/meshlogic".into())));
+
+    // Status: kwok runs the probe pods on its two fake nodes.
+    let agent = eventually(&mut operator, "status: 2 of 2 nodes ready", || {
+        let agent = get("mla", name, Some(ns))?;
+        let status = &agent["status"];
+        let ready = status["desiredNodes"] == 2
+            && status["readyNodes"] == 2
+            && condition(&agent, "Available")?["status"] == "True"
+            && condition(&agent, "Progressing")?["status"] == "False";
+        ready.then_some(agent)
+    });
+    assert_eq!(
+        agent["status"]["observedGeneration"],
+        agent["metadata"]["generation"]
+    );
+    assert_eq!(condition(&agent, "Degraded").unwrap()["status"], "False");
+    assert_eq!(agent["status"]["updatedNodes"], 2);
+    let pods = cluster().kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/name=meshlogic-agent",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(pods.lines().count(), 2, "{pods}");
+    let columns = cluster().kubectl_ok(&["get", "mla", name, "-n", ns, "--no-headers"]);
+    let columns: Vec<&str> = columns.split_whitespace().collect();
+    assert_eq!(
+        &columns[..4],
+        [name, "2", "2", "2"],
+        "NAME TIER DESIRED READY"
+    );
+
+    // Settled, RBAC deleted by hand comes back at once: it is watched, not only resynchronised
+    // every 30 s.
+    cluster().kubectl_ok(&["delete", "clusterrolebinding", &rbac_name(ns, name)]);
+    let deleted = Instant::now();
+    eventually(&mut operator, "the ClusterRoleBinding to come back", || {
+        get("clusterrolebinding", &rbac_name(ns, name), None)
+    });
+    assert!(
+        deleted.elapsed() < Duration::from_secs(15),
+        "the ClusterRoleBinding took {:?} to come back",
+        deleted.elapsed()
+    );
+}
+
+#[test]
+fn editing_a_meshlogicagent_rolls_its_daemonset_and_nothing_else_does() {
+    let name = "probe-b";
+    let (namespace, mut operator) = start("mla-edit", name);
+    let _cleanup = AgentCleanup {
+        namespace: &namespace.name,
+        name,
+    };
+    let ns = namespace.name.as_str();
+    let ds_name = format!("{name}-probe");
+    let hash_of = |ds: &Value| {
+        ds["spec"]["template"]["metadata"]["annotations"]["agentmesh.io/config-hash"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Settled: status written for the first generation and the first rollout done.
+    eventually(&mut operator, "the first rollout", || {
+        let agent = get("mla", name, Some(ns))?;
+        (agent["status"]["updatedNodes"] == 2
+            && condition(&agent, "Progressing")?["status"] == "False")
+            .then_some(())
+    });
+    let before = get("daemonset", &ds_name, Some(ns)).unwrap();
+    let generation = before["metadata"]["generation"].as_i64().unwrap();
+
+    // A change that is not configuration (a label) triggers a reconcile but no roll.
+    cluster().kubectl_ok(&["label", "mla", name, "-n", ns, "team=e2e"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let unchanged = get("daemonset", &ds_name, Some(ns)).unwrap();
+    assert_eq!(unchanged["metadata"]["generation"], generation);
+    assert_eq!(hash_of(&unchanged), hash_of(&before));
+
+    // A change of configuration rolls the DaemonSet and rewrites the ConfigMap.
+    cluster().kubectl_ok(&[
+        "patch",
+        "mla",
+        name,
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"safetyTier":3,"ebpf":{"mutePaths":["/proc","/sys","/dev","/tmp"]}}}"#,
+    ]);
+    let after = eventually(&mut operator, "a new pod template", || {
+        let ds = get("daemonset", &ds_name, Some(ns))?;
+        (hash_of(&ds) != hash_of(&before)).then_some(ds)
+    });
+    assert!(after["metadata"]["generation"].as_i64().unwrap() > generation);
+    eventually(&mut operator, "a ConfigChanged Event", || {
+        let events = cluster().kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("reason=ConfigChanged,involvedObject.name={name}"),
+            "-o",
+            "name",
+        ]);
+        (!events.trim().is_empty()).then_some(())
+    });
+    let config_map = get("configmap", &format!("{name}-probe-config"), Some(ns)).unwrap();
+    let file: Value =
+        serde_json::from_str(config_map["data"]["config.json"].as_str().unwrap()).unwrap();
+    assert_eq!(file["spec"]["safetyTier"], 3);
+    assert_eq!(
+        file["spec"]["ebpf"]["mutePaths"],
+        json!(["/proc", "/sys", "/dev", "/tmp"])
+    );
+
+    // The rollout completes on both nodes and status follows the new generation.
+    let agent = eventually(&mut operator, "the second rollout in status", || {
+        let agent = get("mla", name, Some(ns))?;
+        (agent["status"]["observedGeneration"] == agent["metadata"]["generation"]
+            && agent["status"]["updatedNodes"] == 2
+            && agent["status"]["readyNodes"] == 2
+            && condition(&agent, "Progressing")?["status"] == "False")
+            .then_some(agent)
+    });
+    assert_eq!(condition(&agent, "Available").unwrap()["status"], "True");
+    let pods: Value = serde_json::from_str(&cluster().kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/name=meshlogic-agent",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let new_hash = hash_of(&after);
+    let current = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["metadata"]["annotations"]["agentmesh.io/config-hash"] == new_hash.as_str()
+                && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .count();
+    assert_eq!(current, 2, "pods on the new configuration: {pods}");
+}
+
+#[test]
+fn deleting_a_meshlogicagent_removes_everything_it_made() {
+    let name = "probe-c";
+    let (namespace, mut operator) = start("mla-delete", name);
+    let _cleanup = AgentCleanup {
+        namespace: &namespace.name,
+        name,
+    };
+    let ns = namespace.name.as_str();
+    let rbac = rbac_name(ns, name);
+    eventually(&mut operator, "everything created", || {
+        (get("serviceaccount", &format!("{name}-probe"), Some(ns)).is_some()
+            && get("configmap", &format!("{name}-probe-config"), Some(ns)).is_some()
+            && get("clusterrole", &rbac, None).is_some()
+            && get("clusterrolebinding", &rbac, None).is_some())
+        .then_some(())
+    });
+
+    cluster().kubectl_ok(&["delete", "mla", name, "-n", ns, "--wait=false"]);
+    eventually(&mut operator, "the MeshLogicAgent to go", || {
+        get("mla", name, Some(ns)).is_none().then_some(())
+    });
+    // Cluster-scoped: removed by the operator before it let the agent go.
+    assert!(get("clusterrole", &rbac, None).is_none());
+    assert!(get("clusterrolebinding", &rbac, None).is_none());
+    // Namespaced: removed by the garbage collector, through their owner reference.
+    for (kind, object) in [
+        ("daemonset", format!("{name}-probe")),
+        ("configmap", format!("{name}-probe-config")),
+        ("serviceaccount", format!("{name}-probe")),
+    ] {
+        eventually(&mut operator, &format!("{kind} {object} to go"), || {
+            get(kind, &object, Some(ns)).is_none().then_some(())
+        });
+    }
+    assert!(operator.logs().contains("cleaned up cluster-scoped RBAC"));
+}
+
+/// Deletes cluster-scoped objects when dropped.
+struct ClusterObjects(Vec<(&'static str, String)>);
+
+impl Drop for ClusterObjects {
+    fn drop(&mut self) {
+        for (kind, name) in &self.0 {
+            let _ = cluster().kubectl(&["delete", kind, name, "--ignore-not-found"]);
+        }
+    }
+}
+
+/// A kubeconfig for the cluster under test that authenticates with `token`.
+fn kubeconfig_with_token(namespace: &str, token: &str) -> std::path::PathBuf {
+    let raw: Value = serde_json::from_str(&cluster().kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let server = &raw["clusters"][0]["cluster"];
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {
+            "server": server["server"],
+            "certificate-authority-data": server["certificate-authority-data"],
+        }}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": "operator", "namespace": namespace}}],
+        "current-context": "operator",
+    });
+    let path = std::env::temp_dir().join(format!("agentmesh-e2e-{namespace}-operator.kubeconfig"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn the_reconciler_needs_only_the_rbac_it_documents() {
+    let cluster = cluster();
+    cluster.ensure_crds();
+    let namespace = TestNamespace::create("mla-rbac", &[]);
+    let ns = namespace.name.as_str();
+    let name = "probe-d";
+    let role_name = format!("e2e-operator-{ns}");
+    let _operator_rbac = ClusterObjects(vec![
+        ("clusterrolebinding", role_name.clone()),
+        ("clusterrole", role_name.clone()),
+    ]);
+    // The rules listed in crates/operator/src/meshlogic/mod.rs, plus what the operator's
+    // skeleton needs (its Lease, the start-up CRD check).
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| json!({"apiGroups": groups, "resources": resources, "verbs": verbs});
+    let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator", "namespace": ns}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role_name}, "rules": [
+            rule(&["agentmesh.io"], &["meshlogicagents"], &["get", "list", "watch", "patch", "update"]),
+            rule(&["agentmesh.io"], &["meshlogicagents/status"], &["get", "patch", "update"]),
+            rule(&["apps"], &["daemonsets"], &["get", "list", "watch", "create", "patch"]),
+            rule(&[""], &["configmaps", "serviceaccounts"], &["get", "list", "watch", "create", "patch"]),
+            rule(&["rbac.authorization.k8s.io"], &["clusterroles", "clusterrolebindings"], &["get", "list", "watch", "create", "patch", "delete"]),
+            rule(&[""], &["services"], &["get", "list", "watch", "create", "patch", "delete"]),
+            rule(&["monitoring.coreos.com"], &["servicemonitors"], &["get", "create", "patch", "delete"]),
+            rule(&[""], &["pods"], &["get", "list", "watch"]),
+            rule(&["agentmesh.io"], &["reports"], &["create"]),
+            rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+            rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update", "patch"]),
+            rule(&["apiextensions.k8s.io"], &["customresourcedefinitions"], &["get"]),
+        ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role_name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+         "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]},
+    ]});
+    cluster.apply(ns, &rbac.to_string());
+    let token = cluster.kubectl_ok(&["create", "token", "operator", "-n", ns, "--duration=1h"]);
+    let kubeconfig = kubeconfig_with_token(ns, token.trim());
+    let mut operator =
+        OperatorProcess::start(ns, "op-1", &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let _cleanup = AgentCleanup {
+        namespace: ns,
+        name,
+    };
+    cluster.apply(ns, &agent_yaml(ns, name));
+    eventually(&mut operator, "status: 2 of 2 nodes ready", || {
+        let agent = get("mla", name, Some(ns))?;
+        (agent["status"]["readyNodes"] == 2 && condition(&agent, "Available")?["status"] == "True")
+            .then_some(())
+    });
+    assert!(get("clusterrolebinding", &rbac_name(ns, name), None).is_some());
+    eventually(&mut operator, "a Created Event", || {
+        let events = cluster.kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("reason=Created,involvedObject.name={name}"),
+            "-o",
+            "name",
+        ]);
+        (!events.trim().is_empty()).then_some(())
+    });
+    cluster.kubectl_ok(&["delete", "mla", name, "-n", ns, "--wait=false"]);
+    eventually(&mut operator, "the MeshLogicAgent to go", || {
+        get("mla", name, Some(ns)).is_none().then_some(())
+    });
+    assert!(get("clusterrole", &rbac_name(ns, name), None).is_none());
+    assert!(get("clusterrolebinding", &rbac_name(ns, name), None).is_none());
+    let logs = operator.logs();
+    assert!(
+        !logs.contains("forbidden") && !logs.contains("Forbidden"),
+        "the operator was refused something:\n{logs}"
+    );
+}
+
+/// Makes sure the cluster serves `monitoring.coreos.com/v1` ServiceMonitors: creates a minimal
+/// CRD when there is none, and never touches an existing one (a real Prometheus Operator's).
+fn ensure_service_monitor_crd() {
+    let crd = "servicemonitors.monitoring.coreos.com";
+    if get("crd", crd, None).is_none() {
+        let manifest = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": crd, "labels": {"agentmesh.io/e2e": "true"}},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "names": {"kind": "ServiceMonitor", "listKind": "ServiceMonitorList", "plural": "servicemonitors", "singular": "servicemonitor"},
+                "scope": "Namespaced",
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                }}],
+            }
+        });
+        let args = ["create", "-f", "-"];
+        let output = cluster().kubectl_with_input(&args, Some(&manifest.to_string()));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() || stderr.contains("AlreadyExists"),
+            "creating the ServiceMonitor CRD: {stderr}"
+        );
+    }
+    cluster().kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        &format!("crd/{crd}"),
+    ]);
+}
+
+#[test]
+fn a_service_monitor_is_made_when_asked_and_removed_when_not() {
+    ensure_service_monitor_crd();
+    let name = "probe-e";
+    let (namespace, mut operator) = start("mla-monitor", name);
+    let _cleanup = AgentCleanup {
+        namespace: &namespace.name,
+        name,
+    };
+    let ns = namespace.name.as_str();
+    let service = format!("{name}-probe-metrics");
+    let monitor = format!("{name}-probe");
+    // Off by default: status written means the whole pass ran, and made neither.
+    eventually(&mut operator, "the first status", || {
+        get("mla", name, Some(ns))?["status"]["observedGeneration"]
+            .as_i64()
+            .map(|_| ())
+    });
+    assert!(get("service", &service, Some(ns)).is_none());
+    assert!(get("servicemonitor", &monitor, Some(ns)).is_none());
+
+    let patch = |enabled: bool| {
+        cluster().kubectl_ok(&[
+            "patch",
+            "mla",
+            name,
+            "-n",
+            ns,
+            "--type",
+            "merge",
+            "-p",
+            &json!({"spec": {"metrics": {"serviceMonitor": {"enabled": enabled, "interval": "15s"}}}})
+                .to_string(),
+        ]);
+    };
+    patch(true);
+    let made = eventually(&mut operator, "the ServiceMonitor", || {
+        get("servicemonitor", &monitor, Some(ns))
+    });
+    let agent = get("mla", name, Some(ns)).unwrap();
+    assert_owned_by(&made, &agent);
+    assert_eq!(made["spec"]["endpoints"][0]["interval"], "15s");
+    assert_eq!(made["spec"]["endpoints"][0]["port"], "metrics");
+    let svc = get("service", &service, Some(ns)).expect("the metrics Service");
+    assert_owned_by(&svc, &agent);
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9090);
+    for (key, value) in made["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&svc["metadata"]["labels"][key], value, "label {key}");
+    }
+    for (key, value) in svc["spec"]["selector"].as_object().unwrap() {
+        let template = get("daemonset", &monitor, Some(ns)).unwrap();
+        assert_eq!(
+            &template["spec"]["template"]["metadata"]["labels"][key], value,
+            "the Service does not select the probe pods on {key}"
+        );
+    }
+
+    patch(false);
+    eventually(
+        &mut operator,
+        "the ServiceMonitor and Service to go",
+        || {
+            (get("servicemonitor", &monitor, Some(ns)).is_none()
+                && get("service", &service, Some(ns)).is_none())
+            .then_some(())
+        },
+    );
+}
