@@ -302,22 +302,30 @@ fn opted_out_and_host_network_pods_are_skipped_with_an_event() {
     cluster.apply(app, &host.to_string());
     assert!(!is_injected(&get_pod(app, "opted-out")));
     assert!(!is_injected(&get_pod(app, "host-net")));
-    let mut notes = Vec::new();
-    install
-        .app
-        .wait_for(Duration::from_secs(30), "the skip Events", || {
-            notes = events(app)
-                .into_iter()
-                .filter(|e| e["reason"] == "InjectionSkipped")
-                .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
-                .collect();
-            notes
+    let start = Instant::now();
+    loop {
+        let all = events(app);
+        let notes: Vec<String> = all
+            .iter()
+            .filter(|e| e["reason"] == "InjectionSkipped")
+            .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if notes
+            .iter()
+            .any(|n| n.contains("opted-out") && n.contains("opted_out"))
+            && notes
                 .iter()
-                .any(|n| n.contains("opted-out") && n.contains("opted_out"))
-                && notes
-                    .iter()
-                    .any(|n| n.contains("host-net") && n.contains("host_network"))
-        });
+                .any(|n| n.contains("host-net") && n.contains("host_network"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no skip Events; events: {all:#?}\noperator:\n{}",
+            install.operator.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // The skips are counted by reason.
     let metrics = agentmesh_e2e::operator::http_get(install.operator.metrics, "/metrics").unwrap();
     for reason in ["opted_out", "host_network", "injected"] {

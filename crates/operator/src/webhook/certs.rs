@@ -336,13 +336,30 @@ impl Manager {
         let mut applied: Option<(serde_json::Value, Instant)> = None;
         let mut owner_uid: Option<String> = None;
         loop {
-            if let Err(error) = self.tick(&mut applied, &mut owner_uid).await {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "webhook certificates: retrying"
-                );
+            let leader = self.ctx.is_leader();
+            let ok = match self.tick(&mut applied, &mut owner_uid).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "webhook certificates: retrying"
+                    );
+                    false
+                }
+            };
+            // Sleep `refresh`, but look again within a second after a failure, while nothing
+            // is being served yet, and as soon as this replica gains or loses leadership.
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1).min(self.refresh)).await;
+                if started.elapsed() >= self.refresh
+                    || !ok
+                    || !self.store.is_loaded()
+                    || self.ctx.is_leader() != leader
+                {
+                    break;
+                }
             }
-            tokio::time::sleep(self.refresh).await;
         }
     }
 

@@ -172,14 +172,17 @@ pub fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<Sk
     None
 }
 
-/// Whether the pod already has the sidecar: the status annotation, or a container of that name.
-pub fn already_injected(pod: &Pod) -> bool {
-    let annotated = pod
-        .metadata
+/// Whether the pod carries the injector's `agentmesh.io/sidecar-status` annotation.
+pub fn has_status_annotation(pod: &Pod) -> bool {
+    pod.metadata
         .annotations
         .as_ref()
-        .is_some_and(|annotations| annotations.contains_key(annotations::SIDECAR_STATUS));
-    annotated
+        .is_some_and(|annotations| annotations.contains_key(annotations::SIDECAR_STATUS))
+}
+
+/// Whether the pod already has the sidecar: the status annotation, or a container of that name.
+pub fn already_injected(pod: &Pod) -> bool {
+    has_status_annotation(pod)
         || pod.spec.as_ref().is_some_and(|spec| {
             spec.containers
                 .iter()

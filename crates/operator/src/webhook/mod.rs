@@ -178,6 +178,8 @@ pub struct Injector {
 struct Note {
     type_: EventType,
     reason: &'static str,
+    /// Also what Events are aggregated by (with the object and the reason).
+    action: &'static str,
     text: String,
 }
 
@@ -218,6 +220,13 @@ impl Injector {
             Decoded::Pod(request) => {
                 let (answer, reason, note) = self.decide(&request).await;
                 self.count(reason);
+                tracing::debug!(
+                    namespace = %request.namespace,
+                    pod = %pod_name(&request.pod),
+                    reason,
+                    dry_run = request.dry_run,
+                    "webhook: admission"
+                );
                 if let Some(note) = note
                     && !request.dry_run
                 {
@@ -245,6 +254,7 @@ impl Injector {
             let note = Note {
                 type_: EventType::Normal,
                 reason: "InjectionSkipped",
+                action: skip.label(),
                 text: format!(
                     "pod {}: sidecar not injected ({}): {}",
                     pod_name(pod),
@@ -258,13 +268,17 @@ impl Injector {
             return skipped(skip);
         }
         if inject::already_injected(pod) {
-            // A re-invocation (another webhook changed the pod after us) or a hand-made
-            // sidecar: only containers added since lack the proxy URL.
+            // A re-invocation (another admission plugin changed the pod after us) or a
+            // hand-made sidecar: only containers added since lack the proxy URL.
             let ops = inject::proxy_env_ops(spec);
-            if ops.is_empty() {
-                return skipped(Skip::AlreadyInjected);
+            if !ops.is_empty() {
+                return (Answer::Patch(ops), "proxy_env_added", None);
             }
-            return (Answer::Patch(ops), "proxy_env_added", None);
+            if inject::has_status_annotation(pod) {
+                // Our own earlier pass: routine, counted but not worth an Event.
+                return (Answer::Allow, Skip::AlreadyInjected.label(), None);
+            }
+            return skipped(Skip::AlreadyInjected);
         }
         let identity = inject::identity_of(pod);
         let (key, note) = match self
@@ -278,6 +292,7 @@ impl Injector {
                 Some(Note {
                     type_: EventType::Normal,
                     reason: "IdentityCreated",
+                    action: "CreateIdentity",
                     text: format!(
                         "pod {}: created AgentIdentity {identity}; the sidecar starts once its key Secret {} exists",
                         pod_name(pod),
@@ -290,6 +305,7 @@ impl Injector {
                 Some(Note {
                     type_: EventType::Warning,
                     reason: "IdentityMissing",
+                    action: "Inject",
                     text: format!(
                         "pod {}: no AgentIdentity {identity} and auto-creation is off; the pod waits for Secret {}",
                         pod_name(pod),
@@ -325,7 +341,7 @@ impl Injector {
         };
         let reference = event_reference(&request.pod, &request.namespace);
         tokio::spawn(async move {
-            ctx.event(&reference, note.type_, note.reason, "Inject", note.text)
+            ctx.event(&reference, note.type_, note.reason, note.action, note.text)
                 .await;
         });
     }
