@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(AGENTMESH_CACHE)/target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench demo cluster-up cluster-down clean
+.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-webhook demo cluster-up cluster-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ bench: ## Benchmarks; prints ratios against baselines measured in the same run
 	$(CARGO) bench --locked -p agentmesh-identity --bench handshake 2>&1 | tee $(AGENTMESH_CACHE)/bench-identity.log
 	$(CARGO) bench --locked -p agentmesh-trust --bench trust 2>&1 | tee $(AGENTMESH_CACHE)/bench-trust.log
 	@echo "== ratios (same run) =="; grep -h "ratio =" $(AGENTMESH_CACHE)/bench-identity.log $(AGENTMESH_CACHE)/bench-trust.log
+
+bench-webhook: ## Webhook admission latency and reviews/s over TLS, as ratios against a bare rustls echo server
+	$(CARGO) bench --locked -p meshlogic-operator --bench webhook 2>&1 | tee $(AGENTMESH_CACHE)/bench-webhook.log
+	@echo "== webhook ratios (same run) =="; grep -h "ratio =" $(AGENTMESH_CACHE)/bench-webhook.log
 
 demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
 	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1
