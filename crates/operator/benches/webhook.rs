@@ -74,7 +74,7 @@ fn micros(d: Duration) -> f64 {
 }
 
 /// Starts `reviewer` behind the operator's TLS server; returns its port and the CA's PEM.
-async fn start<R: Reviewer>(reviewer: R) -> (u16, String) {
+async fn serve_on<R: Reviewer>(reviewer: R) -> (u16, String) {
     let (ca, ca_key) = certs::new_ca(Duration::from_secs(3600)).unwrap();
     let (cert, key) = certs::issue(
         &ca,
@@ -187,9 +187,9 @@ fn main() {
         );
 
         // 2. Over TLS keep-alive: the webhook, then the bare echo baseline, same stack.
-        let (port, ca) = start(injector).await;
+        let (port, ca) = serve_on(injector).await;
         let (webhook_rate, webhook) = load(port, &ca, &body).await;
-        let (port, ca) = start(Echo).await;
+        let (port, ca) = serve_on(Echo).await;
         let (echo_rate, echo) = load(port, &ca, &body).await;
         let (w50, w99) = (percentile(&webhook, 0.50), percentile(&webhook, 0.99));
         let (e50, e99) = (percentile(&echo, 0.50), percentile(&echo, 0.99));
