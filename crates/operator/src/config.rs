@@ -179,7 +179,7 @@ fn quantity(text: &str) -> Result<String, String> {
             .trim_start_matches(['+', '-'])
             .chars()
             .all(|c| c.is_ascii_digit())
-        && suffix[1..].trim_start_matches(['+', '-']).len() >= 1);
+        && !suffix[1..].trim_start_matches(['+', '-']).is_empty());
     if number_ok && suffix_ok {
         Ok(text.to_owned())
     } else {
