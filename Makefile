@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(AGENTMESH_CACHE)/target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe demo cluster-up cluster-down clean
+.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe bench-webhook demo cluster-up cluster-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -39,7 +39,7 @@ e2e: ## End-to-end suite: a local kube-apiserver + etcd (built once), or the clu
 	CARGO=$(CARGO) e2e/run.sh
 
 # Fuzz targets: one per decoder of untrusted input (fuzz/, its own workspace, nightly).
-FUZZ_TARGETS := handshake request_proof delegation_chain policy_document private_key
+FUZZ_TARGETS := handshake request_proof delegation_chain policy_document private_key admission_review
 FUZZ_SECONDS ?= 10
 FUZZ_TARGET_DIR := $(AGENTMESH_CACHE)/target-fuzz
 FUZZ_CORPUS := $(AGENTMESH_CACHE)/fuzz-corpus
@@ -71,6 +71,10 @@ bench-operator: ## Trust API ingest throughput and status writes per identity un
 bench-probe: setup ## Probe overhead (exec/open/connect with vs without), zero-drop event rate, peak RSS (root)
 	$(CARGO) build --release --locked -p meshlogic-probe --bins
 	$(CARGO_TARGET_DIR)/release/meshlogic-probe-bench
+
+bench-webhook: ## Webhook admission latency and reviews/s over TLS, as ratios against a bare rustls echo server
+	$(CARGO) bench --locked -p meshlogic-operator --bench webhook 2>&1 | tee $(AGENTMESH_CACHE)/bench-webhook.log
+	@echo "== webhook ratios (same run) =="; grep -h "ratio =" $(AGENTMESH_CACHE)/bench-webhook.log
 
 demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
 	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1

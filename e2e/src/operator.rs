@@ -63,6 +63,8 @@ impl OperatorProcess {
             .env("MESHLOGIC_TRUST_API_ADDR", trust_api.to_string())
             .env("MESHLOGIC_METRICS_ADDR", metrics.to_string())
             .env("MESHLOGIC_WEBHOOK_ADDR", webhook.to_string())
+            // The API server is a host process here: it reaches the webhook on loopback.
+            .env("MESHLOGIC_WEBHOOK_URL", format!("https://{webhook}/inject"))
             .env("MESHLOGIC_TRUST_API_URL", format!("http://{trust_api}"))
             .env("AGENTMESH_LOG_FORMAT", "text")
             .env("AGENTMESH_LOG_LEVEL", "debug")

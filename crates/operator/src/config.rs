@@ -13,6 +13,15 @@ pub enum FailurePolicy {
     Ignore,
 }
 
+/// Where the webhook's serving certificate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CertSource {
+    /// A CA and a serving certificate the operator makes, rotates and trusts (`caBundle`).
+    SelfManaged,
+    /// A cert-manager `Certificate` writes the Secret; its CA injector fills `caBundle`.
+    CertManager,
+}
+
 /// The operator's flags; each may also come from the environment variable named.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "meshlogic-operator", version, about)]
@@ -87,6 +96,97 @@ pub struct Args {
         default_value = "fail"
     )]
     pub webhook_failure_policy: FailurePolicy,
+
+    /// `clientConfig.url` of the webhook (e.g. `https://127.0.0.1:8443/inject` when the API
+    /// server cannot reach a Service); when unset, the Service `--webhook-service`.
+    #[arg(long, env = "MESHLOGIC_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Service in front of the operator's webhook port, in its namespace.
+    #[arg(long, env = "MESHLOGIC_WEBHOOK_SERVICE", default_value = "agentmesh")]
+    pub webhook_service: String,
+
+    /// `timeoutSeconds` of the webhook.
+    #[arg(long, env = "MESHLOGIC_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=30))]
+    pub webhook_timeout_seconds: u8,
+
+    /// Where the serving certificate comes from.
+    #[arg(
+        long,
+        env = "MESHLOGIC_WEBHOOK_CERTS",
+        value_enum,
+        default_value = "self-managed"
+    )]
+    pub webhook_certs: CertSource,
+
+    /// Secret (in the operator's namespace) holding the serving certificate.
+    #[arg(
+        long,
+        env = "MESHLOGIC_WEBHOOK_SECRET",
+        default_value = "agentmesh-webhook-tls"
+    )]
+    pub webhook_secret: String,
+
+    /// Lifetime of a self-managed serving certificate, in seconds; renewed with a third left.
+    #[arg(long, env = "MESHLOGIC_WEBHOOK_CERT_SECONDS", default_value_t = 90 * 86_400, value_parser = clap::value_parser!(u64).range(10..))]
+    pub webhook_cert_seconds: u64,
+
+    /// Lifetime of the self-managed CA, in seconds; replaced with a third left.
+    #[arg(long, env = "MESHLOGIC_WEBHOOK_CA_SECONDS", default_value_t = 10 * 365 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
+    pub webhook_ca_seconds: u64,
+
+    /// cert-manager mode: the Certificate (in the operator's namespace) whose CA cert-manager
+    /// injects into `caBundle`.
+    #[arg(
+        long,
+        env = "MESHLOGIC_WEBHOOK_CERT_MANAGER_CERTIFICATE",
+        default_value = "agentmesh-webhook"
+    )]
+    pub webhook_cert_manager_certificate: String,
+
+    /// CPU request of the injected sidecar.
+    #[arg(long, env = "MESHLOGIC_SIDECAR_CPU_REQUEST", default_value = "100m", value_parser = quantity)]
+    pub sidecar_cpu_request: String,
+
+    /// Memory request of the injected sidecar.
+    #[arg(long, env = "MESHLOGIC_SIDECAR_MEMORY_REQUEST", default_value = "128Mi", value_parser = quantity)]
+    pub sidecar_memory_request: String,
+
+    /// CPU limit of the injected sidecar.
+    #[arg(long, env = "MESHLOGIC_SIDECAR_CPU_LIMIT", default_value = "500m", value_parser = quantity)]
+    pub sidecar_cpu_limit: String,
+
+    /// Memory limit of the injected sidecar.
+    #[arg(long, env = "MESHLOGIC_SIDECAR_MEMORY_LIMIT", default_value = "512Mi", value_parser = quantity)]
+    pub sidecar_memory_limit: String,
+}
+
+/// A Kubernetes resource quantity (`100m`, `0.5`, `128Mi`, `1G`, `1e3`).
+fn quantity(text: &str) -> Result<String, String> {
+    let digits_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits_end);
+    let number_ok = !number.is_empty()
+        && number.matches('.').count() <= 1
+        && number.chars().any(|c| c.is_ascii_digit());
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    ) || (suffix.len() > 1
+        && (suffix.starts_with('e') || suffix.starts_with('E'))
+        && suffix[1..]
+            .trim_start_matches(['+', '-'])
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        && !suffix[1..].trim_start_matches(['+', '-']).is_empty());
+    if number_ok && suffix_ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a Kubernetes quantity (like 100m, 0.5, 128Mi)"
+        ))
+    }
 }
 
 impl Args {
@@ -96,6 +196,16 @@ impl Args {
 
     pub fn status_interval(&self) -> Duration {
         Duration::from_secs(self.status_interval_seconds)
+    }
+
+    /// The sidecar's resources (the seed's unless configured).
+    pub fn sidecar_resources(&self) -> crate::webhook::inject::Resources {
+        crate::webhook::inject::Resources {
+            requests_cpu: self.sidecar_cpu_request.clone(),
+            requests_memory: self.sidecar_memory_request.clone(),
+            limits_cpu: self.sidecar_cpu_limit.clone(),
+            limits_memory: self.sidecar_memory_limit.clone(),
+        }
     }
 
     /// The leader-election identity: the pod name, else the host name and process id.
@@ -135,5 +245,20 @@ impl Config {
             );
         }
         Ok(Self { args, settings })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_checked() {
+        for good in ["100m", "0.5", "128Mi", "1G", "2", "1e3"] {
+            assert_eq!(quantity(good), Ok(good.to_owned()));
+        }
+        for bad in ["", "m", "12 Mi", "1.2.3", "abc", "10MB", "1e"] {
+            assert!(quantity(bad).is_err(), "{bad}");
+        }
     }
 }

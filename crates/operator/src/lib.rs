@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod policy;
 pub mod probes;
 pub mod trust_api;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -73,6 +74,8 @@ pub async fn run() -> anyhow::Result<()> {
         }
     }));
     tokio::spawn(trust_api::serve(trust_listener, ctx.clone()));
+    // Every replica serves the webhook; only the leader writes its certificate and configuration.
+    webhook::start(ctx.clone()).await?;
 
     let elector = leader::LeaderElector::new(
         client,

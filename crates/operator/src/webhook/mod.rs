@@ -1,0 +1,499 @@
+//! The sidecar-injection webhook: pods created in namespaces labelled `agentmesh-inject:
+//! enabled` get the `agentmesh-sidecar` container.
+//!
+//! - `inject`: what is injected (pure, golden-tested);
+//! - `review`: the AdmissionReview decoder and answers (pure, fuzzed);
+//! - `server`: HTTPS (hyper over tokio-rustls), certificate read at every handshake;
+//! - `certs`: the serving certificate (self-managed CA, or cert-manager) and the
+//!   MutatingWebhookConfiguration's `caBundle`, written by the leader only;
+//! - `config`: the MutatingWebhookConfiguration itself.
+//!
+//! Every replica serves the webhook; only the leader writes the Secret and the configuration.
+
+pub mod certs;
+pub mod config;
+pub mod inject;
+pub mod review;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_api::identity::{AgentIdentity, AgentIdentitySpec};
+use agentmesh_api::names::{FIELD_MANAGER, labels, objects};
+use anyhow::Context as _;
+use futures::StreamExt;
+use hyper::body::Bytes;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::net::TcpListener;
+
+use crate::context::Context;
+use crate::metrics::{Metrics, ReasonLabels};
+use inject::{Key, Settings, Skip};
+use review::{Answer, BadRequest, Decoded, PodRequest};
+
+/// Where AgentIdentities are looked up, and whether missing ones are created.
+pub struct Identities {
+    /// Every AgentIdentity of the watched namespaces, kept by a reflector.
+    store: Option<Store<AgentIdentity>>,
+    /// For what the store does not (yet) hold, and for creating.
+    client: Option<kube::Client>,
+    /// Fixed answers, for tests and benchmarks: (namespace, name) → key source.
+    fixed: HashMap<(String, String), Key>,
+    auto_create: bool,
+}
+
+/// What became of a pod's identity.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolved {
+    Found(Key),
+    /// Created just now (or would have been, on a dry run).
+    Created,
+    /// Missing and not created (auto-creation off): the pod waits for its key Secret.
+    Missing,
+}
+
+fn key_of(identity: &AgentIdentity) -> Key {
+    if identity.spec.public_key.is_some() {
+        Key::UserSupplied
+    } else {
+        Key::Managed
+    }
+}
+
+impl Identities {
+    /// Fixed identities only, no API: for tests and benchmarks.
+    pub fn fixed(fixed: HashMap<(String, String), Key>, auto_create: bool) -> Self {
+        Self {
+            store: None,
+            client: None,
+            fixed,
+            auto_create,
+        }
+    }
+
+    /// Identities from the API, cached by a reflector over the watched namespaces.
+    pub fn watched(ctx: &Context) -> Self {
+        let (reader, writer) = reflector::store();
+        let api: Api<AgentIdentity> = ctx.watched_api();
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
+        tokio::spawn(async move {
+            stream
+                .for_each(|event| async move {
+                    if let Err(error) = event {
+                        tracing::debug!(%error, "webhook: AgentIdentity watch");
+                    }
+                })
+                .await;
+        });
+        Self {
+            store: Some(reader),
+            client: Some(ctx.client.clone()),
+            fixed: HashMap::new(),
+            auto_create: ctx.config.args.auto_create_identities,
+        }
+    }
+
+    pub async fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<Resolved, kube::Error> {
+        if let Some(key) = self.fixed.get(&(namespace.to_owned(), name.to_owned())) {
+            return Ok(Resolved::Found(key.clone()));
+        }
+        if let Some(found) = self
+            .store
+            .as_ref()
+            .and_then(|store| store.get(&ObjectRef::new(name).within(namespace)))
+        {
+            return Ok(Resolved::Found(key_of(&found)));
+        }
+        let Some(client) = &self.client else {
+            return Ok(if self.auto_create {
+                Resolved::Created
+            } else {
+                Resolved::Missing
+            });
+        };
+        let api: Api<AgentIdentity> = Api::namespaced(client.clone(), namespace);
+        if let Some(found) = api.get_opt(name).await? {
+            return Ok(Resolved::Found(key_of(&found)));
+        }
+        if !self.auto_create {
+            return Ok(Resolved::Missing);
+        }
+        if dry_run {
+            return Ok(Resolved::Created);
+        }
+        let identity = AgentIdentity {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(
+                    [
+                        (labels::APP_MANAGED_BY.to_owned(), FIELD_MANAGER.to_owned()),
+                        (
+                            labels::APP_PART_OF.to_owned(),
+                            labels::PART_OF_VALUE.to_owned(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: AgentIdentitySpec::default(),
+            status: None,
+        };
+        match api.create(&PostParams::default(), &identity).await {
+            Ok(_) => Ok(Resolved::Created),
+            // Another replica, or another pod of the same identity, was first.
+            Err(kube::Error::Api(status)) if status.code == 409 => match api.get_opt(name).await? {
+                Some(found) => Ok(Resolved::Found(key_of(&found))),
+                None => Ok(Resolved::Created),
+            },
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Answers AdmissionReviews: decides, injects, counts and explains.
+pub struct Injector {
+    pub settings: Settings,
+    identities: Identities,
+    metrics: Arc<Metrics>,
+    /// For Events; none in tests and benchmarks.
+    ctx: Option<Arc<Context>>,
+}
+
+/// An Event to publish about an admission.
+struct Note {
+    type_: EventType,
+    reason: &'static str,
+    /// Also what Events are aggregated by (with the object and the reason).
+    action: &'static str,
+    text: String,
+}
+
+impl Injector {
+    pub fn new(
+        settings: Settings,
+        identities: Identities,
+        metrics: Arc<Metrics>,
+        ctx: Option<Arc<Context>>,
+    ) -> Self {
+        Self {
+            settings,
+            identities,
+            metrics,
+            ctx,
+        }
+    }
+
+    fn count(&self, reason: &str) {
+        self.metrics
+            .admissions
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The answer to an AdmissionReview request body.
+    pub async fn review_body(&self, body: &[u8]) -> Result<Vec<u8>, BadRequest> {
+        match review::decode(body)? {
+            Decoded::Answered { uid, answer } => {
+                self.count(match answer {
+                    Answer::Deny { .. } => "refused",
+                    _ => "not_applicable",
+                });
+                Ok(review::encode(&uid, &answer))
+            }
+            Decoded::Pod(request) => {
+                let (answer, reason, note) = self.decide(&request).await;
+                self.count(reason);
+                tracing::debug!(
+                    namespace = %request.namespace,
+                    pod = %pod_name(&request.pod),
+                    reason,
+                    dry_run = request.dry_run,
+                    "webhook: admission"
+                );
+                if let Some(note) = note
+                    && !request.dry_run
+                {
+                    self.publish(&request, note);
+                }
+                Ok(review::encode(&request.uid, &answer))
+            }
+        }
+    }
+
+    /// The answer, its metric label and maybe an Event.
+    async fn decide(&self, request: &PodRequest) -> (Answer, &'static str, Option<Note>) {
+        let pod = &request.pod;
+        let Some(spec) = pod.spec.as_ref() else {
+            return (
+                Answer::Deny {
+                    code: 400,
+                    message: "the pod has no spec".into(),
+                },
+                "refused",
+                None,
+            );
+        };
+        let skipped = |skip: Skip| {
+            let note = Note {
+                type_: EventType::Normal,
+                reason: "InjectionSkipped",
+                action: skip.label(),
+                text: format!(
+                    "pod {}: sidecar not injected ({}): {}",
+                    pod_name(pod),
+                    skip.label(),
+                    skip.explain()
+                ),
+            };
+            (Answer::Allow, skip.label(), Some(note))
+        };
+        if let Some(skip) = inject::skip_reason(pod, &request.namespace, &self.settings) {
+            return skipped(skip);
+        }
+        if inject::already_injected(pod) {
+            // A re-invocation (another admission plugin changed the pod after us) or a
+            // hand-made sidecar: only containers added since lack the proxy URL.
+            let ops = inject::proxy_env_ops(spec);
+            if !ops.is_empty() {
+                return (Answer::Patch(ops), "proxy_env_added", None);
+            }
+            if inject::has_status_annotation(pod) {
+                // Our own earlier pass: routine, counted but not worth an Event.
+                return (Answer::Allow, Skip::AlreadyInjected.label(), None);
+            }
+            return skipped(Skip::AlreadyInjected);
+        }
+        let identity = inject::identity_of(pod);
+        let (key, note) = match self
+            .identities
+            .resolve(&request.namespace, &identity, request.dry_run)
+            .await
+        {
+            Ok(Resolved::Found(key)) => (key, None),
+            Ok(Resolved::Created) => (
+                Key::Managed,
+                Some(Note {
+                    type_: EventType::Normal,
+                    reason: "IdentityCreated",
+                    action: "CreateIdentity",
+                    text: format!(
+                        "pod {}: created AgentIdentity {identity}; the sidecar starts once its key Secret {} exists",
+                        pod_name(pod),
+                        objects::key_secret_name(&identity)
+                    ),
+                }),
+            ),
+            Ok(Resolved::Missing) => (
+                Key::Managed,
+                Some(Note {
+                    type_: EventType::Warning,
+                    reason: "IdentityMissing",
+                    action: "Inject",
+                    text: format!(
+                        "pod {}: no AgentIdentity {identity} and auto-creation is off; the pod waits for Secret {}",
+                        pod_name(pod),
+                        objects::key_secret_name(&identity)
+                    ),
+                }),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, namespace = %request.namespace, %identity, "webhook: AgentIdentity lookup failed");
+                return (
+                    Answer::Deny {
+                        code: 500,
+                        message: format!(
+                            "AgentMesh: cannot look up AgentIdentity {}/{identity}: {error}",
+                            request.namespace
+                        ),
+                    },
+                    "identity_error",
+                    None,
+                );
+            }
+        };
+        let ops = inject::patch(pod, spec, &self.settings, &identity, &key);
+        (Answer::Patch(ops), "injected", note)
+    }
+
+    /// Publishes an Event in the pod's namespace, in the background. The pod has no name or
+    /// UID yet at admission, so the Event is about its controller (the ReplicaSet, Job, …)
+    /// when it has one, else about its namespace.
+    fn publish(&self, request: &PodRequest, note: Note) {
+        let Some(ctx) = self.ctx.clone() else {
+            return;
+        };
+        let reference = event_reference(&request.pod, &request.namespace);
+        tokio::spawn(async move {
+            ctx.event(&reference, note.type_, note.reason, note.action, note.text)
+                .await;
+        });
+    }
+}
+
+/// The name of a pod under admission: its name, else its `generateName` with `*`.
+fn pod_name(pod: &Pod) -> String {
+    match (&pod.metadata.name, &pod.metadata.generate_name) {
+        (Some(name), _) if !name.is_empty() => name.clone(),
+        (_, Some(prefix)) => format!("{prefix}*"),
+        _ => "(unnamed)".into(),
+    }
+}
+
+/// The object an admission Event is about: the pod's controller, else its namespace (both in
+/// the pod's namespace, so `kubectl get events -n <namespace>` shows it).
+pub fn event_reference(pod: &Pod, namespace: &str) -> ObjectReference {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true));
+    match owner {
+        Some(owner) => ObjectReference {
+            api_version: Some(owner.api_version.clone()),
+            kind: Some(owner.kind.clone()),
+            name: Some(owner.name.clone()),
+            namespace: Some(namespace.to_owned()),
+            uid: Some(owner.uid.clone()),
+            ..Default::default()
+        },
+        None => ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(namespace.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        },
+    }
+}
+
+impl server::Reviewer for Injector {
+    async fn review(&self, body: Bytes) -> Result<Vec<u8>, BadRequest> {
+        self.review_body(&body).await
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.count(reason);
+    }
+}
+
+/// Whether the API server runs native sidecars (Kubernetes ≥ 1.29).
+pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
+    let number = |text: &str| -> Option<u32> {
+        text.trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .ok()
+    };
+    match (number(major), number(minor)) {
+        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 29),
+        _ => false,
+    }
+}
+
+/// Binds the webhook's port and starts, on this replica, the HTTPS server, the certificate and
+/// configuration manager, and the AgentIdentity cache.
+pub async fn start(ctx: Arc<Context>) -> anyhow::Result<()> {
+    let args = &ctx.config.args;
+    let version = ctx
+        .client
+        .apiserver_version()
+        .await
+        .context("reading the API server's version")?;
+    let native_sidecar = supports_native_sidecars(&version.major, &version.minor);
+    let settings = Settings {
+        image: args.sidecar_image.clone(),
+        native_sidecar,
+        resources: args.sidecar_resources(),
+        trust_api_url: args.trust_api_url.clone(),
+        operator_namespace: args.namespace.clone(),
+    };
+    let source = match args.webhook_certs {
+        crate::config::CertSource::SelfManaged => certs::Source::SelfManaged {
+            serving_lifetime: Duration::from_secs(args.webhook_cert_seconds),
+            ca_lifetime: Duration::from_secs(args.webhook_ca_seconds),
+            sans: certs::sans(
+                &args.webhook_service,
+                &args.namespace,
+                args.webhook_url.as_deref(),
+            ),
+        },
+        crate::config::CertSource::CertManager => certs::Source::CertManager,
+    };
+    let options = config::Options {
+        operator_namespace: args.namespace.clone(),
+        watch_namespace: args.watch_namespace.clone(),
+        url: args.webhook_url.clone(),
+        service: args.webhook_service.clone(),
+        failure_policy: args.webhook_failure_policy,
+        timeout_seconds: args.webhook_timeout_seconds,
+        creates_identities: args.auto_create_identities,
+        cert_manager_certificate: (args.webhook_certs == crate::config::CertSource::CertManager)
+            .then(|| {
+                format!(
+                    "{}/{}",
+                    args.namespace, args.webhook_cert_manager_certificate
+                )
+            }),
+    };
+
+    let listener = TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("binding the webhook to {}", args.webhook_addr))?;
+    tracing::info!(
+        addr = %args.webhook_addr,
+        native_sidecar,
+        server_version = %version.git_version,
+        configuration = %options.config_name(),
+        "webhook starting"
+    );
+    let store = Arc::new(server::CertStore::default());
+    let acceptor = server::acceptor(store.clone())?;
+    let injector = Arc::new(Injector::new(
+        settings,
+        Identities::watched(&ctx),
+        ctx.metrics.clone(),
+        Some(ctx.clone()),
+    ));
+    tokio::spawn(server::serve(listener, acceptor, injector));
+    let manager = certs::Manager {
+        ctx: ctx.clone(),
+        store,
+        refresh: certs::refresh_interval(&source),
+        source,
+        secret_name: args.webhook_secret.clone(),
+        options,
+    };
+    tokio::spawn(manager.run());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_sidecars_from_1_29() {
+        assert!(supports_native_sidecars("1", "34"));
+        assert!(supports_native_sidecars("1", "29+"));
+        assert!(!supports_native_sidecars("1", "28"));
+        assert!(!supports_native_sidecars("1", ""));
+        assert!(supports_native_sidecars("2", "0"));
+    }
+}

@@ -1,0 +1,194 @@
+//! The webhook's HTTPS server: hyper (HTTP/1.1, keep-alive) over tokio-rustls. The serving
+//! certificate is looked up for every TLS handshake in a [`CertStore`], which the certificate
+//! manager updates on rotation: a new certificate is in use from the next connection, without a
+//! restart; connections already open keep the one they were made with.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::review::BadRequest;
+
+/// The path the webhook is registered at.
+pub const PATH: &str = "/inject";
+/// Largest body accepted: the API server's own request limit is 3 MiB.
+pub const MAX_BODY: usize = 6 * 1024 * 1024;
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The serving certificate in force, read at every handshake.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    current: RwLock<Option<(Vec<u8>, Arc<CertifiedKey>)>>,
+}
+
+impl CertStore {
+    /// Replaces the certificate (chain PEM, private key PEM). Unchanged input is a no-op.
+    /// Returns whether the certificate changed.
+    pub fn set_pem(&self, chain_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<bool> {
+        let fingerprint: Vec<u8> = [chain_pem, key_pem].concat();
+        if self
+            .current
+            .read()
+            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))?
+            .as_ref()
+            .is_some_and(|(current, _)| *current == fingerprint)
+        {
+            return Ok(false);
+        }
+        let chain = CertificateDer::pem_slice_iter(chain_pem).collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!chain.is_empty(), "no certificate in the PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+        let certified = CertifiedKey::from_der(chain, key, &provider())?;
+        *self
+            .current
+            .write()
+            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))? =
+            Some((fingerprint, Arc::new(certified)));
+        Ok(true)
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current.read().map(|c| c.is_some()).unwrap_or(false)
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .read()
+            .ok()?
+            .as_ref()
+            .map(|(_, key)| key.clone())
+    }
+}
+
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// A TLS acceptor whose certificate comes from `store` at each handshake.
+pub fn acceptor(store: Arc<CertStore>) -> anyhow::Result<TlsAcceptor> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What answers the reviews: the injector, or an echo in the benchmark's baseline.
+pub trait Reviewer: Send + Sync + 'static {
+    /// The AdmissionReview response body for a request body.
+    fn review(&self, body: Bytes) -> impl Future<Output = Result<Vec<u8>, BadRequest>> + Send;
+    /// Counts a request refused before review (wrong method, path, size or body).
+    fn refused(&self, _reason: &'static str) {}
+}
+
+type Body = Full<Bytes>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+    let body = serde_json::json!({ "error": message.to_string() }).to_string();
+    reply(status, "application/json", body)
+}
+
+/// One HTTP request: `POST /inject` with an AdmissionReview, anything else an error.
+pub async fn handle<R: Reviewer>(reviewer: &R, request: Request<Incoming>) -> Response<Body> {
+    if request.uri().path() != PATH {
+        reviewer.refused("not_found");
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no such path; the webhook is POST {PATH}"),
+        );
+    }
+    if request.method() != Method::POST {
+        reviewer.refused("method_not_allowed");
+        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("POST"),
+        );
+        return response;
+    }
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            reviewer.refused("too_large");
+            return self::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY} bytes"),
+            );
+        }
+        Err(error) => {
+            reviewer.refused("bad_request");
+            return self::error(
+                StatusCode::BAD_REQUEST,
+                format!("reading the body: {error}"),
+            );
+        }
+    };
+    match reviewer.review(body).await {
+        Ok(answer) => reply(StatusCode::OK, "application/json", answer),
+        Err(bad) => {
+            reviewer.refused("bad_request");
+            error(StatusCode::BAD_REQUEST, bad)
+        }
+    }
+}
+
+/// Serves every connection accepted on `listener` until the task is dropped.
+pub async fn serve<R: Reviewer>(listener: TcpListener, acceptor: TlsAcceptor, reviewer: Arc<R>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "webhook: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, reviewer) = (acceptor.clone(), reviewer.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "webhook: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |request| {
+                let reviewer = reviewer.clone();
+                async move { Ok::<_, Infallible>(handle(&*reviewer, request).await) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%error, "webhook: connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,454 @@
+//! The sidecar-injection webhook on the real API server: the operator runs as a host process
+//! (its own namespace for its Lease and certificate Secret, scoped with
+//! `MESHLOGIC_WATCH_NAMESPACE` to the application namespace of the test), registers its
+//! MutatingWebhookConfiguration with `clientConfig.url` on loopback, and the API server calls
+//! it for every pod created in the labelled namespace.
+
+use std::time::{Duration, Instant};
+
+use agentmesh_e2e::operator::OperatorProcess;
+use agentmesh_e2e::{TestNamespace, cluster};
+use serde_json::{Value, json};
+
+/// The operator's namespace and the application namespace it watches.
+struct Installation {
+    operator: OperatorProcess,
+    ops: TestNamespace,
+    app: TestNamespace,
+}
+
+impl Installation {
+    /// Starts an operator for a fresh application namespace, labelled for injection with
+    /// `kubectl label namespace`, and waits until the API server calls the webhook.
+    fn start(prefix: &str, env: &[(&str, &str)]) -> Self {
+        let cluster = cluster();
+        cluster.ensure_crds();
+        let ops = TestNamespace::create(&format!("{prefix}-ops"), &[]);
+        let app = TestNamespace::create(prefix, &[]);
+        cluster.kubectl_ok(&["label", "namespace", &app.name, "agentmesh-inject=enabled"]);
+        let mut all_env = vec![("POD_NAMESPACE", ops.name.as_str())];
+        all_env.push(("MESHLOGIC_WATCH_NAMESPACE", app.name.as_str()));
+        all_env.extend_from_slice(env);
+        let mut operator = OperatorProcess::start(&ops.name, "op-0", &all_env);
+        let config = config_name(&ops.name);
+        operator.wait_until(Duration::from_secs(60), "the webhook configuration", |_| {
+            cluster
+                .kubectl(&[
+                    "get",
+                    "mutatingwebhookconfiguration",
+                    &config,
+                    "-o",
+                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                ])
+                .stdout
+                .len()
+                > 100
+        });
+        let installation = Self { operator, ops, app };
+        // The API server picks a new configuration up within moments: probe with throw-away pods.
+        installation.wait_injecting();
+        installation
+    }
+
+    fn wait_injecting(&self) {
+        let start = Instant::now();
+        for attempt in 0.. {
+            let name = format!("probe-{attempt}");
+            let output = cluster().kubectl_with_input(
+                &["apply", "-n", &self.app.name, "-f", "-"],
+                Some(&pod(&name, &[]).to_string()),
+            );
+            if output.status.success() && is_injected(&get_pod(&self.app.name, &name)) {
+                let _ = cluster().kubectl(&[
+                    "delete",
+                    "pod",
+                    &name,
+                    "-n",
+                    &self.app.name,
+                    "--wait=false",
+                ]);
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the API server never injected a probe pod: {}\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                self.operator.logs()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Installation {
+    fn drop(&mut self) {
+        // The configuration is owned by the operator's Namespace (garbage-collected with it);
+        // deleting it here frees the API server from calling a dead webhook at once.
+        let _ = cluster().kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            &config_name(&self.ops.name),
+            "--wait=false",
+        ]);
+    }
+}
+
+fn config_name(operator_namespace: &str) -> String {
+    format!("agentmesh-sidecar-injector-{operator_namespace}")
+}
+
+fn pod(name: &str, annotations: &[(&str, &str)]) -> Value {
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}
+    })
+}
+
+fn get_pod(namespace: &str, name: &str) -> Value {
+    serde_json::from_str(
+        &cluster().kubectl_ok(&["get", "pod", name, "-n", namespace, "-o", "json"]),
+    )
+    .unwrap()
+}
+
+fn sidecar(pod: &Value) -> Option<&Value> {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .chain(pod["spec"]["containers"].as_array())
+        .flatten()
+        .find(|c| c["name"] == "agentmesh-sidecar")
+}
+
+fn is_injected(pod: &Value) -> bool {
+    sidecar(pod).is_some()
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+fn events(namespace: &str) -> Vec<Value> {
+    let list: Value = serde_json::from_str(&cluster().kubectl_ok(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_deployment_in_a_labelled_namespace_gets_the_sidecar_and_an_unlabelled_one_does_not() {
+    let install = Installation::start("inject", &[]);
+    let app = &install.app.name;
+    let cluster = cluster();
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "my-agent", "labels": {"app.kubernetes.io/name": "my-agent"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "my-agent"}},
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "my-agent", "agentmesh.io/identity": "my-agent"}},
+                "spec": {"containers": [{"name": "agent", "image": "my-company/my-agent:v1.0.0"}]}
+            }
+        }
+    });
+    cluster.apply(app, &deployment.to_string());
+    let mut pods = Vec::new();
+    install
+        .app
+        .wait_for(Duration::from_secs(60), "the Deployment's 2 pods", || {
+            let list: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+                "get",
+                "pods",
+                "-n",
+                app,
+                "-l",
+                "app.kubernetes.io/name=my-agent",
+                "-o",
+                "json",
+            ]))
+            .unwrap();
+            pods = list["items"].as_array().cloned().unwrap_or_default();
+            pods.len() == 2
+        });
+    for pod in &pods {
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let sidecar = sidecar(pod).unwrap_or_else(|| panic!("{name} has no sidecar: {pod}"));
+        // Native sidecar on 1.34: an init container that keeps running.
+        assert_eq!(
+            pod["spec"]["initContainers"][0]["name"], "agentmesh-sidecar",
+            "{pod}"
+        );
+        assert_eq!(sidecar["restartPolicy"], "Always");
+        assert_eq!(sidecar["image"], "agentmesh/sidecar:1.0.0-alpha1");
+        let ports: Vec<(Value, Value)> = sidecar["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].clone(), p["containerPort"].clone()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (json!("proxy"), json!(8081)),
+                (json!("metrics"), json!(9091))
+            ]
+        );
+        assert_eq!(
+            env(sidecar, "AGENTMESH_AGENT_PRIVATE_KEY").unwrap()["valueFrom"]["secretKeyRef"],
+            json!({"name": "my-agent-agentmesh-key", "key": "private-key"})
+        );
+        assert_eq!(
+            sidecar["envFrom"][0]["configMapRef"],
+            json!({"name": "agentmesh-config", "optional": true})
+        );
+        assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            sidecar["securityContext"]["allowPrivilegeEscalation"],
+            false
+        );
+        assert_eq!(
+            sidecar["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
+        assert_eq!(
+            sidecar["resources"]["requests"],
+            json!({"cpu": "100m", "memory": "128Mi"})
+        );
+        assert_eq!(
+            sidecar["resources"]["limits"],
+            json!({"cpu": "500m", "memory": "512Mi"})
+        );
+        assert_eq!(
+            sidecar["livenessProbe"]["exec"]["command"],
+            json!(["cat", "/var/run/agentmesh/healthy"])
+        );
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/health");
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["port"], "proxy");
+        let volumes: Vec<&str> = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            volumes.contains(&"agentmesh-health") && volumes.contains(&"agentmesh-tmp"),
+            "{volumes:?}"
+        );
+        let agent = &pod["spec"]["containers"][0];
+        assert_eq!(
+            env(agent, "AGENTMESH_PROXY_URL").unwrap()["value"],
+            "http://localhost:8081"
+        );
+        let status: Value = serde_json::from_str(
+            pod["metadata"]["annotations"]["agentmesh.io/sidecar-status"]
+                .as_str()
+                .expect("the status annotation"),
+        )
+        .unwrap();
+        assert_eq!(status["identity"], "my-agent");
+        assert_eq!(status["mode"], "native-sidecar");
+        assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9091");
+    }
+    // The identity did not exist: the operator created it.
+    cluster.kubectl_ok(&["get", "agentidentity", "my-agent", "-n", app]);
+
+    // Without the label, the namespace is left alone (the API server's namespace cache lags a
+    // label change by a moment: retry with fresh pods until one is created untouched).
+    cluster.kubectl_ok(&["label", "namespace", app, "agentmesh-inject-"]);
+    let start = Instant::now();
+    for attempt in 0.. {
+        let name = format!("unlabelled-{attempt}");
+        cluster.apply(app, &pod(&name, &[]).to_string());
+        if !is_injected(&get_pod(app, &name)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the unlabelled namespace is still injected"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn opted_out_and_host_network_pods_are_skipped_with_an_event() {
+    let install = Installation::start("skip", &[]);
+    let app = &install.app.name;
+    let cluster = cluster();
+    cluster.apply(
+        app,
+        &pod("opted-out", &[("agentmesh.io/inject", "false")]).to_string(),
+    );
+    let mut host = pod("host-net", &[]);
+    host["spec"]["hostNetwork"] = true.into();
+    cluster.apply(app, &host.to_string());
+    assert!(!is_injected(&get_pod(app, "opted-out")));
+    assert!(!is_injected(&get_pod(app, "host-net")));
+    let start = Instant::now();
+    loop {
+        let all = events(app);
+        let notes: Vec<String> = all
+            .iter()
+            .filter(|e| e["reason"] == "InjectionSkipped")
+            .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if notes
+            .iter()
+            .any(|n| n.contains("opted-out") && n.contains("opted_out"))
+            && notes
+                .iter()
+                .any(|n| n.contains("host-net") && n.contains("host_network"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no skip Events; events: {all:#?}\noperator:\n{}",
+            install.operator.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The skips are counted by reason.
+    let metrics = agentmesh_e2e::operator::http_get(install.operator.metrics, "/metrics").unwrap();
+    for reason in ["opted_out", "host_network", "injected"] {
+        assert!(
+            metrics.contains(&format!(
+                "meshlogic_operator_admissions_total{{reason=\"{reason}\"}}"
+            )),
+            "no {reason} in:\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn with_the_operator_stopped_pod_creation_follows_the_failure_policy() {
+    // Default: Fail. No pod of an injected namespace is created without its sidecar.
+    let mut install = Installation::start("fail", &[]);
+    let policy = cluster().kubectl_ok(&[
+        "get",
+        "mutatingwebhookconfiguration",
+        &config_name(&install.ops.name),
+        "-o",
+        "jsonpath={.webhooks[0].failurePolicy}",
+    ]);
+    assert_eq!(policy, "Fail");
+    install.operator.kill();
+    let output = cluster().kubectl_with_input(
+        &["apply", "-n", &install.app.name, "-f", "-"],
+        Some(&pod("while-down", &[]).to_string()),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "created without the webhook");
+    assert!(stderr.contains("inject.agentmesh.io"), "{stderr}");
+
+    // Ignore: created, without the sidecar.
+    let mut install =
+        Installation::start("ignore", &[("MESHLOGIC_WEBHOOK_FAILURE_POLICY", "ignore")]);
+    install.operator.kill();
+    cluster().apply(&install.app.name, &pod("while-down", &[]).to_string());
+    assert!(!is_injected(&get_pod(&install.app.name, "while-down")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_during_a_stream_of_pod_creations_loses_none() {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    // A 12-second serving certificate: renewed every ~8 s.
+    let install = tokio::task::spawn_blocking(|| {
+        Installation::start("rotate", &[("MESHLOGIC_WEBHOOK_CERT_SECONDS", "12")])
+    })
+    .await
+    .unwrap();
+    let client = cluster().client().await.unwrap();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &install.app.name);
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &install.ops.name);
+    let serving = || async {
+        secrets
+            .get("agentmesh-webhook-tls")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["tls.crt"]
+            .0
+            .clone()
+    };
+    let mut certificates = vec![serving().await];
+    let start = Instant::now();
+    let mut created = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        let pod: Pod = serde_json::from_value(pod(&format!("stream-{created}"), &[])).unwrap();
+        let stored = pods
+            .create(&Default::default(), &pod)
+            .await
+            .unwrap_or_else(|e| panic!("pod {created} refused during rotation: {e}"));
+        let spec = stored.spec.unwrap();
+        assert!(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == "agentmesh-sidecar"),
+            "pod {created} created without the sidecar"
+        );
+        created += 1;
+        let current = serving().await;
+        if *certificates.last().unwrap() != current {
+            certificates.push(current);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(created > 30, "only {created} pods in 30 s");
+    assert!(
+        certificates.len() >= 3,
+        "the certificate rotated {} times in 30 s",
+        certificates.len() - 1
+    );
+    eprintln!(
+        "{created} pods injected across {} serving certificates",
+        certificates.len()
+    );
+
+    // A lost Secret: the leader makes a new CA, and caBundle follows.
+    let config = config_name(&install.ops.name);
+    let bundle = || {
+        cluster().kubectl_ok(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            &config,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])
+    };
+    let before = bundle();
+    secrets
+        .delete("agentmesh-webhook-tls", &Default::default())
+        .await
+        .unwrap();
+    let wait = Instant::now();
+    while bundle() == before {
+        assert!(
+            wait.elapsed() < Duration::from_secs(30),
+            "caBundle was not updated"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::task::spawn_blocking(move || install.wait_injecting())
+        .await
+        .unwrap();
+}
