@@ -581,7 +581,7 @@ fn kubeconfig_with_token(namespace: &str, token: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn the_reconciler_needs_only_the_rbac_it_documents() {
+fn the_operator_needs_only_the_rbac_it_documents() {
     let cluster = cluster();
     cluster.ensure_crds();
     let namespace = TestNamespace::create("mla-rbac", &[]);
@@ -592,25 +592,15 @@ fn the_reconciler_needs_only_the_rbac_it_documents() {
         ("clusterrolebinding", role_name.clone()),
         ("clusterrole", role_name.clone()),
     ]);
-    // The rules listed in crates/operator/src/meshlogic/mod.rs, plus what the operator's
-    // skeleton needs (its Lease, the start-up CRD check).
-    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| json!({"apiGroups": groups, "resources": resources, "verbs": verbs});
+    // Exactly the operator's documented ClusterRole (deploy/operator-rbac.yaml), nothing more.
+    let documented =
+        std::fs::read_to_string(agentmesh_e2e::repo_root().join("deploy/operator-rbac.yaml"))
+            .unwrap();
+    let documented: Value = serde_saphyr::from_str(&documented).unwrap();
+    assert_eq!(documented["kind"], "ClusterRole");
     let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator", "namespace": ns}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role_name}, "rules": [
-            rule(&["agentmesh.io"], &["meshlogicagents"], &["get", "list", "watch", "patch", "update"]),
-            rule(&["agentmesh.io"], &["meshlogicagents/status"], &["get", "patch", "update"]),
-            rule(&["apps"], &["daemonsets"], &["get", "list", "watch", "create", "patch"]),
-            rule(&[""], &["configmaps", "serviceaccounts"], &["get", "list", "watch", "create", "patch"]),
-            rule(&["rbac.authorization.k8s.io"], &["clusterroles", "clusterrolebindings"], &["get", "list", "watch", "create", "patch", "delete"]),
-            rule(&[""], &["services"], &["get", "list", "watch", "create", "patch", "delete"]),
-            rule(&["monitoring.coreos.com"], &["servicemonitors"], &["get", "create", "patch", "delete"]),
-            rule(&[""], &["pods"], &["get", "list", "watch"]),
-            rule(&["agentmesh.io"], &["reports"], &["create"]),
-            rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
-            rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update", "patch"]),
-            rule(&["apiextensions.k8s.io"], &["customresourcedefinitions"], &["get"]),
-        ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role_name}, "rules": documented["rules"]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role_name},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
          "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]},

@@ -6,20 +6,9 @@
 //! removes them with it. The ClusterRole and ClusterRoleBinding cannot be owned by a namespaced
 //! object: a finalizer on the agent deletes them before it goes.
 //!
-//! What the operator's own ClusterRole needs for this reconciler:
-//!
-//! | API group | resources | verbs |
-//! |---|---|---|
-//! | `agentmesh.io` | `meshlogicagents` | get, list, watch, patch, update (the finalizer) |
-//! | `agentmesh.io` | `meshlogicagents/status` | get, patch, update |
-//! | `apps` | `daemonsets` | get, list, watch, create, patch |
-//! | `""` | `configmaps`, `serviceaccounts` | get, list, watch, create, patch |
-//! | `""` | `services` | get, list, watch, create, patch, delete |
-//! | `monitoring.coreos.com` | `servicemonitors` | get, create, patch, delete |
-//! | `rbac.authorization.k8s.io` | `clusterroles`, `clusterrolebindings` | get, list, watch, create, patch, delete |
-//! | `""` | `pods` | get, list, watch (RBAC lets one grant only what one holds) |
-//! | `agentmesh.io` | `reports` | create (likewise) |
-//! | `events.k8s.io` | `events` | create, patch |
+//! The operator's own permissions, this reconciler's included, are `deploy/operator-rbac.yaml`
+//! (an e2e test runs the operator with exactly those). It must hold `pods` get/list/watch and
+//! `reports.agentmesh.io` create itself, since RBAC lets one grant only what one holds.
 //!
 //! Deleting the namespaced objects is the garbage collector's work, not the operator's.
 
