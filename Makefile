@@ -60,10 +60,14 @@ fuzz-smoke: ## Run every fuzz target for FUZZ_SECONDS (10) each; installs cargo-
 	  fi; \
 	done
 
-bench: ## Benchmarks; prints ratios against baselines measured in the same run
+bench: ## Every benchmark; each prints ratios against baselines measured in the same run
 	$(CARGO) bench --locked -p agentmesh-identity --bench handshake 2>&1 | tee $(AGENTMESH_CACHE)/bench-identity.log
 	$(CARGO) bench --locked -p agentmesh-trust --bench trust 2>&1 | tee $(AGENTMESH_CACHE)/bench-trust.log
-	@echo "== ratios (same run) =="; grep -h "ratio =" $(AGENTMESH_CACHE)/bench-identity.log $(AGENTMESH_CACHE)/bench-trust.log
+	$(MAKE) --no-print-directory bench-webhook
+	$(MAKE) --no-print-directory bench-operator 2>&1 | tee $(AGENTMESH_CACHE)/bench-operator.log
+	$(MAKE) --no-print-directory bench-probe 2>&1 | tee $(AGENTMESH_CACHE)/bench-probe.log
+	@echo "== ratios (same run) =="; grep -h "ratio" $(AGENTMESH_CACHE)/bench-identity.log $(AGENTMESH_CACHE)/bench-trust.log \
+	  $(AGENTMESH_CACHE)/bench-webhook.log $(AGENTMESH_CACHE)/bench-operator.log $(AGENTMESH_CACHE)/bench-probe.log
 
 bench-operator: ## Trust API ingest throughput and status writes per identity under load (real API server)
 	CARGO=$(CARGO) e2e/run.sh --bench
