@@ -29,7 +29,7 @@ use agentmesh_trust::policy::spec::{BehaviorAction, FileAccess};
 use agentmesh_trust::{Decision, Effect, Policy, Signal, Timestamp, TrustState};
 use futures::StreamExt;
 use kube::ResourceExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 
@@ -525,10 +525,7 @@ impl Engine {
     /// The AgentIdentity `namespace/name` from the store.
     pub fn identity(&self, k: &str) -> Option<Arc<AgentIdentity>> {
         let (namespace, name) = k.split_once('/')?;
-        self.identities
-            .state()
-            .into_iter()
-            .find(|i| i.namespace().as_deref() == Some(namespace) && i.name_any() == name)
+        self.identities.get(&ObjectRef::new(name).within(namespace))
     }
 
     /// Score, tier and quarantine of `k` as the engine knows them now.

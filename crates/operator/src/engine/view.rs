@@ -135,8 +135,6 @@ impl Engine {
     fn policy_object(&self, k: &str) -> Option<std::sync::Arc<agentmesh_api::TrustPolicy>> {
         let (namespace, name) = k.split_once('/')?;
         self.policies
-            .state()
-            .into_iter()
-            .find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name)
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
     }
 }
