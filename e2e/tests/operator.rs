@@ -410,3 +410,179 @@ fn a_policy_conflicting_with_an_older_one_is_refused_with_its_reason() {
     ]);
     assert!(!events.trim().is_empty(), "no PolicyRefused Event");
 }
+
+/// `GET` on the trust API of `operator`; the status and the JSON body.
+fn get_view(operator: &OperatorProcess, path: &str, token: &str) -> (u16, Value) {
+    let (code, body) =
+        http_request(operator.trust_api, "GET", path, Some(token), None).expect("an answer");
+    (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
+    cluster().ensure_crds();
+    let namespace = TestNamespace::create("views", &[]);
+    let ns = namespace.name.as_str();
+    let mut operator = OperatorProcess::start(ns, "op", &FAST_LEASE);
+    apply(
+        ns,
+        json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "policy"},
+        "spec": {"trust": {"decayRate": 0},
+                 "behavior": {"exec": [{"path": "/usr/bin/curl", "action": "deny", "penalty": 300}],
+                              "network": [{"cidr": "169.254.169.254/32", "action": "deny", "penalty": 100}]}}}),
+    );
+    apply(ns, identity("agent", json!({"capabilities": ["read:*"]})));
+    apply(ns, identity("peer", json!({})));
+    apply(
+        ns,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
+        "spec": {"nodeName": "kwok-node-0", "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+    );
+    for name in ["agent", "peer"] {
+        wait_for(
+            &mut operator,
+            "agentidentity",
+            name,
+            ns,
+            "a DID and a score",
+            |o| o["status"]["did"].is_string() && o["status"]["trustScore"] == 800,
+        );
+    }
+    let uid = get_json("pod", "agent-0", ns).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The sidecar presents its pod's bound token and gets its identity, policy and peers.
+    let bound = cluster()
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "default",
+            "-n",
+            ns,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "agent-0",
+            "--bound-object-uid",
+            &uid,
+        ])
+        .trim()
+        .to_owned();
+    let (code, config) = get_view(&operator, "/v1/sidecar/config", &bound);
+    assert_eq!(code, 200, "{config}");
+    assert_eq!(config["identity"]["name"], "agent");
+    assert_eq!(config["identity"]["score"], 800);
+    assert_eq!(config["policyName"], format!("{ns}/policy"));
+    assert_eq!(
+        config["policy"]["behavior"]["exec"][0]["path"],
+        "/usr/bin/curl"
+    );
+    let peer = config["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "peer")
+        .expect("the peer is listed");
+    let peer_status = get_json("agentidentity", "peer", ns).unwrap()["status"].clone();
+    assert_eq!(
+        (&peer["did"], &peer["publicKey"]),
+        (&peer_status["did"], &peer_status["publicKey"])
+    );
+    // A token bound to no pod does not say which identity is asking.
+    let unbound = cluster()
+        .kubectl_ok(&["create", "token", "default", "-n", ns])
+        .trim()
+        .to_owned();
+    assert_eq!(get_view(&operator, "/v1/sidecar/config", &unbound).0, 403);
+
+    // The probe's view of the node: the pod's deny rules, not quarantined.
+    let probe = reporter_token(ns, true);
+    let (code, enforcement) = get_view(&operator, "/v1/enforcement?node=kwok-node-0", &probe);
+    assert_eq!(code, 200, "{enforcement}");
+    let pod = enforcement["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podUid"] == uid.as_str())
+        .expect("the pod is enforced");
+    assert_eq!(pod["deniedExecutables"], json!(["/usr/bin/curl"]));
+    assert_eq!(pod["deniedNetworks"][0]["cidr"], "169.254.169.254/32");
+    assert_eq!(pod["quarantined"], false);
+    assert_eq!(
+        get_view(&operator, "/v1/enforcement?node=kwok-node-0", &bound).0,
+        403,
+        "a sidecar is not a probe"
+    );
+
+    // Long-polls: both wait on their current version; a report changes the score (800 → 500)
+    // and then quarantines (→ 200): each answers within seconds of the change.
+    let since = config["version"].as_str().unwrap().to_owned();
+    let addr = operator.trust_api;
+    let sidecar_poll = {
+        let (bound, since) = (bound.clone(), since.clone());
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let answer = http_request(
+                addr,
+                "GET",
+                &format!("/v1/sidecar/config?since={since}"),
+                Some(&bound),
+                None,
+            )
+            .unwrap();
+            (answer, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let reported = std::time::Instant::now();
+    let body = report(&uid, ns, &["/usr/bin/curl"]);
+    assert_eq!(post_report(&mut [&mut operator], &probe, &body).0, 202);
+    let ((code, answer), waited) = sidecar_poll.join().unwrap();
+    assert_eq!(code, 200);
+    let changed: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(changed["identity"]["score"], 500, "{changed}");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the long-poll answered before anything changed"
+    );
+    assert!(
+        reported.elapsed() < Duration::from_secs(3),
+        "the change took {:?} to arrive",
+        reported.elapsed()
+    );
+
+    let version = enforcement["version"].as_str().unwrap().to_owned();
+    let probe_poll = {
+        let probe = probe.clone();
+        std::thread::spawn(move || {
+            http_request(
+                addr,
+                "GET",
+                &format!("/v1/enforcement?node=kwok-node-0&since={version}"),
+                Some(&probe),
+                None,
+            )
+            .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let reported = std::time::Instant::now();
+    assert_eq!(post_report(&mut [&mut operator], &probe, &body).0, 202);
+    let (code, answer) = probe_poll.join().unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        reported.elapsed() < Duration::from_secs(3),
+        "quarantine took {:?} to reach the probe",
+        reported.elapsed()
+    );
+    let enforcement: Value = serde_json::from_str(&answer).unwrap();
+    let pod = enforcement["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podUid"] == uid.as_str())
+        .unwrap();
+    assert_eq!(pod["quarantined"], true, "{enforcement}");
+}
