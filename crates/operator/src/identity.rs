@@ -25,8 +25,8 @@ use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use crate::conditions::condition;
 use crate::context::Context;
-use crate::engine::status::condition;
 use crate::error::{Error, Result};
 
 const CONTROLLER: &str = "agentidentity";

@@ -6,6 +6,7 @@
 //! runs the reconcilers, ingests reports and writes status; when it loses the Lease it exits,
 //! so that nothing it started goes on acting as leader, and its restart joins as a candidate.
 
+pub mod conditions;
 pub mod config;
 pub mod context;
 pub mod crd_check;

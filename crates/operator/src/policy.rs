@@ -16,8 +16,8 @@ use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use crate::conditions::condition;
 use crate::context::Context;
-use crate::engine::status::condition;
 use crate::error::{Error, Result};
 use crate::governance;
 

@@ -9,6 +9,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::STATUS_MANAGER;
+use crate::conditions::condition;
 use crate::context::Context;
 
 pub struct IdentityWrite {
@@ -25,36 +26,6 @@ pub struct IdentityWrite {
     pub recent: Vec<AnomalyRecord>,
     /// The conditions in status now, to keep transition times of unchanged ones.
     pub conditions: Vec<Condition>,
-}
-
-/// A condition, keeping the transition time of the current one of that type when its status
-/// does not change.
-pub fn condition(
-    current: &[Condition],
-    type_: &str,
-    holds: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    let status = if holds { "True" } else { "False" };
-    let previous = current
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status);
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: previous
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| {
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::now(),
-                )
-            }),
-    }
 }
 
 pub async fn write_identity(ctx: &Context, write: IdentityWrite) {

@@ -4,7 +4,7 @@
 use agentmesh_api::meshlogic::{MeshLogicAgentStatus, NodeProbeStatus};
 use agentmesh_api::names::conditions;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// The DaemonSet's rollout, reduced to what status needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,22 +55,17 @@ pub fn compute(
     now: &Time,
 ) -> MeshLogicAgentStatus {
     let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
+    // The transition time moves only when the status does.
     let condition = |type_: &str, holds: bool, reason: &str, message: String| {
-        let status = if holds { "True" } else { "False" };
-        // The transition time moves only when the status does.
-        let last_transition_time = previous_conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.clone());
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
+        crate::conditions::condition_at(
+            previous_conditions,
+            type_,
+            holds,
+            reason,
             message,
-            observed_generation: generation,
-            last_transition_time,
-        }
+            generation,
+            now,
+        )
     };
 
     let (desired, ready) = (rollout.desired, rollout.ready);
@@ -190,6 +185,7 @@ pub fn compute(
 mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::DaemonSetStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn time(seconds: i64) -> Time {
