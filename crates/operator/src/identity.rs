@@ -274,26 +274,22 @@ async fn ensure_key(
     let secret_name = objects::key_secret_name(&identity.name_any());
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     if let Some(secret) = api.get_opt(&secret_name).await? {
-        let pem = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(objects::PRIVATE_KEY_KEY))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .unwrap_or_default();
-        return Ok(match keys::private_key_from_pem(&pem) {
-            Ok(signing) => {
-                let public_key = signing.verifying_key();
-                Ok(Key {
-                    did: Did::from_public_key(&public_key),
-                    public_key,
-                    secret: Some(secret_name),
-                })
-            }
-            Err(error) => Err(format!(
-                "Secret {secret_name} key {} is not a PKCS#8 Ed25519 key: {error}",
-                objects::PRIVATE_KEY_KEY
-            )),
-        });
+        return Ok(
+            match keys::private_key_from_pem(&private_key_pem(&secret)) {
+                Ok(signing) => {
+                    let public_key = signing.verifying_key();
+                    Ok(Key {
+                        did: Did::from_public_key(&public_key),
+                        public_key,
+                        secret: Some(secret_name),
+                    })
+                }
+                Err(error) => Err(format!(
+                    "Secret {secret_name} key {} is not a PKCS#8 Ed25519 key: {error}",
+                    objects::PRIVATE_KEY_KEY
+                )),
+            },
+        );
     }
     let signing = keys::generate(&mut rand_core::OsRng);
     let public_key = signing.verifying_key();
@@ -514,13 +510,18 @@ async fn parent_signing_key(
             "ParentNotReady",
             format!("the parent's key Secret {name} does not exist yet"),
         ))?;
-    let pem = secret
+    keys::private_key_from_pem(&private_key_pem(&secret))
+        .map_err(|e| ("ParentNotReady", format!("Secret {name}: {e}")))
+}
+
+/// The PEM under `private-key` in a key Secret (empty when absent, which then fails to parse).
+fn private_key_pem(secret: &Secret) -> String {
+    secret
         .data
         .as_ref()
         .and_then(|d| d.get(objects::PRIVATE_KEY_KEY))
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .unwrap_or_default();
-    keys::private_key_from_pem(&pem).map_err(|e| ("ParentNotReady", format!("Secret {name}: {e}")))
+        .unwrap_or_default()
 }
 
 fn reason_of(error: &delegation::DelegationError) -> &'static str {

@@ -47,27 +47,29 @@ async fn reconcile(policy: Arc<TrustPolicy>, ctx: Arc<Context>) -> Result<Action
     result
 }
 
+/// Every `K` of `namespace`.
+async fn list_in<K>(ctx: &Context, namespace: &str) -> Result<Vec<Arc<K>>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let items = Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    Ok(items.into_iter().map(Arc::new).collect())
+}
+
 async fn reconcile_inner(policy: &TrustPolicy, ctx: &Context) -> Result<Action> {
     let namespace = policy
         .namespace()
         .ok_or(Error::NoNamespace("TrustPolicy"))?;
     let name = policy.name_any();
-    let policies: Vec<Arc<TrustPolicy>> =
-        Api::<TrustPolicy>::namespaced(ctx.client.clone(), &namespace)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-    let identities: Vec<Arc<AgentIdentity>> =
-        Api::<AgentIdentity>::namespaced(ctx.client.clone(), &namespace)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+    let policies: Vec<Arc<TrustPolicy>> = list_in(ctx, &namespace).await?;
+    let identities: Vec<Arc<AgentIdentity>> = list_in(ctx, &namespace).await?;
     let governance = governance::evaluate(&policies, &identities);
     let verdict = governance
         .policies
