@@ -3,13 +3,14 @@
 //! bookkeeping). `make bench` runs it.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 
 use agentmesh_identity::handshake::{HandshakeConfig, Initiator, Responder};
 use agentmesh_identity::registry::MemoryRegistry;
 use agentmesh_identity::{SigningKey, Timestamp};
 use criterion::Criterion;
 use ed25519_dalek::{Signer, Verifier};
+
+mod support;
 
 fn benches(c: &mut Criterion) {
     let alice = SigningKey::from_bytes(&[1; 32]);
@@ -56,38 +57,13 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-fn criterion_home() -> PathBuf {
-    std::env::var_os("CRITERION_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| PathBuf::from("target"), PathBuf::from)
-                .join("criterion")
-        })
-}
-
-fn mean_ns(group: &str, id: &str) -> Option<f64> {
-    let path = criterion_home()
-        .join(group)
-        .join(id)
-        .join("new/estimates.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json["mean"]["point_estimate"].as_f64()
-}
-
 fn main() {
-    let mut c = Criterion::default()
-        .output_directory(&criterion_home())
-        .warm_up_time(std::time::Duration::from_secs(1))
-        .measurement_time(std::time::Duration::from_secs(3))
-        .sample_size(30)
-        .configure_from_args();
+    let mut c = support::criterion();
     benches(&mut c);
     c.final_summary();
     if let (Some(handshake), Some(pair)) = (
-        mean_ns("handshake", "full_mutual"),
-        mean_ns("handshake", "ed25519_sign_verify"),
+        support::mean_ns("handshake", "full_mutual"),
+        support::mean_ns("handshake", "ed25519_sign_verify"),
     ) {
         println!(
             "handshake: full mutual {:.1} µs, one sign+verify {:.1} µs",

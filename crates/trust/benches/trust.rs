@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::path::PathBuf;
 
 use agentmesh_trust::policy::{Policy, PolicySpec, RateLimitSpec, ToolRuleSpec};
 use agentmesh_trust::{Signal, Timestamp, TrustConfig, TrustState};
 use criterion::Criterion;
+
+#[path = "../../identity/benches/support/mod.rs"]
+mod support;
 
 /// Ten rules: three deny patterns, three allow patterns, four per-tool rules (two minimum
 /// scores, two rate limits), all of which the benchmarked call walks through.
@@ -72,40 +74,15 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-fn criterion_home() -> PathBuf {
-    std::env::var_os("CRITERION_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| PathBuf::from("target"), PathBuf::from)
-                .join("criterion")
-        })
-}
-
-fn mean_ns(group: &str, id: &str) -> Option<f64> {
-    let path = criterion_home()
-        .join(group)
-        .join(id)
-        .join("new/estimates.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json["mean"]["point_estimate"].as_f64()
-}
-
 fn main() {
-    let mut c = Criterion::default()
-        .output_directory(&criterion_home())
-        .warm_up_time(std::time::Duration::from_secs(1))
-        .measurement_time(std::time::Duration::from_secs(3))
-        .sample_size(30)
-        .configure_from_args();
+    let mut c = support::criterion();
     benches(&mut c);
     c.final_summary();
-    let decide = mean_ns("policy", "decide_10_rules");
+    let decide = support::mean_ns("policy", "decide_10_rules");
     if let (Some(decide), Some(eq), Some(map)) = (
         decide,
-        mean_ns("policy", "baseline_string_eq"),
-        mean_ns("policy", "baseline_hashmap_lookup"),
+        support::mean_ns("policy", "baseline_string_eq"),
+        support::mean_ns("policy", "baseline_hashmap_lookup"),
     ) {
         println!(
             "policy: 10-rule decision {decide:.1} ns (goal <= 1000 ns), string eq {eq:.2} ns, HashMap lookup {map:.1} ns"
@@ -120,8 +97,8 @@ fn main() {
         );
     }
     if let (Some(signal), Some(map)) = (
-        mean_ns("score", "apply_signal"),
-        mean_ns("policy", "baseline_hashmap_lookup"),
+        support::mean_ns("score", "apply_signal"),
+        support::mean_ns("policy", "baseline_hashmap_lookup"),
     ) {
         println!(
             "score: one signal applied {signal:.1} ns; vs HashMap lookup: ratio = {:.2}",
