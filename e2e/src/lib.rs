@@ -118,6 +118,24 @@ impl Cluster {
         checked(args, self.kubectl(args))
     }
 
+    /// `kubectl get <kind> <name> [-n namespace] -o json`: `None` when it does not exist; any
+    /// other failure panics.
+    pub fn get(&self, kind: &str, name: &str, namespace: Option<&str>) -> Option<Value> {
+        let mut args = vec!["get", kind, name, "-o", "json"];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+        }
+        let output = self.kubectl(&args);
+        if output.status.success() {
+            return Some(
+                serde_json::from_slice(&output.stdout).expect("kubectl -o json prints JSON"),
+            );
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("NotFound"), "kubectl {args:?}: {stderr}");
+        None
+    }
+
     /// `kubectl apply -f -` of the given YAML; panics on failure.
     pub fn apply(&self, namespace: &str, yaml: &str) -> String {
         let args = ["apply", "-n", namespace, "-f", "-"];
@@ -237,6 +255,14 @@ pub fn example_header(path: &Path, key: &str) -> Option<String> {
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .map(str::to_owned)
+}
+
+/// The condition of this type in an object's `status.conditions`.
+pub fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
 }
 
 /// The `.yaml` files of a directory, sorted.

@@ -5,25 +5,10 @@
 use std::time::{Duration, Instant};
 
 use agentmesh_e2e::operator::OperatorProcess;
-use agentmesh_e2e::{TestNamespace, cluster};
+use agentmesh_e2e::{TestNamespace, cluster, condition};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-/// `kubectl get <kind> <name> [-n namespace] -o json`, or `None` when it does not exist.
-fn get(kind: &str, name: &str, namespace: Option<&str>) -> Option<Value> {
-    let mut args = vec!["get", kind, name, "-o", "json"];
-    if let Some(namespace) = namespace {
-        args.extend(["-n", namespace]);
-    }
-    let output = cluster().kubectl(&args);
-    if output.status.success() {
-        return Some(serde_json::from_slice(&output.stdout).unwrap());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("NotFound"), "kubectl {args:?}: {stderr}");
-    None
-}
 
 /// Polls `probe` until it returns something; panics with the operator's logs after `timeout`.
 fn eventually<T>(
@@ -100,7 +85,7 @@ fn start(prefix: &str, name: &str) -> (TestNamespace, OperatorProcess) {
     cluster.apply(&namespace.name, &agent_yaml(&namespace.name, name));
     let ns = namespace.name.clone();
     eventually(&mut operator, "the probe DaemonSet", || {
-        get("daemonset", &format!("{name}-probe"), Some(&ns))
+        agentmesh_e2e::cluster().get("daemonset", &format!("{name}-probe"), Some(&ns))
     });
     (namespace, operator)
 }
@@ -155,13 +140,6 @@ fn probe_may(namespace: &str, name: &str, verb: &str, group: &str, resource: &st
     answer["status"]["allowed"] == true
 }
 
-fn condition<'a>(agent: &'a Value, type_: &str) -> Option<&'a Value> {
-    agent["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
 #[test]
 fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_config() {
     let name = "probe-a";
@@ -171,7 +149,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
         name,
     };
     let ns = namespace.name.as_str();
-    let agent = get("mla", name, Some(ns)).unwrap();
+    let agent = agentmesh_e2e::cluster().get("mla", name, Some(ns)).unwrap();
     assert!(
         agent["metadata"]["finalizers"]
             .as_array()
@@ -181,7 +159,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
 
     // ServiceAccount, with the IRSA annotation.
     let account = eventually(&mut operator, "the ServiceAccount", || {
-        get("serviceaccount", "probe-a-probe", Some(ns))
+        agentmesh_e2e::cluster().get("serviceaccount", "probe-a-probe", Some(ns))
     });
     assert_owned_by(&account, &agent);
     assert_labels(&account, name);
@@ -192,7 +170,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
 
     // ConfigMap: the probe's configuration file.
     let config_map = eventually(&mut operator, "the ConfigMap", || {
-        get("configmap", "probe-a-probe-config", Some(ns))
+        agentmesh_e2e::cluster().get("configmap", "probe-a-probe-config", Some(ns))
     });
     assert_owned_by(&config_map, &agent);
     assert_labels(&config_map, name);
@@ -205,7 +183,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
 
     // Cluster RBAC: exactly pod reads and report creation, bound to the ServiceAccount.
     let role = eventually(&mut operator, "the ClusterRole", || {
-        get("clusterrole", &rbac_name(ns, name), None)
+        agentmesh_e2e::cluster().get("clusterrole", &rbac_name(ns, name), None)
     });
     assert_labels(&role, name);
     assert_eq!(
@@ -216,7 +194,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
         ])
     );
     let binding = eventually(&mut operator, "the ClusterRoleBinding", || {
-        get("clusterrolebinding", &rbac_name(ns, name), None)
+        agentmesh_e2e::cluster().get("clusterrolebinding", &rbac_name(ns, name), None)
     });
     assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
     assert_eq!(binding["roleRef"]["name"], rbac_name(ns, name));
@@ -252,7 +230,9 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
     }
 
     // DaemonSet: the seed's posture.
-    let daemon_set = get("daemonset", "probe-a-probe", Some(ns)).unwrap();
+    let daemon_set = agentmesh_e2e::cluster()
+        .get("daemonset", "probe-a-probe", Some(ns))
+        .unwrap();
     assert_owned_by(&daemon_set, &agent);
     assert_labels(&daemon_set, name);
     let template = &daemon_set["spec"]["template"];
@@ -349,7 +329,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
 
     // Status: kwok runs the probe pods on its two fake nodes.
     let agent = eventually(&mut operator, "status: 2 of 2 nodes ready", || {
-        let agent = get("mla", name, Some(ns))?;
+        let agent = agentmesh_e2e::cluster().get("mla", name, Some(ns))?;
         let status = &agent["status"];
         let ready = status["desiredNodes"] == 2
             && status["readyNodes"] == 2
@@ -387,7 +367,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
     cluster().kubectl_ok(&["delete", "clusterrolebinding", &rbac_name(ns, name)]);
     let deleted = Instant::now();
     eventually(&mut operator, "the ClusterRoleBinding to come back", || {
-        get("clusterrolebinding", &rbac_name(ns, name), None)
+        agentmesh_e2e::cluster().get("clusterrolebinding", &rbac_name(ns, name), None)
     });
     assert!(
         deleted.elapsed() < Duration::from_secs(15),
@@ -414,18 +394,22 @@ fn editing_a_meshlogicagent_rolls_its_daemonset_and_nothing_else_does() {
     };
     // Settled: status written for the first generation and the first rollout done.
     eventually(&mut operator, "the first rollout", || {
-        let agent = get("mla", name, Some(ns))?;
+        let agent = agentmesh_e2e::cluster().get("mla", name, Some(ns))?;
         (agent["status"]["updatedNodes"] == 2
             && condition(&agent, "Progressing")?["status"] == "False")
             .then_some(())
     });
-    let before = get("daemonset", &ds_name, Some(ns)).unwrap();
+    let before = agentmesh_e2e::cluster()
+        .get("daemonset", &ds_name, Some(ns))
+        .unwrap();
     let generation = before["metadata"]["generation"].as_i64().unwrap();
 
     // A change that is not configuration (a label) triggers a reconcile but no roll.
     cluster().kubectl_ok(&["label", "mla", name, "-n", ns, "team=e2e"]);
     std::thread::sleep(Duration::from_secs(3));
-    let unchanged = get("daemonset", &ds_name, Some(ns)).unwrap();
+    let unchanged = agentmesh_e2e::cluster()
+        .get("daemonset", &ds_name, Some(ns))
+        .unwrap();
     assert_eq!(unchanged["metadata"]["generation"], generation);
     assert_eq!(hash_of(&unchanged), hash_of(&before));
 
@@ -442,7 +426,7 @@ fn editing_a_meshlogicagent_rolls_its_daemonset_and_nothing_else_does() {
         r#"{"spec":{"safetyTier":3,"ebpf":{"mutePaths":["/proc","/sys","/dev","/tmp"]}}}"#,
     ]);
     let after = eventually(&mut operator, "a new pod template", || {
-        let ds = get("daemonset", &ds_name, Some(ns))?;
+        let ds = agentmesh_e2e::cluster().get("daemonset", &ds_name, Some(ns))?;
         (hash_of(&ds) != hash_of(&before)).then_some(ds)
     });
     assert!(after["metadata"]["generation"].as_i64().unwrap() > generation);
@@ -459,7 +443,9 @@ fn editing_a_meshlogicagent_rolls_its_daemonset_and_nothing_else_does() {
         ]);
         (!events.trim().is_empty()).then_some(())
     });
-    let config_map = get("configmap", &format!("{name}-probe-config"), Some(ns)).unwrap();
+    let config_map = agentmesh_e2e::cluster()
+        .get("configmap", &format!("{name}-probe-config"), Some(ns))
+        .unwrap();
     let file: Value =
         serde_json::from_str(config_map["data"]["config.json"].as_str().unwrap()).unwrap();
     assert_eq!(file["spec"]["safetyTier"], 3);
@@ -470,7 +456,7 @@ fn editing_a_meshlogicagent_rolls_its_daemonset_and_nothing_else_does() {
 
     // The rollout completes on both nodes and status follows the new generation.
     let agent = eventually(&mut operator, "the second rollout in status", || {
-        let agent = get("mla", name, Some(ns))?;
+        let agent = agentmesh_e2e::cluster().get("mla", name, Some(ns))?;
         (agent["status"]["observedGeneration"] == agent["metadata"]["generation"]
             && agent["status"]["updatedNodes"] == 2
             && agent["status"]["readyNodes"] == 2
@@ -513,20 +499,39 @@ fn deleting_a_meshlogicagent_removes_everything_it_made() {
     let ns = namespace.name.as_str();
     let rbac = rbac_name(ns, name);
     eventually(&mut operator, "everything created", || {
-        (get("serviceaccount", &format!("{name}-probe"), Some(ns)).is_some()
-            && get("configmap", &format!("{name}-probe-config"), Some(ns)).is_some()
-            && get("clusterrole", &rbac, None).is_some()
-            && get("clusterrolebinding", &rbac, None).is_some())
+        (agentmesh_e2e::cluster()
+            .get("serviceaccount", &format!("{name}-probe"), Some(ns))
+            .is_some()
+            && agentmesh_e2e::cluster()
+                .get("configmap", &format!("{name}-probe-config"), Some(ns))
+                .is_some()
+            && agentmesh_e2e::cluster()
+                .get("clusterrole", &rbac, None)
+                .is_some()
+            && agentmesh_e2e::cluster()
+                .get("clusterrolebinding", &rbac, None)
+                .is_some())
         .then_some(())
     });
 
     cluster().kubectl_ok(&["delete", "mla", name, "-n", ns, "--wait=false"]);
     eventually(&mut operator, "the MeshLogicAgent to go", || {
-        get("mla", name, Some(ns)).is_none().then_some(())
+        agentmesh_e2e::cluster()
+            .get("mla", name, Some(ns))
+            .is_none()
+            .then_some(())
     });
     // Cluster-scoped: removed by the operator before it let the agent go.
-    assert!(get("clusterrole", &rbac, None).is_none());
-    assert!(get("clusterrolebinding", &rbac, None).is_none());
+    assert!(
+        agentmesh_e2e::cluster()
+            .get("clusterrole", &rbac, None)
+            .is_none()
+    );
+    assert!(
+        agentmesh_e2e::cluster()
+            .get("clusterrolebinding", &rbac, None)
+            .is_none()
+    );
     // Namespaced: removed by the garbage collector, through their owner reference.
     for (kind, object) in [
         ("daemonset", format!("{name}-probe")),
@@ -534,7 +539,10 @@ fn deleting_a_meshlogicagent_removes_everything_it_made() {
         ("serviceaccount", format!("{name}-probe")),
     ] {
         eventually(&mut operator, &format!("{kind} {object} to go"), || {
-            get(kind, &object, Some(ns)).is_none().then_some(())
+            agentmesh_e2e::cluster()
+                .get(kind, &object, Some(ns))
+                .is_none()
+                .then_some(())
         });
     }
     assert!(operator.logs().contains("cleaned up cluster-scoped RBAC"));
@@ -616,11 +624,15 @@ fn the_operator_needs_only_the_rbac_it_documents() {
     };
     cluster.apply(ns, &agent_yaml(ns, name));
     eventually(&mut operator, "status: 2 of 2 nodes ready", || {
-        let agent = get("mla", name, Some(ns))?;
+        let agent = agentmesh_e2e::cluster().get("mla", name, Some(ns))?;
         (agent["status"]["readyNodes"] == 2 && condition(&agent, "Available")?["status"] == "True")
             .then_some(())
     });
-    assert!(get("clusterrolebinding", &rbac_name(ns, name), None).is_some());
+    assert!(
+        agentmesh_e2e::cluster()
+            .get("clusterrolebinding", &rbac_name(ns, name), None)
+            .is_some()
+    );
     eventually(&mut operator, "a Created Event", || {
         let events = cluster.kubectl_ok(&[
             "get",
@@ -636,10 +648,21 @@ fn the_operator_needs_only_the_rbac_it_documents() {
     });
     cluster.kubectl_ok(&["delete", "mla", name, "-n", ns, "--wait=false"]);
     eventually(&mut operator, "the MeshLogicAgent to go", || {
-        get("mla", name, Some(ns)).is_none().then_some(())
+        agentmesh_e2e::cluster()
+            .get("mla", name, Some(ns))
+            .is_none()
+            .then_some(())
     });
-    assert!(get("clusterrole", &rbac_name(ns, name), None).is_none());
-    assert!(get("clusterrolebinding", &rbac_name(ns, name), None).is_none());
+    assert!(
+        agentmesh_e2e::cluster()
+            .get("clusterrole", &rbac_name(ns, name), None)
+            .is_none()
+    );
+    assert!(
+        agentmesh_e2e::cluster()
+            .get("clusterrolebinding", &rbac_name(ns, name), None)
+            .is_none()
+    );
     let logs = operator.logs();
     assert!(
         !logs.contains("forbidden") && !logs.contains("Forbidden"),
@@ -651,7 +674,7 @@ fn the_operator_needs_only_the_rbac_it_documents() {
 /// CRD when there is none, and never touches an existing one (a real Prometheus Operator's).
 fn ensure_service_monitor_crd() {
     let crd = "servicemonitors.monitoring.coreos.com";
-    if get("crd", crd, None).is_none() {
+    if agentmesh_e2e::cluster().get("crd", crd, None).is_none() {
         let manifest = json!({
             "apiVersion": "apiextensions.k8s.io/v1",
             "kind": "CustomResourceDefinition",
@@ -695,12 +718,20 @@ fn a_service_monitor_is_made_when_asked_and_removed_when_not() {
     let monitor = format!("{name}-probe");
     // Off by default: status written means the whole pass ran, and made neither.
     eventually(&mut operator, "the first status", || {
-        get("mla", name, Some(ns))?["status"]["observedGeneration"]
+        agentmesh_e2e::cluster().get("mla", name, Some(ns))?["status"]["observedGeneration"]
             .as_i64()
             .map(|_| ())
     });
-    assert!(get("service", &service, Some(ns)).is_none());
-    assert!(get("servicemonitor", &monitor, Some(ns)).is_none());
+    assert!(
+        agentmesh_e2e::cluster()
+            .get("service", &service, Some(ns))
+            .is_none()
+    );
+    assert!(
+        agentmesh_e2e::cluster()
+            .get("servicemonitor", &monitor, Some(ns))
+            .is_none()
+    );
 
     let patch = |enabled: bool| {
         cluster().kubectl_ok(&[
@@ -718,13 +749,15 @@ fn a_service_monitor_is_made_when_asked_and_removed_when_not() {
     };
     patch(true);
     let made = eventually(&mut operator, "the ServiceMonitor", || {
-        get("servicemonitor", &monitor, Some(ns))
+        agentmesh_e2e::cluster().get("servicemonitor", &monitor, Some(ns))
     });
-    let agent = get("mla", name, Some(ns)).unwrap();
+    let agent = agentmesh_e2e::cluster().get("mla", name, Some(ns)).unwrap();
     assert_owned_by(&made, &agent);
     assert_eq!(made["spec"]["endpoints"][0]["interval"], "15s");
     assert_eq!(made["spec"]["endpoints"][0]["port"], "metrics");
-    let svc = get("service", &service, Some(ns)).expect("the metrics Service");
+    let svc = agentmesh_e2e::cluster()
+        .get("service", &service, Some(ns))
+        .expect("the metrics Service");
     assert_owned_by(&svc, &agent);
     assert_eq!(svc["spec"]["clusterIP"], "None");
     assert_eq!(svc["spec"]["ports"][0]["port"], 9090);
@@ -732,7 +765,9 @@ fn a_service_monitor_is_made_when_asked_and_removed_when_not() {
         assert_eq!(&svc["metadata"]["labels"][key], value, "label {key}");
     }
     for (key, value) in svc["spec"]["selector"].as_object().unwrap() {
-        let template = get("daemonset", &monitor, Some(ns)).unwrap();
+        let template = agentmesh_e2e::cluster()
+            .get("daemonset", &monitor, Some(ns))
+            .unwrap();
         assert_eq!(
             &template["spec"]["template"]["metadata"]["labels"][key], value,
             "the Service does not select the probe pods on {key}"
@@ -744,8 +779,12 @@ fn a_service_monitor_is_made_when_asked_and_removed_when_not() {
         &mut operator,
         "the ServiceMonitor and Service to go",
         || {
-            (get("servicemonitor", &monitor, Some(ns)).is_none()
-                && get("service", &service, Some(ns)).is_none())
+            (agentmesh_e2e::cluster()
+                .get("servicemonitor", &monitor, Some(ns))
+                .is_none()
+                && agentmesh_e2e::cluster()
+                    .get("service", &service, Some(ns))
+                    .is_none())
             .then_some(())
         },
     );

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use agentmesh_e2e::operator::{OperatorProcess, http_request};
-use agentmesh_e2e::{TestNamespace, cluster};
+use agentmesh_e2e::{TestNamespace, cluster, condition};
 use serde_json::{Value, json};
 
 /// Short leases so that a killed leader is replaced within seconds.
@@ -13,14 +13,6 @@ const FAST_LEASE: [(&str, &str); 2] = [
     ("MESHLOGIC_LEASE_SECONDS", "3"),
     ("MESHLOGIC_STATUS_INTERVAL_SECONDS", "1"),
 ];
-
-fn get_json(kind: &str, name: &str, namespace: &str) -> Option<Value> {
-    let output = cluster().kubectl(&["get", kind, name, "-n", namespace, "-o", "json"]);
-    output
-        .status
-        .success()
-        .then(|| serde_json::from_slice(&output.stdout).unwrap())
-}
 
 /// Polls `kind/name` until `check` holds on it; panics with the last object and the logs.
 fn wait_for(
@@ -36,18 +28,13 @@ fn wait_for(
         Duration::from_secs(60),
         &format!("{kind}/{name}: {what} (last: {last})"),
         |_| {
-            last = get_json(kind, name, namespace).unwrap_or(Value::Null);
+            last = cluster()
+                .get(kind, name, Some(namespace))
+                .unwrap_or(Value::Null);
             check(&last)
         },
     );
     last
-}
-
-fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
 }
 
 fn condition_is(object: &Value, type_: &str, status: &str) -> bool {
@@ -92,7 +79,9 @@ fn identities_get_a_key_secret_a_did_a_score_and_verified_delegations() {
     assert_eq!(parent["status"]["tier"], "trusted");
     assert_eq!(parent["status"]["quarantined"], false);
     assert_eq!(parent["status"]["keySecretName"], "parent-agentmesh-key");
-    let secret = get_json("secret", "parent-agentmesh-key", ns).expect("the key Secret exists");
+    let secret = cluster()
+        .get("secret", "parent-agentmesh-key", Some(ns))
+        .expect("the key Secret exists");
     assert!(secret["data"]["private-key"].is_string());
     assert_eq!(
         secret["metadata"]["ownerReferences"][0]["name"], "parent",
@@ -245,7 +234,7 @@ fn reports_move_scores_forged_ones_do_not_and_scores_survive_restarts_and_leader
         "score 800 and one pod",
         |o| o["status"]["trustScore"] == 800 && o["status"]["podsMatched"] == 1,
     );
-    let pod = get_json("pod", "agent-0", ns).unwrap();
+    let pod = cluster().get("pod", "agent-0", Some(ns)).unwrap();
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
     let token = reporter_token(ns, true);
     let intruder = reporter_token(ns, false);
@@ -259,7 +248,7 @@ fn reports_move_scores_forged_ones_do_not_and_scores_survive_restarts_and_leader
     assert_eq!(code, 400, "{answer}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        get_json("agentidentity", "agent", ns).unwrap()["status"]["trustScore"],
+        cluster().get("agentidentity", "agent", Some(ns)).unwrap()["status"]["trustScore"],
         800,
         "a refused report changed the score"
     );
@@ -321,7 +310,7 @@ fn reports_move_scores_forged_ones_do_not_and_scores_survive_restarts_and_leader
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        get_json("agentidentity", "agent", ns).unwrap()["status"]["trustScore"],
+        cluster().get("agentidentity", "agent", Some(ns)).unwrap()["status"]["trustScore"],
         650,
         "the new leader lost the score"
     );
@@ -342,7 +331,7 @@ fn reports_move_scores_forged_ones_do_not_and_scores_survive_restarts_and_leader
         |o| o.is_leader(),
     );
     std::thread::sleep(Duration::from_secs(3));
-    let agent = get_json("agentidentity", "agent", ns).unwrap();
+    let agent = cluster().get("agentidentity", "agent", Some(ns)).unwrap();
     assert_eq!(
         agent["status"]["trustScore"], 500,
         "a restart changed the score: {agent}"
@@ -448,7 +437,7 @@ fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
             |o| o["status"]["did"].is_string() && o["status"]["trustScore"] == 800,
         );
     }
-    let uid = get_json("pod", "agent-0", ns).unwrap()["metadata"]["uid"]
+    let uid = cluster().get("pod", "agent-0", Some(ns)).unwrap()["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -485,7 +474,7 @@ fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
         .iter()
         .find(|p| p["name"] == "peer")
         .expect("the peer is listed");
-    let peer_status = get_json("agentidentity", "peer", ns).unwrap()["status"].clone();
+    let peer_status = cluster().get("agentidentity", "peer", Some(ns)).unwrap()["status"].clone();
     assert_eq!(
         (&peer["did"], &peer["publicKey"]),
         (&peer_status["did"], &peer_status["publicKey"])

@@ -30,11 +30,6 @@ fn probe_binary() -> PathBuf {
     operator.with_file_name("meshlogic-probe")
 }
 
-fn get_json(kind: &str, name: &str, namespace: &str) -> Value {
-    serde_json::from_str(&cluster().kubectl_ok(&["get", kind, name, "-n", namespace, "-o", "json"]))
-        .unwrap()
-}
-
 /// Removes the test's pod cgroup (and its parents it created) and stops the probe.
 struct Cleanup {
     probe: Option<Child>,
@@ -87,7 +82,9 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
         "spec": {"nodeName": NODE, "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
     );
-    let uid = get_json("pod", "agent-0", ns)["metadata"]["uid"]
+    let uid = cluster()
+        .get("pod", "agent-0", Some(ns))
+        .expect("it exists")["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -99,7 +96,10 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
                 .kubectl(&["get", "serviceaccount", "mla-probe", "-n", ns])
                 .status
                 .success()
-                && get_json("agentidentity", "agent", ns)["status"]["trustScore"] == 800
+                && cluster()
+                    .get("agentidentity", "agent", Some(ns))
+                    .expect("it exists")["status"]["trustScore"]
+                    == 800
         },
     );
 
@@ -165,7 +165,9 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
         |_| {
             let status = Command::new("sh").args(["-c", &script]).status().unwrap();
             assert!(status.success());
-            agent = get_json("agentidentity", "agent", ns);
+            agent = cluster()
+                .get("agentidentity", "agent", Some(ns))
+                .expect("it exists");
             agent["status"]["trustScore"] == 600
         },
     );
@@ -183,7 +185,9 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
         Duration::from_secs(45),
         "the node's tier in MeshLogicAgent status",
         |_| {
-            let mla = get_json("meshlogicagent", "mla", ns);
+            let mla = cluster()
+                .get("meshlogicagent", "mla", Some(ns))
+                .expect("it exists");
             mla["status"]["nodes"]
                 .as_array()
                 .is_some_and(|nodes| nodes.iter().any(|n| n["node"] == NODE && n["tier"] == 2))

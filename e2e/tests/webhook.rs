@@ -58,7 +58,13 @@ impl Installation {
                 &["apply", "-n", &self.app.name, "-f", "-"],
                 Some(&pod(&name, &[]).to_string()),
             );
-            if output.status.success() && is_injected(&get_pod(&self.app.name, &name)) {
+            if output.status.success()
+                && is_injected(
+                    &agentmesh_e2e::cluster()
+                        .get("pod", &name, Some(&self.app.name))
+                        .expect("the pod exists"),
+                )
+            {
                 let _ = cluster().kubectl(&[
                     "delete",
                     "pod",
@@ -108,13 +114,6 @@ fn pod(name: &str, annotations: &[(&str, &str)]) -> Value {
         "metadata": {"name": name, "annotations": annotations},
         "spec": {"containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}
     })
-}
-
-fn get_pod(namespace: &str, name: &str) -> Value {
-    serde_json::from_str(
-        &cluster().kubectl_ok(&["get", "pod", name, "-n", namespace, "-o", "json"]),
-    )
-    .unwrap()
 }
 
 fn sidecar(pod: &Value) -> Option<&Value> {
@@ -277,7 +276,11 @@ fn a_deployment_in_a_labelled_namespace_gets_the_sidecar_and_an_unlabelled_one_d
     for attempt in 0.. {
         let name = format!("unlabelled-{attempt}");
         cluster.apply(app, &pod(&name, &[]).to_string());
-        if !is_injected(&get_pod(app, &name)) {
+        if !is_injected(
+            &agentmesh_e2e::cluster()
+                .get("pod", &name, Some(app))
+                .expect("the pod exists"),
+        ) {
             break;
         }
         assert!(
@@ -300,8 +303,16 @@ fn opted_out_and_host_network_pods_are_skipped_with_an_event() {
     let mut host = pod("host-net", &[]);
     host["spec"]["hostNetwork"] = true.into();
     cluster.apply(app, &host.to_string());
-    assert!(!is_injected(&get_pod(app, "opted-out")));
-    assert!(!is_injected(&get_pod(app, "host-net")));
+    assert!(!is_injected(
+        &agentmesh_e2e::cluster()
+            .get("pod", "opted-out", Some(app))
+            .expect("the pod exists")
+    ));
+    assert!(!is_injected(
+        &agentmesh_e2e::cluster()
+            .get("pod", "host-net", Some(app))
+            .expect("the pod exists")
+    ));
     let start = Instant::now();
     loop {
         let all = events(app);
@@ -364,7 +375,11 @@ fn with_the_operator_stopped_pod_creation_follows_the_failure_policy() {
         Installation::start("ignore", &[("MESHLOGIC_WEBHOOK_FAILURE_POLICY", "ignore")]);
     install.operator.kill();
     cluster().apply(&install.app.name, &pod("while-down", &[]).to_string());
-    assert!(!is_injected(&get_pod(&install.app.name, "while-down")));
+    assert!(!is_injected(
+        &agentmesh_e2e::cluster()
+            .get("pod", "while-down", Some(&install.app.name))
+            .expect("the pod exists")
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
