@@ -8,8 +8,12 @@
 #include <bpf/bpf_tracing.h>
 #include "probe.h"
 
-/* tp_btf programs attach through BTF, with no need for tracefs (often not mounted on nodes);
- * syscalls are observed at the raw sys_enter tracepoint, filtered on the syscall number. */
+/* tp_btf programs attach through BTF, with no need for tracefs (often not mounted on nodes).
+ * File opens are observed at the raw sys_enter tracepoint, filtered on the syscall number: on a
+ * kernel without kprobes, fentry and BPF LSM it is the only hook that sees them, and its mere
+ * presence puts every syscall of the node on the kernel's slow path, so it is attached only when
+ * file events are wanted. Connects are observed by the cgroup connect programs instead, which
+ * run on connect() alone. */
 #if defined(__TARGET_ARCH_x86)
 #define NR_OPEN 2
 #define NR_CONNECT 42
@@ -27,6 +31,8 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SIGKILL 9
+/* emit() counts nothing (refusals are counted whether or not their event fits). */
+#define NO_COUNTER C_COUNT
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -35,10 +41,10 @@ const volatile bool filter_pods = true; /* only tasks under a watched pod cgroup
 const volatile bool enforce = false;    /* tier 3: kill denied execs */
 const volatile bool report_exec = true; /* false: exec is loaded for tier 3 only, not observed */
 const volatile bool observe_file = true;
-/* Wake the consumer only once this much data waits (it also drains every few milliseconds):
- * a wake-up per event would cost more than the event itself. */
-const volatile __u64 wakeup_bytes = 1 << 18;
 const volatile bool observe_network = true;
+/* Wake the consumer once per this many events (a power of two) sent from one CPU; it also drains
+ * every few milliseconds. A wake-up per event would cost more than the event itself. */
+const volatile __u64 wakeup_every = 256;
 
 /* Keeps the event layout in the skeleton's BTF so that a Rust test can check its mirror. */
 struct event event_layout = {};
@@ -55,11 +61,17 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Per-CPU scratch: the event being built, and events sent since the last wake-up. */
+struct scratch {
+	__u64 sent;
+	struct event event;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct event);
+	__type(value, struct scratch);
 } event_heap SEC(".maps");
 
 struct {
@@ -76,6 +88,31 @@ struct {
 	__type(key, __u64);
 	__type(value, __u32);
 } pod_cgroups SEC(".maps");
+
+/* Bumped by user space whenever pod_cgroups changes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} pods_generation SEC(".maps");
+
+/* A task's cgroup -> its pod cgroup (0: none) and that pod's flags, as found under
+ * pods_generation. A cgroup's ancestry never changes and ids are never reused, so an entry
+ * stays true until pod_cgroups changes; it saves the walk up the hierarchy on every event. */
+struct pod_of {
+	__u64 pod;
+	__u64 generation;
+	__u32 flags;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct pod_of);
+} cgroup_pod SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -116,12 +153,6 @@ struct {
 	__type(value, __u8);
 } allowed_dest SEC(".maps");
 
-static __always_inline __u64 wakeup_flag(void)
-{
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-									     : BPF_RB_NO_WAKEUP;
-}
-
 static __always_inline void count(__u32 which)
 {
 	__u64 *value = bpf_map_lookup_elem(&counters, &which);
@@ -130,8 +161,8 @@ static __always_inline void count(__u32 which)
 }
 
 /* The nearest ancestor of the current task's cgroup (itself included) that is a watched pod
- * cgroup; its flags in *flags. Bounded loop: the verifier sees at most MAX_CGROUP_LEVEL turns. */
-static __always_inline __u64 find_pod(__u32 *flags)
+ * cgroup, and its flags. Bounded loop: the verifier sees at most MAX_CGROUP_LEVEL turns. */
+static __always_inline __u64 walk_to_pod(__u32 *flags)
 {
 	for (int level = 1; level <= MAX_CGROUP_LEVEL; level++) {
 		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
@@ -146,16 +177,39 @@ static __always_inline __u64 find_pod(__u32 *flags)
 	return 0;
 }
 
-static __always_inline struct event *new_event(__u32 kind, __u64 pod)
+/* The current task's watched pod cgroup, 0 when none; its POD_* flags in *flags. The task's
+ * cgroup id is read through BTF pointers: no helper call and no RCU section of its own on the
+ * path every observed syscall takes. */
+static __always_inline __u64 find_pod(__u32 *flags)
 {
 	__u32 zero = 0;
-	struct event *e = bpf_map_lookup_elem(&event_heap, &zero);
-	if (!e)
+	__u64 *current = bpf_map_lookup_elem(&pods_generation, &zero);
+	if (!current)
 		return 0;
+	__u64 generation = *current;
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 cgroup = task->cgroups->dfl_cgrp->kn->id;
+	struct pod_of *cached = bpf_map_lookup_elem(&cgroup_pod, &cgroup);
+	if (cached && cached->generation == generation) {
+		*flags = cached->flags;
+		return cached->pod;
+	}
+	struct pod_of found = { .generation = generation };
+	found.pod = walk_to_pod(&found.flags);
+	bpf_map_update_elem(&cgroup_pod, &cgroup, &found, BPF_ANY);
+	*flags = found.flags;
+	return found.pod;
+}
+
+static __always_inline struct scratch *new_event(__u32 kind, __u64 pod)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&event_heap, &zero);
+	if (!s)
+		return 0;
+	struct event *e = &s->event;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	e->ts_ns = bpf_ktime_get_ns();
 	e->pod_cgroup_id = pod;
-	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->pid = (__u32)pid_tgid;
 	e->tgid = pid_tgid >> 32;
 	e->ppid = 0;
@@ -167,12 +221,14 @@ static __always_inline struct event *new_event(__u32 kind, __u64 pod)
 	e->path_len = 0;
 	e->lpm_prefixlen = 0;
 	e->comm[0] = 0; /* filled for execs only: user space does not need it elsewhere */
-	return e;
+	return s;
 }
 
-/* Sends the event with path_bytes of its path; counts a drop when the ring buffer is full. */
-static __always_inline void emit(struct event *e, long path_bytes, __u32 counter)
+/* Sends the event with path_bytes of its path; counts a drop when the ring buffer is full.
+ * urgent: wake the consumer now (tier 3 refusals). */
+static __always_inline void emit(struct scratch *s, long path_bytes, __u32 counter, bool urgent)
 {
+	struct event *e = &s->event;
 	if (path_bytes < 0)
 		path_bytes = 0;
 	if (path_bytes > PATH_LEN)
@@ -181,7 +237,10 @@ static __always_inline void emit(struct event *e, long path_bytes, __u32 counter
 	__u64 size = __builtin_offsetof(struct event, path) + (__u64)path_bytes;
 	if (size > sizeof(*e))
 		return;
-	if (bpf_ringbuf_output(&events, e, size, wakeup_flag()))
+	s->sent++;
+	__u64 wakeup = urgent || !(s->sent & (wakeup_every - 1)) ? BPF_RB_FORCE_WAKEUP
+								  : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, size, wakeup))
 		count(C_RINGBUF_DROPS);
 	else
 		count(counter);
@@ -196,9 +255,10 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 		count(C_UNWATCHED);
 		return 0;
 	}
-	struct event *e = new_event(EV_EXEC, pod);
-	if (!e)
+	struct scratch *s = new_event(EV_EXEC, pod);
+	if (!s)
 		return 0;
+	struct event *e = &s->event;
 	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	const char *filename = BPF_CORE_READ(bprm, filename);
@@ -215,14 +275,15 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 				/* The new image never runs a user instruction: the signal is delivered
 				 * on the way back to user space. */
 				bpf_send_signal(SIGKILL);
+				count(C_BLOCKED_EXEC);
 				e->kind = EV_BLOCKED_EXEC;
-				emit(e, n, C_BLOCKED_EXEC);
+				emit(s, n, NO_COUNTER, true);
 				return 0;
 			}
 		}
 	}
 	if (report_exec)
-		emit(e, n, C_EXEC);
+		emit(s, n, C_EXEC, false);
 	return 0;
 }
 
@@ -238,11 +299,11 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 		count(C_UNWATCHED);
 		return 0;
 	}
-	struct event *e = new_event(EV_EXIT, pod);
-	if (!e)
+	struct scratch *s = new_event(EV_EXIT, pod);
+	if (!s)
 		return 0;
-	e->flags = BPF_CORE_READ(p, exit_code) >> 8;
-	emit(e, 0, C_EXIT);
+	s->event.flags = BPF_CORE_READ(p, exit_code) >> 8;
+	emit(s, 0, C_EXIT, false);
 	return 0;
 }
 
@@ -254,9 +315,10 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 		count(C_UNWATCHED);
 		return 0;
 	}
-	struct event *e = new_event(EV_OPEN, pod);
-	if (!e)
+	struct scratch *s = new_event(EV_OPEN, pod);
+	if (!s)
 		return 0;
+	struct event *e = &s->event;
 	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), filename);
 	if (n <= 0) {
 		e->path[0] = 0;
@@ -271,60 +333,25 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 	}
 	e->lpm_prefixlen = 0;
 	e->flags = open_flags;
-	emit(e, n, C_OPEN);
+	emit(s, n, C_OPEN, false);
 	return 0;
 }
 
-static __always_inline int handle_connect(const void *uaddr)
-{
-	__u32 flags = 0;
-	__u64 pod = find_pod(&flags);
-	if (filter_pods && !pod) {
-		count(C_UNWATCHED);
-		return 0;
-	}
-	__u16 family = 0;
-	if (bpf_probe_read_user(&family, sizeof(family), uaddr))
-		return 0;
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
-	struct event *e = new_event(EV_CONNECT, pod);
-	if (!e)
-		return 0;
-	e->family = family;
-	if (family == AF_INET) {
-		struct sockaddr_in sa = {};
-		bpf_probe_read_user(&sa, sizeof(sa), uaddr);
-		e->port = bpf_ntohs(sa.sin_port);
-		__builtin_memcpy(e->addr, &sa.sin_addr.s_addr, 4);
-	} else {
-		struct sockaddr_in6 sa = {};
-		bpf_probe_read_user(&sa, sizeof(sa), uaddr);
-		e->port = bpf_ntohs(sa.sin6_port);
-		__builtin_memcpy(e->addr, &sa.sin6_addr, 16);
-	}
-	emit(e, 0, C_CONNECT);
-	return 0;
-}
-
+/* Registers are read in place (tp_btf gives a typed pointer): no helper call per argument. */
 SEC("tp_btf/sys_enter")
 int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 {
-	if (observe_file) {
-		if (id == NR_OPENAT)
-			return handle_open((const char *)PT_REGS_PARM2_CORE_SYSCALL(regs),
-					   (__s32)PT_REGS_PARM3_CORE_SYSCALL(regs));
-		if (id == NR_OPENAT2) {
-			struct open_how how = {};
-			bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
-			return handle_open((const char *)PT_REGS_PARM2_CORE_SYSCALL(regs), (__s32)how.flags);
-		}
-		if (id == NR_OPEN)
-			return handle_open((const char *)PT_REGS_PARM1_CORE_SYSCALL(regs),
-					   (__s32)PT_REGS_PARM2_CORE_SYSCALL(regs));
+	if (id == NR_OPENAT)
+		return handle_open((const char *)PT_REGS_PARM2_SYSCALL(regs),
+				   (__s32)PT_REGS_PARM3_SYSCALL(regs));
+	if (id == NR_OPENAT2) {
+		struct open_how how = {};
+		bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_SYSCALL(regs));
+		return handle_open((const char *)PT_REGS_PARM2_SYSCALL(regs), (__s32)how.flags);
 	}
-	if (observe_network && id == NR_CONNECT)
-		return handle_connect((const void *)PT_REGS_PARM2_CORE_SYSCALL(regs));
+	if (id == NR_OPEN)
+		return handle_open((const char *)PT_REGS_PARM1_SYSCALL(regs),
+				   (__s32)PT_REGS_PARM2_SYSCALL(regs));
 	return 0;
 }
 
@@ -355,67 +382,82 @@ static __always_inline bool dest_allowed(__u64 pod, __u32 family, const void *ad
 	return bpf_map_lookup_elem(&allowed_dest, &key) != 0;
 }
 
-static __always_inline int refuse(__u64 pod, __u32 family, const void *addr, __u32 len, __u16 port)
+/* Sends a connect (observed or refused) of the current task. */
+static __always_inline void connect_event(__u32 kind, __u64 pod, __u32 family, const void *addr,
+					  __u32 len, __u16 port, __u32 counter)
 {
-	count(C_BLOCKED_CONNECT);
-	struct event *e = new_event(EV_BLOCKED_CONNECT, pod);
-	if (!e)
-		return 0;
+	struct scratch *s = new_event(kind, pod);
+	if (!s)
+		return;
+	struct event *e = &s->event;
 	e->family = family;
 	e->port = port;
 	if (len == 4)
 		__builtin_memcpy(e->addr, addr, 4);
 	else
 		__builtin_memcpy(e->addr, addr, 16);
-	if (bpf_ringbuf_output(&events, e, __builtin_offsetof(struct event, path), BPF_RB_FORCE_WAKEUP))
-		count(C_RINGBUF_DROPS);
-	return 0; /* connect() fails with EPERM */
+	emit(s, 0, counter, kind == EV_BLOCKED_CONNECT);
 }
 
-SEC("cgroup/connect4")
-int enforce_connect4(struct bpf_sock_addr *ctx)
+/* Whether tier 3 refuses this connect of an enforced pod. */
+static __always_inline bool connect_refused(__u64 pod, __u32 flags, __u32 family, const void *addr,
+					    __u32 len, __u16 port)
+{
+	if (!enforce || !(flags & POD_ENFORCED))
+		return false;
+	if (dest_allowed(pod, family, addr, len, port))
+		return false;
+	if (flags & POD_QUARANTINED)
+		return true;
+	struct net_rule *rule;
+	if (len == 4) {
+		struct net4_key key = { .prefixlen = 64 + 32 };
+		__builtin_memcpy(key.pod, &pod, 8);
+		__builtin_memcpy(key.addr, addr, 4);
+		rule = bpf_map_lookup_elem(&deny_net4, &key);
+	} else {
+		struct net6_key key = { .prefixlen = 64 + 128 };
+		__builtin_memcpy(key.pod, &pod, 8);
+		__builtin_memcpy(key.addr, addr, 16);
+		rule = bpf_map_lookup_elem(&deny_net6, &key);
+	}
+	return rule && port_denied(rule, port);
+}
+
+/* Every connect() in the cgroup tree: observed (tier 2 and 3) and refused when tier 3 says so
+ * (the caller gets EPERM). Returns 1 to let the connect through, 0 to refuse it. */
+static __always_inline int handle_connect(__u32 family, const void *addr, __u32 len, __u16 port)
 {
 	__u32 flags = 0;
 	__u64 pod = find_pod(&flags);
-	if (!pod || !(flags & POD_ENFORCED))
+	if (filter_pods && !pod) {
+		count(C_UNWATCHED);
 		return 1;
-	__u32 ip = ctx->user_ip4;
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	if (dest_allowed(pod, AF_INET, &ip, 4, port))
-		return 1;
-	if (flags & POD_QUARANTINED)
-		return refuse(pod, AF_INET, &ip, 4, port);
-	struct net4_key key = { .prefixlen = 64 + 32 };
-	__builtin_memcpy(key.pod, &pod, 8);
-	__builtin_memcpy(key.addr, &ip, 4);
-	struct net_rule *rule = bpf_map_lookup_elem(&deny_net4, &key);
-	if (rule && port_denied(rule, port))
-		return refuse(pod, AF_INET, &ip, 4, port);
+	}
+	if (connect_refused(pod, flags, family, addr, len, port)) {
+		count(C_BLOCKED_CONNECT);
+		connect_event(EV_BLOCKED_CONNECT, pod, family, addr, len, port, NO_COUNTER);
+		return 0;
+	}
+	if (observe_network)
+		connect_event(EV_CONNECT, pod, family, addr, len, port, C_CONNECT);
 	return 1;
 }
 
-SEC("cgroup/connect6")
-int enforce_connect6(struct bpf_sock_addr *ctx)
+SEC("cgroup/connect4")
+int handle_connect4(struct bpf_sock_addr *ctx)
 {
-	__u32 flags = 0;
-	__u64 pod = find_pod(&flags);
-	if (!pod || !(flags & POD_ENFORCED))
-		return 1;
+	__u32 ip = ctx->user_ip4;
+	return handle_connect(AF_INET, &ip, 4, bpf_ntohs((__u16)ctx->user_port));
+}
+
+SEC("cgroup/connect6")
+int handle_connect6(struct bpf_sock_addr *ctx)
+{
 	__u32 ip[4];
 	ip[0] = ctx->user_ip6[0];
 	ip[1] = ctx->user_ip6[1];
 	ip[2] = ctx->user_ip6[2];
 	ip[3] = ctx->user_ip6[3];
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	if (dest_allowed(pod, AF_INET6, ip, 16, port))
-		return 1;
-	if (flags & POD_QUARANTINED)
-		return refuse(pod, AF_INET6, ip, 16, port);
-	struct net6_key key = { .prefixlen = 64 + 128 };
-	__builtin_memcpy(key.pod, &pod, 8);
-	__builtin_memcpy(key.addr, ip, 16);
-	struct net_rule *rule = bpf_map_lookup_elem(&deny_net6, &key);
-	if (rule && port_denied(rule, port))
-		return refuse(pod, AF_INET6, ip, 16, port);
-	return 1;
+	return handle_connect(AF_INET6, ip, 16, bpf_ntohs((__u16)ctx->user_port));
 }

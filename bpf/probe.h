@@ -39,9 +39,7 @@ enum counter {
 #define POD_QUARANTINED 4u
 
 struct event {
-	__u64 ts_ns;
 	__u64 pod_cgroup_id; /* the watched ancestor cgroup (the pod's), 0 when none */
-	__u64 cgroup_id;     /* the task's own cgroup (its container's) */
 	__u32 pid;
 	__u32 tgid;
 	__u32 ppid;

@@ -160,7 +160,8 @@ pub async fn start(config: ProbeConfig) -> Result<ProbeHandle, StartError> {
                 enable_network: config.enable_network,
                 mute_paths: config.mute_paths.clone(),
                 filter_pods: config.filter_pods,
-                blocking_cgroup_root: (tier == Tier::Blocking).then(|| config.cgroup_root.clone()),
+                cgroup_root: config.cgroup_root.clone(),
+                blocking: tier == Tier::Blocking,
             };
             match KernelProbe::start(options, shared.clone(), metrics.clone()) {
                 Ok(probe) => {

@@ -30,7 +30,11 @@ async fn attribution(layout: Layout) {
         "{:?}",
         probe.status.fallback_reason()
     );
-    assert_eq!(probe.status.programs_loaded(), 3, "exec, exit, sys_enter");
+    assert_eq!(
+        probe.status.programs_loaded(),
+        5,
+        "exec, exit, sys_enter (opens), cgroup connect4 and connect6"
+    );
 
     let pod = TestPod::new(layout);
     let other = TestPod::new(layout);
@@ -86,7 +90,7 @@ async fn attribution(layout: Layout) {
         } => {
             assert_eq!(
                 (tier, node.as_str(), agent.as_str(), programs_loaded),
-                (2, "test-node", "meshlogic/test-agent", 3)
+                (2, "test-node", "meshlogic/test-agent", 5)
             );
         }
         other => panic!("the probe reported as {other:?}"),
@@ -191,8 +195,8 @@ async fn disabling_a_category_stops_its_events() {
         .unwrap();
     assert_eq!(
         probe.status.programs_loaded(),
-        1,
-        "sys_enter (opens and connects)"
+        3,
+        "sys_enter (opens), cgroup connect4 and connect6"
     );
     let pod = TestPod::new(Layout::Systemd);
     common::wait_watched(&probe, &[&pod]).await;

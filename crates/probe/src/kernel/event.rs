@@ -37,9 +37,7 @@ pub const POD_QUARANTINED: u32 = 4;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventHeader {
-    pub ts_ns: u64,
     pub pod_cgroup_id: u64,
-    pub cgroup_id: u64,
     pub pid: u32,
     pub tgid: u32,
     pub ppid: u32,

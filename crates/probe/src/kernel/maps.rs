@@ -296,6 +296,19 @@ pub fn apply(skel: &super::skel::ProbeSkel<'_>, old: &KernelState, new: &KernelS
     for key in old.allowed.difference(&new.allowed) {
         report("allowed_dest", maps.allowed_dest.delete(key));
     }
+    // Last: the programs' cache of each cgroup's pod and flags is stale now.
+    if old.pods != new.pods {
+        report("pods_generation", bump_generation(&maps.pods_generation));
+    }
+}
+
+fn bump_generation(map: &libbpf_rs::MapMut<'_>) -> libbpf_rs::Result<()> {
+    let key = 0u32.to_ne_bytes();
+    let current = map
+        .lookup(&key, MapFlags::ANY)?
+        .and_then(|value| value.try_into().ok())
+        .map_or(0, u64::from_ne_bytes);
+    map.update(&key, &current.wrapping_add(1).to_ne_bytes(), MapFlags::ANY)
 }
 
 #[cfg(test)]

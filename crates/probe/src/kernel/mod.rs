@@ -36,9 +36,11 @@ pub struct KernelOptions {
     pub enable_network: bool,
     pub mute_paths: Vec<String>,
     pub filter_pods: bool,
-    /// Tier 3: load the exec kill and the cgroup connect programs, attached at this cgroup v2
-    /// root.
-    pub blocking_cgroup_root: Option<PathBuf>,
+    /// The cgroup v2 root, where the connect programs attach (they observe connects, and
+    /// refuse them at tier 3).
+    pub cgroup_root: PathBuf,
+    /// Tier 3: kill denied execs and refuse denied connects.
+    pub blocking: bool,
 }
 
 /// The aggregation state the consumer writes into.
@@ -255,6 +257,19 @@ fn kernel_thread(
 
 type Skel<'obj> = skel::ProbeSkel<'obj>;
 
+/// Events one CPU sends between two wake-ups of the consumer: a power of two such that all CPUs
+/// together fill at most a quarter of the ring buffer with full-size events in between.
+fn wakeup_every(ring_buffer_size: u32, cpus: Result<usize, libbpf_rs::Error>) -> u64 {
+    let cpus = cpus.unwrap_or(1).max(1) as u64;
+    let full_event = (event::HEADER_LEN + event::PATH_LEN + 8) as u64; // 8: ring record header
+    let events = u64::from(ring_buffer_size) / 4 / cpus / full_event;
+    if events <= 1 {
+        1
+    } else {
+        1 << (63 - events.leading_zeros())
+    }
+}
+
 /// Longest time an event waits in the ring buffer when the kernel does not wake us.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -271,14 +286,14 @@ fn load<'obj>(
             .map_err(load_error)?;
     }
     let mut open = builder.open(object).map_err(load_error)?;
-    let blocking = options.blocking_cgroup_root.is_some();
+    let blocking = options.blocking;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
         rodata.filter_pods = options.filter_pods;
         rodata.enforce = blocking;
         rodata.report_exec = options.enable_process;
         rodata.observe_file = options.enable_file;
         rodata.observe_network = options.enable_network;
-        rodata.wakeup_bytes = u64::from(options.ring_buffer_size / 4);
+        rodata.wakeup_every = wakeup_every(options.ring_buffer_size, libbpf_rs::num_possible_cpus());
     }
     open.maps
         .events
@@ -288,10 +303,10 @@ fn load<'obj>(
         .handle_exec
         .set_autoload(options.enable_process || blocking);
     open.progs.handle_exit.set_autoload(options.enable_process);
-    let syscalls = options.enable_file || options.enable_network;
-    open.progs.handle_sys_enter.set_autoload(syscalls);
-    open.progs.enforce_connect4.set_autoload(blocking);
-    open.progs.enforce_connect6.set_autoload(blocking);
+    open.progs.handle_sys_enter.set_autoload(options.enable_file);
+    let connects = options.enable_network || blocking;
+    open.progs.handle_connect4.set_autoload(connects);
+    open.progs.handle_connect6.set_autoload(connects);
     let skel = open.load().map_err(load_error)?;
 
     for (key, value) in maps::mute_path_entries(&options.mute_paths) {
@@ -315,20 +330,27 @@ fn load<'obj>(
             "handle_exit",
             &skel.progs.handle_exit,
         ),
-        (syscalls, "handle_sys_enter", &skel.progs.handle_sys_enter),
+        (
+            options.enable_file,
+            "handle_sys_enter",
+            &skel.progs.handle_sys_enter,
+        ),
     ];
     for (wanted, name, program) in tracepoints {
         if wanted {
             links.push(program.attach().map_err(|e| attach_error(name, e))?);
         }
     }
-    let blocking = match &options.blocking_cgroup_root {
-        None => Err("safety tier 3 not requested".to_string()),
-        Some(root) => attach_cgroup(&skel, root, &mut links),
-    };
+    if connects {
+        attach_cgroup(&skel, &options.cgroup_root, &mut links).map_err(KernelError::Attach)?;
+    }
     let loaded = Loaded {
         programs: links.len() as u32,
-        blocking,
+        blocking: if blocking {
+            Ok(())
+        } else {
+            Err("safety tier 3 not requested".to_string())
+        },
     };
     Ok((skel, links, loaded))
 }
@@ -339,12 +361,12 @@ fn attach_cgroup(skel: &Skel<'_>, root: &PathBuf, links: &mut Vec<Link>) -> Resu
     let fd = cgroup.as_raw_fd();
     let v4 = skel
         .progs
-        .enforce_connect4
+        .handle_connect4
         .attach_cgroup(fd)
         .map_err(|error| format!("cgroup/connect4 on {}: {error:#}", root.display()))?;
     let v6 = skel
         .progs
-        .enforce_connect6
+        .handle_connect6
         .attach_cgroup(fd)
         .map_err(|error| format!("cgroup/connect6 on {}: {error:#}", root.display()))?;
     links.push(v4);
