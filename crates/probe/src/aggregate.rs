@@ -1,7 +1,9 @@
 //! Per-pod windows: exact counts and first-seen items of what each pod did, taken whole at the
 //! end of each report window. Also the node-wide totals that telemetry noises and exports.
 
-use std::collections::{HashMap, HashSet};
+// foldhash: several times faster than SipHash on the consumer's hot path (every event hashes its
+// pod and its path), and randomly seeded per process against crafted collisions.
+use foldhash::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use agentmesh_api::wire::{BehaviorCounts, BlockedAction, Destination, MAX_ITEMS, PodBehavior};
@@ -44,7 +46,7 @@ struct Items<T> {
 impl<T> Default for Items<T> {
     fn default() -> Self {
         Self {
-            seen: HashSet::new(),
+            seen: HashSet::default(),
         }
     }
 }
@@ -96,7 +98,7 @@ impl Aggregator {
     pub fn new(now_ms: i64) -> Self {
         Self {
             window_start_ms: now_ms,
-            pods: HashMap::new(),
+            pods: HashMap::default(),
             telemetry: BehaviorCounts::default(),
         }
     }

@@ -7,7 +7,7 @@
 //! A cgroup v2 id (what `bpf_get_current_cgroup_id` returns) is the inode number of the cgroup's
 //! directory, so scanning the tree gives the id of every pod cgroup.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 

@@ -378,7 +378,9 @@ mod tests {
     #[test]
     fn enforcement_marks_the_pod_and_narrow_rules_keep_wide_ports() {
         let pods = PodCgroups {
-            by_id: [(11, "a".to_string()), (22, "b".to_string())].into(),
+            by_id: [(11, "a".to_string()), (22, "b".to_string())]
+                .into_iter()
+                .collect(),
         };
         let set = EnforcementSet {
             version: "1".into(),

@@ -3,6 +3,7 @@
 //! channel ([`KernelProbe::sync`]) and reads its counters through atomics.
 
 pub mod event;
+pub mod floor;
 pub mod maps;
 pub mod skel;
 
@@ -293,7 +294,8 @@ fn load<'obj>(
         rodata.report_exec = options.enable_process;
         rodata.observe_file = options.enable_file;
         rodata.observe_network = options.enable_network;
-        rodata.wakeup_every = wakeup_every(options.ring_buffer_size, libbpf_rs::num_possible_cpus());
+        rodata.wakeup_every =
+            wakeup_every(options.ring_buffer_size, libbpf_rs::num_possible_cpus());
     }
     open.maps
         .events
@@ -303,7 +305,9 @@ fn load<'obj>(
         .handle_exec
         .set_autoload(options.enable_process || blocking);
     open.progs.handle_exit.set_autoload(options.enable_process);
-    open.progs.handle_sys_enter.set_autoload(options.enable_file);
+    open.progs
+        .handle_sys_enter
+        .set_autoload(options.enable_file);
     let connects = options.enable_network || blocking;
     open.progs.handle_connect4.set_autoload(connects);
     open.progs.handle_connect6.set_autoload(connects);

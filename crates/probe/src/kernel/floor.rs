@@ -1,0 +1,34 @@
+//! An empty program at the raw `sys_enter` tracepoint (`bpf/floor.bpf.c`). `make bench-probe`
+//! attaches it to measure what the hook costs before the probe does any work there.
+
+use std::mem::MaybeUninit;
+
+use libbpf_rs::Link;
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code,
+    unused_imports,
+    unsafe_op_in_unsafe_fn,
+    missing_docs
+)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/floor.skel.rs"));
+}
+
+/// Loads and attaches the empty program; it stays attached until the link is dropped.
+pub fn attach_empty_sys_enter() -> Result<Link, libbpf_rs::Error> {
+    let mut object = MaybeUninit::uninit();
+    let open = skel::FloorSkelBuilder::default().open(&mut object)?;
+    let mut loaded = open.load()?;
+    loaded.attach()?;
+    loaded
+        .links
+        .empty_sys_enter
+        .take()
+        .ok_or_else(|| libbpf_rs::Error::from(std::io::Error::other("no link")))
+}
