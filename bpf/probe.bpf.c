@@ -287,6 +287,50 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	return 0;
 }
 
+/* Whether bytes [at, at + len) of name (n bytes with its NUL) equal word. */
+static __always_inline bool bytes_at(const char *name, long at, const char *word, int len)
+{
+	for (int i = 0; i < len; i++) {
+		long index = at + i;
+		if (index < 0 || index >= CGROUP_NAME_LEN || name[index] != word[i])
+			return false;
+	}
+	return true;
+}
+
+/* Whether a cgroup directory name is a pod cgroup's in one of the kubelet's layouts: cgroupfs
+ * `pod<uid>`, systemd `kubepods[-<class>]-pod<uid with _ for ->.slice`, where uid is a UUID (36
+ * bytes) or a static pod's hash (32). User space checks the uid itself and drops false ones. */
+static __always_inline bool pod_cgroup_name(const char *name, long n)
+{
+	long len = n - 1;
+	if ((len == 3 + 36 || len == 3 + 32) && bytes_at(name, 0, "pod", 3))
+		return true;
+	if (!bytes_at(name, 0, "kubepods", 8) || !bytes_at(name, len - 6, ".slice", 6))
+		return false;
+	return bytes_at(name, len - 6 - 36 - 4, "-pod", 4) || bytes_at(name, len - 6 - 32 - 4, "-pod", 4);
+}
+
+/* A pod cgroup is watched from its creation, before any process can enter it: the kernel marks
+ * it here and tells user space, which learns the pod's uid from the path and checks it. */
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(handle_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+	char name[CGROUP_NAME_LEN];
+	long n = bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(cgrp, kn, name));
+	if (n <= 0 || !pod_cgroup_name(name, n))
+		return 0;
+	__u64 id = BPF_CORE_READ(cgrp, kn, id);
+	__u32 flags = POD_WATCHED;
+	bpf_map_update_elem(&pod_cgroups, &id, &flags, BPF_NOEXIST);
+	struct scratch *s = new_event(EV_POD_CGROUP, id);
+	if (!s)
+		return 0;
+	long len = bpf_probe_read_kernel_str(s->event.path, sizeof(s->event.path), path);
+	emit(s, len, NO_COUNTER, true);
+	return 0;
+}
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle_exit, struct task_struct *p)
 {

@@ -9,6 +9,7 @@
 #define EXEC_KEY_PATH 240 /* bytes of an executable path in a deny key (LPM data max is 256) */
 #define MAX_PORTS 16      /* ports in one denied-network rule */
 #define MAX_CGROUP_LEVEL 16
+#define CGROUP_NAME_LEN 96 /* bytes of a cgroup directory name compared in the kernel */
 
 enum event_kind {
 	EV_EXEC = 1,
@@ -17,6 +18,7 @@ enum event_kind {
 	EV_CONNECT = 4,
 	EV_BLOCKED_CONNECT = 5,
 	EV_BLOCKED_EXEC = 6,
+	EV_POD_CGROUP = 7, /* a pod cgroup was created and is watched from now on; path: its path */
 };
 
 /* Kernel-side counters (per-CPU array, summed in user space). */

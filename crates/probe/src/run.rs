@@ -30,6 +30,8 @@ use crate::usermode::{UserModeOptions, UserModePoller};
 
 /// How often pod cgroups are rescanned (and new pods start being watched in the kernel).
 const SCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a pod cgroup the kernel reported stays watched without a scan finding it.
+const DISCOVERED_TTL: Duration = Duration::from_secs(5);
 /// How often `/proc` is polled at tier 1.
 const USER_MODE_INTERVAL: Duration = Duration::from_millis(500);
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -133,11 +135,11 @@ pub async fn start(config: ProbeConfig) -> Result<ProbeHandle, StartError> {
     let listen_addr = listener.local_addr().unwrap_or(config.metrics_addr);
 
     let found = cgroup::scan(&config.cgroup_root, config.cgroup_driver).unwrap_or_default();
-    let shared = Arc::new(Mutex::new(Shared {
-        aggregator: Aggregator::new(now_ms()),
-        pod_cgroups: PodCgroups::from_scan(&found),
-        unattributed: 0,
-    }));
+    let shared = Arc::new(Mutex::new(Shared::new(
+        Aggregator::new(now_ms()),
+        PodCgroups::from_scan(&found),
+    )));
+    let pod_cgroup_created = Arc::new(tokio::sync::Notify::new());
 
     // The tier in force.
     let mut kernel = None;
@@ -162,6 +164,8 @@ pub async fn start(config: ProbeConfig) -> Result<ProbeHandle, StartError> {
                 filter_pods: config.filter_pods,
                 cgroup_root: config.cgroup_root.clone(),
                 blocking: tier == Tier::Blocking,
+                cgroup_driver: config.cgroup_driver,
+                pod_cgroup_created: pod_cgroup_created.clone(),
             };
             match KernelProbe::start(options, shared.clone(), metrics.clone()) {
                 Ok(probe) => {
@@ -249,6 +253,7 @@ pub async fn start(config: ProbeConfig) -> Result<ProbeHandle, StartError> {
             sets_rx,
             sync,
             state,
+            pod_cgroup_created,
         )));
     }
 
@@ -329,6 +334,7 @@ async fn scan_loop(
     mut sets: watch::Receiver<Option<EnforcementSet>>,
     sync: crate::kernel::KernelSync,
     mut applied: KernelState,
+    pod_cgroup_created: Arc<tokio::sync::Notify>,
 ) {
     let mut tick = tokio::time::interval(SCAN_INTERVAL);
     // Below tier 3 nobody sends enforcement sets: the channel is closed.
@@ -336,6 +342,7 @@ async fn scan_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = pod_cgroup_created.notified() => {}
             changed = sets.changed(), if enforcement_open => {
                 enforcement_open = changed.is_ok();
             }
@@ -346,14 +353,25 @@ async fn scan_loop(
         else {
             continue;
         };
-        let pod_cgroups = PodCgroups::from_scan(&found);
+        let mut pod_cgroups = PodCgroups::from_scan(&found);
+        {
+            // Pods the kernel marked at creation stay watched until a scan finds them, or are
+            // dropped (and unmarked) when none does in time: they were gone before.
+            let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+            shared.discovered.retain(|id, (_, at)| {
+                !pod_cgroups.by_id.contains_key(id) && at.elapsed() < DISCOVERED_TTL
+            });
+            for (id, (uid, _)) in &shared.discovered {
+                pod_cgroups.by_id.insert(*id, uid.clone());
+            }
+            // New cgroups are known to the consumer before the kernel reports them.
+            shared.pod_cgroups = pod_cgroups.clone();
+        }
         let set = sets.borrow_and_update().clone();
         let (state, warnings) = maps::build(&pod_cgroups, set.as_ref());
         for warning in warnings {
             tracing::warn!(%warning, "enforcement rule not applied as written");
         }
-        // New cgroups are known to the consumer before the kernel reports them.
-        shared.lock().unwrap_or_else(|e| e.into_inner()).pod_cgroups = pod_cgroups;
         if state != applied {
             metrics.pods_watched.set(state.pods.len() as i64);
             sync.send(state.clone());

@@ -32,8 +32,8 @@ async fn attribution(layout: Layout) {
     );
     assert_eq!(
         probe.status.programs_loaded(),
-        5,
-        "exec, exit, sys_enter (opens), cgroup connect4 and connect6"
+        6,
+        "exec, exit, cgroup_mkdir, sys_enter (opens), cgroup connect4 and connect6"
     );
 
     let pod = TestPod::new(layout);
@@ -90,7 +90,7 @@ async fn attribution(layout: Layout) {
         } => {
             assert_eq!(
                 (tier, node.as_str(), agent.as_str(), programs_loaded),
-                (2, "test-node", "meshlogic/test-agent", 5)
+                (2, "test-node", "meshlogic/test-agent", 6)
             );
         }
         other => panic!("the probe reported as {other:?}"),
@@ -165,7 +165,11 @@ async fn disabling_a_category_stops_its_events() {
     let probe = meshlogic_probe::run::start(config(&server, spec))
         .await
         .unwrap();
-    assert_eq!(probe.status.programs_loaded(), 2, "exec and exit only");
+    assert_eq!(
+        probe.status.programs_loaded(),
+        3,
+        "exec, exit and cgroup_mkdir only"
+    );
     let pod = TestPod::new(Layout::Cgroupfs);
     common::wait_watched(&probe, &[&pod]).await;
     assert!(pod.run(script).success());
@@ -195,8 +199,8 @@ async fn disabling_a_category_stops_its_events() {
         .unwrap();
     assert_eq!(
         probe.status.programs_loaded(),
-        3,
-        "sys_enter (opens), cgroup connect4 and connect6"
+        4,
+        "cgroup_mkdir, sys_enter (opens), cgroup connect4 and connect6"
     );
     let pod = TestPod::new(Layout::Systemd);
     common::wait_watched(&probe, &[&pod]).await;
@@ -227,7 +231,7 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
         "{:?}",
         probe.status.fallback_reason()
     );
-    assert_eq!(probe.status.programs_loaded(), 5);
+    assert_eq!(probe.status.programs_loaded(), 6);
     let pod = TestPod::new(Layout::Cgroupfs);
     let bystander = TestPod::new(Layout::Systemd);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -393,5 +397,32 @@ async fn ring_buffer_drops_are_counted_and_reported() {
         .parse()
         .unwrap();
     assert!(exported > 0.0, "{metrics}");
+    probe.shutdown();
+}
+
+/// A pod is watched from the creation of its cgroup: a process that runs in it at once, before
+/// any scan of the cgroup tree could have found it, is attributed to it (both layouts).
+#[tokio::test]
+async fn a_pod_is_watched_from_its_cgroup_creation() {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let probe = meshlogic_probe::run::start(config(&server, json!({})))
+        .await
+        .unwrap();
+    assert_eq!(probe.status.tier(), 2);
+    for layout in [Layout::Cgroupfs, Layout::Systemd] {
+        let pod = TestPod::new(layout);
+        let status = pod.run("/bin/true; cat /etc/hostname > /dev/null");
+        assert!(status.success(), "{status:?}");
+        let seen = server
+            .wait_for_pod(&pod.uid, WAIT, |m| {
+                m.executables.iter().any(|e| e == "/bin/true")
+                    && m.read_paths.iter().any(|p| p == "/etc/hostname")
+            })
+            .await;
+        assert!(seen.execs >= 2, "{layout:?}: {seen:#?}");
+    }
     probe.shutdown();
 }

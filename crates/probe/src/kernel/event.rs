@@ -12,6 +12,8 @@ pub const EV_OPEN: u32 = 3;
 pub const EV_CONNECT: u32 = 4;
 pub const EV_BLOCKED_CONNECT: u32 = 5;
 pub const EV_BLOCKED_EXEC: u32 = 6;
+/// A pod cgroup created and marked watched by the kernel; the path is the cgroup's.
+pub const EV_POD_CGROUP: u32 = 7;
 
 /// Kernel counters, indexes of the `counters` per-CPU array (`enum counter` in probe.h).
 pub const C_RINGBUF_DROPS: usize = 0;

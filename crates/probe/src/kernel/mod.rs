@@ -16,13 +16,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use agentmesh_api::meshlogic::CgroupDriver;
+use foldhash::HashMap;
+use tokio::sync::Notify;
+
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder};
 
 use crate::aggregate::Aggregator;
-use crate::cgroup::PodCgroups;
+use crate::cgroup::{PodCgroups, pod_uid_of_component};
 use crate::metrics::Metrics;
-use event::{C_COUNT, RawEvent};
+use event::{C_COUNT, EV_POD_CGROUP, RawEvent};
 use maps::KernelState;
 use skel::ProbeSkelBuilder;
 
@@ -42,6 +46,10 @@ pub struct KernelOptions {
     pub cgroup_root: PathBuf,
     /// Tier 3: kill denied execs and refuse denied connects.
     pub blocking: bool,
+    /// The kubelet's cgroup layout, to read pod UIDs from the cgroups the kernel reports.
+    pub cgroup_driver: CgroupDriver,
+    /// Notified when the kernel reports a new pod cgroup.
+    pub pod_cgroup_created: Arc<Notify>,
 }
 
 /// The aggregation state the consumer writes into.
@@ -49,8 +57,22 @@ pub struct KernelOptions {
 pub struct Shared {
     pub aggregator: Aggregator,
     pub pod_cgroups: PodCgroups,
+    /// Pod cgroups the kernel marked at their creation (id -> pod UID, when), until a scan
+    /// finds them.
+    pub discovered: HashMap<u64, (String, Instant)>,
     /// Events whose pod cgroup is no longer known (removed between the kernel and us).
     pub unattributed: u64,
+}
+
+impl Shared {
+    pub fn new(aggregator: Aggregator, pod_cgroups: PodCgroups) -> Self {
+        Self {
+            aggregator,
+            pod_cgroups,
+            discovered: HashMap::default(),
+            unattributed: 0,
+        }
+    }
 }
 
 /// Kernel counters summed over CPUs, refreshed by the kernel thread.
@@ -208,9 +230,31 @@ fn kernel_thread(
     let mut builder = RingBufferBuilder::new();
     let consumer_shared = shared.clone();
     let consumer_metrics = metrics.clone();
+    let driver = options.cgroup_driver;
+    let created = options.pod_cgroup_created.clone();
+    // Cgroups the kernel took for pods and that are not: unmarked after each drain.
+    let rejected = Arc::new(Mutex::new(Vec::new()));
+    let consumer_rejected = rejected.clone();
     let added = builder
         .add(&skel.maps.events, move |data: &[u8]| {
-            consume(data, &consumer_shared, &consumer_metrics);
+            let Some(event) = RawEvent::parse(data) else {
+                return 0;
+            };
+            if event.header.kind == EV_POD_CGROUP {
+                let id = event.header.pod_cgroup_id;
+                let name = event.path.rsplit('/').next().unwrap_or_default();
+                match pod_uid_of_component(name, driver) {
+                    Some(uid) => {
+                        lock(&consumer_shared)
+                            .discovered
+                            .insert(id, (uid, Instant::now()));
+                        created.notify_one();
+                    }
+                    None => lock(&consumer_rejected).push(id),
+                }
+            } else {
+                consume(&event, &consumer_shared, &consumer_metrics);
+            }
             0
         })
         .map(|_| ());
@@ -231,6 +275,11 @@ fn kernel_thread(
             tracing::warn!(%error, "ring buffer poll");
         }
         let _ = ring.consume();
+        for id in std::mem::take(&mut *lock(&rejected)) {
+            if !applied.pods.contains_key(&id) {
+                let _ = skel.maps.pod_cgroups.delete(&id.to_ne_bytes());
+            }
+        }
         let mut flushed = Vec::new();
         let mut latest = None;
         while let Ok(command) = commands.try_recv() {
@@ -305,6 +354,7 @@ fn load<'obj>(
         .handle_exec
         .set_autoload(options.enable_process || blocking);
     open.progs.handle_exit.set_autoload(options.enable_process);
+    open.progs.handle_cgroup_mkdir.set_autoload(true);
     open.progs
         .handle_sys_enter
         .set_autoload(options.enable_file);
@@ -339,6 +389,7 @@ fn load<'obj>(
             "handle_sys_enter",
             &skel.progs.handle_sys_enter,
         ),
+        (true, "handle_cgroup_mkdir", &skel.progs.handle_cgroup_mkdir),
     ];
     for (wanted, name, program) in tracepoints {
         if wanted {
@@ -378,19 +429,23 @@ fn attach_cgroup(skel: &Skel<'_>, root: &PathBuf, links: &mut Vec<Link>) -> Resu
     Ok(())
 }
 
-fn consume(data: &[u8], shared: &Mutex<Shared>, metrics: &Metrics) {
-    let Some(event) = RawEvent::parse(data) else {
-        return;
-    };
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn consume(event: &RawEvent<'_>, shared: &Mutex<Shared>, metrics: &Metrics) {
     let Some(observation) = event.observation() else {
         return;
     };
     metrics.event(observation.kind());
-    let mut shared = shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut shared = lock(shared);
     let shared = &mut *shared;
-    match shared.pod_cgroups.by_id.get(&event.header.pod_cgroup_id) {
+    let id = event.header.pod_cgroup_id;
+    let uid = (shared.pod_cgroups.by_id.get(&id))
+        .or_else(|| shared.discovered.get(&id).map(|(uid, _)| uid));
+    match uid {
         Some(uid) => shared.aggregator.record(uid, observation),
         None => {
             shared.unattributed += 1;
