@@ -253,7 +253,6 @@ pub async fn start(config: ProbeConfig) -> Result<ProbeHandle, StartError> {
             sets_rx,
             sync,
             state,
-            pod_cgroup_created,
         )));
     }
 
@@ -334,8 +333,8 @@ async fn scan_loop(
     mut sets: watch::Receiver<Option<EnforcementSet>>,
     sync: crate::kernel::KernelSync,
     mut applied: KernelState,
-    pod_cgroup_created: Arc<tokio::sync::Notify>,
 ) {
+    let pod_cgroup_created = sync.pod_cgroup_created();
     let mut tick = tokio::time::interval(SCAN_INTERVAL);
     // Below tier 3 nobody sends enforcement sets: the channel is closed.
     let mut enforcement_open = true;

@@ -117,6 +117,9 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     ];
     let unwatched = workloads.len();
     // Per workload: without, with the probe, with the empty sys_enter program.
+    const WITHOUT: usize = 0;
+    const PROBE: usize = 1;
+    const FLOOR: usize = 2;
     let mut best: Vec<[Option<Sample>; 3]> = vec![[None; 3]; workloads.len() + 1];
     let keep = |slot: &mut Option<Sample>, sample: Sample| {
         if slot.is_none_or(|best| sample.cpu < best.cpu) {
@@ -125,9 +128,9 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     };
     let mut hwm_kib = 0;
     for _round in 0..ROUNDS {
-        for slot in 0..3 {
-            let probe = (slot == 1).then(|| start_probe(root, original, &trust));
-            let floor = (slot == 2).then(|| {
+        for slot in [WITHOUT, PROBE, FLOOR] {
+            let probe = (slot == PROBE).then(|| start_probe(root, original, &trust));
+            let floor = (slot == FLOOR).then(|| {
                 meshlogic_probe::kernel::floor::attach_empty_sys_enter()
                     .expect("attaching the empty sys_enter program")
             });

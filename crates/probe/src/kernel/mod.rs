@@ -109,6 +109,7 @@ pub enum KernelError {
 /// The running kernel side.
 pub struct KernelProbe {
     commands: mpsc::Sender<Command>,
+    pod_cgroup_created: Arc<Notify>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub counters: Arc<KernelCounters>,
@@ -127,6 +128,7 @@ impl KernelProbe {
         let (commands, commands_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(KernelCounters::default());
+        let pod_cgroup_created = options.pod_cgroup_created.clone();
         let thread = {
             let stop = stop.clone();
             let counters = counters.clone();
@@ -148,6 +150,7 @@ impl KernelProbe {
         match loaded_rx.recv() {
             Ok(Ok(loaded)) => Ok(Self {
                 commands,
+                pod_cgroup_created,
                 stop,
                 thread: Some(thread),
                 counters,
@@ -168,6 +171,7 @@ impl KernelProbe {
     pub fn syncer(&self) -> KernelSync {
         KernelSync {
             commands: self.commands.clone(),
+            pod_cgroup_created: self.pod_cgroup_created.clone(),
         }
     }
 }
@@ -176,9 +180,15 @@ impl KernelProbe {
 #[derive(Debug, Clone)]
 pub struct KernelSync {
     commands: mpsc::Sender<Command>,
+    pod_cgroup_created: Arc<Notify>,
 }
 
 impl KernelSync {
+    /// Notified when the kernel reports a new pod cgroup: time to scan.
+    pub fn pod_cgroup_created(&self) -> Arc<Notify> {
+        self.pod_cgroup_created.clone()
+    }
+
     /// Replaces the watched pods and enforcement in the kernel maps.
     pub fn send(&self, state: KernelState) {
         let _ = self.commands.send(Command::Apply(state));
