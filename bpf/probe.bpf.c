@@ -45,6 +45,10 @@ const volatile bool observe_network = true;
 /* Wake the consumer once per this many events (a power of two) sent from one CPU; it also drains
  * every few milliseconds. A wake-up per event would cost more than the event itself. */
 const volatile __u64 wakeup_every = 256;
+/* Repeated opens (same pod, path and flags in one window) are counted in the kernel, not sent. */
+const volatile bool fold_repeated_opens = true;
+/* Secret key of the path hash (random per load), so that paths cannot be crafted to collide. */
+const volatile __u64 hash_key = 0;
 
 /* Keeps the event layout in the skeleton's BTF so that a Rust test can check its mirror. */
 struct event event_layout = {};
@@ -105,6 +109,7 @@ struct pod_of {
 	__u64 generation;
 	__u32 flags;
 	__u32 pad;
+	__u64 repeated_opens; /* opens of this cgroup counted here instead of sent (cumulative) */
 };
 
 struct {
@@ -113,6 +118,25 @@ struct {
 	__type(key, __u64);
 	__type(value, struct pod_of);
 } cgroup_pod SEC(".maps");
+
+/* The report window, bumped by user space as each window closes; part of open_seen's key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} open_epoch SEC(".maps");
+
+/* Opens sent lately, per CPU, in a direct-mapped cache: a slot holds the last open whose key
+ * hashed to it. A hit needs the whole key (pod, path hash, flags, window) to match, so a
+ * collision only ever costs an extra event, never a path left out of a window. */
+#define OPEN_CACHE_SLOTS 4096
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, OPEN_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct open_key);
+} open_seen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -177,10 +201,11 @@ static __always_inline __u64 walk_to_pod(__u32 *flags)
 	return 0;
 }
 
-/* The current task's watched pod cgroup, 0 when none; its POD_* flags in *flags. The task's
- * cgroup id is read through BTF pointers: no helper call and no RCU section of its own on the
- * path every observed syscall takes. */
-static __always_inline __u64 find_pod(__u32 *flags)
+/* The current task's watched pod cgroup, 0 when none; its POD_* flags in *flags, and in *entry
+ * its cgroup's cache entry (NULL if it could not be kept). The task's cgroup id is read through
+ * BTF pointers: no helper call and no RCU section of its own on the path every observed syscall
+ * takes. */
+static __always_inline __u64 find_pod_entry(__u32 *flags, struct pod_of **entry)
 {
 	__u32 zero = 0;
 	__u64 *current = bpf_map_lookup_elem(&pods_generation, &zero);
@@ -192,13 +217,42 @@ static __always_inline __u64 find_pod(__u32 *flags)
 	struct pod_of *cached = bpf_map_lookup_elem(&cgroup_pod, &cgroup);
 	if (cached && cached->generation == generation) {
 		*flags = cached->flags;
+		*entry = cached;
 		return cached->pod;
 	}
 	struct pod_of found = { .generation = generation };
+	if (cached)
+		found.repeated_opens = cached->repeated_opens; /* user space reads it cumulatively */
 	found.pod = walk_to_pod(&found.flags);
 	bpf_map_update_elem(&cgroup_pod, &cgroup, &found, BPF_ANY);
 	*flags = found.flags;
+	*entry = bpf_map_lookup_elem(&cgroup_pod, &cgroup);
 	return found.pod;
+}
+
+static __always_inline __u64 find_pod(__u32 *flags)
+{
+	struct pod_of *entry;
+	return find_pod_entry(flags, &entry);
+}
+
+/* Keyed hash of the first n bytes of path (n <= PATH_LEN, the NUL included), a word at a time;
+ * bytes after the NUL are stale and masked out. */
+static __always_inline __u64 path_hash(const char *path, long n)
+{
+	__u64 h = hash_key ^ (__u64)n;
+	for (int i = 0; i < PATH_LEN / 8; i++) {
+		long at = i * 8;
+		if (at >= n)
+			break;
+		__u64 word = *(const __u64 *)(path + at);
+		long left = n - at;
+		if (left < 8)
+			word &= (1ULL << (left * 8)) - 1;
+		h = (h ^ word) * 0x9E3779B97F4A7C15ULL;
+		h ^= h >> 29;
+	}
+	return h;
 }
 
 static __always_inline struct scratch *new_event(__u32 kind, __u64 pod)
@@ -354,7 +408,8 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 static __always_inline int handle_open(const char *filename, __s32 open_flags)
 {
 	__u32 flags = 0;
-	__u64 pod = find_pod(&flags);
+	struct pod_of *entry = 0;
+	__u64 pod = find_pod_entry(&flags, &entry);
 	if (filter_pods && !pod) {
 		count(C_UNWATCHED);
 		return 0;
@@ -377,6 +432,27 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 	}
 	e->lpm_prefixlen = 0;
 	e->flags = open_flags;
+	if (fold_repeated_opens && entry && n <= PATH_LEN) {
+		__u32 zero = 0;
+		__u64 *epoch = bpf_map_lookup_elem(&open_epoch, &zero);
+		struct open_key key = {
+			.pod = pod,
+			.path_hash = path_hash(e->path, n),
+			.flags = open_flags,
+			.epoch = epoch ? (__u32)*epoch : 0,
+		};
+		__u32 slot = (__u32)(key.path_hash ^ pod) & (OPEN_CACHE_SLOTS - 1);
+		struct open_key *seen = bpf_map_lookup_elem(&open_seen, &slot);
+		if (seen) {
+			if (seen->pod == key.pod && seen->path_hash == key.path_hash &&
+			    seen->flags == key.flags && seen->epoch == key.epoch) {
+				__sync_fetch_and_add(&entry->repeated_opens, 1);
+				count(C_OPEN_REPEATED);
+				return 0;
+			}
+			*seen = key;
+		}
+	}
 	emit(s, n, C_OPEN, false);
 	return 0;
 }

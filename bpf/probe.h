@@ -32,7 +32,8 @@ enum counter {
 	C_BLOCKED_CONNECT = 6,
 	C_BLOCKED_EXEC = 7,
 	C_UNWATCHED = 8, /* events of tasks outside every watched pod cgroup */
-	C_COUNT = 9,
+	C_OPEN_REPEATED = 9, /* opens counted in the kernel only: same pod, path and flags again */
+	C_COUNT = 10,
 };
 
 /* Flags of a watched pod cgroup (value of the pod_cgroups map). */
@@ -54,6 +55,14 @@ struct event {
 	__u32 path_len;      /* bytes of path sent, with the NUL; 0 when none */
 	__u32 lpm_prefixlen; /* lets &lpm_prefixlen serve as the mute_paths LPM key, path its data */
 	char path[PATH_LEN];
+};
+
+/* An open already sent in this window (a slot of open_seen). */
+struct open_key {
+	__u64 pod;
+	__u64 path_hash; /* keyed hash of the path, its NUL included */
+	__s32 flags;
+	__u32 epoch;
 };
 
 /* Key of the mute_paths LPM trie: the same bytes as event.lpm_prefixlen + event.path. */

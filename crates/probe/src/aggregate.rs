@@ -149,6 +149,16 @@ impl Aggregator {
         }
     }
 
+    /// Opens the kernel counted without sending them (repeats within the window).
+    pub fn record_repeated_opens(&mut self, pod_uid: &str, opens: u64) {
+        let window = match self.pods.get_mut(pod_uid) {
+            Some(window) => window,
+            None => self.pods.entry(pod_uid.to_string()).or_default(),
+        };
+        window.counts.file_opens += opens;
+        self.telemetry.file_opens += opens;
+    }
+
     /// Ends the window: the behaviour of every pod seen in it, named by `pod_name`.
     pub fn take(
         &mut self,

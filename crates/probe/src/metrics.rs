@@ -10,7 +10,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::kernel::KernelCounters;
-use crate::kernel::event::{C_BLOCKED_CONNECT, C_BLOCKED_EXEC, C_MUTED, C_RINGBUF_DROPS};
+use crate::kernel::event::{
+    C_BLOCKED_CONNECT, C_BLOCKED_EXEC, C_MUTED, C_OPEN_REPEATED, C_RINGBUF_DROPS,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -33,6 +35,7 @@ pub struct Metrics {
     events: [Counter; 6],
     pub ring_buffer_drops: Counter,
     pub muted: Counter,
+    pub repeated_opens: Counter,
     pub kernel_blocked: Family<KindLabel, Counter>,
     pub report_drops: Counter,
     pub reports_sent: Counter,
@@ -47,6 +50,7 @@ pub struct Metrics {
     pub unattributed: Counter,
     last_drops: AtomicU64,
     last_muted: AtomicU64,
+    last_repeated: AtomicU64,
     last_blocked: [AtomicU64; 2],
 }
 
@@ -64,6 +68,7 @@ impl Metrics {
             events,
             ring_buffer_drops: Counter::default(),
             muted: Counter::default(),
+            repeated_opens: Counter::default(),
             kernel_blocked: Family::default(),
             report_drops: Counter::default(),
             reports_sent: Counter::default(),
@@ -78,6 +83,7 @@ impl Metrics {
             unattributed: Counter::default(),
             last_drops: AtomicU64::new(0),
             last_muted: AtomicU64::new(0),
+            last_repeated: AtomicU64::new(0),
             last_blocked: [AtomicU64::new(0), AtomicU64::new(0)],
             registry: Registry::default(),
         };
@@ -90,6 +96,12 @@ impl Metrics {
             "muted_events",
             "File opens dropped in the kernel by a mute path",
             metrics.muted.clone(),
+        );
+        registry.register(
+            "repeated_opens",
+            "File opens counted in the kernel without an event: the same pod, path and flags again \
+             in one report window (counted in the reports, not listed twice)",
+            metrics.repeated_opens.clone(),
         );
         registry.register(
             "kernel_blocked",
@@ -185,6 +197,11 @@ impl Metrics {
             counters.get(C_RINGBUF_DROPS),
         );
         advance(&self.muted, &self.last_muted, counters.get(C_MUTED));
+        advance(
+            &self.repeated_opens,
+            &self.last_repeated,
+            counters.get(C_OPEN_REPEATED),
+        );
         for (i, (kind, index)) in [("connect", C_BLOCKED_CONNECT), ("exec", C_BLOCKED_EXEC)]
             .into_iter()
             .enumerate()

@@ -293,6 +293,7 @@ pub async fn start(config: ProbeConfig) -> Result<ProbeHandle, StartError> {
         names,
         queue,
         counters,
+        kernel.as_ref().map(KernelProbe::syncer),
     )));
 
     // Noised telemetry.
@@ -394,11 +395,17 @@ async fn report_windows(
     names: PodNames,
     queue: Arc<ReportQueue>,
     counters: Option<Arc<KernelCounters>>,
+    kernel: Option<crate::kernel::KernelSync>,
 ) {
     let mut tick = tokio::time::interval(config.report_interval);
     tick.tick().await;
     loop {
         tick.tick().await;
+        if let Some(kernel) = &kernel {
+            // The kernel's window closes first, so that its counts land in this one.
+            let kernel = kernel.clone();
+            let _ = tokio::task::spawn_blocking(move || kernel.new_window()).await;
+        }
         let drops = counters.as_ref().map_or(0, |c| c.get(C_RINGBUF_DROPS));
         status.set_ring_buffer_drops(drops);
         let pods = {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agentmesh_api::wire::{BlockedAction, DeniedNetwork, EnforcementSet, PodEnforcement};
 use common::{Layout, TestPod, TrustServer, config, require_root};
-use meshlogic_probe::kernel::event::{C_CONNECT, C_EXEC, C_MUTED, C_OPEN};
+use meshlogic_probe::kernel::event::{C_CONNECT, C_EXEC, C_MUTED, C_OPEN, C_OPEN_REPEATED};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -424,5 +424,69 @@ async fn a_pod_is_watched_from_its_cgroup_creation() {
             .await;
         assert!(seen.execs >= 2, "{layout:?}: {seen:#?}");
     }
+    probe.shutdown();
+}
+
+/// Repeats of an open (same pod, path and flags) within a report window are counted in the
+/// kernel without an event: the window still counts every open and lists the path once, and
+/// the next window lists it again when it is opened again.
+#[tokio::test]
+async fn repeated_opens_are_counted_in_the_kernel_and_listed_once_per_window() {
+    if !require_root() {
+        return;
+    }
+    let server = TrustServer::start().await;
+    let probe = meshlogic_probe::run::start(config(&server, json!({})))
+        .await
+        .unwrap();
+    let pod = TestPod::new(Layout::Cgroupfs);
+    common::wait_watched(&probe, &[&pod]).await;
+    let marker = std::env::temp_dir().join(format!("meshlogic-repeated-{}", pod.uid));
+    std::fs::write(&marker, "x").unwrap();
+    let marker_path = marker.display().to_string();
+    // 2000 opens of the marker, read-only, each by `: < file` in one shell.
+    let script = format!("for i in $(seq 2000); do : < {}; done", marker.display());
+    assert!(pod.run(&script).success());
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            m.file_opens >= 2000 && m.read_paths.contains(&marker_path)
+        })
+        .await;
+    let counters = probe.kernel_counters().unwrap();
+    assert!(
+        counters.get(C_OPEN_REPEATED) >= 1900,
+        "repeats were sent as events: {} folded, {seen:#?}",
+        counters.get(C_OPEN_REPEATED)
+    );
+    let windows = server.pod_windows(&pod.uid);
+    let listing = windows
+        .iter()
+        .filter(|w| w.read_paths.contains(&marker_path))
+        .count();
+    assert!(
+        listing <= 2,
+        "the path was listed in {listing} windows during one loop"
+    );
+
+    // A later window lists it again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before = server.pod_windows(&pod.uid).len();
+    assert!(pod.run(&format!(": < {}", marker.display())).success());
+    let start = std::time::Instant::now();
+    loop {
+        let windows = server.pod_windows(&pod.uid);
+        if windows[before.min(windows.len())..]
+            .iter()
+            .any(|w| w.read_paths.contains(&marker_path))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the path was not listed again in a later window"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::fs::remove_file(marker);
     probe.shutdown();
 }

@@ -25,11 +25,17 @@ pub const C_CONNECT: usize = 5;
 pub const C_BLOCKED_CONNECT: usize = 6;
 pub const C_BLOCKED_EXEC: usize = 7;
 pub const C_UNWATCHED: usize = 8;
-pub const C_COUNT: usize = 9;
+pub const C_OPEN_REPEATED: usize = 9;
+pub const C_COUNT: usize = 10;
 
 pub const PATH_LEN: usize = 256;
 pub const EXEC_KEY_PATH: usize = 240;
 pub const MAX_PORTS: usize = 16;
+
+/// `struct pod_of` (a value of the cgroup_pod map): its size, and where its cumulative count of
+/// repeated opens (a u64) lies; its pod cgroup id is its first u64.
+pub const POD_OF_LEN: usize = 32;
+pub const POD_OF_REPEATED_OPENS: usize = 24;
 
 pub const POD_WATCHED: u32 = 1;
 pub const POD_ENFORCED: u32 = 2;
@@ -155,6 +161,12 @@ mod tests {
         assert_eq!(size_of::<types::net6_key>(), 4 + 8 + 16);
         assert_eq!(size_of::<types::net_rule>(), 4 + 2 * MAX_PORTS);
         assert_eq!(size_of::<types::dest_key>(), 8 + 16 + 4 + 4);
+        assert_eq!(size_of::<types::open_key>(), 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<types::pod_of>(), POD_OF_LEN);
+        assert_eq!(
+            offset_of!(types::pod_of, repeated_opens),
+            POD_OF_REPEATED_OPENS
+        );
     }
 
     #[test]

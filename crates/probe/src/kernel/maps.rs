@@ -302,7 +302,7 @@ pub fn apply(skel: &super::skel::ProbeSkel<'_>, old: &KernelState, new: &KernelS
     }
 }
 
-fn bump_generation(map: &libbpf_rs::MapMut<'_>) -> libbpf_rs::Result<()> {
+pub fn bump_generation(map: &libbpf_rs::MapMut<'_>) -> libbpf_rs::Result<()> {
     let key = 0u32.to_ne_bytes();
     let current = map
         .lookup(&key, MapFlags::ANY)?

@@ -194,6 +194,15 @@ impl KernelSync {
         let _ = self.commands.send(Command::Apply(state));
     }
 
+    /// Closes the kernel's report window: opens seen before are sent again when repeated, and
+    /// the opens it counted without sending are in the aggregator. Returns once done (or 2 s).
+    pub fn new_window(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.commands.send(Command::NewWindow(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(2));
+        }
+    }
+
     /// Returns once every state sent before has been written to the kernel.
     pub fn flush(&self) {
         let (done, wait) = mpsc::sync_channel(1);
@@ -206,6 +215,7 @@ impl KernelSync {
 enum Command {
     Apply(KernelState),
     Flush(mpsc::SyncSender<()>),
+    NewWindow(mpsc::SyncSender<()>),
 }
 
 impl Drop for KernelProbe {
@@ -276,6 +286,7 @@ fn kernel_thread(
         }
     };
     let mut applied = KernelState::default();
+    let mut repeated = RepeatedOpens::default();
     let mut last_counters = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         // Woken when a quarter of the ring is full; otherwise drained every DRAIN_INTERVAL.
@@ -292,10 +303,22 @@ fn kernel_thread(
         }
         let mut flushed = Vec::new();
         let mut latest = None;
+        let mut windows = Vec::new();
         while let Ok(command) = commands.try_recv() {
             match command {
                 Command::Apply(state) => latest = Some(state),
                 Command::Flush(done) => flushed.push(done),
+                Command::NewWindow(done) => windows.push(done),
+            }
+        }
+        if !windows.is_empty() {
+            // The new epoch first: opens from now on are sent once more. Then what the old
+            // one counted or sent goes to the aggregator before the window is taken.
+            bump(&skel.maps.open_epoch);
+            let _ = ring.consume();
+            repeated.fold(&skel, &shared);
+            for done in windows {
+                let _ = done.send(());
             }
         }
         if let Some(state) = latest {
@@ -308,10 +331,12 @@ fn kernel_thread(
         if last_counters.elapsed() >= Duration::from_millis(200) {
             last_counters = Instant::now();
             read_counters(&skel, &counters, &metrics);
+            repeated.fold(&skel, &shared);
         }
     }
     // Whatever is left, then the final counters.
     let _ = ring.consume();
+    repeated.fold(&skel, &shared);
     read_counters(&skel, &counters, &metrics);
 }
 
@@ -353,6 +378,8 @@ fn load<'obj>(
         rodata.report_exec = options.enable_process;
         rodata.observe_file = options.enable_file;
         rodata.observe_network = options.enable_network;
+        rodata.fold_repeated_opens = true;
+        rodata.hash_key = rand::random();
         rodata.wakeup_every =
             wakeup_every(options.ring_buffer_size, libbpf_rs::num_possible_cpus());
     }
@@ -437,6 +464,68 @@ fn attach_cgroup(skel: &Skel<'_>, root: &PathBuf, links: &mut Vec<Link>) -> Resu
     links.push(v4);
     links.push(v6);
     Ok(())
+}
+
+/// Adds one to the u64 at index 0 of an array map.
+fn bump(map: &libbpf_rs::MapMut<'_>) {
+    if let Err(error) = maps::bump_generation(map) {
+        tracing::warn!(%error, "kernel map update failed");
+    }
+}
+
+/// The kernel's cumulative counts of repeated opens per cgroup, as last folded in.
+#[derive(Default)]
+struct RepeatedOpens {
+    last: HashMap<u64, u64>,
+}
+
+impl RepeatedOpens {
+    /// Adds what each cgroup's count grew by since the last call to its pod's window.
+    fn fold(&mut self, skel: &Skel<'_>, shared: &Mutex<Shared>) {
+        let map = &skel.maps.cgroup_pod;
+        let mut grown: Vec<(u64, u64)> = Vec::new();
+        let mut now = HashMap::default();
+        for key in map.keys() {
+            let Ok(Some(value)) = map.lookup(&key, MapFlags::ANY) else {
+                continue;
+            };
+            let (Ok(cgroup), Some(pod), Some(count)) = (
+                key.as_slice().try_into().map(u64::from_ne_bytes),
+                read_u64(&value, 0),
+                read_u64(&value, event::POD_OF_REPEATED_OPENS),
+            ) else {
+                continue;
+            };
+            if count == 0 {
+                continue;
+            }
+            // An entry evicted and made again starts from zero.
+            let before = self.last.get(&cgroup).copied().filter(|b| *b <= count);
+            let delta = count - before.unwrap_or(0);
+            if delta > 0 && pod != 0 {
+                grown.push((pod, delta));
+            }
+            now.insert(cgroup, count);
+        }
+        self.last = now;
+        if grown.is_empty() {
+            return;
+        }
+        let mut shared = lock(shared);
+        let shared = &mut *shared;
+        for (pod, delta) in grown {
+            let uid = (shared.pod_cgroups.by_id.get(&pod))
+                .or_else(|| shared.discovered.get(&pod).map(|(uid, _)| uid));
+            match uid {
+                Some(uid) => shared.aggregator.record_repeated_opens(uid, delta),
+                None => shared.unattributed += delta,
+            }
+        }
+    }
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
