@@ -36,9 +36,13 @@ fn cache_dir() -> PathBuf {
         })
 }
 
-/// Root of the repository (for `crds/` and `examples/`).
+/// Root of the repository (for `crds/` and `examples/`): from the manifest directory cargo
+/// gives the running test, not the one compiled in. Checkouts at different paths share the
+/// cache's target directory, and cargo reuses a binary built from another one.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.join("..")
 }
 
 /// The cluster named by the environment, checked once per test binary.

@@ -213,11 +213,11 @@ mod tests {
     use crate::policy::TrustPolicy;
 
     fn example() -> TrustPolicy {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../examples/trustpolicy.yaml"
-        ))
-        .unwrap();
+        // The running test's manifest directory, not the one compiled in (see e2e's repo_root).
+        let manifest = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+        let text =
+            std::fs::read_to_string(format!("{manifest}/../../examples/trustpolicy.yaml")).unwrap();
         serde_saphyr::from_str(&text).unwrap()
     }
 

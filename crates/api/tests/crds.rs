@@ -1,13 +1,16 @@
 //! The committed CRDs are exactly what the types generate, and the schemas are documented and
 //! named as the contract says.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use agentmesh_api::crd;
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    // The running test's manifest directory, not the one compiled in (see e2e's repo_root).
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }
 
 #[test]

@@ -8,7 +8,10 @@ use kube::core::cel::validate_cel;
 use serde::de::DeserializeOwned;
 
 fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+    // The running test's manifest directory, not the one compiled in (see e2e's repo_root).
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../../examples")
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {

@@ -10,7 +10,10 @@ fn agentmesh(args: &[&str]) -> std::process::Output {
 }
 
 fn examples(file: &str) -> String {
-    format!("{}/../../examples/{file}", env!("CARGO_MANIFEST_DIR"))
+    // The running test's manifest directory, not the one compiled in (see e2e's repo_root).
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    format!("{manifest}/../../examples/{file}")
 }
 
 #[test]

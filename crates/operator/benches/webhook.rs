@@ -26,7 +26,10 @@ const CONNECTIONS: usize = 4;
 const SECONDS: u64 = 3;
 
 fn review_body() -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/seed-agent.yaml");
+    // The running bench's manifest directory, not the one compiled in (see e2e's repo_root).
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let path = format!("{manifest}/tests/golden/seed-agent.yaml");
     let case: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1",

@@ -21,7 +21,10 @@ use serde_json::{Value, json};
 const OPERATOR_NAMESPACE: &str = "agentmesh";
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    // The running test's manifest directory, not the one compiled in (see e2e's repo_root).
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/golden")
 }
 
 struct Case {
