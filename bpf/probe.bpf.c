@@ -85,6 +85,18 @@ struct {
 	__type(value, struct exec_key);
 } exec_key_heap SEC(".maps");
 
+/* Per-CPU scratch where a file's path is built backwards from its dentries. */
+struct path_buf {
+	char data[2 * PATH_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct path_buf);
+} path_heap SEC(".maps");
+
 /* Pod cgroup id -> POD_* flags. Written by user space from the kubelet's cgroup layout. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -300,6 +312,68 @@ static __always_inline void emit(struct scratch *s, long path_bytes, __u32 count
 		count(counter);
 }
 
+/* The path of file as the task sees it: from its dentry up to the task's root, crossing mount
+ * points, built backwards in buf so that it ends at data[PATH_LEN - 1] (its NUL). Returns the
+ * offset where it starts, or -1 when it is longer than PATH_LEN or deeper than RESOLVE_DEPTH.
+ * Symbolic links and relative names are gone: this is the file that is executed. */
+static __always_inline long resolve_path(struct path_buf *buf, struct file *file,
+					 struct task_struct *task)
+{
+	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	struct vfsmount *vfsmnt = BPF_CORE_READ(file, f_path.mnt);
+	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
+	struct dentry *root = BPF_CORE_READ(task, fs, root.dentry);
+	struct vfsmount *root_mnt = BPF_CORE_READ(task, fs, root.mnt);
+	long pos = PATH_LEN - 1;
+	buf->data[PATH_LEN - 1] = 0;
+	bool done = false;
+	for (int i = 0; i < RESOLVE_DEPTH; i++) {
+		if (dentry == root && vfsmnt == root_mnt) {
+			done = true;
+			break;
+		}
+		if (dentry == BPF_CORE_READ(vfsmnt, mnt_root)) {
+			struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
+			if (parent == mnt) {
+				done = true; /* the top of the mount tree */
+				break;
+			}
+			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = parent;
+			vfsmnt = &parent->mnt;
+			continue;
+		}
+		struct qstr name = BPF_CORE_READ(dentry, d_name);
+		long len = name.len;
+		if (len <= 0 || len + 1 > pos)
+			return -1;
+		pos -= len;
+		if (bpf_probe_read_kernel(&buf->data[pos & (PATH_LEN - 1)], len & (PATH_LEN - 1),
+					  name.name))
+			return -1;
+		pos -= 1;
+		buf->data[pos & (PATH_LEN - 1)] = '/';
+		dentry = BPF_CORE_READ(dentry, d_parent);
+	}
+	if (!done)
+		return -1;
+	if (pos == PATH_LEN - 1) {
+		pos -= 1;
+		buf->data[pos & (PATH_LEN - 1)] = '/';
+	}
+	return pos;
+}
+
+/* Whether the deny_exec trie has path (a kernel string) for pod; key is scratch. */
+static __always_inline bool exec_denied(struct exec_key *key, __u64 pod, const char *path)
+{
+	key->prefixlen = 64 + 8 * EXEC_KEY_PATH;
+	__builtin_memcpy(key->pod, &pod, sizeof(pod));
+	if (bpf_probe_read_kernel_str(key->path, sizeof(key->path), path) <= 0)
+		return false;
+	return bpf_map_lookup_elem(&deny_exec, key) != 0;
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -321,19 +395,23 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	if (enforce && (flags & POD_ENFORCED)) {
 		__u32 zero = 0;
 		struct exec_key *key = bpf_map_lookup_elem(&exec_key_heap, &zero);
-		if (key) {
-			key->prefixlen = 64 + 8 * EXEC_KEY_PATH;
-			__builtin_memcpy(key->pod, &pod, sizeof(pod));
-			bpf_probe_read_kernel_str(key->path, sizeof(key->path), filename);
-			if (bpf_map_lookup_elem(&deny_exec, key)) {
-				/* The new image never runs a user instruction: the signal is delivered
-				 * on the way back to user space. */
-				bpf_send_signal(SIGKILL);
-				count(C_BLOCKED_EXEC);
-				e->kind = EV_BLOCKED_EXEC;
-				emit(s, n, NO_COUNTER, true);
-				return 0;
-			}
+		struct path_buf *buf = bpf_map_lookup_elem(&path_heap, &zero);
+		/* Denied by the path as passed to exec, or by the file it resolves to (through
+		 * symbolic links, relative names, and for a script its interpreter). */
+		bool denied = key && exec_denied(key, pod, filename);
+		if (key && buf && !denied) {
+			long at = resolve_path(buf, BPF_CORE_READ(bprm, file), p);
+			if (at >= 0)
+				denied = exec_denied(key, pod, &buf->data[at & (PATH_LEN - 1)]);
+		}
+		if (denied) {
+			/* The new image never runs a user instruction: the signal is delivered on
+			 * the way back to user space. */
+			bpf_send_signal(SIGKILL);
+			count(C_BLOCKED_EXEC);
+			e->kind = EV_BLOCKED_EXEC;
+			emit(s, n, NO_COUNTER, true);
+			return 0;
 		}
 	}
 	if (report_exec)

@@ -10,6 +10,7 @@
 #define MAX_PORTS 16      /* ports in one denied-network rule */
 #define MAX_CGROUP_LEVEL 16
 #define CGROUP_NAME_LEN 96 /* bytes of a cgroup directory name compared in the kernel */
+#define RESOLVE_DEPTH 32    /* path components (and mount crossings) walked to resolve a file */
 
 enum event_kind {
 	EV_EXEC = 1,

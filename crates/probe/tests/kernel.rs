@@ -283,6 +283,35 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
             .any(|b| matches!(b, BlockedAction::Connect { port: p, .. } if *p == port))
     );
 
+    // A rule names the file as it resolves: reaching it through a symbolic link or a relative
+    // name is killed as well.
+    let real = std::fs::canonicalize("/bin/true").unwrap();
+    let link = std::env::temp_dir().join(format!("meshlogic-true-{}", pod.uid));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    server.set_enforcement(EnforcementSet {
+        version: "1b".into(),
+        pods: vec![PodEnforcement {
+            pod_uid: pod.uid.clone(),
+            denied_executables: vec![real.display().to_string()],
+            ..Default::default()
+        }],
+    });
+    wait_for_version(&probe, "1b").await;
+    for script in [
+        link.display().to_string(),
+        format!(
+            "cd {} && ./{}",
+            real.parent().unwrap().display(),
+            real.file_name().unwrap().to_str().unwrap()
+        ),
+    ] {
+        let killed = pod.run(&script);
+        assert_eq!(killed.signal(), Some(libc::SIGKILL), "{script}: {killed:?}");
+    }
+    assert!(pod.run("/bin/echo ok").success());
+    let _ = std::fs::remove_file(&link);
+
     // Quarantine: every connect refused but the allowed destinations.
     let other_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let allowed_port = other_listener.local_addr().unwrap().port();
