@@ -38,10 +38,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set before load. */
 const volatile bool filter_pods = true; /* only tasks under a watched pod cgroup */
-const volatile bool enforce = false;    /* tier 3: kill denied execs */
+const volatile bool enforce = false;    /* tier 3: kill denied execs, refuse denied connects */
 const volatile bool report_exec = true; /* false: exec is loaded for tier 3 only, not observed */
-const volatile bool observe_file = true;
-const volatile bool observe_network = true;
+const volatile bool observe_network = true; /* false: connects are refused at tier 3, not observed */
 /* Wake the consumer once per this many events (a power of two) sent from one CPU; it also drains
  * every few milliseconds. A wake-up per event would cost more than the event itself. */
 const volatile __u64 wakeup_every = 256;

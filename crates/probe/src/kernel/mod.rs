@@ -376,7 +376,6 @@ fn load<'obj>(
         rodata.filter_pods = options.filter_pods;
         rodata.enforce = blocking;
         rodata.report_exec = options.enable_process;
-        rodata.observe_file = options.enable_file;
         rodata.observe_network = options.enable_network;
         rodata.fold_repeated_opens = true;
         rodata.hash_key = rand::random();
