@@ -284,7 +284,7 @@ static __always_inline struct scratch *new_event(__u32 kind, __u64 pod)
 	e->port = 0;
 	__builtin_memset(e->addr, 0, sizeof(e->addr));
 	e->path_len = 0;
-	e->lpm_prefixlen = 0;
+	e->reserved = 0;
 	e->comm[0] = 0; /* filled for execs only: user space does not need it elsewhere */
 	return s;
 }
@@ -482,6 +482,14 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 	return 0;
 }
 
+/* A path on the stack: &prefixlen, with the path right after it, is a mute_paths key, and the
+ * path is 8-byte aligned for path_hash's word reads. */
+struct stack_path {
+	__u32 pad;
+	__u32 prefixlen;
+	char path[PATH_LEN];
+} __attribute__((aligned(8)));
+
 static __always_inline int handle_open(const char *filename, __s32 open_flags)
 {
 	__u32 flags = 0;
@@ -491,45 +499,51 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 		count(C_UNWATCHED);
 		return 0;
 	}
-	struct scratch *s = new_event(EV_OPEN, pod);
-	if (!s)
-		return 0;
-	struct event *e = &s->event;
-	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), filename);
+	/* The path is read onto the stack: the kernel checks a copy to the stack for less than one
+	 * to a map value, and a repeated open never needs it anywhere else. */
+	struct stack_path path;
+	long n = bpf_probe_read_user_str(path.path, sizeof(path.path), filename);
 	if (n <= 0) {
-		e->path[0] = 0;
+		path.path[0] = 0;
 		n = 1;
+	}
+	struct open_key key = {};
+	struct open_key *seen = 0;
+	if (fold_repeated_opens && entry) {
+		__u32 zero = 0;
+		__u64 *epoch = bpf_map_lookup_elem(&open_epoch, &zero);
+		key.pod = pod;
+		key.path_hash = path_hash(path.path, n);
+		key.flags = open_flags;
+		key.epoch = epoch ? (__u32)*epoch : 0;
+		__u32 slot = (__u32)(key.path_hash ^ pod) & (OPEN_CACHE_SLOTS - 1);
+		seen = bpf_map_lookup_elem(&open_seen, &slot);
+		if (seen && seen->pod == key.pod && seen->path_hash == key.path_hash &&
+		    seen->flags == key.flags && seen->epoch == key.epoch) {
+			if (seen->muted) {
+				count(C_MUTED);
+			} else {
+				__sync_fetch_and_add(&entry->repeated_opens, 1);
+				count(C_OPEN_REPEATED);
+			}
+			return 0;
+		}
 	}
 	/* Mute paths: longest-prefix match of the path against the mute_paths trie. Bytes after
 	 * the NUL are stale but never compared: every stored prefix ends at or before it. */
-	e->lpm_prefixlen = 8 * PATH_LEN;
-	if (bpf_map_lookup_elem(&mute_paths, &e->lpm_prefixlen)) {
+	path.prefixlen = 8 * PATH_LEN;
+	key.muted = bpf_map_lookup_elem(&mute_paths, &path.prefixlen) != 0;
+	if (seen)
+		*seen = key;
+	if (key.muted) {
 		count(C_MUTED);
 		return 0;
 	}
-	e->lpm_prefixlen = 0;
-	e->flags = open_flags;
-	if (fold_repeated_opens && entry && n <= PATH_LEN) {
-		__u32 zero = 0;
-		__u64 *epoch = bpf_map_lookup_elem(&open_epoch, &zero);
-		struct open_key key = {
-			.pod = pod,
-			.path_hash = path_hash(e->path, n),
-			.flags = open_flags,
-			.epoch = epoch ? (__u32)*epoch : 0,
-		};
-		__u32 slot = (__u32)(key.path_hash ^ pod) & (OPEN_CACHE_SLOTS - 1);
-		struct open_key *seen = bpf_map_lookup_elem(&open_seen, &slot);
-		if (seen) {
-			if (seen->pod == key.pod && seen->path_hash == key.path_hash &&
-			    seen->flags == key.flags && seen->epoch == key.epoch) {
-				__sync_fetch_and_add(&entry->repeated_opens, 1);
-				count(C_OPEN_REPEATED);
-				return 0;
-			}
-			*seen = key;
-		}
-	}
+	struct scratch *s = new_event(EV_OPEN, pod);
+	if (!s)
+		return 0;
+	__builtin_memcpy(s->event.path, path.path, sizeof(path.path));
+	s->event.flags = open_flags;
 	emit(s, n, C_OPEN, false);
 	return 0;
 }

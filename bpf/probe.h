@@ -54,7 +54,7 @@ struct event {
 	__u8 addr[16];
 	char comm[COMM_LEN];
 	__u32 path_len;      /* bytes of path sent, with the NUL; 0 when none */
-	__u32 lpm_prefixlen; /* lets &lpm_prefixlen serve as the mute_paths LPM key, path its data */
+	__u32 reserved;      /* zero; keeps path 8-byte aligned (the kernel hashes it a word at a time) */
 	char path[PATH_LEN];
 };
 
@@ -64,9 +64,11 @@ struct open_key {
 	__u64 path_hash; /* keyed hash of the path, its NUL included */
 	__s32 flags;
 	__u32 epoch;
+	__u32 muted; /* the path is under a mute path: repeats are dropped, counted as muted */
+	__u32 pad;
 };
 
-/* Key of the mute_paths LPM trie: the same bytes as event.lpm_prefixlen + event.path. */
+/* Key of the mute_paths LPM trie: a prefix length in bits, then the path. */
 struct path_key {
 	__u32 prefixlen;
 	char path[PATH_LEN];

@@ -56,7 +56,7 @@ pub struct EventHeader {
     pub addr: [u8; 16],
     pub comm: [u8; 16],
     pub path_len: u32,
-    pub lpm_prefixlen: u32,
+    pub reserved: u32,
 }
 
 // SAFETY: plain old data: integers and byte arrays, every bit pattern valid.
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(size_of::<types::net6_key>(), 4 + 8 + 16);
         assert_eq!(size_of::<types::net_rule>(), 4 + 2 * MAX_PORTS);
         assert_eq!(size_of::<types::dest_key>(), 8 + 16 + 4 + 4);
-        assert_eq!(size_of::<types::open_key>(), 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<types::open_key>(), 8 + 8 + 4 + 4 + 4 + 4);
         assert_eq!(size_of::<types::pod_of>(), POD_OF_LEN);
         assert_eq!(
             offset_of!(types::pod_of, repeated_opens),
