@@ -3,10 +3,11 @@
 //! like the kubelet's, so everything it does is watched (the worst case); the probe (the real
 //! binary, tier 2, every category on, default 1 MiB ring buffer) runs in the original cgroup.
 //!
-//! - exec, open and connect loops without and with the probe: overhead ratio per workload
-//!   (best of `ROUNDS` alternating rounds), plus opens by an unwatched process; and the same
-//!   loops with only an empty program at the raw `sys_enter` tracepoint, the one hook this
-//!   kernel offers for file opens: the floor under any observer of opens;
+//! - exec, open and connect loops without and with the probe: overhead ratio per workload (the
+//!   median over `ROUNDS` rounds of each round's ratio), plus opens by an unwatched process and
+//!   opens of a new path each time; and the same loops with only an empty program at the raw
+//!   `sys_enter` tracepoint, the one hook this kernel offers for file opens: the floor under any
+//!   observer of opens;
 //! - the highest open-event rate delivered with zero ring-buffer drops, stepping the offered
 //!   rate up;
 //! - the probe's peak RSS (VmHWM).
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const EXECS: usize = 1_000;
 const OPENS: usize = 300_000;
 const CONNECTS: usize = 5_000;
@@ -92,7 +93,7 @@ fn run(root: &Path, original: &Path, pod: &Path) {
         "meshlogic-probe bench: tier 2, exec+file+network on, ring buffer 1 MiB, bench process watched"
     );
     println!(
-        "best of {ROUNDS} alternating rounds; CPU = the workload's own CPU time (BPF programs run in its \
+        "median of {ROUNDS} rounds (each: without, with the probe, floor, back to back); CPU = the workload's own CPU time (BPF programs run in its \
          syscalls), + probe = plus the probe process's CPU time meanwhile"
     );
     println!(
@@ -127,12 +128,9 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     const WITHOUT: usize = 0;
     const PROBE: usize = 1;
     const FLOOR: usize = 2;
-    let mut best: Vec<[Option<Sample>; 3]> = vec![[None; 3]; workloads.len() + 2];
-    let keep = |slot: &mut Option<Sample>, sample: Sample| {
-        if slot.is_none_or(|best| sample.cpu < best.cpu) {
-            *slot = Some(sample);
-        }
-    };
+    // Every round's sample, per workload and slot: the three slots of a round run back to back,
+    // so a round's ratios compare like with like on a machine whose speed drifts.
+    let mut samples: Vec<[Vec<Sample>; 3]> = vec![Default::default(); workloads.len() + 2];
     let mut hwm_kib = 0;
     for _round in 0..ROUNDS {
         for slot in [WITHOUT, PROBE, FLOOR] {
@@ -143,17 +141,11 @@ fn run(root: &Path, original: &Path, pod: &Path) {
             });
             let pid = probe.as_ref().map(|(child, _)| child.id());
             for (i, (_, workload, _)) in workloads.iter().enumerate() {
-                keep(&mut best[i][slot], measure(workload.as_ref(), pid));
+                samples[i][slot].push(measure(workload.as_ref(), pid));
             }
-            keep(
-                &mut best[distinct][slot],
-                measure(&|| open_distinct_loop(OPENS), pid),
-            );
+            samples[distinct][slot].push(measure(&|| open_distinct_loop(OPENS), pid));
             move_to(original);
-            keep(
-                &mut best[unwatched][slot],
-                measure(&|| open_loop(OPENS), pid),
-            );
+            samples[unwatched][slot].push(measure(&|| open_loop(OPENS), pid));
             move_to(pod);
             if let Some((mut child, _)) = probe {
                 hwm_kib = hwm_kib.max(vm_hwm_kib(child.id()));
@@ -165,7 +157,7 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     let mut worst = (0f64, "");
     let mut open_floor = 0f64;
     for (i, (name, _, ops)) in workloads.iter().enumerate() {
-        let (total, floor) = row(name, &best[i], *ops);
+        let (total, floor) = row(name, &samples[i], *ops);
         if total > worst.0 {
             worst = (total, name);
         }
@@ -173,8 +165,8 @@ fn run(root: &Path, original: &Path, pod: &Path) {
             open_floor = floor;
         }
     }
-    let (every_open_sent, _) = row("open ENOENT, new path each", &best[distinct], OPENS);
-    row("open+close (unwatched proc)", &best[unwatched], OPENS);
+    let (every_open_sent, _) = row("open ENOENT, new path each", &samples[distinct], OPENS);
+    row("open+close (unwatched proc)", &samples[unwatched], OPENS);
 
     // Capacity: offered open rate stepped up until the ring buffer drops.
     let (mut child, metrics) = start_probe(root, original, &trust);
@@ -230,30 +222,48 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     );
 }
 
-/// Prints one workload; returns its CPU overhead including the probe's CPU, and the floor's.
-fn row(name: &str, samples: &[Option<Sample>; 3], ops: usize) -> (f64, f64) {
-    let [Some(without), Some(with), Some(floor)] = *samples else {
-        return (0.0, 0.0);
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Prints one workload: medians over the rounds of the time per operation and of each round's
+/// overhead. Returns the CPU overhead including the probe's CPU, and the floor's.
+fn row(name: &str, samples: &[Vec<Sample>; 3], ops: usize) -> (f64, f64) {
+    let [without, with, floor] = samples;
+    let per = |pick: fn(&Sample) -> Duration, slot: &[Sample]| {
+        median(
+            slot.iter()
+                .map(|s| pick(s).as_secs_f64() * 1e6 / ops as f64)
+                .collect(),
+        )
     };
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / ops as f64;
-    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64() - 1.0;
-    let cpu = ratio(with.cpu, without.cpu);
-    let wall = ratio(with.wall, without.wall);
-    let total = ratio(with.cpu + with.probe_cpu, without.cpu);
-    let floor = ratio(floor.cpu, without.cpu);
+    let overhead =
+        |value: fn(&Sample) -> Duration, base: fn(&Sample) -> Duration, of: &[Sample]| {
+            median(
+                of.iter()
+                    .zip(without)
+                    .map(|(s, w)| value(s).as_secs_f64() / base(w).as_secs_f64() - 1.0)
+                    .collect(),
+            )
+        };
+    let cpu = overhead(|s| s.cpu, |w| w.cpu, with);
+    let wall = overhead(|s| s.wall, |w| w.wall, with);
+    let total = overhead(|s| s.cpu + s.probe_cpu, |w| w.cpu, with);
+    let floor_overhead = overhead(|s| s.cpu, |w| w.cpu, floor);
     println!(
         "{:<28} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>+8.1}% {:>+8.1}% {:>+12.1}% {:>+9.1}%",
         name,
-        per(without.wall),
-        per(with.wall),
-        per(without.cpu),
-        per(with.cpu),
+        per(|s| s.wall, without),
+        per(|s| s.wall, with),
+        per(|s| s.cpu, without),
+        per(|s| s.cpu, with),
         cpu * 100.0,
         wall * 100.0,
         total * 100.0,
-        floor * 100.0
+        floor_overhead * 100.0
     );
-    (total, floor)
+    (total, floor_overhead)
 }
 
 fn clock(id: libc::clockid_t) -> Duration {
