@@ -130,6 +130,21 @@ struct {
 	__type(value, struct pod_of);
 } cgroup_pod SEC(".maps");
 
+/* Per CPU, the cgroups lately found outside every pod, direct-mapped by id: most tasks of a node
+ * are not in a pod, and this answers for them without a hash lookup. */
+#define UNWATCHED_SLOTS 64
+struct unwatched {
+	__u64 cgroup;
+	__u64 generation;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, UNWATCHED_SLOTS);
+	__type(key, __u32);
+	__type(value, struct unwatched);
+} unwatched_cgroups SEC(".maps");
+
 /* The report window, bumped by user space as each window closes; part of open_seen's key. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -225,8 +240,16 @@ static __always_inline __u64 find_pod_entry(__u32 *flags, struct pod_of **entry)
 	__u64 generation = *current;
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u64 cgroup = task->cgroups->dfl_cgrp->kn->id;
+	__u32 slot = (__u32)cgroup & (UNWATCHED_SLOTS - 1);
+	struct unwatched *outside = bpf_map_lookup_elem(&unwatched_cgroups, &slot);
+	if (outside && outside->cgroup == cgroup && outside->generation == generation)
+		return 0;
 	struct pod_of *cached = bpf_map_lookup_elem(&cgroup_pod, &cgroup);
 	if (cached && cached->generation == generation) {
+		if (!cached->pod && outside) {
+			outside->cgroup = cgroup;
+			outside->generation = generation;
+		}
 		*flags = cached->flags;
 		*entry = cached;
 		return cached->pod;
