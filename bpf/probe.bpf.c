@@ -16,12 +16,10 @@
  * run on connect() alone. */
 #if defined(__TARGET_ARCH_x86)
 #define NR_OPEN 2
-#define NR_CONNECT 42
 #define NR_OPENAT 257
 #define NR_OPENAT2 437
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_OPEN -1 /* no open(2) on arm64 */
-#define NR_CONNECT 203
 #define NR_OPENAT 56
 #define NR_OPENAT2 437
 #else

@@ -484,10 +484,17 @@ impl RepeatedOpens {
         let map = &skel.maps.cgroup_pod;
         let mut grown: Vec<(u64, u64)> = Vec::new();
         let mut now = HashMap::default();
-        for key in map.keys() {
-            let Ok(Some(value)) = map.lookup(&key, MapFlags::ANY) else {
-                continue;
+        // In batches of 1024 entries per syscall: the map also holds every cgroup seen outside
+        // the pods.
+        let entries: Box<dyn Iterator<Item = (Vec<u8>, Vec<u8>)>> =
+            match map.lookup_batch(1024, MapFlags::ANY, MapFlags::ANY) {
+                Ok(batches) => Box::new(batches),
+                Err(_) => Box::new(map.keys().filter_map(|key| {
+                    let value = map.lookup(&key, MapFlags::ANY).ok().flatten()?;
+                    Some((key, value))
+                })),
             };
+        for (key, value) in entries {
             let (Ok(cgroup), Some(pod), Some(count)) = (
                 key.as_slice().try_into().map(u64::from_ne_bytes),
                 read_u64(&value, 0),
