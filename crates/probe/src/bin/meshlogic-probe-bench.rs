@@ -124,29 +124,44 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     // repeat the kernel folds into a count: every open is an event sent to user space.
     let distinct = workloads.len();
     let unwatched = distinct + 1;
-    // Per workload: without, with the probe, with the empty sys_enter program.
+    // Per workload: without, with the probe, with the empty sys_enter program, and (exec and
+    // connect only) with the probe told `ebpf.enableFile: false`, which leaves sys_enter alone.
     const WITHOUT: usize = 0;
     const PROBE: usize = 1;
     const FLOOR: usize = 2;
-    // Every round's sample, per workload and slot: the three slots of a round run back to back,
-    // so a round's ratios compare like with like on a machine whose speed drifts.
-    let mut samples: Vec<[Vec<Sample>; 3]> = vec![Default::default(); workloads.len() + 2];
+    const NO_FILE: usize = 3;
+    // Every round's sample, per workload and slot: the slots of a round run back to back, so a
+    // round's ratios compare like with like on a machine whose speed drifts.
+    let mut samples: Vec<[Vec<Sample>; 4]> = vec![Default::default(); workloads.len() + 2];
     let mut hwm_kib = 0;
     for _round in 0..ROUNDS {
-        for slot in [WITHOUT, PROBE, FLOOR] {
-            let probe = (slot == PROBE).then(|| start_probe(root, original, &trust));
+        for slot in [WITHOUT, PROBE, FLOOR, NO_FILE] {
+            let probe = match slot {
+                PROBE => Some(start_probe(root, original, &trust, "{}")),
+                NO_FILE => Some(start_probe(
+                    root,
+                    original,
+                    &trust,
+                    r#"{"enableFile":false}"#,
+                )),
+                _ => None,
+            };
             let floor = (slot == FLOOR).then(|| {
                 meshlogic_probe::kernel::floor::attach_empty_sys_enter()
                     .expect("attaching the empty sys_enter program")
             });
             let pid = probe.as_ref().map(|(child, _)| child.id());
-            for (i, (_, workload, _)) in workloads.iter().enumerate() {
-                samples[i][slot].push(measure(workload.as_ref(), pid));
+            for (i, (name, workload, _)) in workloads.iter().enumerate() {
+                if slot != NO_FILE || !name.starts_with("open") {
+                    samples[i][slot].push(measure(workload.as_ref(), pid));
+                }
             }
-            samples[distinct][slot].push(measure(&|| open_distinct_loop(OPENS), pid));
-            move_to(original);
-            samples[unwatched][slot].push(measure(&|| open_loop(OPENS), pid));
-            move_to(pod);
+            if slot != NO_FILE {
+                samples[distinct][slot].push(measure(&|| open_distinct_loop(OPENS), pid));
+                move_to(original);
+                samples[unwatched][slot].push(measure(&|| open_loop(OPENS), pid));
+                move_to(pod);
+            }
             if let Some((mut child, _)) = probe {
                 hwm_kib = hwm_kib.max(vm_hwm_kib(child.id()));
                 stop(&mut child);
@@ -167,9 +182,26 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     }
     let (every_open_sent, _) = row("open ENOENT, new path each", &samples[distinct], OPENS);
     row("open+close (unwatched proc)", &samples[unwatched], OPENS);
+    println!();
+    let mut worst_without_files = (0f64, "");
+    for (i, (name, _, _)) in workloads.iter().enumerate() {
+        if samples[i][NO_FILE].is_empty() {
+            continue;
+        }
+        let total = overhead(&samples[i][NO_FILE], &samples[i][WITHOUT], |s| {
+            s.cpu + s.probe_cpu
+        });
+        println!(
+            "with ebpf.enableFile=false (no sys_enter program): {name}: CPU incl. probe {:+.1}%",
+            total * 100.0
+        );
+        if total > worst_without_files.0 {
+            worst_without_files = (total, name);
+        }
+    }
 
     // Capacity: offered open rate stepped up until the ring buffer drops.
-    let (mut child, metrics) = start_probe(root, original, &trust);
+    let (mut child, metrics) = start_probe(root, original, &trust, "{}");
     let mut sustained = 0f64;
     println!();
     for offered in [
@@ -215,6 +247,11 @@ fn run(root: &Path, original: &Path, pod: &Path) {
         "overhead ratio, opens of a new path each (every open an event), CPU incl. probe: {:.3}",
         1.0 + every_open_sent
     );
+    println!(
+        "overhead ratio, worst of exec and connect with ebpf.enableFile=false ({}), CPU incl. probe: {:.3} (goal <= 1.03)",
+        worst_without_files.1,
+        1.0 + worst_without_files.0
+    );
     println!("highest event rate with zero drops: {sustained:.0} events/s (goal >= 500000)");
     println!(
         "probe peak RSS: {:.1} MiB (goal <= 32 MiB)",
@@ -227,10 +264,20 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The median over the rounds of `value(sample) / value(baseline) - 1`.
+fn overhead(of: &[Sample], baseline: &[Sample], value: fn(&Sample) -> Duration) -> f64 {
+    median(
+        of.iter()
+            .zip(baseline)
+            .map(|(s, b)| value(s).as_secs_f64() / b.cpu.as_secs_f64() - 1.0)
+            .collect(),
+    )
+}
+
 /// Prints one workload: medians over the rounds of the time per operation and of each round's
 /// overhead. Returns the CPU overhead including the probe's CPU, and the floor's.
-fn row(name: &str, samples: &[Vec<Sample>; 3], ops: usize) -> (f64, f64) {
-    let [without, with, floor] = samples;
+fn row(name: &str, samples: &[Vec<Sample>; 4], ops: usize) -> (f64, f64) {
+    let [without, with, floor, _] = samples;
     let per = |pick: fn(&Sample) -> Duration, slot: &[Sample]| {
         median(
             slot.iter()
@@ -431,14 +478,22 @@ fn scrape(addr: SocketAddr) -> (f64, f64) {
     )
 }
 
-/// Starts the real probe binary in the original cgroup; waits for its /health.
-fn start_probe(root: &Path, original: &Path, trust: &SocketAddr) -> (Child, SocketAddr) {
+/// Starts the real probe binary in the original cgroup, with `ebpf` as its spec's `ebpf` (JSON);
+/// waits for its /ready.
+fn start_probe(
+    root: &Path,
+    original: &Path,
+    trust: &SocketAddr,
+    ebpf: &str,
+) -> (Child, SocketAddr) {
     let dir = std::env::temp_dir().join(format!("meshlogic-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.json");
     std::fs::write(
         &config,
-        r#"{"agent":"bench/bench","spec":{"customerId":"bench","reportIntervalSeconds":1}}"#,
+        format!(
+            r#"{{"agent":"bench/bench","spec":{{"customerId":"bench","reportIntervalSeconds":1,"ebpf":{ebpf}}}}}"#
+        ),
     )
     .unwrap();
     let token = dir.join("token");
