@@ -17,13 +17,9 @@ const WAIT: Duration = Duration::from_secs(15);
 /// Execs, opens (read and write) and connects (IPv4 and IPv6) from a process in a pod cgroup
 /// of `layout`; a second pod's activity must not be attributed to the first.
 async fn attribution(layout: Layout) {
-    if !require_root() {
+    let Some((server, probe)) = common::root_probe(json!({})).await else {
         return;
-    }
-    let server = TrustServer::start().await;
-    let probe = meshlogic_probe::run::start(config(&server, json!({})))
-        .await
-        .unwrap();
+    };
     assert_eq!(
         probe.status.tier(),
         2,
@@ -111,13 +107,9 @@ async fn events_are_attributed_to_the_pod_in_the_systemd_layout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn muted_paths_never_reach_user_space() {
-    if !require_root() {
+    let Some((server, probe)) = common::root_probe(json!({})).await else {
         return;
-    }
-    let server = TrustServer::start().await;
-    let probe = meshlogic_probe::run::start(config(&server, json!({})))
-        .await
-        .unwrap();
+    };
     let pod = TestPod::new(Layout::Cgroupfs);
     common::wait_watched(&probe, &[&pod]).await;
     let muted_before = probe.kernel_counters().unwrap().get(C_MUTED);
@@ -218,13 +210,9 @@ async fn disabling_a_category_stops_its_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
-    if !require_root() {
+    let Some((server, probe)) = common::root_probe(json!({"safetyTier": 3})).await else {
         return;
-    }
-    let server = TrustServer::start().await;
-    let probe = meshlogic_probe::run::start(config(&server, json!({"safetyTier": 3})))
-        .await
-        .unwrap();
+    };
     assert_eq!(
         probe.status.tier(),
         3,
@@ -433,13 +421,9 @@ async fn ring_buffer_drops_are_counted_and_reported() {
 /// any scan of the cgroup tree could have found it, is attributed to it (both layouts).
 #[tokio::test]
 async fn a_pod_is_watched_from_its_cgroup_creation() {
-    if !require_root() {
+    let Some((server, probe)) = common::root_probe(json!({})).await else {
         return;
-    }
-    let server = TrustServer::start().await;
-    let probe = meshlogic_probe::run::start(config(&server, json!({})))
-        .await
-        .unwrap();
+    };
     assert_eq!(probe.status.tier(), 2);
     for layout in [Layout::Cgroupfs, Layout::Systemd] {
         let pod = TestPod::new(layout);
@@ -461,13 +445,9 @@ async fn a_pod_is_watched_from_its_cgroup_creation() {
 /// the next window lists it again when it is opened again.
 #[tokio::test]
 async fn repeated_opens_are_counted_in_the_kernel_and_listed_once_per_window() {
-    if !require_root() {
+    let Some((server, probe)) = common::root_probe(json!({})).await else {
         return;
-    }
-    let server = TrustServer::start().await;
-    let probe = meshlogic_probe::run::start(config(&server, json!({})))
-        .await
-        .unwrap();
+    };
     let pod = TestPod::new(Layout::Cgroupfs);
     common::wait_watched(&probe, &[&pod]).await;
     let marker = std::env::temp_dir().join(format!("meshlogic-repeated-{}", pod.uid));

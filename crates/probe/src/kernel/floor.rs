@@ -6,19 +6,7 @@ use std::mem::MaybeUninit;
 use libbpf_rs::Link;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    non_camel_case_types,
-    non_snake_case,
-    dead_code,
-    unused_imports,
-    unsafe_op_in_unsafe_fn,
-    missing_docs
-)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/floor.skel.rs"));
-}
+use super::skel::floor as skel;
 
 /// Loads and attaches the empty program; it stays attached until the link is dropped.
 pub fn attach_empty_sys_enter() -> Result<Link, libbpf_rs::Error> {

@@ -16,12 +16,26 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use meshlogic_probe::config::{KubeAccess, Overrides, ProbeConfig};
+use meshlogic_probe::run::ProbeHandle;
 use tokio::sync::watch;
 
 pub const TOKEN: &str = "test-token";
 
 /// Tests that need root and a BPF-capable kernel fail without them, unless the caller opts out
 /// explicitly with MESHLOGIC_SKIP_ROOT_TESTS=1.
+/// A trust API stub and a probe started against it with `spec`; `None` when root tests are
+/// skipped.
+pub async fn root_probe(spec: serde_json::Value) -> Option<(TrustServer, ProbeHandle)> {
+    if !require_root() {
+        return None;
+    }
+    let server = TrustServer::start().await;
+    let probe = meshlogic_probe::run::start(config(&server, spec))
+        .await
+        .unwrap();
+    Some((server, probe))
+}
+
 pub fn require_root() -> bool {
     if std::env::var("MESHLOGIC_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
         eprintln!("skipped: MESHLOGIC_SKIP_ROOT_TESTS=1");
