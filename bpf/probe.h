@@ -54,7 +54,7 @@ struct event {
 	__u8 addr[16];
 	char comm[COMM_LEN];
 	__u32 path_len;      /* bytes of path sent, with the NUL; 0 when none */
-	__u32 reserved;      /* zero; keeps path 8-byte aligned (the kernel hashes it a word at a time) */
+	__u32 reserved;      /* zero; keeps path 8-byte aligned */
 	char path[PATH_LEN];
 };
 
