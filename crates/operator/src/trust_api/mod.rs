@@ -20,7 +20,7 @@ use crate::context::Context;
 use crate::engine::Engine;
 use crate::http::{self, Body};
 use crate::metrics::{ReasonLabels, RequestLabels};
-use auth::{Authenticator, Refusal};
+use auth::{Authenticator, Caller, Refusal};
 
 /// Largest report body accepted.
 const MAX_BODY: usize = 4 << 20;
@@ -122,16 +122,20 @@ impl Server {
         }
     }
 
-    async fn try_reports(&self, request: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+    /// Who sent the request, from its bearer token.
+    async fn caller(&self, request: &Request<Incoming>) -> Result<Caller, Refusal> {
         let header = request
             .headers()
             .get(hyper::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
+            .and_then(|h| h.to_str().ok());
+        self.auth.authenticate(&self.ctx, header).await
+    }
+
+    async fn try_reports(&self, request: Request<Incoming>) -> Result<Response<Body>, Refusal> {
         // Leadership, then authentication, before reading the body: a request that will be
         // refused costs nothing more.
         let engine = self.engine()?;
-        let caller = self.auth.authenticate(&self.ctx, header.as_deref()).await?;
+        let caller = self.caller(&request).await?;
         let body = Limited::new(request.into_body(), MAX_BODY)
             .collect()
             .await
@@ -219,11 +223,7 @@ impl Server {
 
     async fn enforcement(&self, request: Request<Incoming>) -> Response<Body> {
         let result = async {
-            let header = request
-                .headers()
-                .get(hyper::header::AUTHORIZATION)
-                .and_then(|h| h.to_str().ok());
-            let caller = self.auth.authenticate(&self.ctx, header).await?;
+            let caller = self.caller(&request).await?;
             self.auth.may_report(&self.ctx, &caller).await?;
             let query = query(request.uri().query());
             let node = query.get("node").cloned().ok_or_else(|| {
@@ -249,11 +249,7 @@ impl Server {
 
     async fn sidecar_config(&self, request: Request<Incoming>) -> Response<Body> {
         let result = async {
-            let header = request
-                .headers()
-                .get(hyper::header::AUTHORIZATION)
-                .and_then(|h| h.to_str().ok());
-            let caller = self.auth.authenticate(&self.ctx, header).await?;
+            let caller = self.caller(&request).await?;
             let engine = self.engine()?;
             let uid = caller.pod_uid.clone().ok_or_else(|| {
                 Refusal::new(
