@@ -35,19 +35,19 @@ fn eventually<T>(
 /// Deletes the agent when a test ends, while its operator still runs (declared after the
 /// operator, so dropped before it): the agent's finalizer needs the operator, and a namespace
 /// cannot go while an object in it waits on a finalizer.
-struct AgentCleanup<'a> {
-    namespace: &'a str,
-    name: &'a str,
+struct AgentCleanup {
+    namespace: String,
+    name: String,
 }
 
-impl Drop for AgentCleanup<'_> {
+impl Drop for AgentCleanup {
     fn drop(&mut self) {
         let _ = cluster().kubectl(&[
             "delete",
             "mla",
-            self.name,
+            &self.name,
             "-n",
-            self.namespace,
+            &self.namespace,
             "--ignore-not-found",
             "--timeout=30s",
         ]);
@@ -77,17 +77,24 @@ fn rbac_name(namespace: &str, name: &str) -> String {
 }
 
 /// Starts an operator for a fresh namespace and applies an agent; waits for its DaemonSet.
-fn start(prefix: &str, name: &str) -> (TestNamespace, OperatorProcess) {
+/// A namespace with an operator and the MeshLogicAgent `name`, once its DaemonSet exists. The
+/// guard deletes the agent while the operator still runs (its finalizer needs the operator):
+/// bind it last so that it drops first.
+fn start(prefix: &str, name: &str) -> (TestNamespace, OperatorProcess, AgentCleanup) {
     let cluster = cluster();
     cluster.ensure_crds();
     let namespace = TestNamespace::create(prefix, &[]);
     let mut operator = OperatorProcess::start(&namespace.name, "op-1", &[]);
     cluster.apply(&namespace.name, &agent_yaml(&namespace.name, name));
+    let cleanup = AgentCleanup {
+        namespace: namespace.name.clone(),
+        name: name.to_string(),
+    };
     let ns = namespace.name.clone();
     eventually(&mut operator, "the probe DaemonSet", || {
         agentmesh_e2e::cluster().get("daemonset", &format!("{name}-probe"), Some(&ns))
     });
-    (namespace, operator)
+    (namespace, operator, cleanup)
 }
 
 fn assert_owned_by(object: &Value, agent: &Value) {
@@ -143,11 +150,7 @@ fn probe_may(namespace: &str, name: &str, verb: &str, group: &str, resource: &st
 #[test]
 fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_config() {
     let name = "probe-a";
-    let (namespace, mut operator) = start("mla-create", name);
-    let _cleanup = AgentCleanup {
-        namespace: &namespace.name,
-        name,
-    };
+    let (namespace, mut operator, _cleanup) = start("mla-create", name);
     let ns = namespace.name.as_str();
     let agent = agentmesh_e2e::cluster().get("mla", name, Some(ns)).unwrap();
     assert!(
@@ -379,11 +382,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
 #[test]
 fn editing_a_meshlogicagent_rolls_its_daemonset_and_nothing_else_does() {
     let name = "probe-b";
-    let (namespace, mut operator) = start("mla-edit", name);
-    let _cleanup = AgentCleanup {
-        namespace: &namespace.name,
-        name,
-    };
+    let (namespace, mut operator, _cleanup) = start("mla-edit", name);
     let ns = namespace.name.as_str();
     let ds_name = format!("{name}-probe");
     let hash_of = |ds: &Value| {
@@ -491,11 +490,7 @@ fn editing_a_meshlogicagent_rolls_its_daemonset_and_nothing_else_does() {
 #[test]
 fn deleting_a_meshlogicagent_removes_everything_it_made() {
     let name = "probe-c";
-    let (namespace, mut operator) = start("mla-delete", name);
-    let _cleanup = AgentCleanup {
-        namespace: &namespace.name,
-        name,
-    };
+    let (namespace, mut operator, _cleanup) = start("mla-delete", name);
     let ns = namespace.name.as_str();
     let rbac = rbac_name(ns, name);
     eventually(&mut operator, "everything created", || {
@@ -619,8 +614,8 @@ fn the_operator_needs_only_the_rbac_it_documents() {
     let mut operator =
         OperatorProcess::start(ns, "op-1", &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
     let _cleanup = AgentCleanup {
-        namespace: ns,
-        name,
+        namespace: ns.to_string(),
+        name: name.to_string(),
     };
     cluster.apply(ns, &agent_yaml(ns, name));
     eventually(&mut operator, "status: 2 of 2 nodes ready", || {
@@ -708,11 +703,7 @@ fn ensure_service_monitor_crd() {
 fn a_service_monitor_is_made_when_asked_and_removed_when_not() {
     ensure_service_monitor_crd();
     let name = "probe-e";
-    let (namespace, mut operator) = start("mla-monitor", name);
-    let _cleanup = AgentCleanup {
-        namespace: &namespace.name,
-        name,
-    };
+    let (namespace, mut operator, _cleanup) = start("mla-monitor", name);
     let ns = namespace.name.as_str();
     let service = format!("{name}-probe-metrics");
     let monitor = format!("{name}-probe");
