@@ -122,6 +122,39 @@ impl Cluster {
         checked(args, self.kubectl(args))
     }
 
+    /// Whether the namespace has an Event matching the field selector (e.g.
+    /// `reason=Created,involvedObject.name=x`).
+    pub fn has_events(&self, namespace: &str, field_selector: &str) -> bool {
+        let names = self.kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            field_selector,
+            "-o",
+            "name",
+        ]);
+        !names.trim().is_empty()
+    }
+
+    /// A token of the ServiceAccount `account` (`kubectl create token`), bound to the pod
+    /// `(name, uid)` when one is given.
+    pub fn token(&self, namespace: &str, account: &str, pod: Option<(&str, &str)>) -> String {
+        let mut args = vec!["create", "token", account, "-n", namespace];
+        if let Some((name, uid)) = pod {
+            args.extend([
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                name,
+                "--bound-object-uid",
+                uid,
+            ]);
+        }
+        self.kubectl_ok(&args).trim().to_owned()
+    }
+
     /// `kubectl get <kind> <name> [-n namespace] -o json`: `None` when it does not exist; any
     /// other failure panics.
     pub fn get(&self, kind: &str, name: &str, namespace: Option<&str>) -> Option<Value> {

@@ -430,17 +430,12 @@ fn editing_a_meshlogicagent_rolls_its_daemonset_and_nothing_else_does() {
     });
     assert!(after["metadata"]["generation"].as_i64().unwrap() > generation);
     eventually(&mut operator, "a ConfigChanged Event", || {
-        let events = cluster().kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &format!("reason=ConfigChanged,involvedObject.name={name}"),
-            "-o",
-            "name",
-        ]);
-        (!events.trim().is_empty()).then_some(())
+        cluster()
+            .has_events(
+                ns,
+                &format!("reason=ConfigChanged,involvedObject.name={name}"),
+            )
+            .then_some(())
     });
     let config_map = agentmesh_e2e::cluster()
         .get("configmap", &format!("{name}-probe-config"), Some(ns))
@@ -629,17 +624,9 @@ fn the_operator_needs_only_the_rbac_it_documents() {
             .is_some()
     );
     eventually(&mut operator, "a Created Event", || {
-        let events = cluster.kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &format!("reason=Created,involvedObject.name={name}"),
-            "-o",
-            "name",
-        ]);
-        (!events.trim().is_empty()).then_some(())
+        cluster
+            .has_events(ns, &format!("reason=Created,involvedObject.name={name}"))
+            .then_some(())
     });
     cluster.kubectl_ok(&["delete", "mla", name, "-n", ns, "--wait=false"]);
     eventually(&mut operator, "the MeshLogicAgent to go", || {

@@ -166,10 +166,7 @@ fn reporter_token(namespace: &str, allowed: bool) -> String {
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
         );
     }
-    cluster()
-        .kubectl_ok(&["create", "token", name, "-n", namespace])
-        .trim()
-        .to_owned()
+    cluster().token(namespace, name, None)
 }
 
 fn report(pod_uid: &str, namespace: &str, executables: &[&str]) -> String {
@@ -387,17 +384,10 @@ fn a_policy_conflicting_with_an_older_one_is_refused_with_its_reason() {
             .contains("first-enforce"),
         "{accepted}"
     );
-    let events = cluster().kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        "reason=PolicyRefused",
-        "-o",
-        "name",
-    ]);
-    assert!(!events.trim().is_empty(), "no PolicyRefused Event");
+    assert!(
+        cluster().has_events(ns, "reason=PolicyRefused"),
+        "no PolicyRefused Event"
+    );
 }
 
 /// `GET` on the trust API of `operator`; the status and the JSON body.
@@ -443,22 +433,7 @@ fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
         .to_owned();
 
     // The sidecar presents its pod's bound token and gets its identity, policy and peers.
-    let bound = cluster()
-        .kubectl_ok(&[
-            "create",
-            "token",
-            "default",
-            "-n",
-            ns,
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "agent-0",
-            "--bound-object-uid",
-            &uid,
-        ])
-        .trim()
-        .to_owned();
+    let bound = cluster().token(ns, "default", Some(("agent-0", &uid)));
     let (code, config) = get_view(&operator, "/v1/sidecar/config", &bound);
     assert_eq!(code, 200, "{config}");
     assert_eq!(config["identity"]["name"], "agent");
@@ -480,10 +455,7 @@ fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
         (&peer_status["did"], &peer_status["publicKey"])
     );
     // A token bound to no pod does not say which identity is asking.
-    let unbound = cluster()
-        .kubectl_ok(&["create", "token", "default", "-n", ns])
-        .trim()
-        .to_owned();
+    let unbound = cluster().token(ns, "default", None);
     assert_eq!(get_view(&operator, "/v1/sidecar/config", &unbound).0, 403);
 
     // The probe's view of the node: the pod's deny rules, not quarantined.

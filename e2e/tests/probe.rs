@@ -131,13 +131,7 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
     )
     .unwrap();
     let token = work.join("token");
-    std::fs::write(
-        &token,
-        cluster()
-            .kubectl_ok(&["create", "token", "mla-probe", "-n", ns])
-            .trim(),
-    )
-    .unwrap();
+    std::fs::write(&token, cluster().token(ns, "mla-probe", None)).unwrap();
     let log = work.join("probe.log");
     let probe = Command::new(probe_binary())
         .args(["--config", config.to_str().unwrap(), "--node-name", NODE])

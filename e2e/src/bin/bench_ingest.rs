@@ -63,10 +63,7 @@ fn main() {
     ] {
         cluster().apply(&ns, &object.to_string());
     }
-    let token = cluster()
-        .kubectl_ok(&["create", "token", "probe", "-n", &ns])
-        .trim()
-        .to_owned();
+    let token = cluster().token(&ns, "probe", None);
     // Every identity scored before the clock starts.
     operator.wait_until(
         Duration::from_secs(60),
@@ -101,22 +98,7 @@ fn main() {
     let mut requests = vec![Vec::new(); CLIENTS];
     for (i, uid) in uids.iter().enumerate() {
         let pod = format!("agent-{i}");
-        let bound = cluster()
-            .kubectl_ok(&[
-                "create",
-                "token",
-                "default",
-                "-n",
-                &ns,
-                "--bound-object-kind",
-                "Pod",
-                "--bound-object-name",
-                &pod,
-                "--bound-object-uid",
-                uid,
-            ])
-            .trim()
-            .to_owned();
+        let bound = cluster().token(&ns, "default", Some((&pod, uid)));
         for effect in ["allow", "deny"] {
             let body = json!({"source": {"kind": "sidecar", "identity": format!("{ns}/agent-{i}")},
                 "outcomes": [{"kind": "toolCall", "tool": "search", "effect": effect, "rule": "bench", "atMs": 0}]});
