@@ -13,5 +13,5 @@ pub mod policy;
 pub mod score;
 
 pub use agentmesh_identity::Timestamp;
-pub use policy::{Decision, Effect, Policy, PolicyError, PolicySpec};
+pub use policy::{CallKind, Decision, Effect, Policy, PolicyError, PolicySpec, canonical_name};
 pub use score::{PersistedScore, Signal, Tier, TrustConfig, TrustState};

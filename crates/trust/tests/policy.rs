@@ -467,3 +467,63 @@ fn version_changes_with_the_spec() {
     assert_ne!(a.version(), b.version());
     assert_eq!(a.version(), compile(|_| {}).version());
 }
+
+#[test]
+fn a_rule_cannot_be_escaped_by_spelling() {
+    let p = compile(|s| {
+        s.preset = Preset::Permissive;
+        s.tools.deny = vec!["run_shell".into(), "deleteRepo*".into()];
+    });
+    for spelling in [
+        "run_shell",
+        "Run_Shell",
+        "RUN_SHELL",
+        "run-shell",
+        "runShell",
+        "RunShell",
+        "run.shell",
+        "run__shell",
+        "_run_shell",
+    ] {
+        assert_eq!(tool(&p, spelling, 800), Effect::Deny, "{spelling}");
+    }
+    // The pattern is canonical too: `deleteRepo*` governs `delete_repo_now` and `DeleteRepo`.
+    for spelling in ["delete_repo_now", "DeleteRepo", "delete-repo"] {
+        assert_eq!(tool(&p, spelling, 800), Effect::Deny, "{spelling}");
+    }
+    assert_eq!(tool(&p, "run_shellfish", 800), Effect::Allow);
+    // The standard preset's patterns are canonical as well.
+    let standard = compile(|_| {});
+    for spelling in ["Bash", "PythonREPL", "runCommand", "EXEC"] {
+        assert_eq!(tool(&standard, spelling, 800), Effect::Deny, "{spelling}");
+    }
+}
+
+#[test]
+fn prompts_and_resources_follow_the_explicit_rules_not_the_tool_presets() {
+    let p = compile(|s| {
+        s.preset = Preset::Strict;
+        s.tools.deny = vec!["file:///etc/*".into(), "secret_prompt".into()];
+    });
+    let mut rate = p.new_rate_state(T0);
+    let mut decide = |kind, name: &str| p.decide_call(kind, name, 800, &mut rate, T0).effect;
+    // Strict allows read-only tool names only, but reading a resource or getting a prompt runs
+    // nothing: the preset allows them, explicit deny rules still apply.
+    assert_eq!(decide(CallKind::Resource, "memo://notes"), Effect::Allow);
+    assert_eq!(decide(CallKind::Prompt, "greeting"), Effect::Allow);
+    assert_eq!(decide(CallKind::Tool, "greeting"), Effect::Deny);
+    assert_eq!(
+        decide(CallKind::Resource, "file:///etc/passwd"),
+        Effect::Deny
+    );
+    assert_eq!(
+        decide(CallKind::Resource, "FILE:///etc/passwd"),
+        Effect::Deny
+    );
+    assert_eq!(decide(CallKind::Prompt, "SecretPrompt"), Effect::Deny);
+    assert_eq!(
+        CallKind::of_method("resources/read"),
+        Some(CallKind::Resource)
+    );
+    assert_eq!(CallKind::of_method("tools/list"), None);
+}

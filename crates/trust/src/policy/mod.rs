@@ -17,6 +17,7 @@
 //! pattern texts and formats itself only when displayed.
 
 mod behavior;
+mod names;
 mod pattern;
 mod rate;
 pub mod spec;
@@ -28,6 +29,7 @@ use agentmesh_identity::Timestamp;
 use sha2::{Digest, Sha256};
 
 pub use behavior::{Cidr, RuleKind};
+pub use names::canonical_name;
 pub use pattern::{Glob, GlobSet};
 pub use rate::RateState;
 pub use spec::{
@@ -342,6 +344,38 @@ pub struct Policy {
     network: Vec<NetworkRule>,
 }
 
+/// What an MCP call asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    /// `tools/call`: the name is a tool's.
+    Tool,
+    /// `prompts/get`: the name is a prompt's.
+    Prompt,
+    /// `resources/read`: the name is a resource URI.
+    Resource,
+}
+
+impl CallKind {
+    /// The MCP method of this kind of call.
+    pub const fn method(self) -> &'static str {
+        match self {
+            Self::Tool => "tools/call",
+            Self::Prompt => "prompts/get",
+            Self::Resource => "resources/read",
+        }
+    }
+
+    /// The kind of call an MCP method is, when it is one that is decided.
+    pub fn of_method(method: &str) -> Option<Self> {
+        match method {
+            "tools/call" => Some(Self::Tool),
+            "prompts/get" => Some(Self::Prompt),
+            "resources/read" => Some(Self::Resource),
+            _ => None,
+        }
+    }
+}
+
 /// A peer, as the registry knows it.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerRef<'a> {
@@ -398,6 +432,15 @@ fn check_penalty(field: &str, action: BehaviorAction, penalty: i32) -> Result<()
         });
     }
     Ok(())
+}
+
+/// Tool-name patterns in canonical spelling ([`canonical_name`]).
+fn canonical_set<S: AsRef<str>>(patterns: &[S]) -> GlobSet {
+    let canonical: Vec<String> = patterns
+        .iter()
+        .map(|p| canonical_name(p.as_ref()).into_owned())
+        .collect();
+    GlobSet::new(&canonical)
 }
 
 fn check_path(field: &str, path: &str) -> Result<(), PolicyError> {
@@ -460,7 +503,7 @@ impl Policy {
                 .map(|l| check_limit(format!("{field}.rateLimit"), l))
                 .transpose()?;
             rules.push(ToolRule {
-                pattern: Glob::new(&rule.tool),
+                pattern: Glob::new(&canonical_name(&rule.tool)),
                 min_score: rule.min_score,
                 limit,
             });
@@ -544,10 +587,10 @@ impl Policy {
 
         let version = policy_version(&spec);
         Ok(Self {
-            preset_denied: GlobSet::new(STANDARD_DENIED_TOOLS),
-            preset_read_only: GlobSet::new(STRICT_READ_ONLY_TOOLS),
-            allow: GlobSet::new(&spec.tools.allow),
-            deny: GlobSet::new(&spec.tools.deny),
+            preset_denied: canonical_set(STANDARD_DENIED_TOOLS),
+            preset_read_only: canonical_set(STRICT_READ_ONLY_TOOLS),
+            allow: canonical_set(&spec.tools.allow),
+            deny: canonical_set(&spec.tools.deny),
             peers: GlobSet::new(&spec.allowed_peers),
             rules,
             global_limit,
@@ -617,6 +660,7 @@ impl Policy {
     }
 
     /// Decide a tool call by an identity at `score`; spends rate-limit room when allowed.
+    /// The name is matched in its canonical spelling ([`canonical_name`]).
     pub fn decide_tool(
         &self,
         tool: &str,
@@ -624,6 +668,26 @@ impl Policy {
         rate: &mut RateState,
         now: Timestamp,
     ) -> Decision<'_> {
+        self.decide_call(CallKind::Tool, tool, score, rate, now)
+    }
+
+    /// Decide an MCP call (`tools/call`, `prompts/get`, `resources/read`) by an identity at
+    /// `score`; spends rate-limit room when allowed. The same rules govern all three, with one
+    /// difference: the presets judge tool names only. Getting a prompt or reading a resource
+    /// runs nothing, so a preset allows it; `tools.deny`, `tools.allow` (under `strict`),
+    /// per-rule minimum scores, rate limits and quarantine apply to every kind. Names and
+    /// resource URIs are matched in canonical spelling, patterns too ([`canonical_name`]): a
+    /// rule cannot be escaped by case or separators (`FILE:///etc/x` is `file:///etc/x`).
+    pub fn decide_call(
+        &self,
+        kind: CallKind,
+        name: &str,
+        score: i32,
+        rate: &mut RateState,
+        now: Timestamp,
+    ) -> Decision<'_> {
+        let canonical = canonical_name(name);
+        let tool: &str = &canonical;
         let quarantined = score < self.trust.min_threshold;
         if quarantined && self.spec.quarantine.deny_tools {
             return self.decision(
@@ -650,6 +714,9 @@ impl Policy {
             Some((index, g)) => Reason::AllowList {
                 index,
                 pattern: g.as_str(),
+            },
+            None if kind != CallKind::Tool => Reason::PresetAllows {
+                preset: self.spec.preset,
             },
             None => match self.spec.preset {
                 Preset::Permissive => Reason::PresetAllows {
