@@ -13,7 +13,11 @@
 //            sse            -> GET http://HOST:PORT/sse, POST /message?sessionId=...
 // Once listening it prints "everything: listening on <url>" on stderr.
 //
-// Never call its gzip-file-as-resource tool without a data: URI: it fetches the URL.
+// Its gzip-file-as-resource tool fetches the http(s) URL it is given (by default a
+// GitHub URL). This wrapper sets GZIP_ALLOWED_DOMAINS=invalid unless already set, so
+// only hosts under the reserved .invalid TLD pass its check and nothing is fetched;
+// data: URIs still work. Call that tool with a data: URI only all the same.
+// Its get-env tool returns the server's whole environment: start it without secrets.
 import net from "node:net";
 
 const usage = "usage: everything.mjs streamableHttp|sse --port PORT [--host HOST]";
@@ -58,4 +62,5 @@ net.Server.prototype.listen = function (...args) {
 };
 
 process.env.PORT = port;
+process.env.GZIP_ALLOWED_DOMAINS ??= "invalid";
 await import(`@modelcontextprotocol/server-everything/dist/transports/${mode}.js`);
