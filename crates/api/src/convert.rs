@@ -28,6 +28,40 @@ pub enum ConvertError {
     Time { field: String },
 }
 
+/// The policy a preset name stands for under the seed's settings: the preset, shadow mode from
+/// `AGENTMESH_GOVERNANCE_SHADOW_MODE`, and the `AGENTMESH_TRUST_*` and delegation settings. The
+/// operator's default policy (`AGENTMESH_GOVERNANCE_DEFAULT_POLICY`) and the sidecar's policy
+/// before the operator answers (`AGENTMESH_POLICY`) are both made here.
+pub fn preset_policy_spec(
+    settings: &crate::settings::Settings,
+    preset: crate::settings::PresetName,
+) -> crd::TrustPolicySpec {
+    use crate::settings::PresetName;
+    crd::TrustPolicySpec {
+        mode: if settings.shadow_mode {
+            crd::PolicyMode::Shadow
+        } else {
+            crd::PolicyMode::Enforce
+        },
+        preset: match preset {
+            PresetName::Standard => crd::Preset::Standard,
+            PresetName::Strict => crd::Preset::Strict,
+            PresetName::Permissive => crd::Preset::Permissive,
+        },
+        trust: crd::TrustSettings {
+            initial_score: settings.trust_initial_score,
+            decay_rate: settings.trust_decay_rate,
+            decay_floor: settings.trust_decay_floor,
+            min_threshold: settings.trust_min_threshold,
+            ..crd::TrustSettings::default()
+        },
+        delegation: crd::DelegationSettings {
+            max_depth: settings.delegation_max_depth as i32,
+        },
+        ..crd::TrustPolicySpec::default()
+    }
+}
+
 /// The trust crate's policy model for a `TrustPolicySpec` (the selector aside).
 pub fn policy_spec(spec: &crd::TrustPolicySpec) -> PolicySpec {
     let rate = |r: &crd::RateLimit| tp::RateLimitSpec {

@@ -118,6 +118,33 @@ pub struct TrustPolicySpec {
     /// What quarantine (a score below `trust.minThreshold`) does.
     #[serde(default)]
     pub quarantine: QuarantineSettings,
+
+    /// MCP servers the governed agents reach by name through their sidecar:
+    /// `http://localhost:8081/servers/<name>/<path>` is forwarded to `<url>/<path>` (for example
+    /// `/servers/search/mcp`, or `/servers/search/sse` for the legacy HTTP+SSE transport), with
+    /// every call judged by this policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub mcp_servers: Vec<McpServer>,
+}
+
+/// An upstream MCP server, declared for the sidecars of the governed agents.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServer {
+    /// Name in the sidecar's path `/servers/<name>/`: a DNS label.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
+    pub name: String,
+    /// Base URL the path after `/servers/<name>` is appended to (`http` or `https`), e.g.
+    /// `http://search.tools.svc:8080`.
+    #[schemars(
+        regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"),
+        length(min = 8, max = 2048)
+    )]
+    pub url: String,
 }
 
 /// Enforcement mode.

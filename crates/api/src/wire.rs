@@ -19,6 +19,9 @@ pub const SIDECAR_CONFIG_PATH: &str = "/v1/sidecar/config";
 /// `GET ?node=<name>&since=<version>`: the node's [`EnforcementSet`]. Long-polls up to 30 s
 /// when `since` equals the current version, so a change arrives within a second.
 pub const ENFORCEMENT_PATH: &str = "/v1/enforcement";
+/// Header of a sidecar's report: the identity key's signature over the exact request body
+/// (`agentmesh_identity::report`).
+pub const REPORT_SIGNATURE_HEADER: &str = "x-agentmesh-signature";
 
 /// What one reporter sends in one request.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -40,11 +43,23 @@ pub enum Outcome {
     /// An MCP tool call and the policy's decision on it.
     #[serde(rename_all = "camelCase")]
     ToolCall {
+        /// The tool's name (the prompt's for `prompts/get`, the URI for `resources/read`).
         tool: String,
+        /// `tools/call` (when absent), `prompts/get` or `resources/read`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
         /// `allow`, `deny` or `would-deny`.
         effect: String,
         /// The rule that decided.
         rule: String,
+        at_ms: i64,
+    },
+    /// A tool whose description or input schema changed after it was first seen.
+    #[serde(rename_all = "camelCase")]
+    ToolChanged {
+        /// The upstream MCP server (its declared name, or its URL as a forward proxy saw it).
+        server: String,
+        tool: String,
         at_ms: i64,
     },
     /// A mutual handshake with a peer.
@@ -119,6 +134,10 @@ pub enum ReportSource {
     Sidecar {
         /// `namespace/name` of the AgentIdentity the sidecar acts for.
         identity: String,
+        /// 16 random bytes, base64url without padding: a batch is applied once.
+        batch_id: String,
+        /// When the sidecar sent the batch, Unix milliseconds.
+        sent_at_ms: i64,
     },
 }
 

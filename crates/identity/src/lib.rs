@@ -18,6 +18,7 @@ pub mod keyfile;
 pub mod keys;
 pub mod proof;
 pub mod registry;
+pub mod report;
 pub mod time;
 
 pub use capability::{Capability, CapabilityError};

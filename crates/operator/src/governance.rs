@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use agentmesh_api::identity::AgentIdentity;
 use agentmesh_api::policy::{PolicyMode, TrustPolicy};
-use agentmesh_api::settings::{PresetName, Settings};
+use agentmesh_api::settings::Settings;
 use agentmesh_trust::Policy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
@@ -148,30 +148,7 @@ fn mode_name(mode: PolicyMode) -> &'static str {
 /// The policy of identities that no TrustPolicy governs: the default preset, shadow mode and
 /// trust settings of the operator's environment.
 pub fn default_policy_spec(settings: &Settings) -> agentmesh_api::policy::TrustPolicySpec {
-    use agentmesh_api::policy::{DelegationSettings, Preset, TrustPolicySpec, TrustSettings};
-    TrustPolicySpec {
-        mode: if settings.shadow_mode {
-            PolicyMode::Shadow
-        } else {
-            PolicyMode::Enforce
-        },
-        preset: match settings.default_policy {
-            PresetName::Standard => Preset::Standard,
-            PresetName::Strict => Preset::Strict,
-            PresetName::Permissive => Preset::Permissive,
-        },
-        trust: TrustSettings {
-            initial_score: settings.trust_initial_score,
-            decay_rate: settings.trust_decay_rate,
-            decay_floor: settings.trust_decay_floor,
-            min_threshold: settings.trust_min_threshold,
-            ..TrustSettings::default()
-        },
-        delegation: DelegationSettings {
-            max_depth: settings.delegation_max_depth as i32,
-        },
-        ..TrustPolicySpec::default()
-    }
+    agentmesh_api::convert::preset_policy_spec(settings, settings.default_policy)
 }
 
 /// The compiled default policy. The settings were checked at start-up, so it compiles.

@@ -472,6 +472,9 @@ impl Engine {
                         ));
                     }
                 }
+                // Until the operator verifies signed sidecar reports (issue 11), a tool change
+                // is not believed.
+                Outcome::ToolChanged { .. } => {}
                 Outcome::Handshake {
                     succeeded: true, ..
                 } => {

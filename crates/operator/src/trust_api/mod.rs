@@ -185,7 +185,7 @@ impl Server {
                 );
                 engine.ingest_pods(&batch.pods)
             }
-            ReportSource::Sidecar { identity } => {
+            ReportSource::Sidecar { identity, .. } => {
                 // A sidecar reports for the identity of the pod its token is bound to, only.
                 let pod_identity = caller
                     .pod_uid

@@ -1,0 +1,256 @@
+//! What the sidecar enforces: the governing policy, the identity's live score and quarantine
+//! from the operator's config (`/v1/sidecar/config`), or the `AGENTMESH_POLICY` preset until the
+//! operator first answers. Decisions come from the pure trust core (`agentmesh_trust`); this
+//! module keeps the state they need: the policy in force, the rate-limit buckets, and the
+//! fingerprints of the tools seen so far.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use agentmesh_api::policy::{McpServer, TrustPolicySpec};
+use agentmesh_api::settings::Settings;
+use agentmesh_api::wire::SidecarConfig;
+use agentmesh_trust::policy::{CallKind, Mode, RateState};
+use agentmesh_trust::{Effect, Policy, Timestamp, canonical_name};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Where the policy in force comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `AGENTMESH_POLICY`, before the operator answers (or without an operator).
+    Preset(&'static str),
+    /// `--policy-file`, likewise.
+    File,
+    /// The operator's config of this version.
+    Operator { version: String },
+}
+
+/// The policy in force and the identity's live state.
+#[derive(Debug)]
+pub struct Current {
+    pub policy: Arc<Policy>,
+    /// `namespace/name` of the governing TrustPolicy, or `preset:<name>`.
+    pub policy_label: String,
+    pub score: i32,
+    pub quarantined: bool,
+    pub source: Source,
+    pub servers: Vec<McpServer>,
+    /// Identities the operator knows (peers' DIDs, keys and scores).
+    pub registry_size: usize,
+}
+
+/// A decision, ready to answer and report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub effect: Effect,
+    /// The rule that decided (`tools.deny[0]`, `preset:standard`, ...).
+    pub rule: String,
+    /// The decision explained (`deny by tools.deny[0]: tool matches deny pattern "run_shell"`).
+    pub explanation: String,
+    pub policy: String,
+    pub score: i32,
+    pub rate_limited: bool,
+}
+
+/// The policy state shared by every request.
+pub struct Governor {
+    current: RwLock<Arc<Current>>,
+    rate: Mutex<RateState>,
+    /// (server, canonical tool name) → sha256 of the tool's description and input schema.
+    fingerprints: Mutex<HashMap<(String, String), [u8; 32]>>,
+}
+
+/// Most tool fingerprints remembered (a server listing ever-new tools cannot grow memory).
+const MAX_FINGERPRINTS: usize = 65_536;
+
+impl Governor {
+    /// The `AGENTMESH_POLICY` preset under the seed's settings.
+    pub fn from_preset(settings: &Settings) -> Result<Self, agentmesh_api::convert::ConvertError> {
+        let spec = agentmesh_api::convert::preset_policy_spec(settings, settings.policy);
+        Self::from_spec(
+            &spec,
+            format!("preset:{}", settings.policy.as_str()),
+            Source::Preset(settings.policy.as_str()),
+        )
+    }
+
+    /// A policy from a TrustPolicy spec (the `--policy-file`).
+    pub fn from_spec(
+        spec: &TrustPolicySpec,
+        label: String,
+        source: Source,
+    ) -> Result<Self, agentmesh_api::convert::ConvertError> {
+        let policy = agentmesh_api::convert::compile_policy(spec)?;
+        let rate = policy.new_rate_state(crate::now());
+        Ok(Self {
+            current: RwLock::new(Arc::new(Current {
+                score: policy.trust().initial_score,
+                policy: Arc::new(policy),
+                policy_label: label,
+                quarantined: false,
+                source,
+                servers: spec.mcp_servers.clone(),
+                registry_size: 0,
+            })),
+            rate: Mutex::new(rate),
+            fingerprints: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The policy in force before the operator answers: the `--policy-file`, else the
+    /// `AGENTMESH_POLICY` preset.
+    pub fn initial(
+        settings: &Settings,
+        policy_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let Some(path) = policy_file else {
+            return Self::from_preset(settings)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", agentmesh_api::names::env::POLICY));
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("AGENTMESH_SIDECAR_POLICY_FILE={}: {e}", path.display())
+        })?;
+        let spec: TrustPolicySpec = serde_saphyr::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "AGENTMESH_SIDECAR_POLICY_FILE={}: not a TrustPolicy spec: {e}",
+                path.display()
+            )
+        })?;
+        Self::from_spec(&spec, format!("file:{}", path.display()), Source::File)
+            .map_err(|e| anyhow::anyhow!("AGENTMESH_SIDECAR_POLICY_FILE={}: {e}", path.display()))
+    }
+
+    pub fn current(&self) -> Arc<Current> {
+        self.current.read().expect("policy lock").clone()
+    }
+
+    /// Applies the operator's config. A policy that does not compile keeps the one in force
+    /// (the operator only serves policies it accepted, so this is a version skew).
+    pub fn apply(
+        &self,
+        config: &SidecarConfig,
+    ) -> Result<(), agentmesh_api::convert::ConvertError> {
+        let previous = self.current();
+        let policy = if previous.source
+            == (Source::Operator {
+                version: config.version.clone(),
+            }) {
+            previous.policy.clone()
+        } else {
+            Arc::new(agentmesh_api::convert::compile_policy(&config.policy)?)
+        };
+        if policy.version() != previous.policy.version() {
+            *self.rate.lock().expect("rate lock") = policy.new_rate_state(crate::now());
+        }
+        let policy_label = config
+            .policy_name
+            .clone()
+            .unwrap_or_else(|| format!("preset:{}", policy.spec().preset.as_str()));
+        let next = Current {
+            policy,
+            policy_label,
+            score: config.identity.score,
+            quarantined: config.identity.quarantined,
+            source: Source::Operator {
+                version: config.version.clone(),
+            },
+            servers: config.policy.mcp_servers.clone(),
+            registry_size: config.peers.len(),
+        };
+        *self.current.write().expect("policy lock") = Arc::new(next);
+        Ok(())
+    }
+
+    /// Decides a call; an allowed call spends rate-limit room.
+    pub fn decide(&self, kind: CallKind, name: &str, now: Timestamp) -> Verdict {
+        let current = self.current();
+        let mut rate = self.rate.lock().expect("rate lock");
+        let decision = current
+            .policy
+            .decide_call(kind, name, current.score, &mut rate, now);
+        verdict(&current, &decision)
+    }
+
+    /// Whether a listed item stays visible: the same rules, without spending rate-limit room
+    /// (a tool that is only rate limited right now stays listed).
+    pub fn visible(&self, current: &Current, kind: CallKind, name: &str, now: Timestamp) -> bool {
+        let mut rate = current.policy.new_rate_state(now);
+        current
+            .policy
+            .decide_call(kind, name, current.score, &mut rate, now)
+            .effect
+            .is_allowed()
+    }
+
+    /// Remembers a listed tool's description and input schema; `true` when they differ from
+    /// the first time this server listed this tool (an anomaly: a tool that changes what it
+    /// says it does after it was approved is the "rug pull" of MCP).
+    pub fn tool_changed(&self, server: &str, tool: &Value) -> bool {
+        let Some(name) = tool.get("name").and_then(Value::as_str) else {
+            return false;
+        };
+        let mut hasher = Sha256::new();
+        for field in ["description", "inputSchema"] {
+            hasher.update(field.as_bytes());
+            hasher.update(
+                serde_json::to_vec(tool.get(field).unwrap_or(&Value::Null)).unwrap_or_default(),
+            );
+        }
+        let fingerprint: [u8; 32] = hasher.finalize().into();
+        let key = (server.to_owned(), canonical_name(name).into_owned());
+        let mut seen = self.fingerprints.lock().expect("fingerprints lock");
+        match seen.get(&key) {
+            Some(first) => *first != fingerprint,
+            None => {
+                if seen.len() < MAX_FINGERPRINTS {
+                    seen.insert(key, fingerprint);
+                }
+                false
+            }
+        }
+    }
+}
+
+fn verdict(current: &Current, decision: &agentmesh_trust::Decision<'_>) -> Verdict {
+    Verdict {
+        effect: decision.effect,
+        rule: decision.rule(),
+        explanation: decision.to_string(),
+        policy: current.policy_label.clone(),
+        score: current.score,
+        rate_limited: matches!(
+            decision.reason,
+            agentmesh_trust::policy::Reason::RateLimited { .. }
+        ),
+    }
+}
+
+impl Verdict {
+    pub fn denied(&self) -> bool {
+        self.effect == Effect::Deny
+    }
+
+    /// `data` of the `-32001` error: `{"agentmesh": {blocked, policy, rule, trust_score}}`.
+    pub fn error_data(&self) -> Value {
+        serde_json::json!({"agentmesh": {
+            "blocked": true,
+            "policy": self.policy,
+            "rule": self.rule,
+            "trust_score": self.score,
+            "reason": self.explanation,
+        }})
+    }
+
+    pub fn is_shadow(&self) -> bool {
+        self.effect == Effect::WouldDeny
+    }
+}
+
+/// `enforce` or `shadow`, for metrics.
+pub fn mode_label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Shadow => "shadow",
+    }
+}

@@ -1,0 +1,1114 @@
+//! The MCP proxy on 8081: routes the agent's requests to upstream MCP servers, judges every call
+//! before it leaves, filters lists in the answers, and passes everything else through untouched.
+//!
+//! - **Routes**: `/servers/<name>/<path>` → `<url>/<path>` for a server the governing
+//!   TrustPolicy declares (`spec.mcpServers`) or `AGENTMESH_UPSTREAMS` names; absolute-form
+//!   request URIs (`HTTP_PROXY` clients) go where they say. `CONNECT` is refused: a tunnel
+//!   cannot be judged.
+//! - **Who may use it**: the pod itself (loopback peers); other pods get 403, except `/health`
+//!   (the kubelet's readiness probe comes from the node). A browser `Origin` other than a
+//!   loopback one gets 403 (DNS rebinding).
+//! - **Requests** are read whole (they are small; a limit answers 413); a body that is not
+//!   strict JSON (duplicated keys included) is refused with `-32700`, never forwarded.
+//!   `Mcp-Method` / `Mcp-Name` are checked against the body whenever present and required from
+//!   2026-07-28 on (a mismatch: 400 with `-32020`). Every `tools/call`, `prompts/get` and
+//!   `resources/read`, alone or inside a batch, is decided before anything is forwarded; a
+//!   denial is HTTP 200 with JSON-RPC error `-32001` (on the legacy transport: written into the
+//!   client's SSE stream, the POST answered 202).
+//! - **Answers** stream: SSE is relayed event by event as it arrives (comments, `id:`, `retry:`
+//!   kept), only events carrying a list result are rewritten; a JSON answer is read whole only
+//!   when it is a 2xx JSON body (to filter a list or add a batch's denials). Non-2xx answers
+//!   pass as sent (clients read a 4xx body to fall back between revisions). When the client
+//!   goes away, the upstream request is dropped with it.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentmesh_api::wire::Outcome;
+use agentmesh_trust::Effect;
+use agentmesh_trust::policy::CallKind;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::config::StaticUpstream;
+use crate::jsonrpc::{self, Body, ListKind, codes};
+use crate::metrics::{MethodLabels, Metrics, RequestLabels, RuleLabels, ViolationLabels};
+use crate::operator::Outbox;
+use crate::policy::{Governor, Verdict};
+use crate::sse;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+/// An answer given instead of forwarding.
+type Refusal = Box<Response<ProxyBody>>;
+
+/// Largest request body.
+pub const MAX_REQUEST: usize = 4 << 20;
+/// Largest JSON answer read whole (to filter a list).
+pub const MAX_JSON_ANSWER: usize = 16 << 20;
+
+/// The first revision whose requests must carry `Mcp-Method` / `Mcp-Name`.
+const HEADERS_REQUIRED_FROM: &str = "2026-07-28";
+
+/// Headers of one hop only (RFC 9110 §7.6.1), never forwarded; `accept-encoding` is dropped so
+/// that answers arrive uncompressed and lists can be filtered.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "accept-encoding",
+];
+
+/// Where a request goes.
+#[derive(Clone, Debug)]
+struct Target {
+    /// Full upstream URL (path and query).
+    url: String,
+    /// The server as reports name it: the declared name, or `host:port` for a forward proxy.
+    server: String,
+    /// `/servers/<name>` for a named route: what an `endpoint` event's path is rewritten under.
+    route: Option<(String, String)>,
+}
+
+pub struct Proxy {
+    pub governor: Arc<Governor>,
+    pub metrics: Arc<Metrics>,
+    pub outbox: Option<Arc<Outbox>>,
+    pub upstreams: Vec<StaticUpstream>,
+    pub health: Arc<crate::health::Health>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream_timeout: Duration,
+    /// Legacy HTTP+SSE sessions: upstream message-endpoint URL → the client's SSE stream.
+    legacy: Mutex<HashMap<String, mpsc::Sender<Bytes>>>,
+}
+
+fn boxed<B>(body: B) -> ProxyBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+pub fn full_body(bytes: impl Into<Bytes>) -> ProxyBody {
+    boxed(Full::new(bytes.into()).map_err(|never: Infallible| match never {}))
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<ProxyBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full_body(value.to_string()))
+        .expect("static headers are valid")
+}
+
+fn rpc_error(status: StatusCode, id: Value, code: i64, message: &str) -> Response<ProxyBody> {
+    json_response(status, &jsonrpc::error_response(id, code, message, None))
+}
+
+fn is_loopback(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// A browser origin on this host (`http://localhost:3000`, `http://127.0.0.1`, `http://[::1]`).
+fn origin_allowed(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        rest.split(':').next().unwrap_or_default()
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
+}
+
+/// Checks `Mcp-Method` and `Mcp-Name` against the body: whenever present, and required from
+/// 2026-07-28 on. The decision is always taken on the body; the headers only have to agree.
+pub fn check_mcp_headers(headers: &HeaderMap, body: &Body) -> Result<(), String> {
+    fn text<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, String> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| format!("{name} is not visible ASCII"))
+            })
+            .transpose()
+    }
+    let version = text(headers, "mcp-protocol-version")?;
+    let required = version.is_some_and(|v| v >= HEADERS_REQUIRED_FROM);
+    let method_header = text(headers, "mcp-method")?;
+    let name_header = text(headers, "mcp-name")?;
+    let message = match body {
+        Body::Single(message) => message,
+        Body::Batch(_) => {
+            return match (method_header, required) {
+                (Some(_), _) => Err("Mcp-Method cannot describe a batch".into()),
+                (None, true) => Err(format!(
+                    "batches are not part of protocol version {HEADERS_REQUIRED_FROM}"
+                )),
+                (None, false) => Ok(()),
+            };
+        }
+    };
+    let Some(method) = jsonrpc::method(message) else {
+        return Ok(()); // a response to the server: no request metadata
+    };
+    match method_header {
+        Some(h) if h != method => {
+            return Err(format!(
+                "Header mismatch: Mcp-Method header value '{h}' does not match body value '{method}'"
+            ));
+        }
+        None if required => return Err("the Mcp-Method header is required".into()),
+        _ => {}
+    }
+    if CallKind::of_method(method).is_some() {
+        let body_name = jsonrpc::called_name(message).unwrap_or_default();
+        match name_header {
+            Some(h) => {
+                let decoded = jsonrpc::decode_header_value(h)
+                    .ok_or_else(|| "Mcp-Name is not valid =?base64?...?= encoding".to_owned())?;
+                if decoded != body_name {
+                    return Err(format!(
+                        "Header mismatch: Mcp-Name header value '{decoded}' does not match body value '{body_name}'"
+                    ));
+                }
+            }
+            None if required => return Err("the Mcp-Name header is required".into()),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// What one POST asked for, after the decisions.
+struct Judged {
+    /// Denials to answer: JSON-RPC error responses.
+    denials: Vec<Value>,
+    /// The body to forward (`None`: nothing left to forward).
+    forward: Option<Bytes>,
+    /// The methods seen, for the latency metric.
+    method: String,
+}
+
+impl Proxy {
+    pub fn new(
+        governor: Arc<Governor>,
+        metrics: Arc<Metrics>,
+        outbox: Option<Arc<Outbox>>,
+        upstreams: Vec<StaticUpstream>,
+        health: Arc<crate::health::Health>,
+        upstream_timeout: Duration,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        connector.set_nodelay(true);
+        Self {
+            governor,
+            metrics,
+            outbox,
+            upstreams,
+            health,
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector),
+            upstream_timeout,
+            legacy: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        if request.uri().scheme().is_none()
+            && request.uri().path() == agentmesh_api::names::paths::HEALTH
+        {
+            return self.health.response();
+        }
+        if !is_loopback(peer) {
+            return rpc_error(
+                StatusCode::FORBIDDEN,
+                Value::Null,
+                codes::INVALID_REQUEST,
+                "this proxy serves the agent of its own pod only",
+            );
+        }
+        if let Some(origin) = request.headers().get(header::ORIGIN)
+            && !origin.to_str().is_ok_and(origin_allowed)
+        {
+            return rpc_error(
+                StatusCode::FORBIDDEN,
+                Value::Null,
+                codes::INVALID_REQUEST,
+                "Origin not allowed",
+            );
+        }
+        if request.method() == Method::CONNECT {
+            return rpc_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Value::Null,
+                codes::INVALID_REQUEST,
+                "CONNECT tunnels cannot be judged: send http:// URLs through the proxy, or use /servers/<name>/",
+            );
+        }
+        let target = match self.resolve(request.uri()) {
+            Ok(target) => target,
+            Err(response) => return *response,
+        };
+        let (response, method) = if request.method() == Method::POST {
+            self.post(request, target).await
+        } else {
+            (
+                self.forward(request, target, Vec::new()).await,
+                "stream".to_owned(),
+            )
+        };
+        self.metrics
+            .request_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    fn resolve(&self, uri: &Uri) -> Result<Target, Refusal> {
+        if uri.scheme().is_some() {
+            if uri.scheme_str() != Some("http") {
+                return Err(Box::new(rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    Value::Null,
+                    codes::INVALID_REQUEST,
+                    "only http:// URLs can be proxied (a TLS tunnel cannot be judged)",
+                )));
+            }
+            return Ok(Target {
+                url: uri.to_string(),
+                server: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+                route: None,
+            });
+        }
+        let path = uri.path();
+        let not_found = |message: String| {
+            rpc_error(
+                StatusCode::NOT_FOUND,
+                Value::Null,
+                codes::INVALID_REQUEST,
+                &message,
+            )
+        };
+        let Some(rest) = path.strip_prefix("/servers/") else {
+            return Err(Box::new(not_found(format!(
+                "no route for {path}: use /servers/<name>/... or an absolute http:// URL"
+            ))));
+        };
+        let (name, tail) = match rest.find('/') {
+            Some(at) => (&rest[..at], &rest[at..]),
+            None => (rest, ""),
+        };
+        let current = self.governor.current();
+        let base = current
+            .servers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.url.trim_end_matches('/').to_owned())
+            .or_else(|| {
+                self.upstreams
+                    .iter()
+                    .find(|u| u.name == name)
+                    .map(|u| u.url.clone())
+            });
+        let Some(base) = base else {
+            let mut known: Vec<&str> = current.servers.iter().map(|s| s.name.as_str()).collect();
+            known.extend(self.upstreams.iter().map(|u| u.name.as_str()));
+            return Err(Box::new(not_found(format!(
+                "no MCP server named {name:?} (declared: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ))));
+        };
+        if !base.starts_with("http://") {
+            return Err(Box::new(rpc_error(
+                StatusCode::BAD_GATEWAY,
+                Value::Null,
+                codes::INTERNAL_ERROR,
+                &format!("MCP server {name:?} is {base}: https upstreams are not supported yet"),
+            )));
+        }
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        Ok(Target {
+            url: format!("{base}{tail}{query}"),
+            server: name.to_owned(),
+            route: Some((format!("/servers/{name}"), base)),
+        })
+    }
+
+    async fn post(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        target: Target,
+    ) -> (Response<ProxyBody>, String) {
+        let (parts, body) = request.into_parts();
+        let bytes = match Limited::new(body, MAX_REQUEST).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                let too_large = error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                let (status, message) = if too_large {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body over {MAX_REQUEST} bytes"),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request: {error}"),
+                    )
+                };
+                return (
+                    rpc_error(status, Value::Null, codes::INVALID_REQUEST, &message),
+                    "other".into(),
+                );
+            }
+        };
+        let judged = match self.judge(&parts.headers, &bytes) {
+            Ok(judged) => judged,
+            Err(response) => return (*response, "refused".into()),
+        };
+        let method = judged.method.clone();
+        let legacy = self.legacy_session(&target.url);
+        if let Some(stream) = &legacy {
+            // Legacy transport: answers travel on the client's SSE stream.
+            for denial in &judged.denials {
+                let _ = stream.send(sse::message_event(&denial.to_string())).await;
+            }
+            if judged.forward.is_none() {
+                return (
+                    Response::builder()
+                        .status(StatusCode::ACCEPTED)
+                        .body(full_body("Accepted"))
+                        .expect("valid"),
+                    method,
+                );
+            }
+        }
+        let denials = if legacy.is_some() {
+            Vec::new()
+        } else {
+            judged.denials
+        };
+        let Some(forward) = judged.forward else {
+            // Everything was denied: answer without the upstream.
+            let answer = match jsonrpc::parse_body(&bytes) {
+                Ok(Body::Batch(_)) => Value::Array(denials),
+                _ => denials.into_iter().next().unwrap_or(Value::Null),
+            };
+            return (json_response(StatusCode::OK, &answer), method);
+        };
+        let request = Request::from_parts(parts, Full::new(forward));
+        (self.send(request, target, denials).await, method)
+    }
+
+    /// Parses, checks and decides a POST body.
+    fn judge(&self, headers: &HeaderMap, bytes: &[u8]) -> Result<Judged, Refusal> {
+        let body = jsonrpc::parse_body(bytes).map_err(|error| {
+            self.count(None, "refused");
+            Box::new(rpc_error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                codes::PARSE_ERROR,
+                &format!("Parse error: {error}"),
+            ))
+        })?;
+        if let Err(message) = check_mcp_headers(headers, &body) {
+            let id = match &body {
+                Body::Single(m) => jsonrpc::id(m),
+                Body::Batch(_) => Value::Null,
+            };
+            self.count(body.messages().first().and_then(jsonrpc::method), "refused");
+            return Err(Box::new(rpc_error(
+                StatusCode::BAD_REQUEST,
+                id,
+                codes::HEADER_MISMATCH,
+                &message,
+            )));
+        }
+        let now = crate::now();
+        let mut denials = Vec::new();
+        let mut kept = Vec::new();
+        let mut any_denied = false;
+        for message in body.messages() {
+            let method = jsonrpc::method(message);
+            let Some(kind) = method.and_then(CallKind::of_method) else {
+                self.count(method, "forwarded");
+                kept.push(message);
+                continue;
+            };
+            let Some(name) = jsonrpc::called_name(message) else {
+                self.count(method, "refused");
+                any_denied = true;
+                denials.push(jsonrpc::error_response(
+                    jsonrpc::id(message),
+                    -32602,
+                    &format!(
+                        "Invalid params: {} needs params.{}",
+                        kind.method(),
+                        if kind == CallKind::Resource {
+                            "uri"
+                        } else {
+                            "name"
+                        }
+                    ),
+                    None,
+                ));
+                continue;
+            };
+            let verdict = self.governor.decide(kind, name, now);
+            self.record(kind, name, &verdict, now);
+            if verdict.denied() {
+                any_denied = true;
+                denials.push(jsonrpc::error_response(
+                    jsonrpc::id(message),
+                    codes::DENIED,
+                    &format!("Blocked by AgentMesh policy: {}", verdict.explanation),
+                    Some(verdict.error_data()),
+                ));
+            } else {
+                kept.push(message);
+            }
+        }
+        let method = match &body {
+            Body::Single(m) => crate::metrics::method_label(jsonrpc::method(m)),
+            Body::Batch(_) => "batch".into(),
+        };
+        let forward = if kept.is_empty() {
+            None
+        } else if !any_denied {
+            Some(Bytes::copy_from_slice(bytes))
+        } else {
+            let kept: Vec<&Value> = kept;
+            Some(Bytes::from(
+                serde_json::to_vec(&kept).expect("JSON values serialize"),
+            ))
+        };
+        Ok(Judged {
+            denials,
+            forward,
+            method,
+        })
+    }
+
+    fn count(&self, method: Option<&str>, decision: &str) {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method: crate::metrics::method_label(method),
+                decision: decision.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Metrics, logs and the report of one decision.
+    fn record(
+        &self,
+        kind: CallKind,
+        name: &str,
+        verdict: &Verdict,
+        now: agentmesh_trust::Timestamp,
+    ) {
+        self.count(Some(kind.method()), verdict.effect.as_str());
+        if verdict.effect != Effect::Allow {
+            let mode = if verdict.is_shadow() {
+                "shadow"
+            } else {
+                "enforce"
+            };
+            self.metrics
+                .violations
+                .get_or_create(&ViolationLabels { mode: mode.into() })
+                .inc();
+            if verdict.rate_limited {
+                self.metrics
+                    .rate_limited
+                    .get_or_create(&RuleLabels {
+                        rule: verdict.rule.clone(),
+                    })
+                    .inc();
+            }
+            tracing::info!(method = kind.method(), name, decision = verdict.effect.as_str(), rule = %verdict.rule, policy = %verdict.policy, score = verdict.score, "{}", verdict.explanation);
+        }
+        if let Some(outbox) = &self.outbox {
+            outbox.push(Outcome::ToolCall {
+                tool: name.to_owned(),
+                method: (kind != CallKind::Tool).then(|| kind.method().to_owned()),
+                effect: verdict.effect.as_str().to_owned(),
+                rule: verdict.rule.clone(),
+                at_ms: now.as_millis(),
+            });
+        }
+    }
+
+    fn legacy_session(&self, url: &str) -> Option<mpsc::Sender<Bytes>> {
+        let mut sessions = self.legacy.lock().expect("legacy lock");
+        match sessions.get(url) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                sessions.remove(url);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Forwards a request whose body needs no judging (GET streams, DELETE, ...).
+    async fn forward(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        target: Target,
+        denials: Vec<Value>,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = request.into_parts();
+        // GET and DELETE carry no body; anything else is passed on as read.
+        let bytes = match Limited::new(body, MAX_REQUEST).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return rpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Value::Null,
+                    codes::INVALID_REQUEST,
+                    "request body too large",
+                );
+            }
+        };
+        self.send(
+            Request::from_parts(parts, Full::new(bytes)),
+            target,
+            denials,
+        )
+        .await
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        request: Request<Full<Bytes>>,
+        target: Target,
+        denials: Vec<Value>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = request.into_parts();
+        for name in HOP_BY_HOP {
+            parts.headers.remove(*name);
+        }
+        let uri: Uri = match target.url.parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    Value::Null,
+                    codes::INVALID_REQUEST,
+                    "the upstream URL is not valid",
+                );
+            }
+        };
+        parts.uri = uri;
+        parts.version = hyper::Version::HTTP_11;
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            self.upstream_timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        let response = match answer {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                self.metrics.upstream_errors.inc();
+                tracing::warn!(server = %target.server, %error, "upstream unreachable");
+                return rpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    Value::Null,
+                    codes::INTERNAL_ERROR,
+                    &format!("upstream MCP server {} unreachable: {error}", target.server),
+                );
+            }
+            Err(_) => {
+                self.metrics.upstream_errors.inc();
+                return rpc_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Value::Null,
+                    codes::INTERNAL_ERROR,
+                    &format!(
+                        "upstream MCP server {} did not answer within {:?}",
+                        target.server, self.upstream_timeout
+                    ),
+                );
+            }
+        };
+        self.metrics
+            .upstream_latency
+            .observe(started.elapsed().as_secs_f64());
+        let (mut parts, body) = response.into_parts();
+        for name in HOP_BY_HOP.iter().filter(|n| **n != "content-length") {
+            parts.headers.remove(*name);
+        }
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !parts.status.is_success() {
+            return Response::from_parts(parts, boxed(body));
+        }
+        if content_type.starts_with("text/event-stream") {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts
+                .headers
+                .insert("x-accel-buffering", HeaderValue::from_static("no"));
+            let stream = self.clone().relay_sse(body, target, denials);
+            return Response::from_parts(parts, stream);
+        }
+        if content_type.starts_with("application/json") || !denials.is_empty() {
+            let bytes = match Limited::new(body, MAX_JSON_ANSWER).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) => {
+                    return rpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        Value::Null,
+                        codes::INTERNAL_ERROR,
+                        &format!("reading the upstream answer: {error}"),
+                    );
+                }
+            };
+            let rewritten = self.rewrite_json(&bytes, &target.server, denials);
+            let Some(rewritten) = rewritten else {
+                return Response::from_parts(parts, full_body(bytes));
+            };
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if parts.status == StatusCode::ACCEPTED {
+                parts.status = StatusCode::OK;
+            }
+            return Response::from_parts(parts, full_body(rewritten));
+        }
+        Response::from_parts(parts, boxed(body))
+    }
+
+    /// A JSON answer with lists filtered and a batch's denials added; `None`: unchanged.
+    fn rewrite_json(&self, bytes: &[u8], server: &str, denials: Vec<Value>) -> Option<Vec<u8>> {
+        let mut value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Value::Array(Vec::new())
+        } else {
+            match serde_json::from_slice(bytes) {
+                Ok(value) => value,
+                Err(_) if denials.is_empty() => return None,
+                Err(_) => Value::Array(Vec::new()),
+            }
+        };
+        let filtered = self.filter_answer(&mut value, server);
+        if denials.is_empty() {
+            return filtered.then(|| serde_json::to_vec(&value).expect("serializes"));
+        }
+        let mut answers = match value {
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        answers.extend(denials);
+        Some(serde_json::to_vec(&Value::Array(answers)).expect("serializes"))
+    }
+
+    /// Filters every list result in a message or batch; `true` when something changed.
+    fn filter_answer(&self, value: &mut Value, server: &str) -> bool {
+        match value {
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= self.filter_answer(item, server);
+                }
+                changed
+            }
+            Value::Object(message) => {
+                let Some(result) = message.get_mut("result") else {
+                    return false;
+                };
+                let Some(kind) = ListKind::of_result(result) else {
+                    return false;
+                };
+                let call_kind = match kind {
+                    ListKind::Tools => CallKind::Tool,
+                    ListKind::Prompts => CallKind::Prompt,
+                    ListKind::Resources => CallKind::Resource,
+                };
+                let current = self.governor.current();
+                let now = crate::now();
+                let removed = jsonrpc::filter_list(result, kind, |name, item| {
+                    if kind == ListKind::Tools && self.governor.tool_changed(server, item) {
+                        self.tool_changed(server, name, now);
+                    }
+                    self.governor.visible(&current, call_kind, name, now)
+                });
+                if removed > 0 {
+                    self.metrics.list_items_hidden.inc_by(removed as u64);
+                }
+                removed > 0
+            }
+            _ => false,
+        }
+    }
+
+    fn tool_changed(&self, server: &str, tool: &str, now: agentmesh_trust::Timestamp) {
+        self.metrics.tool_changes.inc();
+        tracing::warn!(
+            server,
+            tool,
+            "a tool's description or input schema changed since it was first listed"
+        );
+        if let Some(outbox) = &self.outbox {
+            outbox.push(Outcome::ToolChanged {
+                server: server.to_owned(),
+                tool: tool.to_owned(),
+                at_ms: now.as_millis(),
+            });
+        }
+    }
+
+    /// Relays an SSE answer event by event.
+    fn relay_sse(
+        self: Arc<Self>,
+        mut upstream: Incoming,
+        target: Target,
+        denials: Vec<Value>,
+    ) -> ProxyBody {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+        let (inject_tx, mut inject_rx) = mpsc::channel::<Bytes>(64);
+        let mut registered: Option<String> = None;
+        tokio::spawn(async move {
+            for denial in denials {
+                if tx
+                    .send(sse::message_event(&denial.to_string()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let mut parser = sse::Parser::default();
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break, // the client went away: drop the upstream
+                    Some(injected) = inject_rx.recv() => {
+                        if tx.send(injected).await.is_err() { break; }
+                    }
+                    frame = upstream.frame() => {
+                        let data = match frame {
+                            Some(Ok(frame)) => match frame.into_data() {
+                                Ok(data) => data,
+                                Err(_) => continue,
+                            },
+                            Some(Err(error)) => {
+                                tracing::debug!(%error, "upstream stream ended with an error");
+                                break;
+                            }
+                            None => {
+                                let rest = parser.rest();
+                                if !rest.is_empty() {
+                                    let _ = tx.send(rest).await;
+                                }
+                                break;
+                            }
+                        };
+                        let events = match parser.push(&data) {
+                            Ok(events) => events,
+                            Err(error) => {
+                                tracing::warn!(server = %target.server, %error, "closing the stream");
+                                break;
+                            }
+                        };
+                        for event in events {
+                            let out = self.rewrite_event(&event, &target, &inject_tx, &mut registered);
+                            if tx.send(out).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(url) = registered {
+                self.legacy.lock().expect("legacy lock").remove(&url);
+            }
+        });
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|bytes| Ok::<_, BoxError>(Frame::data(bytes)));
+        BoxBody::new(StreamBody::new(stream))
+    }
+
+    /// One event as the client gets it.
+    fn rewrite_event(
+        &self,
+        event: &sse::Event,
+        target: &Target,
+        inject: &mpsc::Sender<Bytes>,
+        registered: &mut Option<String>,
+    ) -> Bytes {
+        let Some(data) = &event.data else {
+            return event.raw.clone();
+        };
+        if event.kind.as_deref() == Some("endpoint") {
+            let (client_uri, upstream_url) = endpoint(target, data);
+            self.legacy
+                .lock()
+                .expect("legacy lock")
+                .insert(upstream_url.clone(), inject.clone());
+            *registered = Some(upstream_url);
+            return if client_uri == *data {
+                event.raw.clone()
+            } else {
+                event.with_data(&client_uri)
+            };
+        }
+        let Ok(mut value) = serde_json::from_str::<Value>(data) else {
+            return event.raw.clone();
+        };
+        if self.filter_answer(&mut value, &target.server) {
+            event.with_data(&value.to_string())
+        } else {
+            event.raw.clone()
+        }
+    }
+}
+
+/// The legacy transport's `endpoint` event: the URI the client is told to post to (rewritten
+/// under the named route) and the upstream URL those posts go to.
+fn endpoint(target: &Target, data: &str) -> (String, String) {
+    let upstream_url = if data.starts_with("http://") || data.starts_with("https://") {
+        data.to_owned()
+    } else {
+        // Relative to the SSE URL.
+        let origin_end = target
+            .url
+            .find("://")
+            .and_then(|s| target.url[s + 3..].find('/').map(|p| s + 3 + p))
+            .unwrap_or(target.url.len());
+        let origin = &target.url[..origin_end];
+        if data.starts_with('/') {
+            format!("{origin}{data}")
+        } else {
+            let path = target.url[origin_end..].split('?').next().unwrap_or("/");
+            let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+            format!("{origin}{dir}{data}")
+        }
+    };
+    let client_uri = match &target.route {
+        Some((prefix, base)) => match upstream_url.strip_prefix(base.as_str()) {
+            Some(rest) => format!("{prefix}{rest}"),
+            None => data.to_owned(),
+        },
+        // A forward-proxy client resolves the URI against the absolute URL it asked for.
+        None => data.to_owned(),
+    };
+    (client_uri, upstream_url)
+}
+
+/// Serves the proxy on `listener` until `shutdown` resolves; in-flight requests then get
+/// `drain` to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                };
+                let proxy = proxy.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?drain, "calls still in flight after the drain period");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    fn call(name: &str) -> Body {
+        jsonrpc::parse_body(
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn mcp_headers_must_agree_with_the_body() {
+        let modern = ("mcp-protocol-version", "2026-07-28");
+        assert!(
+            check_mcp_headers(
+                &headers(&[modern, ("mcp-method", "tools/call"), ("mcp-name", "echo")]),
+                &call("echo")
+            )
+            .is_ok()
+        );
+        // A header naming an allowed tool does not make the body's tool allowed.
+        let e = check_mcp_headers(
+            &headers(&[modern, ("mcp-method", "tools/call"), ("mcp-name", "echo")]),
+            &call("run_shell"),
+        )
+        .unwrap_err();
+        assert!(e.contains("does not match body value 'run_shell'"), "{e}");
+        assert!(
+            check_mcp_headers(
+                &headers(&[modern, ("mcp-method", "tools/call")]),
+                &call("echo")
+            )
+            .is_err()
+        );
+        assert!(check_mcp_headers(&headers(&[modern]), &call("echo")).is_err());
+        assert!(
+            check_mcp_headers(
+                &headers(&[modern, ("mcp-method", "tools/list"), ("mcp-name", "echo")]),
+                &call("echo")
+            )
+            .is_err()
+        );
+        // Encoded names are decoded before comparing.
+        assert!(
+            check_mcp_headers(
+                &headers(&[
+                    modern,
+                    ("mcp-method", "tools/call"),
+                    ("mcp-name", "=?base64?ZWNobw==?=")
+                ]),
+                &call("echo")
+            )
+            .is_ok()
+        );
+        // Older revisions need no headers, but one that is sent must agree.
+        assert!(
+            check_mcp_headers(
+                &headers(&[("mcp-protocol-version", "2025-06-18")]),
+                &call("echo")
+            )
+            .is_ok()
+        );
+        assert!(check_mcp_headers(&headers(&[("mcp-name", "echo")]), &call("run_shell")).is_err());
+    }
+
+    #[test]
+    fn origins() {
+        assert!(origin_allowed("http://localhost:3000"));
+        assert!(origin_allowed("http://127.0.0.1"));
+        assert!(origin_allowed("http://[::1]:8080"));
+        assert!(!origin_allowed("http://evil.example"));
+        assert!(!origin_allowed("http://localhost.evil.example"));
+        assert!(!origin_allowed("null"));
+    }
+
+    #[test]
+    fn endpoints_are_rewritten_under_the_route() {
+        let target = Target {
+            url: "http://127.0.0.1:3001/sse".into(),
+            server: "everything".into(),
+            route: Some(("/servers/everything".into(), "http://127.0.0.1:3001".into())),
+        };
+        assert_eq!(
+            endpoint(&target, "/message?sessionId=abc"),
+            (
+                "/servers/everything/message?sessionId=abc".into(),
+                "http://127.0.0.1:3001/message?sessionId=abc".into()
+            )
+        );
+        assert_eq!(
+            endpoint(&target, "messages?s=1").1,
+            "http://127.0.0.1:3001/messages?s=1"
+        );
+        let forward = Target {
+            url: "http://10.0.0.5:8000/sse".into(),
+            server: "10.0.0.5:8000".into(),
+            route: None,
+        };
+        assert_eq!(
+            endpoint(&forward, "/message?sessionId=abc"),
+            (
+                "/message?sessionId=abc".into(),
+                "http://10.0.0.5:8000/message?sessionId=abc".into()
+            )
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! Test harness: the official MCP SDK fixtures (`e2e/mcp`, installed by
+//! `scripts/mcp-fixtures.sh` into `~/.cache/agentmesh/mcp`), the upstream servers they provide,
+//! and the real `agentmesh-sidecar` binary in front of them. Everything listens on 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The fixture directory (installs on first use; a fraction of a second once installed).
+pub fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(repo().join("scripts/mcp-fixtures.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/mcp-fixtures.sh runs");
+        assert!(out.status.success(), "scripts/mcp-fixtures.sh failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(text.lines().last().expect("the fixture dir").trim())
+    })
+}
+
+pub fn python() -> PathBuf {
+    fixtures().join("venv/bin/python")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `@modelcontextprotocol/server-everything` in `streamableHttp` or `sse` mode.
+pub fn everything(mode: &str) -> (Running, u16) {
+    let port = free_port();
+    let child = Command::new("node")
+        .arg(repo().join("e2e/mcp/everything.mjs"))
+        .args([mode, "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node runs");
+    wait_port(port);
+    (Running(child), port)
+}
+
+/// The Python SDK server speaking 2026-07-28 (and 2025 on the same endpoint).
+pub fn server_2026() -> (Running, u16) {
+    let port = free_port();
+    let child = Command::new(python())
+        .arg(repo().join("e2e/mcp/server_2026.py"))
+        .args(["--port", &port.to_string(), "--any-host"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python runs");
+    wait_port(port);
+    (Running(child), port)
+}
+
+pub struct Sidecar {
+    pub process: Running,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub dir: PathBuf,
+}
+
+impl Sidecar {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics")
+    }
+
+    /// The value of one sample line of `/metrics` (0 when absent).
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+/// A test key: the seed's inline PEM form.
+pub fn key_pem() -> String {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    agentmesh_identity::keys::private_key_to_pem(&key).unwrap()
+}
+
+/// Starts the real sidecar binary with `upstreams` (`name=url,...`) and a policy file.
+pub fn sidecar(upstreams: &str, policy_yaml: Option<&str>, extra_env: &[(&str, &str)]) -> Sidecar {
+    let dir = std::env::temp_dir().join(format!(
+        "agentmesh-sidecar-test-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentmesh-sidecar"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AGENTMESH_SIDECAR_PROXY_ADDR", format!("127.0.0.1:{port}"))
+        .env(
+            "AGENTMESH_SIDECAR_METRICS_ADDR",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .env("AGENTMESH_SIDECAR_HEALTHY_FILE", dir.join("healthy"))
+        .env("AGENTMESH_AGENT_PRIVATE_KEY", key_pem())
+        .env("AGENTMESH_UPSTREAMS", upstreams)
+        .env("AGENTMESH_LOG_FORMAT", "text")
+        .env("AGENTMESH_SIDECAR_DRAIN_SECONDS", "5")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("sidecar.log")).unwrap(),
+        ));
+    if let Some(policy) = policy_yaml {
+        std::fs::write(dir.join("policy.yaml"), policy).unwrap();
+        command.env("AGENTMESH_SIDECAR_POLICY_FILE", dir.join("policy.yaml"));
+    }
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let child = command.spawn().expect("the sidecar starts");
+    wait_port(port);
+    wait_port(metrics_port);
+    Sidecar {
+        process: Running(child),
+        port,
+        metrics_port,
+        dir,
+    }
+}
+
+/// Runs an SDK client: `py` (Python `mcp`) or `ts` (TypeScript SDK); returns `steps`.
+pub fn client(lang: &str, url: &str, transport: &str, steps: &Value, extra: &[&str]) -> Vec<Value> {
+    let mut command = match lang {
+        "py" => {
+            let mut c = Command::new(python());
+            c.arg(repo().join("e2e/mcp/client.py"));
+            c
+        }
+        _ => {
+            let mut c = Command::new("node");
+            c.arg(repo().join("e2e/mcp/client.mjs"));
+            c
+        }
+    };
+    command
+        .args(["--url", url, "--transport", transport])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("the client starts");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(steps.to_string().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let parsed: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{lang} client output is not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    parsed["steps"].as_array().cloned().unwrap_or_default()
+}
+
+/// A plain HTTP/1.1 GET on loopback; the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    raw(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+    )
+    .1
+}
+
+/// Sends raw bytes; returns (status, body).
+pub fn raw(port: u16, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A POST with JSON body and headers; returns (status, body).
+pub fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    raw(port, &request)
+}
+
+/// Names in a `tools/list` (or prompts, resources) step result.
+pub fn names(step: &Value, key: &str, field: &str) -> Vec<String> {
+    step["ok"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} list in {step}"))
+        .iter()
+        .filter_map(|t| t[field].as_str().map(str::to_owned))
+        .collect()
+}
