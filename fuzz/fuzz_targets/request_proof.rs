@@ -2,7 +2,7 @@
 #![no_main]
 
 use agentmesh_identity::handshake::{HandshakeConfig, Initiator, Responder};
-use agentmesh_identity::proof::{ProofVerifier, RequestProof};
+use agentmesh_identity::proof::{Covered, ProofVerifier, RequestProof};
 use agentmesh_identity::registry::MemoryRegistry;
 use agentmesh_identity::{SigningKey, Timestamp};
 use libfuzzer_sys::fuzz_target;
@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let (response, _) = initiator.on_challenge(&challenge, &registry, now).unwrap();
     let session = responder.on_response(&response, &registry, now).unwrap();
     let mut verifier = ProofVerifier::new(&session);
-    let _ = verifier.verify(&proof, data, proof.timestamp);
-    let _ = verifier.verify(&proof, b"", now);
+    let covered = |body| Covered { method: "POST", path: "/inbound/mcp", body };
+    let _ = verifier.verify(&proof, covered(data), proof.timestamp);
+    let _ = verifier.verify(&proof, covered(b""), now);
 });

@@ -1,6 +1,7 @@
 //! Proof carried by each request after a handshake: the sender signs, with its registered key,
-//! the session id, its DID, a counter, the time and sha256 of the request body, under the
-//! prefix `agentmesh-request-v1`.
+//! the session id, its DID, a counter, the time, the request's method and path (with its query)
+//! and sha256 of its body, under the prefix `agentmesh-request-v2`: a proof moved to another
+//! path, method or body does not verify.
 //!
 //! Replay safety: the receiver keeps, per session, the highest counter seen and a bitmap of
 //! the [`REPLAY_WINDOW`] counters below it (as IPsec does); a counter already seen, or older
@@ -21,7 +22,17 @@ pub const REPLAY_WINDOW: u64 = 128;
 /// Largest difference between the proof's time and the receiver's.
 pub const MAX_CLOCK_SKEW_MS: i64 = 30_000;
 
-const DOMAIN: &str = "agentmesh-request-v1";
+const DOMAIN: &str = "agentmesh-request-v2";
+
+/// What a proof covers of its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Covered<'a> {
+    /// HTTP method (`POST`).
+    pub method: &'a str,
+    /// Path and query as sent on the wire (`/inbound/mcp?x=1`).
+    pub path: &'a str,
+    pub body: &'a [u8],
+}
 
 /// Why a request proof was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +78,7 @@ fn transcript(
     sender: &Did,
     counter: u64,
     timestamp: Timestamp,
+    request: (&str, &str),
     body_hash: &[u8; 32],
 ) -> Vec<u8> {
     Transcript::new(DOMAIN)
@@ -74,6 +86,8 @@ fn transcript(
         .str(sender.as_str())
         .u64(counter)
         .i64(timestamp.as_millis())
+        .str(request.0)
+        .str(request.1)
         .field(body_hash)
         .into_bytes()
 }
@@ -97,10 +111,10 @@ impl ProofSigner {
         }
     }
 
-    pub fn sign(&mut self, body: &[u8], now: Timestamp) -> RequestProof {
+    pub fn sign(&mut self, request: Covered<'_>, now: Timestamp) -> RequestProof {
         let counter = self.next_counter;
         self.next_counter += 1;
-        sign_with_counter(&self.session, &self.local, &self.key, counter, body, now)
+        sign_with_counter(&self.session, &self.local, &self.key, counter, request, now)
     }
 }
 
@@ -110,11 +124,18 @@ pub fn sign_with_counter(
     sender: &Did,
     key: &SigningKey,
     counter: u64,
-    body: &[u8],
+    request: Covered<'_>,
     now: Timestamp,
 ) -> RequestProof {
-    let body_hash: [u8; 32] = Sha256::digest(body).into();
-    let signature = key.sign(&transcript(session, sender, counter, now, &body_hash));
+    let body_hash: [u8; 32] = Sha256::digest(request.body).into();
+    let signature = key.sign(&transcript(
+        session,
+        sender,
+        counter,
+        now,
+        (request.method, request.path),
+        &body_hash,
+    ));
     RequestProof {
         session: b64(session),
         sender: sender.clone(),
@@ -143,11 +164,11 @@ impl ProofVerifier {
         }
     }
 
-    /// Check a proof for `body`; on success its counter is spent.
+    /// Check a proof for `request`; on success its counter is spent.
     pub fn verify(
         &mut self,
         proof: &RequestProof,
-        body: &[u8],
+        request: Covered<'_>,
         now: Timestamp,
     ) -> Result<(), ProofError> {
         let session: [u8; 32] =
@@ -180,12 +201,13 @@ impl ProofVerifier {
             &proof.sender,
             proof.counter,
             proof.timestamp,
+            (request.method, request.path),
             &claimed_hash,
         );
         self.peer_key
             .verify_strict(&message, &signature)
             .map_err(|_| ProofError::BadSignature)?;
-        let body_hash: [u8; 32] = Sha256::digest(body).into();
+        let body_hash: [u8; 32] = Sha256::digest(request.body).into();
         if body_hash != claimed_hash {
             return Err(ProofError::BodyMismatch);
         }

@@ -5,7 +5,9 @@ use agentmesh_identity::handshake::{
     HandshakeResponse, Initiator, Responder, Role,
 };
 use agentmesh_identity::keys::{self, Did};
-use agentmesh_identity::proof::{ProofError, ProofSigner, ProofVerifier, sign_with_counter};
+use agentmesh_identity::proof::{
+    Covered, ProofError, ProofSigner, ProofVerifier, sign_with_counter,
+};
 use agentmesh_identity::registry::MemoryRegistry;
 use agentmesh_identity::{SigningKey, Timestamp};
 
@@ -378,6 +380,41 @@ fn keys_b64(bytes: &[u8]) -> String {
 
 // ---- request proofs ----
 
+fn req(body: &[u8]) -> Covered<'_> {
+    Covered {
+        method: "POST",
+        path: "/inbound/mcp",
+        body,
+    }
+}
+
+#[test]
+fn a_proof_moved_to_another_path_or_method_is_refused() {
+    let w = world();
+    let (a, b, _, _) = full(&w);
+    let now = T0.plus_millis(100);
+    let mut signer = ProofSigner::new(&a, w.alice.clone());
+    let mut verifier = ProofVerifier::new(&b);
+    let proof = signer.sign(req(b"{}"), now);
+    let moved = Covered {
+        path: "/inbound/admin",
+        ..req(b"{}")
+    };
+    assert_eq!(
+        verifier.verify(&proof, moved, now),
+        Err(ProofError::BadSignature)
+    );
+    let other_method = Covered {
+        method: "DELETE",
+        ..req(b"{}")
+    };
+    assert_eq!(
+        verifier.verify(&proof, other_method, now),
+        Err(ProofError::BadSignature)
+    );
+    assert_eq!(verifier.verify(&proof, req(b"{}"), now), Ok(()));
+}
+
 #[test]
 fn request_proofs_verify_once() {
     let w = world();
@@ -385,12 +422,15 @@ fn request_proofs_verify_once() {
     let mut signer = ProofSigner::new(&a, w.alice.clone());
     let mut verifier = ProofVerifier::new(&b);
     let now = T0.plus_millis(100);
-    let p1 = signer.sign(b"{\"tool\":\"search\"}", now);
-    let p2 = signer.sign(b"{}", now);
-    assert_eq!(verifier.verify(&p2, b"{}", now), Ok(()));
-    assert_eq!(verifier.verify(&p1, b"{\"tool\":\"search\"}", now), Ok(()));
+    let p1 = signer.sign(req(b"{\"tool\":\"search\"}"), now);
+    let p2 = signer.sign(req(b"{}"), now);
+    assert_eq!(verifier.verify(&p2, req(b"{}"), now), Ok(()));
     assert_eq!(
-        verifier.verify(&p1, b"{\"tool\":\"search\"}", now),
+        verifier.verify(&p1, req(b"{\"tool\":\"search\"}"), now),
+        Ok(())
+    );
+    assert_eq!(
+        verifier.verify(&p1, req(b"{\"tool\":\"search\"}"), now),
         Err(ProofError::Replayed(1))
     );
 }
@@ -401,52 +441,52 @@ fn request_proof_attacks_are_refused() {
     let (a, b, _, _) = full(&w);
     let now = T0.plus_millis(100);
     let mut verifier = ProofVerifier::new(&b);
-    let good = sign_with_counter(&a.id, &a.local, &w.alice, 200, b"body", now);
+    let good = sign_with_counter(&a.id, &a.local, &w.alice, 200, req(b"body"), now);
 
     let mut tampered = good.clone();
     tampered.counter = 201;
     assert_eq!(
-        verifier.verify(&tampered, b"body", now),
+        verifier.verify(&tampered, req(b"body"), now),
         Err(ProofError::BadSignature)
     );
     assert_eq!(
-        verifier.verify(&good, b"other body", now),
+        verifier.verify(&good, req(b"other body"), now),
         Err(ProofError::BodyMismatch)
     );
     let mut unsigned = good.clone();
     unsigned.signature.clear();
     assert_eq!(
-        verifier.verify(&unsigned, b"body", now),
+        verifier.verify(&unsigned, req(b"body"), now),
         Err(ProofError::MissingSignature)
     );
-    let wrong_key = sign_with_counter(&a.id, &a.local, &w.mallory, 202, b"body", now);
+    let wrong_key = sign_with_counter(&a.id, &a.local, &w.mallory, 202, req(b"body"), now);
     assert_eq!(
-        verifier.verify(&wrong_key, b"body", now),
+        verifier.verify(&wrong_key, req(b"body"), now),
         Err(ProofError::BadSignature)
     );
-    let other_session = sign_with_counter(&[0; 32], &a.local, &w.alice, 203, b"body", now);
+    let other_session = sign_with_counter(&[0; 32], &a.local, &w.alice, 203, req(b"body"), now);
     assert_eq!(
-        verifier.verify(&other_session, b"body", now),
+        verifier.verify(&other_session, req(b"body"), now),
         Err(ProofError::SessionMismatch)
     );
-    let other_sender = sign_with_counter(&a.id, &did(&w.bob), &w.bob, 204, b"body", now);
+    let other_sender = sign_with_counter(&a.id, &did(&w.bob), &w.bob, 204, req(b"body"), now);
     assert!(matches!(
-        verifier.verify(&other_sender, b"body", now),
+        verifier.verify(&other_sender, req(b"body"), now),
         Err(ProofError::SenderMismatch { .. })
     ));
     assert!(matches!(
-        verifier.verify(&good, b"body", now.plus_millis(31_000)),
+        verifier.verify(&good, req(b"body"), now.plus_millis(31_000)),
         Err(ProofError::Stale { .. })
     ));
 
-    assert_eq!(verifier.verify(&good, b"body", now), Ok(()));
+    assert_eq!(verifier.verify(&good, req(b"body"), now), Ok(()));
     assert_eq!(
-        verifier.verify(&good, b"body", now),
+        verifier.verify(&good, req(b"body"), now),
         Err(ProofError::Replayed(200))
     );
-    let ancient = sign_with_counter(&a.id, &a.local, &w.alice, 50, b"body", now);
+    let ancient = sign_with_counter(&a.id, &a.local, &w.alice, 50, req(b"body"), now);
     assert!(matches!(
-        verifier.verify(&ancient, b"body", now),
+        verifier.verify(&ancient, req(b"body"), now),
         Err(ProofError::OutsideWindow { .. })
     ));
 }
