@@ -145,6 +145,17 @@ pub struct McpServer {
         length(min = 8, max = 2048)
     )]
     pub url: String,
+    /// When the server is another agent behind its sidecar: that agent's AgentIdentity (a name
+    /// of this namespace, or `namespace/name`). The two sidecars then run the mutual handshake
+    /// (keys and scores from the registry, never from the peer) and every request carries a
+    /// proof bound to the session, method, path and body; `url` is the peer sidecar's inbound
+    /// route, e.g. `http://summarizer.agents.svc:8081/inbound`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 317)
+    )]
+    pub agent: Option<String>,
 }
 
 /// Enforcement mode.

@@ -17,6 +17,7 @@ pub mod env {
     pub const POD_NAME: &str = "POD_NAME";
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
     pub const UPSTREAMS: &str = "AGENTMESH_UPSTREAMS";
+    pub const INBOUND_UPSTREAM: &str = "AGENTMESH_INBOUND_UPSTREAM";
 }
 
 /// The sidecar's flags (each also read from its variable).
@@ -102,6 +103,9 @@ pub struct Config {
     pub pod_name: Option<String>,
     pub pod_namespace: Option<String>,
     pub upstreams: Vec<StaticUpstream>,
+    /// This agent's own MCP server, for requests from other agents (`/inbound/...`), e.g.
+    /// `http://127.0.0.1:3000`.
+    pub inbound_upstream: Option<String>,
 }
 
 /// A configuration error: names the variable.
@@ -181,7 +185,21 @@ impl Config {
             Some(text) => parse_upstreams(&text)?,
             None => Vec::new(),
         };
+        let inbound_upstream = match non_empty(env::INBOUND_UPSTREAM) {
+            Some(url) if url.starts_with("http://") => Some(url.trim_end_matches('/').to_owned()),
+            Some(url) => {
+                return Err(ConfigError {
+                    variable: env::INBOUND_UPSTREAM,
+                    value: url,
+                    expected:
+                        "the http:// URL of this agent's own MCP server, e.g. http://127.0.0.1:3000"
+                            .into(),
+                });
+            }
+            None => None,
+        };
         Ok(Self {
+            inbound_upstream,
             settings,
             flags,
             identity,

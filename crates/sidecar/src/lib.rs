@@ -11,6 +11,7 @@ pub mod health;
 pub mod jsonrpc;
 pub mod metrics;
 pub mod operator;
+pub mod peers;
 pub mod policy;
 pub mod proxy;
 pub mod sse;
@@ -176,18 +177,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
 
-    let proxy = Arc::new(proxy::Proxy::new(
-        governor.clone(),
-        metrics.clone(),
-        outbox.clone(),
-        config.upstreams.clone(),
-        health.clone(),
-        Duration::from_secs(config.flags.upstream_timeout_seconds),
-    ));
+    let session_ttl = if config.settings.cache_enabled {
+        Duration::from_secs(config.settings.cache_ttl_seconds)
+    } else {
+        Duration::ZERO
+    };
+    let proxy = Arc::new(proxy::Proxy::new(proxy::ProxyOptions {
+        governor: governor.clone(),
+        metrics: metrics.clone(),
+        outbox: outbox.clone(),
+        upstreams: config.upstreams.clone(),
+        health: health.clone(),
+        upstream_timeout: Duration::from_secs(config.flags.upstream_timeout_seconds),
+        namespace: config
+            .identity
+            .as_deref()
+            .and_then(|i| i.split_once('/'))
+            .map(|(ns, _)| ns.to_owned())
+            .or_else(|| config.pod_namespace.clone())
+            .unwrap_or_else(|| "default".into()),
+        session_ttl,
+        inbound_upstream: config.inbound_upstream.clone(),
+    }));
     let stop_reports = Arc::new(Notify::new());
     let key_value = config.settings.agent_private_key.clone();
     let key_task = {
         let health = health.clone();
+        let peers = proxy.peers.clone();
         let (api, outbox, metrics, stop) = (
             api.clone(),
             outbox.clone(),
@@ -199,6 +215,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let key = load_key(key_value).await?;
             tracing::info!(did = %agentmesh_identity::keys::Did::from_public_key(&key.verifying_key()), "key loaded");
+            peers.set_key(key.clone());
             health.key_loaded()?;
             let reporter = match (api, outbox, identity) {
                 (Some(api), Some(outbox), Some(identity)) => Some(tokio::spawn(

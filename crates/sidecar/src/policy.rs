@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use agentmesh_api::policy::{McpServer, TrustPolicySpec};
 use agentmesh_api::settings::Settings;
-use agentmesh_api::wire::SidecarConfig;
+use agentmesh_api::wire::{RegistryEntry, SidecarConfig};
+use agentmesh_identity::registry::MemoryRegistry;
 use agentmesh_trust::policy::{CallKind, Mode, RateState};
 use agentmesh_trust::{Effect, Policy, Timestamp, canonical_name};
 use serde_json::Value;
@@ -36,8 +37,26 @@ pub struct Current {
     pub quarantined: bool,
     pub source: Source,
     pub servers: Vec<McpServer>,
-    /// Identities the operator knows (peers' DIDs, keys and scores).
+    /// Identities the operator knows: peers' DIDs, keys and scores, looked up by DID for
+    /// handshakes and proofs (never taken from what a peer says).
+    pub registry: MemoryRegistry,
+    pub peers: Vec<RegistryEntry>,
     pub registry_size: usize,
+}
+
+impl Current {
+    /// The registry entry of a DID.
+    pub fn peer(&self, did: &str) -> Option<&RegistryEntry> {
+        self.peers.iter().find(|p| p.did.as_deref() == Some(did))
+    }
+
+    /// The registry entry of an AgentIdentity `name` (in `namespace`) or `namespace/name`.
+    pub fn peer_named(&self, reference: &str, namespace: &str) -> Option<&RegistryEntry> {
+        let (ns, name) = reference.split_once('/').unwrap_or((namespace, reference));
+        self.peers
+            .iter()
+            .find(|p| p.namespace == ns && p.name == name)
+    }
 }
 
 /// A decision, ready to answer and report.
@@ -91,6 +110,8 @@ impl Governor {
                 quarantined: false,
                 source,
                 servers: spec.mcp_servers.clone(),
+                registry: MemoryRegistry::new(),
+                peers: Vec::new(),
                 registry_size: 0,
             })),
             rate: Mutex::new(rate),
@@ -156,6 +177,8 @@ impl Governor {
                 version: config.version.clone(),
             },
             servers: config.policy.mcp_servers.clone(),
+            registry: registry_of(&config.peers),
+            peers: config.peers.clone(),
             registry_size: config.peers.len(),
         };
         *self.current.write().expect("policy lock") = Arc::new(next);
@@ -210,6 +233,27 @@ impl Governor {
             }
         }
     }
+}
+
+/// The registry of the operator's peers: each entry with a valid key, under the DID its key
+/// gives (an entry whose DID does not match its key is left out).
+fn registry_of(peers: &[RegistryEntry]) -> MemoryRegistry {
+    let mut registry = MemoryRegistry::new();
+    for peer in peers {
+        let Some(key) = peer
+            .public_key
+            .as_deref()
+            .and_then(|k| agentmesh_identity::keys::public_key_from_text(k).ok())
+        else {
+            continue;
+        };
+        if peer.did.as_deref()
+            == Some(agentmesh_identity::keys::Did::from_public_key(&key).as_str())
+        {
+            registry.insert(key, peer.score);
+        }
+    }
+    registry
 }
 
 fn verdict(current: &Current, decision: &agentmesh_trust::Decision<'_>) -> Verdict {

@@ -47,8 +47,11 @@ use crate::config::StaticUpstream;
 use crate::jsonrpc::{self, Body, ListKind, codes};
 use crate::metrics::{MethodLabels, Metrics, RequestLabels, RuleLabels, ViolationLabels};
 use crate::operator::Outbox;
+use crate::peers::{self, PeerRefusal, Peers};
 use crate::policy::{Governor, Verdict};
 use crate::sse;
+use agentmesh_identity::keys::Did;
+use agentmesh_identity::proof::Covered;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -89,6 +92,26 @@ struct Target {
     server: String,
     /// `/servers/<name>` for a named route: what an `endpoint` event's path is rewritten under.
     route: Option<(String, String)>,
+    /// Another agent's sidecar: its DID (from the registry) and origin (`http://host:port`).
+    peer: Option<(Did, String)>,
+    /// Filter list answers by this sidecar's policy (its agent's calls; not inbound requests).
+    judge_answers: bool,
+}
+
+/// What a proxy is made of.
+pub struct ProxyOptions {
+    pub governor: Arc<Governor>,
+    pub metrics: Arc<Metrics>,
+    pub outbox: Option<Arc<Outbox>>,
+    pub upstreams: Vec<StaticUpstream>,
+    pub health: Arc<crate::health::Health>,
+    pub upstream_timeout: Duration,
+    /// This identity's namespace (bare names in `allowedPeers` and `mcpServers[].agent`).
+    pub namespace: String,
+    /// How long a session with a peer is reused (`AGENTMESH_CACHE_TTL`; 0: never).
+    pub session_ttl: Duration,
+    /// Where requests from other agents go once their proof is checked.
+    pub inbound_upstream: Option<String>,
 }
 
 pub struct Proxy {
@@ -97,6 +120,8 @@ pub struct Proxy {
     pub outbox: Option<Arc<Outbox>>,
     pub upstreams: Vec<StaticUpstream>,
     pub health: Arc<crate::health::Health>,
+    pub peers: Arc<Peers>,
+    inbound_upstream: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
     upstream_timeout: Duration,
     /// Legacy HTTP+SSE sessions: upstream message-endpoint URL → the client's SSE stream.
@@ -222,27 +247,30 @@ struct Judged {
 }
 
 impl Proxy {
-    pub fn new(
-        governor: Arc<Governor>,
-        metrics: Arc<Metrics>,
-        outbox: Option<Arc<Outbox>>,
-        upstreams: Vec<StaticUpstream>,
-        health: Arc<crate::health::Health>,
-        upstream_timeout: Duration,
-    ) -> Self {
+    pub fn new(options: ProxyOptions) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
         connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let peers = Arc::new(Peers::new(
+            options.namespace,
+            options.session_ttl,
+            client.clone(),
+            options.metrics.clone(),
+            options.outbox.clone(),
+        ));
         Self {
-            governor,
-            metrics,
-            outbox,
-            upstreams,
-            health,
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(connector),
-            upstream_timeout,
+            governor: options.governor,
+            metrics: options.metrics,
+            outbox: options.outbox,
+            upstreams: options.upstreams,
+            health: options.health,
+            peers,
+            inbound_upstream: options.inbound_upstream,
+            client,
+            upstream_timeout: options.upstream_timeout,
             legacy: Mutex::new(HashMap::new()),
         }
     }
@@ -257,6 +285,17 @@ impl Proxy {
             && request.uri().path() == agentmesh_api::names::paths::HEALTH
         {
             return self.health.response();
+        }
+        if request.uri().scheme().is_none() {
+            let path = request.uri().path();
+            if request.method() == Method::POST
+                && (path == peers::HANDSHAKE_INIT_PATH || path == peers::HANDSHAKE_RESPONSE_PATH)
+            {
+                return self.handshake(request).await;
+            }
+            if path == peers::INBOUND_PREFIX || path.starts_with("/inbound/") {
+                return self.inbound(request).await;
+            }
         }
         if !is_loopback(peer) {
             return rpc_error(
@@ -317,6 +356,8 @@ impl Proxy {
                 url: uri.to_string(),
                 server: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
                 route: None,
+                peer: None,
+                judge_answers: true,
             });
         }
         let path = uri.path();
@@ -338,10 +379,8 @@ impl Proxy {
             None => (rest, ""),
         };
         let current = self.governor.current();
-        let base = current
-            .servers
-            .iter()
-            .find(|s| s.name == name)
+        let declared = current.servers.iter().find(|s| s.name == name);
+        let base = declared
             .map(|s| s.url.trim_end_matches('/').to_owned())
             .or_else(|| {
                 self.upstreams
@@ -369,11 +408,33 @@ impl Proxy {
                 &format!("MCP server {name:?} is {base}: https upstreams are not supported yet"),
             )));
         }
+        let peer = match declared.and_then(|s| s.agent.as_deref()) {
+            None => None,
+            Some(agent) => {
+                let entry = current.peer_named(agent, self.peers.namespace());
+                let did = entry
+                    .and_then(|e| e.did.as_deref())
+                    .and_then(|d| Did::parse(d).ok());
+                let Some(did) = did else {
+                    return Err(Box::new(rpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        Value::Null,
+                        codes::INTERNAL_ERROR,
+                        &format!(
+                            "MCP server {name:?} is agent {agent:?}, which the registry does not know (yet)"
+                        ),
+                    )));
+                };
+                Some((did, origin_of(&base)))
+            }
+        };
         let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
         Ok(Target {
             url: format!("{base}{tail}{query}"),
             server: name.to_owned(),
             route: Some((format!("/servers/{name}"), base)),
+            peer,
+            judge_answers: true,
         })
     }
 
@@ -440,8 +501,7 @@ impl Proxy {
             };
             return (json_response(StatusCode::OK, &answer), method);
         };
-        let request = Request::from_parts(parts, Full::new(forward));
-        (self.send(request, target, denials).await, method)
+        (self.send(parts, forward, target, denials).await, method)
     }
 
     /// Parses, checks and decides a POST body.
@@ -615,21 +675,16 @@ impl Proxy {
                 );
             }
         };
-        self.send(
-            Request::from_parts(parts, Full::new(bytes)),
-            target,
-            denials,
-        )
-        .await
+        self.send(parts, bytes, target, denials).await
     }
 
     async fn send(
         self: &Arc<Self>,
-        request: Request<Full<Bytes>>,
+        mut parts: hyper::http::request::Parts,
+        body: Bytes,
         target: Target,
         denials: Vec<Value>,
     ) -> Response<ProxyBody> {
-        let (mut parts, body) = request.into_parts();
         for name in HOP_BY_HOP {
             parts.headers.remove(*name);
         }
@@ -647,34 +702,69 @@ impl Proxy {
         parts.uri = uri;
         parts.version = hyper::Version::HTTP_11;
         let started = Instant::now();
-        let answer = tokio::time::timeout(
-            self.upstream_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
-        let response = match answer {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                self.metrics.upstream_errors.inc();
-                tracing::warn!(server = %target.server, %error, "upstream unreachable");
-                return rpc_error(
-                    StatusCode::BAD_GATEWAY,
-                    Value::Null,
-                    codes::INTERNAL_ERROR,
-                    &format!("upstream MCP server {} unreachable: {error}", target.server),
-                );
+        let mut fresh = false;
+        let response = loop {
+            if let Some((did, origin)) = &target.peer {
+                let current = self.governor.current();
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                let covered = Covered {
+                    method: parts.method.as_str(),
+                    path: &path,
+                    body: &body,
+                };
+                match self
+                    .peers
+                    .proof(&current, origin, did, covered, fresh)
+                    .await
+                {
+                    Ok(proof) => {
+                        let value =
+                            HeaderValue::from_str(&proof).expect("base64url is a header value");
+                        parts.headers.insert(peers::PROOF_HEADER, value);
+                    }
+                    Err(refusal) => return self.peer_refused(&refusal, &body, &current),
+                }
             }
-            Err(_) => {
-                self.metrics.upstream_errors.inc();
-                return rpc_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Value::Null,
-                    codes::INTERNAL_ERROR,
-                    &format!(
-                        "upstream MCP server {} did not answer within {:?}",
-                        target.server, self.upstream_timeout
-                    ),
-                );
+            let request = Request::from_parts(parts.clone(), Full::new(body.clone()));
+            let answer =
+                tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await;
+            match answer {
+                Ok(Ok(response))
+                    if response.status() == StatusCode::UNAUTHORIZED
+                        && target.peer.is_some()
+                        && !fresh =>
+                {
+                    // The peer no longer knows the session (it restarted): handshake again, once.
+                    fresh = true;
+                    continue;
+                }
+                Ok(Ok(response)) => break response,
+                Ok(Err(error)) => {
+                    self.metrics.upstream_errors.inc();
+                    tracing::warn!(server = %target.server, %error, "upstream unreachable");
+                    return rpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        Value::Null,
+                        codes::INTERNAL_ERROR,
+                        &format!("upstream MCP server {} unreachable: {error}", target.server),
+                    );
+                }
+                Err(_) => {
+                    self.metrics.upstream_errors.inc();
+                    return rpc_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        Value::Null,
+                        codes::INTERNAL_ERROR,
+                        &format!(
+                            "upstream MCP server {} did not answer within {:?}",
+                            target.server, self.upstream_timeout
+                        ),
+                    );
+                }
             }
         };
         self.metrics
@@ -700,6 +790,9 @@ impl Proxy {
                 .insert("x-accel-buffering", HeaderValue::from_static("no"));
             let stream = self.clone().relay_sse(body, target, denials);
             return Response::from_parts(parts, stream);
+        }
+        if !target.judge_answers {
+            return Response::from_parts(parts, boxed(body));
         }
         if content_type.starts_with("application/json") || !denials.is_empty() {
             let bytes = match Limited::new(body, MAX_JSON_ANSWER).collect().await {
@@ -913,6 +1006,154 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// A refusal about identity, as the caller's client sees it: HTTP 200 with JSON-RPC error
+    /// `-32001` for a JSON-RPC request (what MCP clients surface), else the refusal's status.
+    fn peer_refused(
+        &self,
+        refusal: &PeerRefusal,
+        body: &[u8],
+        current: &crate::policy::Current,
+    ) -> Response<ProxyBody> {
+        let id = match jsonrpc::parse_body(body) {
+            Ok(Body::Single(message)) if message.get("id").is_some() => Some(jsonrpc::id(&message)),
+            _ => None,
+        };
+        let data = serde_json::json!({"agentmesh": {
+            "blocked": true,
+            "policy": current.policy_label,
+            "rule": refusal.rule,
+            "trust_score": current.score,
+            "reason": refusal.reason,
+        }});
+        let message = format!("Blocked by AgentMesh identity check: {}", refusal.reason);
+        let error = jsonrpc::error_response(
+            id.clone().unwrap_or(Value::Null),
+            codes::DENIED,
+            &message,
+            Some(data),
+        );
+        let status = if id.is_some() && refusal.status != StatusCode::UNAUTHORIZED {
+            StatusCode::OK
+        } else {
+            refusal.status
+        };
+        json_response(status, &error)
+    }
+
+    /// `POST /agentmesh/v1/handshake/{init,response}` from another agent's sidecar.
+    async fn handshake(self: &Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+        let is_init = request.uri().path() == peers::HANDSHAKE_INIT_PATH;
+        let body = match Limited::new(request.into_body(), 64 << 10).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &serde_json::json!({"error": "handshake message too large"}),
+                );
+            }
+        };
+        let current = self.governor.current();
+        let result = if is_init {
+            self.peers.on_init(&current, &body)
+        } else {
+            self.peers
+                .on_response(&current, &body)
+                .map(|(answer, peer)| {
+                    self.peers.record_handshake(peer.as_str(), Ok(()));
+                    answer
+                })
+        };
+        match result {
+            Ok(answer) => json_response(StatusCode::OK, &answer),
+            Err(refusal) => {
+                self.peers.record_refusal();
+                tracing::warn!(rule = %refusal.rule, reason = %refusal.reason, "handshake refused");
+                json_response(
+                    refusal.status,
+                    &serde_json::json!({"error": refusal.reason, "rule": refusal.rule}),
+                )
+            }
+        }
+    }
+
+    /// `/inbound/<path>`: a request from another agent, for this sidecar's agent.
+    async fn inbound(self: &Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+        let Some(base) = self.inbound_upstream.clone() else {
+            return rpc_error(
+                StatusCode::NOT_FOUND,
+                Value::Null,
+                codes::INVALID_REQUEST,
+                "this agent accepts no requests from other agents (AGENTMESH_INBOUND_UPSTREAM is not set)",
+            );
+        };
+        let (mut parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_REQUEST).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return rpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Value::Null,
+                    codes::INVALID_REQUEST,
+                    "request body too large",
+                );
+            }
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let current = self.governor.current();
+        let proof = parts
+            .headers
+            .get(peers::PROOF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let covered = Covered {
+            method: parts.method.as_str(),
+            path: &path,
+            body: &body,
+        };
+        let caller = match self.peers.check_inbound(&current, proof, covered) {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                self.peers.record_refusal();
+                tracing::warn!(rule = %refusal.rule, reason = %refusal.reason, "request from a peer refused");
+                return self.peer_refused(&refusal, &body, &current);
+            }
+        };
+        parts.headers.remove(peers::PROOF_HEADER);
+        if let Ok(value) = HeaderValue::from_str(caller.as_str()) {
+            parts.headers.insert(peers::PEER_DID_HEADER, value);
+        }
+        if let Some(entry) = current.peer(caller.as_str())
+            && let Ok(value) = HeaderValue::from_str(&format!("{}/{}", entry.namespace, entry.name))
+        {
+            parts.headers.insert(peers::PEER_IDENTITY_HEADER, value);
+        }
+        let rest = path.strip_prefix(peers::INBOUND_PREFIX).unwrap_or(&path);
+        let target = Target {
+            url: format!("{}{rest}", base.trim_end_matches('/')),
+            server: "inbound".into(),
+            route: None,
+            peer: None,
+            judge_answers: false,
+        };
+        self.send(parts, body, target, Vec::new()).await
+    }
+}
+
+/// `scheme://authority` of a URL.
+fn origin_of(url: &str) -> String {
+    match url.find("://") {
+        Some(at) => match url[at + 3..].find('/') {
+            Some(slash) => url[..at + 3 + slash].to_owned(),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// The legacy transport's `endpoint` event: the URI the client is told to post to (rewritten
 /// under the named route) and the upstream URL those posts go to.
 fn endpoint(target: &Target, data: &str) -> (String, String) {
@@ -1086,6 +1327,8 @@ mod tests {
             url: "http://127.0.0.1:3001/sse".into(),
             server: "everything".into(),
             route: Some(("/servers/everything".into(), "http://127.0.0.1:3001".into())),
+            peer: None,
+            judge_answers: true,
         };
         assert_eq!(
             endpoint(&target, "/message?sessionId=abc"),
@@ -1102,6 +1345,8 @@ mod tests {
             url: "http://10.0.0.5:8000/sse".into(),
             server: "10.0.0.5:8000".into(),
             route: None,
+            peer: None,
+            judge_answers: true,
         };
         assert_eq!(
             endpoint(&forward, "/message?sessionId=abc"),

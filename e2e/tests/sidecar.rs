@@ -1,0 +1,652 @@
+//! The sidecar end to end with the real operator on the real API server: the policy, the
+//! registry and the live score come from `/v1/sidecar/config` (the pod's bound token); a
+//! quarantine set through the operator denies within a second or two; two sidecars run the
+//! mutual handshake and a replayed, moved or forged request is refused; a peer below the
+//! minimum score is refused. Clients and servers are the official MCP SDKs (`e2e/mcp`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentmesh_e2e::operator::{OperatorProcess, free_port, http_request};
+use agentmesh_e2e::{TestNamespace, cluster, repo_root};
+use agentmesh_identity::Timestamp;
+use agentmesh_identity::handshake::{HandshakeConfig, Initiator};
+use agentmesh_identity::keys::{Did, private_key_from_pem};
+use agentmesh_identity::proof::{Covered, ProofSigner};
+use agentmesh_identity::registry::MemoryRegistry;
+use base64::Engine;
+use serde_json::{Value, json};
+
+const FAST: [(&str, &str); 2] = [
+    ("MESHLOGIC_LEASE_SECONDS", "3"),
+    ("MESHLOGIC_STATUS_INTERVAL_SECONDS", "1"),
+];
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn fixtures() -> PathBuf {
+    let out = Command::new(repo_root().join("scripts/mcp-fixtures.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/mcp-fixtures.sh runs");
+    assert!(out.status.success());
+    PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+fn sidecar_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug/agentmesh-sidecar")
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
+}
+
+fn apply(namespace: &str, object: Value) {
+    cluster().apply(namespace, &object.to_string());
+}
+
+fn pod_uid(namespace: &str, name: &str) -> String {
+    cluster().get("pod", name, Some(namespace)).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn private_key_pem(namespace: &str, identity: &str) -> String {
+    let secret = cluster()
+        .get(
+            "secret",
+            &format!("{identity}-agentmesh-key"),
+            Some(namespace),
+        )
+        .expect("the key Secret");
+    let encoded = secret["data"]["private-key"].as_str().unwrap();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+struct Sidecar {
+    _process: Running,
+    port: u16,
+    metrics_port: u16,
+    log: PathBuf,
+}
+
+impl Sidecar {
+    /// The sidecar of pod `pod` of identity `identity`, as the webhook would configure it, as a
+    /// host process: the pod's bound token in a file, the key from the identity's Secret.
+    fn start(
+        ns: &str,
+        identity: &str,
+        pod: &str,
+        operator: &OperatorProcess,
+        inbound: Option<u16>,
+        dir: &Path,
+    ) -> Self {
+        Self::start_with_port(ns, identity, pod, operator, inbound, dir, free_port())
+    }
+
+    fn start_with_port(
+        ns: &str,
+        identity: &str,
+        pod: &str,
+        operator: &OperatorProcess,
+        inbound: Option<u16>,
+        dir: &Path,
+        port: u16,
+    ) -> Self {
+        let token = cluster().token(ns, "default", Some((pod, &pod_uid(ns, pod))));
+        let token_file = dir.join(format!("{pod}.token"));
+        std::fs::write(&token_file, token).unwrap();
+        let key_file = dir.join(format!("{pod}.key"));
+        std::fs::write(&key_file, private_key_pem(ns, identity)).unwrap();
+        let metrics_port = free_port();
+        let log = dir.join(format!("{pod}.log"));
+        let mut command = Command::new(sidecar_binary());
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AGENTMESH_SIDECAR_PROXY_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "AGENTMESH_SIDECAR_METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env(
+                "AGENTMESH_SIDECAR_HEALTHY_FILE",
+                dir.join(format!("{pod}.healthy")),
+            )
+            .env("AGENTMESH_SIDECAR_TOKEN_FILE", &token_file)
+            .env("AGENTMESH_AGENT_PRIVATE_KEY", &key_file)
+            .env("AGENTMESH_IDENTITY", identity)
+            .env("POD_NAMESPACE", ns)
+            .env("POD_NAME", pod)
+            .env(
+                "AGENTMESH_TRUST_API_URL",
+                format!("http://{}", operator.trust_api),
+            )
+            .env("AGENTMESH_SIDECAR_REPORT_INTERVAL_SECONDS", "0.5")
+            .env("AGENTMESH_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(inbound) = inbound {
+            command.env(
+                "AGENTMESH_INBOUND_UPSTREAM",
+                format!("http://127.0.0.1:{inbound}"),
+            );
+        }
+        let child = command.spawn().expect("the sidecar starts");
+        wait_port(port);
+        let sidecar = Self {
+            _process: Running(child),
+            port,
+            metrics_port,
+            log,
+        };
+        // Wait for the operator's policy (not the preset).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let health = sidecar.health();
+            if health["policySource"].get("operator").is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pod}'s sidecar never got the operator's policy: {health}\n{}",
+                std::fs::read_to_string(&sidecar.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sidecar
+    }
+
+    fn health(&self) -> Value {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        http_request(addr, "GET", "/health", None, None)
+            .map(|(_, body)| serde_json::from_str(&body).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null)
+    }
+
+    fn metric(&self, sample: &str) -> f64 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.metrics_port));
+        http_request(addr, "GET", "/metrics", None, None)
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// A raw JSON-RPC POST; (status, body).
+    fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        post(self.port, path, body, headers)
+    }
+}
+
+fn post(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    // Answers may be SSE: the JSON of the last `data:` line.
+    let json = body
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or(body);
+    (
+        status,
+        serde_json::from_str(json.trim()).unwrap_or(Value::String(body.to_owned())),
+    )
+}
+
+/// A 2026-07-28 `tools/call` (stateless: no session, the headers carry the method and name).
+fn call(tool: &str, id: i64) -> (String, Vec<(&'static str, String)>) {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": tool, "arguments": {"message": "hi", "cmd": "id"},
+                   "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                             "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "1"},
+                             "io.modelcontextprotocol/clientCapabilities": {}}}});
+    (
+        body.to_string(),
+        vec![
+            ("MCP-Protocol-Version", "2026-07-28".to_owned()),
+            ("Mcp-Method", "tools/call".to_owned()),
+            ("Mcp-Name", tool.to_owned()),
+        ],
+    )
+}
+
+fn call_through(sidecar: &Sidecar, path: &str, tool: &str, id: i64) -> (u16, Value) {
+    let (body, headers) = call(tool, id);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    sidecar.post(path, &body, &headers)
+}
+
+fn wait_identity(ns: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = cluster()
+            .get("agentidentity", name, Some(ns))
+            .is_some_and(|o| o["status"]["did"].is_string() && o["status"]["trustScore"].is_i64());
+        let secret = cluster()
+            .get("secret", &format!("{name}-agentmesh-key"), Some(ns))
+            .is_some();
+        if ready && secret {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "identity {name} never got a DID and a key"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct World {
+    _namespace: TestNamespace,
+    ns: String,
+    operator: OperatorProcess,
+    _server: Running,
+    server_port: u16,
+    dir: PathBuf,
+}
+
+/// A namespace with two identities (`researcher`, `summarizer`) and their pods on a kwok node,
+/// an operator, the Python SDK's 2026-07-28 server, and a policy naming the server and the
+/// summarizer agent as upstreams of the researcher.
+fn world(prefix: &str, extra_policy: Value) -> World {
+    cluster().ensure_crds();
+    let namespace = TestNamespace::create(prefix, &[]);
+    let ns = namespace.name.clone();
+    let dir = std::env::temp_dir().join(format!("agentmesh-e2e-sidecar-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixtures = fixtures();
+    let server_port = free_port();
+    let server = Command::new(fixtures.join("venv/bin/python"))
+        .arg(repo_root().join("e2e/mcp/server_2026.py"))
+        .args(["--port", &server_port.to_string(), "--any-host"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(server_port);
+    let operator = OperatorProcess::start(&ns, "op", &FAST);
+    let summarizer_port = free_port();
+    let mut spec = json!({
+        "trust": {"decayRate": 0},
+        "mcpServers": [
+            {"name": "tools", "url": format!("http://127.0.0.1:{server_port}")},
+            {"name": "summarizer", "url": format!("http://127.0.0.1:{summarizer_port}/inbound"), "agent": "summarizer"},
+        ],
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_policy.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    apply(
+        &ns,
+        json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "policy"}, "spec": spec}),
+    );
+    for name in ["researcher", "summarizer"] {
+        apply(
+            &ns,
+            json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": name}, "spec": {}}),
+        );
+        apply(
+            &ns,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("{name}-0"), "labels": {"agentmesh.io/identity": name}},
+            "spec": {"nodeName": "kwok-node-0", "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+        );
+    }
+    for name in ["researcher", "summarizer"] {
+        wait_identity(&ns, name);
+    }
+    std::fs::write(dir.join("summarizer.port"), summarizer_port.to_string()).unwrap();
+    World {
+        _namespace: namespace,
+        ns,
+        operator,
+        _server: Running(server),
+        server_port,
+        dir,
+    }
+}
+
+impl World {
+    fn summarizer_port(&self) -> u16 {
+        std::fs::read_to_string(self.dir.join("summarizer.port"))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+#[test]
+fn a_quarantine_set_through_the_operator_denies_within_seconds() {
+    let w = world("sidecar-quarantine", json!({}));
+    let researcher = Sidecar::start(
+        &w.ns,
+        "researcher",
+        "researcher-0",
+        &w.operator,
+        None,
+        &w.dir,
+    );
+    let (status, answer) = call_through(&researcher, "/servers/tools/mcp", "echo", 1);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.get("result").is_some(), "echo is allowed: {answer}");
+    // The standard preset denies shell-like tools, whatever the spelling.
+    let (_, answer) = call_through(&researcher, "/servers/tools/mcp", "run_shell", 2);
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+
+    // Raise the threshold above the score: the identity is quarantined; the sidecar learns it
+    // from the config long-poll and denies every call.
+    let patched = Instant::now();
+    cluster().kubectl_ok(&[
+        "patch",
+        "trustpolicy",
+        "policy",
+        "-n",
+        &w.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"trust":{"minThreshold":900,"initialScore":950}}}"#,
+    ]);
+    let denied_after = loop {
+        let (_, answer) = call_through(&researcher, "/servers/tools/mcp", "echo", 3);
+        if answer["error"]["code"] == -32001 {
+            assert_eq!(
+                answer["error"]["data"]["agentmesh"]["rule"], "quarantine.denyTools",
+                "{answer}"
+            );
+            break patched.elapsed();
+        }
+        assert!(
+            patched.elapsed() < Duration::from_secs(10),
+            "never denied: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("quarantine: denied {denied_after:?} after the TrustPolicy patch");
+    assert!(
+        denied_after < Duration::from_millis(2000),
+        "denied only {denied_after:?} after the patch"
+    );
+    assert_eq!(researcher.health()["quarantined"], true);
+}
+
+#[test]
+fn two_sidecars_handshake_and_forged_or_replayed_requests_are_refused() {
+    let w = world("sidecar-peers", json!({}));
+    let summarizer_port = w.summarizer_port();
+    // The summarizer's sidecar listens where the policy says, in front of its own MCP server.
+    let summarizer = Sidecar::start_with_port(
+        &w.ns,
+        "summarizer",
+        "summarizer-0",
+        &w.operator,
+        Some(w.server_port),
+        &w.dir,
+        summarizer_port,
+    );
+    let researcher = Sidecar::start(
+        &w.ns,
+        "researcher",
+        "researcher-0",
+        &w.operator,
+        None,
+        &w.dir,
+    );
+
+    // Through the researcher's sidecar to the summarizer: handshake, proof, forwarded.
+    let (status, direct) = post(
+        w.server_port,
+        "/mcp",
+        &call("echo", 1).0,
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "echo"),
+        ],
+    );
+    assert_eq!(status, 200, "{direct}");
+    for id in 1..=3 {
+        let (status, answer) = call_through(&researcher, "/servers/summarizer/mcp", "echo", id);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["result"], direct["result"], "same result as direct");
+    }
+    assert_eq!(
+        researcher.metric("agentmesh_handshake_total{status=\"success\"}"),
+        1.0,
+        "the session is cached"
+    );
+    assert_eq!(
+        summarizer.metric("agentmesh_handshake_total{status=\"success\"}"),
+        1.0
+    );
+
+    let ns = w.ns.as_str();
+    let researcher_key = private_key_from_pem(&private_key_pem(ns, "researcher")).unwrap();
+    let summarizer_did: Did = Did::parse(
+        cluster()
+            .get("agentidentity", "summarizer", Some(ns))
+            .unwrap()["status"]["did"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut registry = MemoryRegistry::new();
+    for name in ["researcher", "summarizer"] {
+        let key = cluster().get("agentidentity", name, Some(ns)).unwrap()["status"]["publicKey"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        registry.insert(
+            agentmesh_identity::keys::public_key_from_text(&key).unwrap(),
+            800,
+        );
+    }
+    let handshake = |key: &agentmesh_identity::SigningKey| {
+        let (initiator, init) = Initiator::start(
+            key.clone(),
+            [3; 32],
+            Some(summarizer_did.clone()),
+            HandshakeConfig::default(),
+            now(),
+        );
+        let (status, challenge) = post(
+            summarizer_port,
+            "/agentmesh/v1/handshake/init",
+            &serde_json::to_string(&init).unwrap(),
+            &[],
+        );
+        (status, challenge, initiator)
+    };
+
+    // No proof: refused before the agent sees anything.
+    let (body, headers) = call("echo", 10);
+    let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, answer) = post(summarizer_port, "/inbound/mcp", &body, &hs);
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"]["code"], -32001);
+
+    // A key the registry does not know, and a registered DID presented with another key.
+    let mallory = agentmesh_identity::SigningKey::from_bytes(&[66; 32]);
+    let (status, answer, _) = handshake(&mallory);
+    assert_eq!(status, 403, "{answer}");
+    let (_, mut swapped) = Initiator::start(
+        mallory.clone(),
+        [4; 32],
+        None,
+        HandshakeConfig::default(),
+        now(),
+    );
+    swapped.initiator = Did::from_public_key(&researcher_key.verifying_key());
+    let (status, answer) = post(
+        summarizer_port,
+        "/agentmesh/v1/handshake/init",
+        &serde_json::to_string(&swapped).unwrap(),
+        &[],
+    );
+    assert_eq!(status, 403, "a swapped DID is refused: {answer}");
+
+    // A genuine handshake (the researcher's key), then: a request once, a replay, a proof moved
+    // to another path.
+    let (status, challenge, initiator) = handshake(&researcher_key);
+    assert_eq!(status, 200, "{challenge}");
+    let challenge = serde_json::from_value(challenge).unwrap();
+    let (response, session) = initiator
+        .on_challenge(&challenge, &registry, now())
+        .unwrap();
+    let (status, answer) = post(
+        summarizer_port,
+        "/agentmesh/v1/handshake/response",
+        &serde_json::to_string(&response).unwrap(),
+        &[],
+    );
+    assert_eq!(status, 200, "{answer}");
+    let mut signer = ProofSigner::new(&session, researcher_key.clone());
+    let proof = signer.sign(
+        Covered {
+            method: "POST",
+            path: "/inbound/mcp",
+            body: body.as_bytes(),
+        },
+        now(),
+    );
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&proof).unwrap());
+    let mut with_proof = hs.clone();
+    with_proof.push(("x-agentmesh-proof", header.as_str()));
+    let (status, answer) = post(summarizer_port, "/inbound/mcp", &body, &with_proof);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.get("result").is_some(), "{answer}");
+    let (status, answer) = post(summarizer_port, "/inbound/mcp", &body, &with_proof);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["error"]["code"], -32001,
+        "a replay is refused: {answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{answer}"
+    );
+    let proof = signer.sign(
+        Covered {
+            method: "POST",
+            path: "/inbound/mcp",
+            body: body.as_bytes(),
+        },
+        now(),
+    );
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&proof).unwrap());
+    let mut moved = hs.clone();
+    moved.push(("x-agentmesh-proof", header.as_str()));
+    let (_, answer) = post(summarizer_port, "/inbound/other", &body, &moved);
+    assert_eq!(
+        answer["error"]["code"], -32001,
+        "a moved proof is refused: {answer}"
+    );
+    let tampered = body.replace("\"hi\"", "\"HI\"");
+    let (_, answer) = post(summarizer_port, "/inbound/mcp", &tampered, &moved);
+    assert_eq!(
+        answer["error"]["code"], -32001,
+        "a changed body is refused: {answer}"
+    );
+
+    // A peer below the minimum score: refused by the summarizer (and by the researcher's own
+    // sidecar before it even asks).
+    cluster().kubectl_ok(&[
+        "patch",
+        "trustpolicy",
+        "policy",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minPeerScore":900}}"#,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, answer) = call_through(&researcher, "/servers/summarizer/mcp", "echo", 20);
+        if answer["error"]["code"] == -32001 {
+            assert_eq!(
+                answer["error"]["data"]["agentmesh"]["rule"], "minPeerScore",
+                "{answer}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a low-score peer was never refused: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(summarizer.metric("agentmesh_handshake_total{status=\"refused\"}") >= 4.0);
+}
