@@ -522,9 +522,9 @@ impl Engine {
                     audited.push(AuditRecord {
                         at: now,
                         identity: k.to_owned(),
-                        subject: call_subject(method.as_deref(), tool),
+                        subject: truncate(&call_subject(method.as_deref(), tool), 512),
                         effect: decided,
-                        rule: rule.clone(),
+                        rule: truncate(rule, 512),
                         score: entry.trust.score(),
                         policy_version: policy.version().to_owned(),
                         detail: truncate(&detail, 1024),
@@ -560,7 +560,7 @@ impl Engine {
                     audited.push(AuditRecord {
                         at: now,
                         identity: k.to_owned(),
-                        subject: format!("peer:{peer_did}"),
+                        subject: truncate(&format!("peer:{peer_did}"), 512),
                         effect: if *succeeded {
                             Effect::Allow
                         } else {
@@ -702,7 +702,7 @@ impl State {
                 .map(|observed_at| agentmesh_api::policy::ViolationRecord {
                     observed_at,
                     identity: identity.to_owned(),
-                    rule,
+                    rule: truncate(&rule, 512),
                     detail: truncate(&detail, 1024),
                     shadow,
                 });
@@ -893,5 +893,37 @@ where
         if let Err(error) = item {
             tracing::warn!(%error, "watch error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allow_and_would_deny_are_taken_at_their_word() {
+        assert_eq!(parse_effect("allow"), Effect::Allow);
+        assert_eq!(parse_effect("would-deny"), Effect::WouldDeny);
+        for other in ["deny", "", "ALLOW", "allow ", "permit"] {
+            assert_eq!(parse_effect(other), Effect::Deny, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn audit_subjects_name_the_kind_of_call() {
+        assert_eq!(call_subject(None, "search"), "tool:search");
+        assert_eq!(call_subject(Some("tools/call"), "search"), "tool:search");
+        assert_eq!(call_subject(Some("prompts/get"), "sum"), "prompt:sum");
+        assert_eq!(
+            call_subject(Some("resources/read"), "file:///a"),
+            "resource:file:///a"
+        );
+        assert_eq!(call_subject(Some("x/y"), "z"), "x/y:z");
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate("abc", 10), "abc");
     }
 }
