@@ -97,6 +97,20 @@ impl OperatorProcess {
         http_get(self.trust_api, path)
     }
 
+    /// The replica's Prometheus metrics, as text.
+    pub fn metrics_text(&self) -> String {
+        http_get(self.metrics, "/metrics").unwrap_or_default()
+    }
+
+    /// The value of the sample `line_prefix` (`name{labels}`) in the metrics, if exposed.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        self.metrics_text().lines().find_map(|line| {
+            line.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|value| value.trim().parse().ok())
+        })
+    }
+
     /// Whether this replica says it leads (`/ready`).
     pub fn is_leader(&self) -> bool {
         self.get("/ready")
@@ -165,6 +179,18 @@ pub fn http_request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Option<(u16, String)> {
+    http_request_with(addr, method, path, token, &[], body)
+}
+
+/// [`http_request`] with extra headers.
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream
@@ -173,6 +199,9 @@ pub fn http_request(
     let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
     }
     let body = body.unwrap_or_default();
     request.push_str(&format!(

@@ -1,10 +1,11 @@
 //! The operator end to end on the real API server: identities get keys and DIDs, delegations
-//! are verified, authorized reports move scores (forged ones change nothing), scores survive
-//! restarts and leader changes, conflicting policies are refused.
+//! are verified, authorized reports move scores (forged ones change nothing), sidecar reports
+//! count only when signed by the identity's key, fresh and new, with positive credit capped,
+//! scores survive restarts and leader changes, conflicting policies are refused.
 
 use std::time::Duration;
 
-use agentmesh_e2e::operator::{OperatorProcess, http_request};
+use agentmesh_e2e::operator::{OperatorProcess, http_request, http_request_with};
 use agentmesh_e2e::{TestNamespace, cluster, condition};
 use serde_json::{Value, json};
 
@@ -287,6 +288,15 @@ fn reports_move_scores_forged_ones_do_not_and_scores_survive_restarts_and_leader
         "one violation",
         |o| o["status"]["violations"] == 1,
     );
+    // The seed's violation metric moved with it.
+    assert_eq!(
+        leader.metric(&format!(
+            "agentmesh_policy_violation_count{{namespace=\"{ns}\",identity=\"agent\",mode=\"enforce\"}}"
+        )),
+        Some(1.0),
+        "{}",
+        leader.metrics_text()
+    );
     let table = cluster().kubectl_ok(&["get", "agentidentities", "-n", ns]);
     assert!(
         table
@@ -546,4 +556,301 @@ fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
         .find(|p| p["podUid"] == uid.as_str())
         .unwrap();
     assert_eq!(pod["quarantined"], true, "{enforcement}");
+}
+
+/// The private key of AgentIdentity `name`, from the Secret the operator made for it.
+fn identity_key(namespace: &str, name: &str) -> agentmesh_identity::SigningKey {
+    use base64::Engine;
+    let secret = cluster()
+        .get("secret", &format!("{name}-agentmesh-key"), Some(namespace))
+        .unwrap_or_else(|| panic!("no key Secret for {name}"));
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["private-key"].as_str().unwrap())
+        .unwrap();
+    agentmesh_identity::keys::private_key_from_pem(std::str::from_utf8(&pem).unwrap()).unwrap()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A fresh batch id: 16 bytes (the time and a counter) in base64url without padding.
+fn batch_id() -> String {
+    use base64::Engine;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&(now_ms() as u64).to_be_bytes());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    bytes[8..].copy_from_slice(&n.to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A sidecar batch for `identity` sent at `sent_at_ms`.
+fn sidecar_batch(identity: &str, batch: &str, sent_at_ms: i64, outcomes: Value) -> String {
+    json!({"source": {"kind": "sidecar", "identity": identity, "batchId": batch, "sentAtMs": sent_at_ms},
+           "outcomes": outcomes})
+    .to_string()
+}
+
+fn tool_calls(effect: &str, n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"kind": "toolCall", "tool": "search", "effect": effect, "rule": "tools.allow[0]", "atMs": i}))
+            .collect(),
+    )
+}
+
+/// Posts a sidecar batch with the pod's token and, when given, a signature header.
+fn post_signed(
+    operator: &OperatorProcess,
+    token: &str,
+    body: &str,
+    signature: Option<&str>,
+) -> (u16, String) {
+    let headers: Vec<(&str, &str)> = signature
+        .map(|s| vec![(agentmesh_api::wire::REPORT_SIGNATURE_HEADER, s)])
+        .unwrap_or_default();
+    http_request_with(
+        operator.trust_api,
+        "POST",
+        "/v1/reports",
+        Some(token),
+        &headers,
+        Some(body),
+    )
+    .expect("an answer")
+}
+
+fn score(ns: &str, name: &str) -> Value {
+    cluster().get("agentidentity", name, Some(ns)).unwrap()["status"]["trustScore"].clone()
+}
+
+#[test]
+fn sidecar_reports_count_only_when_signed_by_the_identity_fresh_and_once_and_credit_is_capped() {
+    use agentmesh_identity::report::sign_report;
+    cluster().ensure_crds();
+    let namespace = TestNamespace::create("signed", &[]);
+    let ns = namespace.name.as_str();
+    let mut operator = OperatorProcess::start(ns, "op", &FAST_LEASE);
+    apply(
+        ns,
+        json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "policy"},
+        "spec": {"trust": {"decayRate": 0}, "tools": {"allow": ["search"]}}}),
+    );
+    apply(ns, identity("agent", json!({})));
+    apply(ns, identity("other", json!({})));
+    apply(
+        ns,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
+        "spec": {"containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+    );
+    for name in ["agent", "other"] {
+        wait_for(
+            &mut operator,
+            "agentidentity",
+            name,
+            ns,
+            "a public key and score 800",
+            |o| o["status"]["publicKey"].is_string() && o["status"]["trustScore"] == 800,
+        );
+    }
+    wait_for(
+        &mut operator,
+        "agentidentity",
+        "agent",
+        ns,
+        "one pod",
+        |o| o["status"]["podsMatched"] == 1,
+    );
+    let uid = cluster().get("pod", "agent-0", Some(ns)).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = cluster().token(ns, "default", Some(("agent-0", &uid)));
+    let key = identity_key(ns, "agent");
+    let other_key = identity_key(ns, "other");
+    let me = format!("{ns}/agent");
+    let violations = format!(
+        "agentmesh_policy_violation_count{{namespace=\"{ns}\",identity=\"agent\",mode=\"enforce\"}}"
+    );
+    let refused = |operator: &OperatorProcess, reason: &str| {
+        operator
+            .metric(&format!(
+                "meshlogic_operator_reports_refused_total{{reason=\"{reason}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+
+    // Forged, each way: a denied call (−10) that must change nothing.
+    let deny = sidecar_batch(&me, &batch_id(), now_ms(), tool_calls("deny", 1));
+    let (code, answer) = post_signed(&operator, &token, &deny, None);
+    assert_eq!(code, 401, "unsigned: {answer}");
+    let (code, answer) = post_signed(&operator, &token, &deny, Some(""));
+    assert_eq!(code, 401, "empty signature: {answer}");
+    let by_other = sign_report(&other_key, deny.as_bytes());
+    let (code, answer) = post_signed(&operator, &token, &deny, Some(&by_other));
+    assert_eq!(code, 403, "signed by another identity's key: {answer}");
+    let signed_allow = sidecar_batch(&me, &batch_id(), now_ms(), tool_calls("allow", 1));
+    let signature_of_other_body = sign_report(&key, signed_allow.as_bytes());
+    let (code, answer) = post_signed(&operator, &token, &deny, Some(&signature_of_other_body));
+    assert_eq!(code, 403, "signature of another body: {answer}");
+    let (code, answer) = post_signed(&operator, &token, &deny, Some("bm90IGEgc2lnbmF0dXJl"));
+    assert_eq!(code, 403, "garbage signature: {answer}");
+    let stale = sidecar_batch(&me, &batch_id(), now_ms() - 120_000, tool_calls("deny", 1));
+    let (code, answer) = post_signed(
+        &operator,
+        &token,
+        &stale,
+        Some(&sign_report(&key, stale.as_bytes())),
+    );
+    assert_eq!(code, 403, "stale: {answer}");
+    assert!(answer.contains("sentAtMs"), "{answer}");
+    // A token bound to no pod cannot report for the identity, even with a valid signature.
+    let unbound = cluster().token(ns, "default", None);
+    let (code, _) = post_signed(
+        &operator,
+        &unbound,
+        &deny,
+        Some(&sign_report(&key, deny.as_bytes())),
+    );
+    assert_eq!(code, 403, "a token without the pod");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(score(ns, "agent"), 800, "a refused batch changed the score");
+    assert_eq!(
+        operator.metric(&violations),
+        None,
+        "a refused batch was counted"
+    );
+    for (reason, at_least) in [("unsigned", 2.0), ("bad_signature", 3.0), ("stale", 1.0)] {
+        assert!(
+            refused(&operator, reason) >= at_least,
+            "{reason}:\n{}",
+            operator.metrics_text()
+        );
+    }
+
+    // Correctly signed: applied (800 − 10), counted as a violation and audited.
+    let signature = sign_report(&key, deny.as_bytes());
+    let (code, answer) = post_signed(&operator, &token, &deny, Some(&signature));
+    assert_eq!(code, 202, "{answer}");
+    wait_for(
+        &mut operator,
+        "agentidentity",
+        "agent",
+        ns,
+        "score 790",
+        |o| o["status"]["trustScore"] == 790,
+    );
+    assert_eq!(operator.metric(&violations), Some(1.0));
+    assert_eq!(
+        operator.metric("meshlogic_operator_audit_entries_total"),
+        Some(1.0)
+    );
+
+    // Replayed, byte for byte: refused, nothing applied.
+    let (code, answer) = post_signed(&operator, &token, &deny, Some(&signature));
+    assert_eq!(code, 409, "replayed: {answer}");
+    // The same batch id in a new, correctly signed body is the same batch.
+    let same_id: Value = serde_json::from_str(&deny).unwrap();
+    let same_id = sidecar_batch(
+        &me,
+        same_id["source"]["batchId"].as_str().unwrap(),
+        now_ms(),
+        tool_calls("deny", 1),
+    );
+    let (code, _) = post_signed(
+        &operator,
+        &token,
+        &same_id,
+        Some(&sign_report(&key, same_id.as_bytes())),
+    );
+    assert_eq!(code, 409, "a reused batch id");
+    assert!(refused(&operator, "replayed") >= 2.0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        score(ns, "agent"),
+        790,
+        "a replayed batch changed the score"
+    );
+    assert_eq!(operator.metric(&violations), Some(1.0));
+
+    // The credit cap: 100 compliant calls and 20 successful handshakes in 11 signed batches
+    // add 10 points (an hour's credit), not 140.
+    let mut batches = vec![sidecar_batch(
+        &me,
+        &batch_id(),
+        now_ms(),
+        tool_calls("allow", 50),
+    )];
+    for _ in 0..10 {
+        let outcomes = json!([
+            {"kind": "toolCall", "tool": "search", "effect": "allow", "rule": "tools.allow[0]", "atMs": 1},
+            {"kind": "toolCall", "method": "resources/read", "tool": "file:///doc", "effect": "allow", "rule": "tools.allow[0]", "atMs": 2},
+            {"kind": "toolCall", "method": "prompts/get", "tool": "summary", "effect": "allow", "rule": "tools.allow[0]", "atMs": 3},
+            {"kind": "toolCall", "tool": "search", "effect": "allow", "rule": "tools.allow[0]", "atMs": 4},
+            {"kind": "toolCall", "tool": "search", "effect": "allow", "rule": "tools.allow[0]", "atMs": 5},
+            {"kind": "handshake", "peerDid": "did:mesh:00112233445566778899aabbccddeeff", "succeeded": true, "atMs": 6},
+            {"kind": "handshake", "peerDid": "did:mesh:00112233445566778899aabbccddeeff", "succeeded": true, "atMs": 7},
+        ]);
+        batches.push(sidecar_batch(&me, &batch_id(), now_ms(), outcomes));
+    }
+    for body in &batches {
+        let (code, answer) = post_signed(
+            &operator,
+            &token,
+            body,
+            Some(&sign_report(&key, body.as_bytes())),
+        );
+        assert_eq!(code, 202, "{answer}");
+    }
+    wait_for(
+        &mut operator,
+        "agentidentity",
+        "agent",
+        ns,
+        "score 800",
+        |o| o["status"]["trustScore"] == 800,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(score(ns, "agent"), 800, "the credit cap did not hold");
+    // Every decision is an audit entry: 1 + 50 + 10 × 7.
+    assert_eq!(
+        operator.metric("meshlogic_operator_audit_entries_total"),
+        Some(121.0)
+    );
+
+    // Penalties are never capped, even with the credit spent; a changed tool is an anomaly
+    // (a new executable's penalty, 20).
+    let body = sidecar_batch(
+        &me,
+        &batch_id(),
+        now_ms(),
+        json!([
+            {"kind": "handshake", "peerDid": "did:mesh:00112233445566778899aabbccddeeff", "succeeded": false, "reason": "bad signature", "atMs": 1},
+            {"kind": "toolChanged", "server": "github", "tool": "create_issue", "atMs": 2},
+        ]),
+    );
+    let (code, answer) = post_signed(
+        &operator,
+        &token,
+        &body,
+        Some(&sign_report(&key, body.as_bytes())),
+    );
+    assert_eq!(code, 202, "{answer}");
+    let agent = wait_for(
+        &mut operator,
+        "agentidentity",
+        "agent",
+        ns,
+        "score 755 (800 − 25 − 20)",
+        |o| o["status"]["trustScore"] == 755,
+    );
+    let recent = &agent["status"]["behavior"]["recentAnomalies"][0];
+    assert_eq!(recent["kind"], "toolChanged", "{agent}");
+    assert_eq!(recent["penalty"], 20);
+    assert_eq!(recent["pod"], "agent-0");
+    assert_eq!(operator.metric(&violations), Some(2.0));
 }

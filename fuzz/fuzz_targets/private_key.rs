@@ -10,7 +10,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(key) = keys::private_key_from_pem(text) {
-        let _ = keys::private_key_to_pem(&key);
+        // Whatever form was read (PKCS#8 v1 or v2), the RFC 8410 v1 form written reads back.
+        let pem = keys::private_key_to_pem(&key).expect("encoding cannot fail");
+        let back = keys::private_key_from_pem(&pem).expect("the written form reads back");
+        assert_eq!(back.to_bytes(), key.to_bytes());
     }
     let _ = keys::public_key_from_text(text);
     let _ = Did::parse(text);

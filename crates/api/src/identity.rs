@@ -256,4 +256,7 @@ pub enum AnomalyKind {
     SensitiveWrite,
     /// A behaviour rule of the policy matched.
     RuleMatch,
+    /// An upstream MCP tool whose description or input schema changed after it was first seen
+    /// (reported by the sidecar).
+    ToolChanged,
 }

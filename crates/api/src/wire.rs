@@ -13,15 +13,19 @@ use serde::{Deserialize, Serialize};
 
 /// `POST`: a [`ReportBatch`]. Answers 202 with a [`ReportAck`].
 pub const REPORTS_PATH: &str = "/v1/reports";
+/// Header of a sidecar's report batch: the identity's Ed25519 signature over the exact request
+/// body bytes (`agentmesh_identity::report::sign_report`), standard padded base64. Required
+/// for [`ReportSource::Sidecar`] batches; the operator verifies it with the AgentIdentity's
+/// `status.publicKey`.
+pub const REPORT_SIGNATURE_HEADER: &str = "x-agentmesh-signature";
+/// Length of a sidecar batch id: 16 random bytes in base64url without padding.
+pub const BATCH_ID_LEN: usize = 22;
 /// `GET ?since=<version>`: the calling sidecar's [`SidecarConfig`], long-polled like
 /// [`ENFORCEMENT_PATH`]. The caller is the pod whose ServiceAccount token it presents.
 pub const SIDECAR_CONFIG_PATH: &str = "/v1/sidecar/config";
 /// `GET ?node=<name>&since=<version>`: the node's [`EnforcementSet`]. Long-polls up to 30 s
 /// when `since` equals the current version, so a change arrives within a second.
 pub const ENFORCEMENT_PATH: &str = "/v1/enforcement";
-/// Header of a sidecar's report: the identity key's signature over the exact request body
-/// (`agentmesh_identity::report`).
-pub const REPORT_SIGNATURE_HEADER: &str = "x-agentmesh-signature";
 
 /// What one reporter sends in one request.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -40,26 +44,19 @@ pub struct ReportBatch {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Outcome {
-    /// An MCP tool call and the policy's decision on it.
+    /// An MCP call (`tools/call`, `prompts/get` or `resources/read`) and the policy's decision
+    /// on it.
     #[serde(rename_all = "camelCase")]
     ToolCall {
-        /// The tool's name (the prompt's for `prompts/get`, the URI for `resources/read`).
-        tool: String,
-        /// `tools/call` (when absent), `prompts/get` or `resources/read`.
+        /// The JSON-RPC method; `None` means `tools/call`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         method: Option<String>,
+        /// The tool, prompt or resource named by the call.
+        tool: String,
         /// `allow`, `deny` or `would-deny`.
         effect: String,
         /// The rule that decided.
         rule: String,
-        at_ms: i64,
-    },
-    /// A tool whose description or input schema changed after it was first seen.
-    #[serde(rename_all = "camelCase")]
-    ToolChanged {
-        /// The upstream MCP server (its declared name, or its URL as a forward proxy saw it).
-        server: String,
-        tool: String,
         at_ms: i64,
     },
     /// A mutual handshake with a peer.
@@ -69,6 +66,15 @@ pub enum Outcome {
         succeeded: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        at_ms: i64,
+    },
+    /// A tool of an upstream MCP server whose description or input schema changed after the
+    /// sidecar first saw it: a behaviour anomaly (a "rug pull").
+    #[serde(rename_all = "camelCase")]
+    ToolChanged {
+        /// The upstream server, as the sidecar names it.
+        server: String,
+        tool: String,
         at_ms: i64,
     },
 }
@@ -129,14 +135,17 @@ pub enum ReportSource {
         /// Events lost to a full ring buffer since the probe started.
         ring_buffer_drops: u64,
     },
-    /// The sidecar of an agent pod; the pod is the one whose token authenticates the request.
+    /// The sidecar of an agent pod; the pod is the one whose token authenticates the request,
+    /// and the batch is signed with the identity's key ([`REPORT_SIGNATURE_HEADER`]).
     #[serde(rename_all = "camelCase")]
     Sidecar {
         /// `namespace/name` of the AgentIdentity the sidecar acts for.
         identity: String,
-        /// 16 random bytes, base64url without padding: a batch is applied once.
+        /// 16 random bytes, base64url without padding ([`BATCH_ID_LEN`] characters): a batch is
+        /// accepted once per identity.
         batch_id: String,
-        /// When the sidecar sent the batch, Unix milliseconds.
+        /// When the sidecar sent the batch, Unix milliseconds: refused when more than 60 s
+        /// away from the operator's clock.
         sent_at_ms: i64,
     },
 }
@@ -302,5 +311,78 @@ mod tests {
         );
         assert_eq!(json["pods"][0]["blocked"][0]["kind"], "exec");
         assert_eq!(serde_json::from_value::<ReportBatch>(json).unwrap(), batch);
+    }
+
+    #[test]
+    fn a_sidecar_batch_round_trips_in_camel_case() {
+        let batch = ReportBatch {
+            source: ReportSource::Sidecar {
+                identity: "team/agent".into(),
+                batch_id: "AAECAwQFBgcICQoLDA0ODw".into(),
+                sent_at_ms: 1_800_000_000_000,
+            },
+            pods: vec![],
+            outcomes: vec![
+                Outcome::ToolCall {
+                    method: None,
+                    tool: "fetch_url".into(),
+                    effect: "allow".into(),
+                    rule: "tools.allow[0]".into(),
+                    at_ms: 1,
+                },
+                Outcome::ToolCall {
+                    method: Some("prompts/get".into()),
+                    tool: "summarize".into(),
+                    effect: "deny".into(),
+                    rule: "preset:strict".into(),
+                    at_ms: 2,
+                },
+                Outcome::Handshake {
+                    peer_did: "did:mesh:00112233445566778899aabbccddeeff".into(),
+                    succeeded: false,
+                    reason: Some("expired".into()),
+                    at_ms: 3,
+                },
+                Outcome::ToolChanged {
+                    server: "github".into(),
+                    tool: "create_issue".into(),
+                    at_ms: 4,
+                },
+            ],
+        };
+        let json = serde_json::to_value(&batch).unwrap();
+        assert_eq!(
+            json["source"],
+            serde_json::json!({"kind": "sidecar", "identity": "team/agent",
+                "batchId": "AAECAwQFBgcICQoLDA0ODw", "sentAtMs": 1_800_000_000_000_i64})
+        );
+        assert_eq!(json["outcomes"][0]["kind"], "toolCall");
+        // `None` is not written: tools/call, as older sidecars sent it.
+        assert!(json["outcomes"][0].get("method").is_none());
+        assert_eq!(json["outcomes"][1]["method"], "prompts/get");
+        assert_eq!(
+            json["outcomes"][2]["peerDid"],
+            "did:mesh:00112233445566778899aabbccddeeff"
+        );
+        assert_eq!(
+            json["outcomes"][3],
+            serde_json::json!({"kind": "toolChanged", "server": "github", "tool": "create_issue", "atMs": 4})
+        );
+        assert_eq!(serde_json::from_value::<ReportBatch>(json).unwrap(), batch);
+    }
+
+    #[test]
+    fn a_sidecar_batch_without_its_batch_id_or_time_is_refused() {
+        for source in [
+            serde_json::json!({"kind": "sidecar", "identity": "team/agent"}),
+            serde_json::json!({"kind": "sidecar", "identity": "team/agent", "batchId": "AAECAwQFBgcICQoLDA0ODw"}),
+            serde_json::json!({"kind": "sidecar", "identity": "team/agent", "sentAtMs": 1}),
+        ] {
+            let batch = serde_json::json!({"source": source, "outcomes": []});
+            assert!(
+                serde_json::from_value::<ReportBatch>(batch.clone()).is_err(),
+                "{batch}"
+            );
+        }
     }
 }

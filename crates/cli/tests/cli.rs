@@ -81,3 +81,60 @@ fn policy_check_explains_and_exits_by_effect() {
     let out = check(r#"{"nonsense":1}"#, "800");
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Runs `program` with `args`; its stdout, or a panic with what it said.
+fn run_tool(program: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} (it must be installed for this test): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} refused the key: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The private key `agentmesh identity generate --output-key` writes is read by OpenSSL 3 and
+/// Python's `cryptography`, and both derive the public key agentmesh printed.
+#[test]
+fn a_generated_key_is_read_by_openssl_and_python_cryptography() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    let out = agentmesh(&["identity", "generate", "--output-key"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let public_key = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("publicKey: "))
+        .unwrap_or_else(|| panic!("no publicKey in {stderr}"))
+        .to_owned();
+    let dir = std::env::temp_dir().join(format!("agentmesh-cli-interop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("key.pem");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let path = path.to_str().unwrap();
+
+    run_tool("openssl", &["pkey", "-in", path, "-noout"]);
+    // SubjectPublicKeyInfo DER: 12 bytes of algorithm header, then the 32 key bytes.
+    let spki = run_tool(
+        "openssl",
+        &["pkey", "-in", path, "-pubout", "-outform", "DER"],
+    );
+    assert_eq!(spki.len(), 44, "{spki:?}");
+    assert_eq!(STANDARD.encode(&spki[12..]), public_key, "openssl");
+
+    let script = "import base64, sys\n\
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key, Encoding, PublicFormat\n\
+        key = load_pem_private_key(open(sys.argv[1], 'rb').read(), password=None)\n\
+        print(base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode())\n";
+    let python = run_tool("python3", &["-c", script, path]);
+    assert_eq!(
+        String::from_utf8(python).unwrap().trim(),
+        public_key,
+        "python cryptography"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

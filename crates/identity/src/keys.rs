@@ -4,15 +4,17 @@
 //!   raw public-key bytes.
 //! - **Public key text**: standard base64 (RFC 4648, padded) of the 32 raw key bytes, 44
 //!   characters, as the CRD pattern `^[A-Za-z0-9+/]{43}=$` requires.
-//! - **Private key text**: PKCS#8 v1 PEM (`-----BEGIN PRIVATE KEY-----`), the form `openssl
-//!   genpkey -algorithm ed25519` writes and reads.
+//! - **Private key text**: PKCS#8 v1 PEM (`-----BEGIN PRIVATE KEY-----`) as RFC 8410 §7 gives
+//!   it — DER `302e020100300506032b657004220420 ‖ 32-byte seed` — the form `openssl genpkey
+//!   -algorithm ed25519` writes and that OpenSSL 3 and Python's `cryptography` read. (The PKCS#8
+//!   v2 "OneAsymmetricKey" form with the public key appended, which ed25519-dalek writes, is
+//!   refused by both.) Both forms are read.
 
 use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
@@ -130,14 +132,36 @@ pub fn public_key_from_text(text: &str) -> Result<VerifyingKey, KeyError> {
     VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidPublicKey)
 }
 
-/// The private key as PKCS#8 PEM, ending with a newline.
-pub fn private_key_to_pem(key: &SigningKey) -> Result<String, KeyError> {
-    key.to_pkcs8_pem(LineEnding::LF)
-        .map(|pem| pem.to_string())
-        .map_err(|e| KeyError::Encode(e.to_string()))
+/// DER of an RFC 8410 v1 Ed25519 private key before its 32-byte seed: SEQUENCE (46 bytes) {
+/// INTEGER 0 (v1), SEQUENCE { OID 1.3.101.112 (id-Ed25519) }, OCTET STRING (34 bytes) {
+/// OCTET STRING (32 bytes) } }.
+const PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The private key's DER (RFC 8410 v1 PKCS#8): [`PKCS8_V1_PREFIX`] then the 32-byte seed.
+fn private_key_der(key: &SigningKey) -> [u8; 48] {
+    let mut der = [0u8; 48];
+    der[..16].copy_from_slice(&PKCS8_V1_PREFIX);
+    der[16..].copy_from_slice(key.as_bytes());
+    der
 }
 
-/// Parse a PKCS#8 PEM Ed25519 private key (surrounding whitespace ignored).
+/// The private key as PKCS#8 v1 PEM (RFC 8410), ending with a newline. The `Result` is kept
+/// for callers; this encoding cannot fail.
+pub fn private_key_to_pem(key: &SigningKey) -> Result<String, KeyError> {
+    let mut der = private_key_der(key);
+    // 48 bytes are 64 base64 characters: one PEM line.
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        STANDARD.encode(der)
+    );
+    der.fill(0);
+    Ok(pem)
+}
+
+/// Parse a PKCS#8 PEM Ed25519 private key, v1 (RFC 8410) or v2 (with the public key; then the
+/// public key must match the seed), surrounding whitespace ignored.
 pub fn private_key_from_pem(pem: &str) -> Result<SigningKey, KeyError> {
     let pem = pem.trim();
     if !pem.starts_with("-----BEGIN PRIVATE KEY-----") {
@@ -230,6 +254,43 @@ mod tests {
         assert_eq!(
             public_key_from_text(&"A".repeat(44)),
             Err(KeyError::MalformedPublicKey)
+        );
+    }
+
+    #[test]
+    fn pem_is_the_rfc_8410_v1_form_exactly() {
+        let key = fixed_key(0x42);
+        let pem = private_key_to_pem(&key).unwrap();
+        let mut lines = pem.lines();
+        assert_eq!(lines.next(), Some("-----BEGIN PRIVATE KEY-----"));
+        let body = lines.next().unwrap();
+        assert_eq!(lines.next(), Some("-----END PRIVATE KEY-----"));
+        assert_eq!(lines.next(), None);
+        assert!(pem.ends_with("-----\n"));
+        let der = STANDARD.decode(body).unwrap();
+        let mut expected = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        expected.extend_from_slice(&[0x42; 32]);
+        assert_eq!(der, expected);
+        // The RFC's own example (RFC 8410 §10.3) has exactly this shape.
+        let rfc = "MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC";
+        let rfc_der = STANDARD.decode(rfc).unwrap();
+        assert_eq!(rfc_der[..16], expected[..16]);
+    }
+
+    #[test]
+    fn reads_the_pkcs8_v2_form_too() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+        let key = generate(&mut OsRng);
+        // What earlier versions wrote (and Secrets made by them still hold).
+        let v2 = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        assert_ne!(v2, private_key_to_pem(&key).unwrap());
+        assert_eq!(
+            private_key_from_pem(&v2).unwrap().to_bytes(),
+            key.to_bytes()
         );
     }
 

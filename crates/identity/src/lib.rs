@@ -1,5 +1,5 @@
 //! AgentMesh identity, pure: Ed25519 keys and DIDs, the mutual handshake, per-request session
-//! proofs and delegation chains.
+//! proofs, delegation chains and signed report batches.
 //!
 //! Nothing here reads a clock, a random source or the network: time ([`Timestamp`]) and
 //! randomness (nonces, challenge ids, an RNG for key generation) are inputs, so every protocol
@@ -26,6 +26,7 @@ pub use delegation::{DelegationError, DelegationLink, VerifiedChain};
 pub use handshake::{HandshakeError, Session};
 pub use keys::{Did, KeyError};
 pub use registry::{RegisteredIdentity, Registry};
+pub use report::{REPORT_DOMAIN, ReportSignatureError, sign_report, verify_report};
 pub use time::Timestamp;
 
 /// Re-exported so that callers name the same key types as this crate.

@@ -61,6 +61,10 @@ impl ExactCount {
         self.0.inc();
     }
 
+    pub fn inc_by(&self, n: u64) {
+        self.0.inc_by(n);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.get()
     }
@@ -93,6 +97,7 @@ pub struct Metrics {
     pub reports_accepted: Counter,
     pub reports_refused: Family<ReasonLabels, Counter>,
     pub status_writes: Counter,
+    pub audit_entries: Counter,
     pub admissions: Family<ReasonLabels, Counter>,
     pub is_leader: Gauge,
 }
@@ -114,6 +119,7 @@ impl Metrics {
             reports_accepted: Counter::default(),
             reports_refused: Family::default(),
             status_writes: Counter::default(),
+            audit_entries: Counter::default(),
             admissions: Family::default(),
             is_leader: Gauge::default(),
         };
@@ -170,6 +176,11 @@ impl Metrics {
             "meshlogic_operator_status_writes",
             "AgentIdentity status writes made by the trust engine",
             metrics.status_writes.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_audit_entries",
+            "Entries appended to the audit hash chain (one per sidecar decision: tool call, prompt, resource read or handshake)",
+            metrics.audit_entries.clone(),
         );
         registry.register(
             "meshlogic_operator_admissions",

@@ -145,6 +145,19 @@ impl AuditLog {
             self.entries.pop_front();
         }
     }
+
+    /// A memory bound: drop the oldest entries beyond the newest `max`. As with retention, the
+    /// kept tail still verifies from its first entry's `prevHash`.
+    pub fn keep_newest(&mut self, max: usize) {
+        while self.entries.len() > max {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Entries appended since the log was created (kept or pruned).
+    pub fn appended(&self) -> u64 {
+        self.next_seq
+    }
 }
 
 /// Verify a run of entries, anchored at the first one's `seq` and `prevHash`.
@@ -310,5 +323,16 @@ mod tests {
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[0].seq, 3);
         assert_eq!(verify(&entries), Ok(()));
+    }
+
+    #[test]
+    fn a_size_bound_keeps_the_newest_verifiable_tail() {
+        let mut log = log(6);
+        log.keep_newest(2);
+        let entries = log.to_vec();
+        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(verify(&entries), Ok(()));
+        assert_eq!(log.appended(), 6);
+        assert_eq!(entries.last().unwrap().hash, log.head());
     }
 }

@@ -1,5 +1,6 @@
-//! AgentMesh trust, pure: the scoring model ([`score`]), policy evaluation ([`policy`]),
-//! behaviour baselines ([`baseline`]) and the audit hash chain ([`audit`]).
+//! AgentMesh trust, pure: the scoring model ([`score`]), the cap on sidecar credit
+//! ([`credit`]), policy evaluation ([`policy`]), behaviour baselines ([`baseline`]) and the
+//! audit hash chain ([`audit`]).
 //!
 //! No Kubernetes, no async runtime, no I/O, no clock: time is an input
 //! ([`agentmesh_identity::Timestamp`]), so the same inputs always give the same outputs and
@@ -8,10 +9,12 @@
 
 pub mod audit;
 pub mod baseline;
+pub mod credit;
 pub mod defaults;
 pub mod policy;
 pub mod score;
 
 pub use agentmesh_identity::Timestamp;
+pub use credit::{CreditBudget, CreditCap};
 pub use policy::{CallKind, Decision, Effect, Policy, PolicyError, PolicySpec, canonical_name};
 pub use score::{PersistedScore, Signal, Tier, TrustConfig, TrustState};

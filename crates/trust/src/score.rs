@@ -9,7 +9,8 @@
 //!   applied only for the time since it was last applied ([`TrustState::advance`]).
 //! - Signals: compliant activity (+1) and successful handshakes (+2) raise the score; failed
 //!   handshakes (−25), denied calls (−10), violations (−50) and anomalies (their penalty) lower
-//!   it; the result is clamped to 0–1000. Weights come from the policy.
+//!   it; the result is clamped to 0–1000. Weights come from the policy. Positive credit from
+//!   sidecar outcomes is capped per interval ([`TrustState::apply_capped`], [`crate::credit`]).
 //! - Quarantined: score below `minThreshold` (300).
 //! - Below the floor (reached only through penalties) the score is whole points.
 //!
@@ -30,6 +31,7 @@
 use agentmesh_identity::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::credit::{CreditBudget, CreditCap};
 use crate::defaults;
 
 /// Fixed-point units per score point: 3.6 × 10⁹, so that 1 milli-point per hour is exactly
@@ -312,8 +314,33 @@ impl TrustState {
 
     /// Bring decay up to `now`, then apply the signal.
     pub fn apply(&mut self, config: &TrustConfig, signal: Signal, now: Timestamp) {
+        self.apply_points(config, config.delta(signal), now);
+    }
+
+    /// As [`Self::apply`], with a positive signal's points limited by `budget` under `cap`
+    /// ([`crate::credit`]); a negative signal is applied in full. Returns the points applied
+    /// (before clamping to 0–1000).
+    pub fn apply_capped(
+        &mut self,
+        config: &TrustConfig,
+        signal: Signal,
+        cap: &CreditCap,
+        budget: &mut CreditBudget,
+        now: Timestamp,
+    ) -> i32 {
+        let delta = config.delta(signal);
+        let applied = if delta > 0 {
+            budget.take(cap, delta, now)
+        } else {
+            delta
+        };
+        self.apply_points(config, applied, now);
+        applied
+    }
+
+    fn apply_points(&mut self, config: &TrustConfig, points: i32, now: Timestamp) {
         self.advance(config, now);
-        let delta = i64::from(config.delta(signal)) * UNITS_PER_POINT;
+        let delta = i64::from(points) * UNITS_PER_POINT;
         self.units = (self.units + delta).clamp(0, MAX_UNITS);
         // Below the floor decay does not run, so a fraction left there by earlier decay could
         // never be attributed to time again: round it up, as the reported score is.

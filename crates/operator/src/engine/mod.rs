@@ -11,8 +11,13 @@
 //!   at once when its tier or quarantine changes, whatever the report rate.
 //! - Probes and sidecars long-poll for what concerns them; every tick (1 s) wakes them and
 //!   they answer when their view's version changed.
+//! - Sidecar batches (signature checked by the trust API) are fresh and used once
+//!   ([`replay`]); the positive credit they give is capped per identity
+//!   ([`agentmesh_trust::credit`]); each of their decisions is an entry of the audit hash chain
+//!   ([`agentmesh_trust::audit`]), kept in memory for the retention period.
 
 mod pods;
+pub mod replay;
 pub mod status;
 mod view;
 
@@ -23,9 +28,11 @@ use std::time::{Duration, Instant};
 use agentmesh_api::identity::{AgentIdentity, AnomalyKind, AnomalyRecord};
 use agentmesh_api::policy::TrustPolicy;
 use agentmesh_api::wire::{BlockedAction, Outcome, PodBehavior, ReportAck};
+use agentmesh_trust::audit::{AuditLog, AuditRecord};
 use agentmesh_trust::baseline::{Anomaly, Baseline};
-use agentmesh_trust::policy::Reason;
+use agentmesh_trust::credit::{CreditBudget, CreditCap};
 use agentmesh_trust::policy::spec::{BehaviorAction, FileAccess};
+use agentmesh_trust::policy::{Mode, Reason};
 use agentmesh_trust::{Decision, Effect, Policy, Signal, Timestamp, TrustState};
 use futures::StreamExt;
 use kube::ResourceExt;
@@ -41,6 +48,8 @@ pub use pods::{PodIndex, PodInfo};
 pub const STATUS_MANAGER: &str = "meshlogic-operator-trust";
 /// Most recent anomalies kept per identity.
 const RECENT_ANOMALIES: usize = 10;
+/// Most audit entries kept in memory, whatever the retention (about 40 MB).
+pub const MAX_AUDIT_ENTRIES: usize = 100_000;
 
 /// `namespace/name`.
 pub fn key(namespace: &str, name: &str) -> String {
@@ -74,6 +83,8 @@ struct State {
     compiled: HashMap<String, (Option<i64>, Arc<Policy>)>,
     default_policy: Arc<Policy>,
     violations: HashMap<String, ViolationTally>,
+    /// Every sidecar decision, as a hash chain (the `memory` audit backend).
+    audit: AuditLog,
 }
 
 /// The policies and identities of one namespace.
@@ -86,6 +97,10 @@ pub struct Entry {
     window: Window,
     recent: VecDeque<AnomalyRecord>,
     written: Option<Written>,
+    /// What sidecar outcomes may still add ([`CreditCap::default`]).
+    credit: CreditBudget,
+    /// Sidecar batch ids accepted and still fresh.
+    replay: replay::ReplayGuard,
 }
 
 /// Counts since the last status write.
@@ -168,6 +183,7 @@ impl Engine {
                 compiled: HashMap::new(),
                 default_policy: Arc::new(governance::default_policy(&ctx.config.settings)),
                 violations: HashMap::new(),
+                audit: AuditLog::new(),
             }),
             ctx,
             identities,
@@ -225,6 +241,10 @@ impl Engine {
                 })
                 .collect();
             self.ctx.metrics.registry_size.set(identities.len() as i64);
+            let retention_ms =
+                i64::from(self.ctx.config.settings.audit_retention_days) * 86_400_000;
+            state.audit.prune_before(now.plus_millis(-retention_ms));
+            state.audit.keep_newest(MAX_AUDIT_ENTRIES);
             (writes, policy_writes)
         };
         for write in identity_writes {
@@ -328,6 +348,8 @@ impl Engine {
                     window: Window::new(now),
                     recent,
                     written: None,
+                    credit: CreditBudget::full(&CreditCap::default(), now),
+                    replay: replay::ReplayGuard::default(),
                 },
             );
         }
@@ -435,74 +457,173 @@ impl Engine {
             let mut violations = Vec::new();
             let entry = self.entry(&mut state, &k, &identity, now);
             apply_pod_report(entry, &policy, report, &pod.name, now, &mut violations);
+            self.count_violations(&identity, &policy, violations.len());
             state.record_violations(governing, &identity.name_any(), violations, now);
         }
         ack
     }
 
-    /// Applies a sidecar's outcomes for identity `k` (`namespace/name`).
-    pub fn ingest_outcomes(&self, k: &str, outcomes: &[Outcome]) -> bool {
-        let Some(identity) = self.identity(k) else {
-            return false;
-        };
+    /// Applies a sidecar's batch for identity `k` (`namespace/name`), sent by the sidecar of
+    /// `pod`, whose signature the caller has verified: refused, applying nothing, when stale or
+    /// already accepted. Positive credit is capped; every decision is audited.
+    pub fn ingest_sidecar(
+        &self,
+        k: &str,
+        pod: &str,
+        batch: SidecarBatch<'_>,
+    ) -> Result<(), SidecarRefusal> {
+        let identity = self.identity(k).ok_or(SidecarRefusal::UnknownIdentity)?;
         let now = now();
         let mut state = self.state.lock().expect("engine lock");
         let policy = state.policy_for(k);
         let governing = state.governing_name(k);
-        let mut violations = Vec::new();
         let entry = self.entry(&mut state, k, &identity, now);
-        for outcome in outcomes {
+        entry
+            .replay
+            .accept(batch.batch_id, batch.sent_at_ms, now)
+            .map_err(SidecarRefusal::Replay)?;
+        let mut violations = Vec::new();
+        let mut audited = Vec::new();
+        let cap = CreditCap::default();
+        let trust = policy.trust();
+        for outcome in batch.outcomes {
             match outcome {
                 Outcome::ToolCall {
-                    tool, effect, rule, ..
+                    method,
+                    tool,
+                    effect,
+                    rule,
+                    at_ms,
                 } => {
                     entry.window.tool_calls += 1;
-                    if effect == Effect::Allow.as_str() {
-                        entry
-                            .trust
-                            .apply(policy.trust(), Signal::CompliantActivity, now);
+                    let decided = parse_effect(effect);
+                    if decided == Effect::Allow {
+                        let Entry {
+                            trust: t, credit, ..
+                        } = entry;
+                        t.apply_capped(trust, Signal::CompliantActivity, &cap, credit, now);
                     } else {
                         entry.window.denied_calls += 1;
                         entry.window.violations += 1;
-                        entry.trust.apply(policy.trust(), Signal::DeniedCall, now);
+                        entry.trust.apply(trust, Signal::DeniedCall, now);
                         violations.push((
                             rule.clone(),
-                            format!("tool call {tool}"),
-                            effect != Effect::Deny.as_str(),
+                            format!("{} {tool}", method.as_deref().unwrap_or("tools/call")),
+                            decided == Effect::WouldDeny,
                         ));
                     }
+                    let detail = if decided.as_str() == effect {
+                        format!("decided at {at_ms} by the sidecar of pod {pod}")
+                    } else {
+                        format!(
+                            "decided at {at_ms} by the sidecar of pod {pod}; reported effect {effect:?} counted as deny"
+                        )
+                    };
+                    audited.push(AuditRecord {
+                        at: now,
+                        identity: k.to_owned(),
+                        subject: truncate(&call_subject(method.as_deref(), tool), 512),
+                        effect: decided,
+                        rule: truncate(rule, 512),
+                        score: entry.trust.score(),
+                        policy_version: policy.version().to_owned(),
+                        detail: truncate(&detail, 1024),
+                    });
                 }
-                // Until the operator verifies signed sidecar reports (issue 11), a tool change
-                // is not believed.
-                Outcome::ToolChanged { .. } => {}
                 Outcome::Handshake {
-                    succeeded: true, ..
-                } => {
-                    entry
-                        .trust
-                        .apply(policy.trust(), Signal::HandshakeSucceeded, now);
-                }
-                Outcome::Handshake {
-                    succeeded: false,
                     peer_did,
+                    succeeded,
                     reason,
-                    ..
+                    at_ms,
                 } => {
-                    entry.window.violations += 1;
-                    entry
-                        .trust
-                        .apply(policy.trust(), Signal::HandshakeFailed, now);
-                    let reason = reason.clone().unwrap_or_default();
-                    violations.push((
-                        "handshake".into(),
-                        format!("handshake with {peer_did} failed: {reason}"),
-                        false,
-                    ));
+                    if *succeeded {
+                        let Entry {
+                            trust: t, credit, ..
+                        } = entry;
+                        t.apply_capped(trust, Signal::HandshakeSucceeded, &cap, credit, now);
+                    } else {
+                        entry.window.violations += 1;
+                        entry.trust.apply(trust, Signal::HandshakeFailed, now);
+                        let reason = reason.clone().unwrap_or_default();
+                        violations.push((
+                            "handshake".into(),
+                            format!("handshake with {peer_did} failed: {reason}"),
+                            false,
+                        ));
+                    }
+                    let detail = match reason {
+                        Some(reason) => {
+                            format!("handshake at {at_ms} by the sidecar of pod {pod}: {reason}")
+                        }
+                        None => format!("handshake at {at_ms} by the sidecar of pod {pod}"),
+                    };
+                    audited.push(AuditRecord {
+                        at: now,
+                        identity: k.to_owned(),
+                        subject: truncate(&format!("peer:{peer_did}"), 512),
+                        effect: if *succeeded {
+                            Effect::Allow
+                        } else {
+                            Effect::Deny
+                        },
+                        rule: "handshake".into(),
+                        score: entry.trust.score(),
+                        policy_version: policy.version().to_owned(),
+                        detail: truncate(&detail, 1024),
+                    });
+                }
+                Outcome::ToolChanged { server, tool, .. } => {
+                    // New code behind a known name: it costs what a new executable costs.
+                    let penalty = policy.spec().behavior.anomalies.new_executable;
+                    entry.window.anomalies += 1;
+                    entry.trust.apply(trust, Signal::Anomaly { penalty }, now);
+                    remember(
+                        entry,
+                        AnomalyKind::ToolChanged,
+                        format!(
+                            "tool {tool} of MCP server {server} changed its description or schema"
+                        ),
+                        penalty,
+                        pod,
+                        now,
+                    );
                 }
             }
         }
+        let entries = audited.len() as u64;
+        for record in audited {
+            state.audit.append(record);
+        }
+        self.ctx.metrics.audit_entries.inc_by(entries);
+        self.count_violations(&identity, &policy, violations.len());
         state.record_violations(governing, &identity.name_any(), violations, now);
-        true
+        Ok(())
+    }
+
+    /// `agentmesh_policy_violation_count{namespace, identity, mode}` moves by `count`.
+    fn count_violations(&self, identity: &AgentIdentity, policy: &Policy, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let labels = crate::metrics::ViolationLabels {
+            namespace: identity.namespace().unwrap_or_default(),
+            identity: identity.name_any(),
+            mode: match policy.mode() {
+                Mode::Enforce => "enforce".into(),
+                Mode::Shadow => "shadow".into(),
+            },
+        };
+        self.ctx
+            .metrics
+            .policy_violations
+            .get_or_create(&labels)
+            .inc_by(count as u64);
+    }
+
+    /// A copy of the audit chain's entries kept now, oldest first, and its head hash.
+    pub fn audit(&self) -> (Vec<agentmesh_trust::audit::AuditEntry>, String) {
+        let state = self.state.lock().expect("engine lock");
+        (state.audit.to_vec(), state.audit.head().to_owned())
     }
 
     /// The identity of the pod with this UID, and the pod.
@@ -581,11 +702,47 @@ impl State {
                 .map(|observed_at| agentmesh_api::policy::ViolationRecord {
                     observed_at,
                     identity: identity.to_owned(),
-                    rule,
+                    rule: truncate(&rule, 512),
                     detail: truncate(&detail, 1024),
                     shadow,
                 });
         }
+    }
+}
+
+/// A sidecar's batch, from its `source` and `outcomes`.
+#[derive(Clone, Copy, Debug)]
+pub struct SidecarBatch<'a> {
+    pub batch_id: &'a str,
+    pub sent_at_ms: i64,
+    pub outcomes: &'a [Outcome],
+}
+
+/// Why a sidecar batch was not applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SidecarRefusal {
+    #[error("the AgentIdentity is not known")]
+    UnknownIdentity,
+    #[error(transparent)]
+    Replay(replay::ReplayError),
+}
+
+/// The effect a sidecar reported; anything but `allow` and `would-deny` counts as a deny.
+fn parse_effect(effect: &str) -> Effect {
+    match effect {
+        "allow" => Effect::Allow,
+        "would-deny" => Effect::WouldDeny,
+        _ => Effect::Deny,
+    }
+}
+
+/// The audit subject of an MCP call: `tool:`, `prompt:` or `resource:` and the name.
+fn call_subject(method: Option<&str>, name: &str) -> String {
+    match method {
+        None | Some("tools/call") => format!("tool:{name}"),
+        Some("prompts/get") => format!("prompt:{name}"),
+        Some("resources/read") => format!("resource:{name}"),
+        Some(other) => format!("{other}:{name}"),
     }
 }
 
@@ -736,5 +893,37 @@ where
         if let Err(error) = item {
             tracing::warn!(%error, "watch error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allow_and_would_deny_are_taken_at_their_word() {
+        assert_eq!(parse_effect("allow"), Effect::Allow);
+        assert_eq!(parse_effect("would-deny"), Effect::WouldDeny);
+        for other in ["deny", "", "ALLOW", "allow ", "permit"] {
+            assert_eq!(parse_effect(other), Effect::Deny, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn audit_subjects_name_the_kind_of_call() {
+        assert_eq!(call_subject(None, "search"), "tool:search");
+        assert_eq!(call_subject(Some("tools/call"), "search"), "tool:search");
+        assert_eq!(call_subject(Some("prompts/get"), "sum"), "prompt:sum");
+        assert_eq!(
+            call_subject(Some("resources/read"), "file:///a"),
+            "resource:file:///a"
+        );
+        assert_eq!(call_subject(Some("x/y"), "z"), "x/y:z");
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate("abc", 10), "abc");
     }
 }

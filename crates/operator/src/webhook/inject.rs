@@ -4,8 +4,19 @@
 //!
 //! The sidecar is the seed deployment guide's `agentmesh-sidecar` container: ports `proxy` 8081
 //! and `metrics` 9091, the `agentmesh-config` ConfigMap as environment, the identity's key
-//! Secret as `AGENTMESH_AGENT_PRIVATE_KEY`, the seed's security context, resources and probes,
-//! and the `agentmesh-health` emptyDir at `/var/run/agentmesh` plus an emptyDir at `/tmp`.
+//! Secret as a read-only file named by `AGENTMESH_AGENT_PRIVATE_KEY`, the seed's security
+//! context, resources and probes, and the `agentmesh-health` emptyDir at `/var/run/agentmesh`
+//! plus an emptyDir at `/tmp`.
+//!
+//! **The key file.** The Secret `<identity>-agentmesh-key` is a volume (`agentmesh-key`, item
+//! `private-key`, mode 0400) mounted read-only into the sidecar only, at
+//! `/var/run/secrets/agentmesh`; the agent containers do not mount it, so they cannot read it.
+//! The kubelet writes Secret files owned by root; with a pod `fsGroup` it changes their group
+//! to the fsGroup and adds group read (0400 becomes 0440), and gives every container of the
+//! pod the fsGroup as a supplementary group. The sidecar runs as uid 1000, not root, so it
+//! reads the file through that group: a pod without `fsGroup` gets `fsGroup: 1000` (with
+//! `fsGroupChangePolicy: OnRootMismatch`, so large volumes are not re-chowned at every
+//! start); a pod with its own `fsGroup` keeps it. The file is never world-readable.
 
 use std::collections::BTreeMap;
 
@@ -21,8 +32,19 @@ pub const HEALTH_VOLUME: &str = "agentmesh-health";
 /// it is prefixed here because agent pods often have a volume called `tmp` of their own, and two
 /// volumes of one name make the pod invalid.
 pub const TMP_VOLUME: &str = "agentmesh-tmp";
-/// Version of the layout recorded in the `agentmesh.io/sidecar-status` annotation.
-pub const STATUS_VERSION: u32 = 1;
+/// The identity's key Secret, mounted into the sidecar only.
+pub const KEY_VOLUME: &str = "agentmesh-key";
+/// Where the key Secret is mounted in the sidecar (read-only).
+pub const KEY_DIR: &str = "/var/run/secrets/agentmesh";
+/// The private key file: the value of `AGENTMESH_AGENT_PRIVATE_KEY` in the sidecar.
+pub const KEY_PATH: &str = "/var/run/secrets/agentmesh/private-key";
+/// Mode of the key file as requested (0400); the kubelet adds group read for the fsGroup.
+pub const KEY_FILE_MODE: i32 = 0o400;
+/// The sidecar's uid, and the fsGroup given to pods that have none.
+pub const SIDECAR_UID: i64 = 1000;
+/// Version of the layout recorded in the `agentmesh.io/sidecar-status` annotation (2: the key
+/// is a file, no longer an environment variable).
+pub const STATUS_VERSION: u32 = 2;
 /// Environment variables set in the sidecar besides the seed's (for the sidecar, a later issue).
 pub const ENV_IDENTITY: &str = "AGENTMESH_IDENTITY";
 pub const ENV_TRUST_API_URL: &str = "AGENTMESH_TRUST_API_URL";
@@ -231,14 +253,7 @@ fn agent_containers(spec: &PodSpec) -> Vec<&str> {
 }
 
 /// The sidecar container.
-pub fn sidecar_container(settings: &Settings, identity: &str, key: &Key) -> Value {
-    let secret = objects::key_secret_name(identity);
-    let key_ref = match key {
-        Key::Managed => json!({"name": secret, "key": objects::PRIVATE_KEY_KEY}),
-        Key::UserSupplied => {
-            json!({"name": secret, "key": objects::PRIVATE_KEY_KEY, "optional": true})
-        }
-    };
+pub fn sidecar_container(settings: &Settings, identity: &str) -> Value {
     let resources = &settings.resources;
     let mut container = json!({
         "name": objects::SIDECAR_CONTAINER,
@@ -250,7 +265,7 @@ pub fn sidecar_container(settings: &Settings, identity: &str, key: &Key) -> Valu
         ],
         "envFrom": [{"configMapRef": {"name": objects::CONFIG_MAP, "optional": true}}],
         "env": [
-            {"name": env::AGENT_PRIVATE_KEY, "valueFrom": {"secretKeyRef": key_ref}},
+            {"name": env::AGENT_PRIVATE_KEY, "value": KEY_PATH},
             {"name": ENV_IDENTITY, "value": identity},
             {"name": ENV_TRUST_API_URL, "value": settings.trust_api_url},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -262,7 +277,7 @@ pub fn sidecar_container(settings: &Settings, identity: &str, key: &Key) -> Valu
         },
         "securityContext": {
             "runAsNonRoot": true,
-            "runAsUser": 1000,
+            "runAsUser": SIDECAR_UID,
             "readOnlyRootFilesystem": true,
             "allowPrivilegeEscalation": false,
             "privileged": false,
@@ -284,6 +299,7 @@ pub fn sidecar_container(settings: &Settings, identity: &str, key: &Key) -> Valu
         "volumeMounts": [
             {"name": HEALTH_VOLUME, "mountPath": paths::SIDECAR_HEALTH_DIR},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": true},
         ],
     });
     if settings.native_sidecar {
@@ -292,8 +308,31 @@ pub fn sidecar_container(settings: &Settings, identity: &str, key: &Key) -> Valu
     container
 }
 
+/// The key Secret's volume. With [`Key::Managed`] the kubelet waits for the Secret the
+/// AgentIdentity reconciler makes; with [`Key::UserSupplied`] it is optional.
+pub fn key_volume(identity: &str, key: &Key) -> Value {
+    let mut secret = json!({
+        "secretName": objects::key_secret_name(identity),
+        "items": [{"key": objects::PRIVATE_KEY_KEY, "path": objects::PRIVATE_KEY_KEY, "mode": KEY_FILE_MODE}],
+        "defaultMode": KEY_FILE_MODE,
+    });
+    if *key == Key::UserSupplied {
+        secret["optional"] = true.into();
+    }
+    json!({"name": KEY_VOLUME, "secret": secret})
+}
+
+/// The pod's `fsGroup`, and whether the injector adds it (the pod has none).
+fn fs_group(spec: &PodSpec) -> (i64, bool) {
+    match spec.security_context.as_ref().and_then(|sc| sc.fs_group) {
+        Some(group) => (group, false),
+        None => (SIDECAR_UID, true),
+    }
+}
+
 /// The value of the `agentmesh.io/sidecar-status` annotation: what was injected.
 pub fn status_annotation(settings: &Settings, identity: &str, key: &Key, spec: &PodSpec) -> String {
+    let (fs_group, fs_group_added) = fs_group(spec);
     json!({
         "version": STATUS_VERSION,
         "container": objects::SIDECAR_CONTAINER,
@@ -302,7 +341,10 @@ pub fn status_annotation(settings: &Settings, identity: &str, key: &Key, spec: &
         "identity": identity,
         "keySecret": objects::key_secret_name(identity),
         "keySource": match key { Key::Managed => "operator", Key::UserSupplied => "user" },
-        "volumes": [HEALTH_VOLUME, TMP_VOLUME],
+        "volumes": [HEALTH_VOLUME, TMP_VOLUME, KEY_VOLUME],
+        "keyPath": KEY_PATH,
+        "fsGroup": fs_group,
+        "fsGroupAdded": fs_group_added,
         "proxyEnv": agent_containers(spec),
     })
     .to_string()
@@ -364,6 +406,7 @@ pub fn patch(
     let volumes = [
         json!({"name": HEALTH_VOLUME, "emptyDir": {}}),
         json!({"name": TMP_VOLUME, "emptyDir": {}}),
+        key_volume(identity, key),
     ];
     match spec.volumes {
         None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),
@@ -377,7 +420,25 @@ pub fn patch(
     // The sidecar: first of the init containers when native (so that it runs before the other
     // init containers and for the whole life of the pod), else last of the containers (so that
     // `kubectl logs` and `kubectl exec` still default to the agent).
-    let sidecar = sidecar_container(settings, identity, key);
+    // The fsGroup through which the sidecar (uid 1000) reads the root-owned key file.
+    if fs_group(spec).1 {
+        match spec.security_context.as_ref() {
+            None => ops.push(
+                json!({"op": "add", "path": "/spec/securityContext", "value": {
+                    "fsGroup": SIDECAR_UID,
+                    "fsGroupChangePolicy": "OnRootMismatch",
+                }}),
+            ),
+            Some(context) => {
+                ops.push(json!({"op": "add", "path": "/spec/securityContext/fsGroup", "value": SIDECAR_UID}));
+                if context.fs_group_change_policy.is_none() {
+                    ops.push(json!({"op": "add", "path": "/spec/securityContext/fsGroupChangePolicy", "value": "OnRootMismatch"}));
+                }
+            }
+        }
+    }
+
+    let sidecar = sidecar_container(settings, identity);
     if settings.native_sidecar {
         match spec.init_containers {
             None => {
