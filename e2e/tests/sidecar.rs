@@ -400,6 +400,30 @@ fn a_quarantine_set_through_the_operator_denies_within_seconds() {
     // The standard preset denies shell-like tools, whatever the spelling.
     let (_, answer) = call_through(&researcher, "/servers/tools/mcp", "run_shell", 2);
     assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    // The sidecar reports the denial in a batch signed with the identity's key; the operator
+    // believes it and the score falls.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let score = cluster()
+            .get("agentidentity", "researcher", Some(&w.ns))
+            .unwrap()["status"]["trustScore"]
+            .as_i64()
+            .unwrap_or(800);
+        if score < 800 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the signed report never moved the score ({score})\n{}",
+            std::fs::read_to_string(&researcher.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(researcher.metric("agentmesh_sidecar_reports_sent_total") >= 1.0);
+    assert_eq!(
+        researcher.metric("agentmesh_sidecar_report_failures_total"),
+        0.0
+    );
 
     // Raise the threshold above the score: the identity is quarantined; the sidecar learns it
     // from the config long-poll and denies every call.

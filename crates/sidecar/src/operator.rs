@@ -240,7 +240,8 @@ pub async fn report_forever(
             }
             let (body, signature) = signed_batch(&identity, &key, outcomes.clone());
             match api.report(body, signature).await {
-                Ok(status) if status.is_success() => {
+                // 409: the operator already applied this batch (its answer was lost).
+                Ok(status) if status.is_success() || status == StatusCode::CONFLICT => {
                     metrics.reports_sent.inc();
                     backoff = interval;
                 }
