@@ -3,9 +3,11 @@
 //!
 //! - Baseline: a bare HTTP server on loopback that reads each request and answers 202, driven
 //!   by the same client in the same run. Ratio = operator batches/s ÷ baseline requests/s.
-//! - Status writes: sidecar reports for every identity, as fast as the client can send them,
-//!   alternating one allowed call (+1) and one denied call (-1, the policy's weights), so every
-//!   report changes a score; the trust engine's status writes per identity per 5 s (goal ≤ 1).
+//! - Status writes: signed sidecar reports (each batch signed with the identity's key from its
+//!   Secret, a fresh batch id each) of one denied call (-1, the policy's weight) per identity every
+//!   `SIDECAR_PERIOD`, so every report changes a score and the score stays inside one tier
+//!   (positive credit is capped, so scores can no longer swing both ways); the trust engine's
+//!   status writes per identity per 5 s (goal ≤ 1).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,11 +17,14 @@ use std::time::{Duration, Instant};
 
 use agentmesh_e2e::operator::{OperatorProcess, http_get};
 use agentmesh_e2e::{TestNamespace, cluster};
+use base64::Engine;
 use serde_json::json;
 
 const IDENTITIES: usize = 20;
 const CLIENTS: usize = 4;
 const SECONDS: u64 = 20;
+/// Each identity's reports come this far apart: 5 score changes per identity per second.
+const SIDECAR_PERIOD: Duration = Duration::from_millis(200);
 
 fn main() {
     cluster().ensure_crds();
@@ -32,9 +37,10 @@ fn main() {
     );
     operator.wait_until(Duration::from_secs(30), "leadership", |o| o.is_leader());
 
-    // A policy whose allowed and denied calls move the score by one point each way.
+    // A policy whose denied calls cost one point; starting at 850, 20 s of reports stay within
+    // the `trusted` tier (700-899), so no write is forced by a tier change.
     let policy = json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "bench"},
-        "spec": {"trust": {"decayRate": 0, "signals": {"compliantActivity": 1, "deniedCall": 1}}}});
+        "spec": {"trust": {"decayRate": 0, "initialScore": 850, "signals": {"compliantActivity": 1, "deniedCall": 1}}}});
     cluster().apply(&ns, &policy.to_string());
     // Identities, a pod each, and a reporter allowed to post.
     let mut uids = Vec::new();
@@ -92,21 +98,31 @@ fn main() {
     let (baseline_rate, _) = drive(baseline, &same);
     let (operator_rate, refused) = drive(operator.trust_api, &same);
 
-    // Sidecar reports: one pod-bound token per identity; each identity's reports come from one
-    // client, allowed and denied calls strictly in turn, so every report moves its score by one
-    // point and the score never drifts across a tier boundary (a tier change writes at once).
-    let mut requests = vec![Vec::new(); CLIENTS];
+    // Sidecar reports: one pod-bound token and the key of each identity.
+    let mut sidecars = Vec::new();
     for (i, uid) in uids.iter().enumerate() {
         let pod = format!("agent-{i}");
         let bound = cluster().token(&ns, "default", Some((&pod, uid)));
-        for effect in ["allow", "deny"] {
-            let body = json!({"source": {"kind": "sidecar", "identity": format!("{ns}/agent-{i}")},
-                "outcomes": [{"kind": "toolCall", "tool": "search", "effect": effect, "rule": "bench", "atMs": 0}]});
-            requests[i % CLIENTS].push((bound.clone(), body.to_string()));
-        }
+        let pem = cluster().kubectl_ok(&[
+            "get",
+            "secret",
+            &format!("agent-{i}-agentmesh-key"),
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.data.private-key}",
+        ]);
+        let pem = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(pem.trim())
+                .expect("the key is base64"),
+        )
+        .unwrap();
+        let key = agentmesh_identity::keys::private_key_from_pem(&pem).expect("a key");
+        sidecars.push((format!("{ns}/agent-{i}"), bound, key));
     }
     let writes_before = status_writes(&operator);
-    let (sidecar_rate, sidecar_refused) = drive(operator.trust_api, &requests);
+    let (sidecar_rate, sidecar_refused) = drive_sidecars(operator.trust_api, &sidecars);
     let writes = status_writes(&operator) - writes_before;
     let per_identity_per_5s = writes as f64 / IDENTITIES as f64 / (SECONDS as f64 / 5.0);
 
@@ -184,6 +200,55 @@ fn drive(addr: SocketAddr, per_client: &[Vec<(String, String)>]) -> (f64, u64) {
         done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
         refused.load(Ordering::Relaxed),
     )
+}
+
+/// Every `SIDECAR_PERIOD`, one freshly signed report of a denied call per identity, for
+/// `SECONDS`; reports/s and the non-2xx count.
+fn drive_sidecars(
+    addr: SocketAddr,
+    sidecars: &[(String, String, agentmesh_identity::SigningKey)],
+) -> (f64, u64) {
+    let (mut done, mut refused) = (0u64, 0u64);
+    let started = Instant::now();
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_secs(SECONDS) {
+        for (identity, token, key) in sidecars {
+            let mut id = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let body = json!({"source": {"kind": "sidecar", "identity": identity,
+                    "batchId": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id), "sentAtMs": now_ms},
+                "outcomes": [{"kind": "toolCall", "tool": "search", "effect": "deny", "rule": "bench", "atMs": now_ms}]})
+            .to_string();
+            let signature = agentmesh_identity::report::sign_report(key, body.as_bytes());
+            let request = format!(
+                "POST /v1/reports HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n{}: {signature}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                agentmesh_api::wire::REPORT_SIGNATURE_HEADER,
+                body.len()
+            );
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            stream.write_all(request.as_bytes()).expect("send");
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).expect("receive");
+            if response.starts_with(b"HTTP/1.1 2") || response.starts_with(b"HTTP/1.0 2") {
+                done += 1;
+            } else {
+                refused += 1;
+                if refused == 1 {
+                    eprintln!("refused: {}", String::from_utf8_lossy(&response));
+                }
+            }
+        }
+        round += 1;
+        let next = SIDECAR_PERIOD * round;
+        if let Some(wait) = next.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    (done as f64 / started.elapsed().as_secs_f64(), refused)
 }
 
 /// A bare HTTP/1.0 server: reads the request (headers and body) and answers 202.
