@@ -6,6 +6,8 @@
 mod common;
 
 use common::*;
+use std::process::Command;
+
 use serde_json::{Value, json};
 
 /// The policy of most tests: the standard preset, and `get_env` denied (the server names the
@@ -298,4 +300,128 @@ fn health_the_healthy_file_and_forward_proxy_requests() {
         "{}",
     );
     assert_eq!(status, 403);
+}
+
+#[test]
+fn batches_are_judged_call_by_call_and_sse_is_streamed_not_buffered() {
+    let (_server, port) = everything("streamableHttp");
+    let sidecar = sidecar(
+        &format!("everything=http://127.0.0.1:{port}"),
+        Some(DENY_GET_ENV),
+        &[],
+    );
+    let path = "/servers/everything/mcp";
+    // 2025-03-26 allowed JSON-RPC batches: every call inside is decided; the denied one is
+    // answered by the sidecar, the other forwarded, both answers in the batch's answer.
+    let session = open_session(sidecar.port, path, "2025-03-26");
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "in a batch"}}},
+        {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "get-env", "arguments": {}}},
+    ]);
+    let headers = [
+        ("Mcp-Session-Id", session.as_str()),
+        ("MCP-Protocol-Version", "2025-03-26"),
+    ];
+    let (status, _, chunks) = post_streaming(
+        sidecar.port,
+        path,
+        &headers,
+        &batch.to_string(),
+        "in a batch",
+    );
+    let answer: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("-32001"),
+        "the denied call is answered: {answer}"
+    );
+    assert!(answer.contains("\"id\":8"), "{answer}");
+    assert!(
+        answer.contains("Echo: in a batch"),
+        "the allowed call is forwarded: {answer}"
+    );
+    assert!(!answer.contains("PATH"), "get-env never ran: {answer}");
+
+    // A long-running call's progress arrives while it runs, not with its result.
+    let session = open_session(sidecar.port, path, "2025-06-18");
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "trigger-long-running-operation", "arguments": {"duration": 2, "steps": 4},
+        "_meta": {"progressToken": "p"}}});
+    let headers = [
+        ("Mcp-Session-Id", session.as_str()),
+        ("MCP-Protocol-Version", "2025-06-18"),
+    ];
+    let (status, _, chunks) = post_streaming(
+        sidecar.port,
+        path,
+        &headers,
+        &call.to_string(),
+        "\"result\"",
+    );
+    assert_eq!(status, 200);
+    let first_progress = chunks
+        .iter()
+        .find(|(_, c)| c.contains("notifications/progress"))
+        .map(|(t, _)| *t)
+        .expect("progress notifications");
+    let result = chunks
+        .iter()
+        .find(|(_, c)| c.contains("\"result\""))
+        .map(|(t, _)| *t)
+        .expect("a result");
+    assert!(
+        result.saturating_sub(first_progress) > std::time::Duration::from_millis(1000),
+        "progress at {first_progress:?}, result at {result:?}: the stream was buffered"
+    );
+}
+
+#[test]
+fn sigterm_lets_in_flight_calls_finish_and_removes_the_healthy_file() {
+    let (_server, port) = everything("streamableHttp");
+    let mut sidecar = sidecar(&format!("everything=http://127.0.0.1:{port}"), None, &[]);
+    let path = "/servers/everything/mcp";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sidecar.dir.join("healthy").exists() {
+        assert!(std::time::Instant::now() < deadline, "no healthy file");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let session = open_session(sidecar.port, path, "2025-06-18");
+    let sidecar_port = sidecar.port;
+    let in_flight = std::thread::spawn(move || {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "trigger-long-running-operation", "arguments": {"duration": 2, "steps": 2}}});
+        let headers = [
+            ("Mcp-Session-Id", session.as_str()),
+            ("MCP-Protocol-Version", "2025-06-18"),
+        ];
+        post_streaming(
+            sidecar_port,
+            path,
+            &headers,
+            &call.to_string(),
+            "\"result\"",
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = sidecar.process.0.id();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (status, _, chunks) = in_flight.join().unwrap();
+    let answer: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(status, 200);
+    assert!(
+        answer.contains("Long running operation completed"),
+        "{answer}"
+    );
+    let exit = sidecar.process.0.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        !sidecar.dir.join("healthy").exists(),
+        "the healthy file is removed on shutdown"
+    );
 }

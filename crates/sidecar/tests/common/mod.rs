@@ -263,3 +263,82 @@ pub fn names(step: &Value, key: &str, field: &str) -> Vec<String> {
         .filter_map(|t| t[field].as_str().map(str::to_owned))
         .collect()
 }
+
+/// An HTTP/1.1 exchange read as it arrives: (status, headers text, [(elapsed, bytes)]) until the
+/// connection closes or `until` is seen.
+pub fn post_streaming(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    until: &str,
+) -> (u16, String, Vec<(Duration, String)>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    let started = Instant::now();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut all = String::new();
+    let mut chunks = Vec::new();
+    let mut buffer = [0u8; 65536];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                all.push_str(&text);
+                chunks.push((started.elapsed(), text));
+                if all.contains(until) {
+                    break;
+                }
+            }
+        }
+    }
+    let status = all
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let head = all.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    (status, head, chunks)
+}
+
+/// A session with a 2025 Streamable HTTP server through `path`: initialize and
+/// `notifications/initialized`; the `Mcp-Session-Id`.
+pub fn open_session(port: u16, path: &str, version: &str) -> String {
+    let init = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    let (status, head, _) = post_streaming(port, path, &[], &init.to_string(), "\"result\"");
+    assert_eq!(status, 200, "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| v.trim().to_owned())
+        })
+        .expect("a session id");
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let (status, _) = post(
+        port,
+        path,
+        &[
+            ("Mcp-Session-Id", &session),
+            ("MCP-Protocol-Version", version),
+        ],
+        initialized,
+    );
+    assert_eq!(status, 202);
+    session
+}
