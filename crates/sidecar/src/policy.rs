@@ -207,8 +207,8 @@ impl Governor {
     }
 
     /// Remembers a listed tool's description and input schema; `true` when they differ from
-    /// the first time this server listed this tool (an anomaly: a tool that changes what it
-    /// says it does after it was approved is the "rug pull" of MCP).
+    /// what this server listed for this tool before (an anomaly: a tool that changes what it
+    /// says it does after it was first seen is the "rug pull" of MCP). Each change counts once.
     pub fn tool_changed(&self, server: &str, tool: &Value) -> bool {
         let Some(name) = tool.get("name").and_then(Value::as_str) else {
             return false;
@@ -223,8 +223,13 @@ impl Governor {
         let fingerprint: [u8; 32] = hasher.finalize().into();
         let key = (server.to_owned(), canonical_name(name).into_owned());
         let mut seen = self.fingerprints.lock().expect("fingerprints lock");
-        match seen.get(&key) {
-            Some(first) => *first != fingerprint,
+        match seen.get_mut(&key) {
+            // Each change is reported once: the new definition is what later lists compare to.
+            Some(known) if *known != fingerprint => {
+                *known = fingerprint;
+                true
+            }
+            Some(_) => false,
             None => {
                 if seen.len() < MAX_FINGERPRINTS {
                     seen.insert(key, fingerprint);

@@ -425,3 +425,35 @@ fn sigterm_lets_in_flight_calls_finish_and_removes_the_healthy_file() {
         "the healthy file is removed on shutdown"
     );
 }
+
+#[test]
+fn a_tool_that_changes_after_it_was_listed_is_an_anomaly() {
+    let (_server, port) = server_2026();
+    let sidecar = sidecar(&format!("fixture=http://127.0.0.1:{port}"), None, &[]);
+    let steps = json!([
+        {"op": "list_tools"},
+        {"op": "list_tools"},
+        {"op": "call_tool", "name": "redefine_add", "arguments": {}},
+        {"op": "list_tools"},
+        {"op": "list_tools"},
+    ]);
+    let out = client(
+        "py",
+        &sidecar.url("/servers/fixture/mcp"),
+        "streamable",
+        &steps,
+        &["--mode", "2026-07-28"],
+    );
+    assert!(out[2].get("ok").is_some(), "{}", out[2]);
+    let add = |step: &Value| {
+        step["ok"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "add")
+            .map(|t| t["description"].clone())
+    };
+    assert_ne!(add(&out[0]), add(&out[3]), "the fixture changed the tool");
+    // Reported once, when the changed definition is first listed.
+    assert_eq!(sidecar.metric("agentmesh_sidecar_tool_changes_total"), 1.0);
+}
