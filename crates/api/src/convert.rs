@@ -28,6 +28,16 @@ pub enum ConvertError {
     Time { field: String },
 }
 
+/// The current time as the trust model's timestamp (the binaries' clock; the pure crates take
+/// time as an input).
+pub fn now() -> Timestamp {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    Timestamp::from_millis(millis)
+}
+
 /// The policy a preset name stands for under the seed's settings: the preset, shadow mode from
 /// `AGENTMESH_GOVERNANCE_SHADOW_MODE`, and the `AGENTMESH_TRUST_*` and delegation settings. The
 /// operator's default policy (`AGENTMESH_GOVERNANCE_DEFAULT_POLICY`) and the sidecar's policy

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod crd;
 pub mod identity;
 pub mod meshlogic;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod settings;

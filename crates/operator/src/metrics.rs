@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -50,39 +49,7 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
-/// A count that only goes up, exposed under its exact name. OpenMetrics would append `_total`
-/// to a counter; the seed promises `agentmesh_policy_violation_count` (its alert rule is
-/// `rate(agentmesh_policy_violation_count[5m])`), so this one is typed `unknown`.
-#[derive(Clone, Debug, Default)]
-pub struct ExactCount(Counter);
-
-impl ExactCount {
-    pub fn inc(&self) {
-        self.0.inc();
-    }
-
-    pub fn inc_by(&self, n: u64) {
-        self.0.inc_by(n);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.get()
-    }
-}
-
-impl prometheus_client::metrics::TypedMetric for ExactCount {
-    const TYPE: MetricType = MetricType::Unknown;
-}
-
-impl EncodeMetric for ExactCount {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        encoder.encode_gauge(&(self.0.get() as i64))
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Unknown
-    }
-}
+pub use agentmesh_api::metrics::ExactCount;
 
 /// Every metric of the operator.
 #[derive(Debug)]

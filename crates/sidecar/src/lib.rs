@@ -22,21 +22,13 @@ use std::time::Duration;
 use agentmesh_api::settings::{LogFormat, Settings};
 use agentmesh_identity::SigningKey;
 use agentmesh_identity::keyfile::{KeyLoadError, private_key_from_env_value};
-use agentmesh_trust::Timestamp;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing_subscriber::EnvFilter;
 
 use config::Config;
 
-/// The current time as the trust model's timestamp.
-pub fn now() -> Timestamp {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
-    Timestamp::from_millis(millis)
-}
+pub use agentmesh_api::convert::now;
 
 /// Logs: `tracing`, JSON when `AGENTMESH_LOG_FORMAT=json`, level from `AGENTMESH_LOG_LEVEL`.
 pub fn init_logging(settings: &Settings) {

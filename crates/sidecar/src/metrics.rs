@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use agentmesh_api::names::metrics as seed;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -40,32 +39,7 @@ pub struct RuleLabels {
     pub rule: String,
 }
 
-/// A count exposed under its exact name (see the operator's metrics: the seed's alert reads
-/// `rate(agentmesh_policy_violation_count[5m])`, which a `_total` suffix would break).
-#[derive(Clone, Debug, Default)]
-pub struct ExactCount(Counter);
-
-impl ExactCount {
-    pub fn inc(&self) {
-        self.0.inc();
-    }
-    pub fn get(&self) -> u64 {
-        self.0.get()
-    }
-}
-
-impl prometheus_client::metrics::TypedMetric for ExactCount {
-    const TYPE: MetricType = MetricType::Unknown;
-}
-
-impl EncodeMetric for ExactCount {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        encoder.encode_gauge(&(self.0.get() as i64))
-    }
-    fn metric_type(&self) -> MetricType {
-        MetricType::Unknown
-    }
-}
+pub use agentmesh_api::metrics::ExactCount;
 
 #[derive(Debug)]
 pub struct Metrics {

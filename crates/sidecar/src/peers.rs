@@ -410,6 +410,28 @@ impl Peers {
         Ok((status, body))
     }
 
+    /// One handshake message to the peer; its answer when it is 200.
+    async fn exchange(
+        &self,
+        did: &Did,
+        url: String,
+        message: serde_json::Result<Vec<u8>>,
+    ) -> Result<Bytes, PeerRefusal> {
+        let refused =
+            |reason: String| PeerRefusal::new(StatusCode::FORBIDDEN, "identity.handshake", reason);
+        let (status, body) = self
+            .post_json(url, message.expect("handshake messages serialize"))
+            .await
+            .map_err(|e| refused(format!("peer {did} unreachable: {e}")))?;
+        if status != StatusCode::OK {
+            return Err(refused(format!(
+                "peer {did} refused the handshake: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        Ok(body)
+    }
+
     async fn handshake(
         &self,
         current: &Current,
@@ -427,37 +449,24 @@ impl Peers {
             handshake_config(current),
             now,
         );
-        let (status, body) = self
-            .post_json(
+        let body = self
+            .exchange(
+                did,
                 format!("{origin}{HANDSHAKE_INIT_PATH}"),
-                serde_json::to_vec(&init).expect("serializes"),
+                serde_json::to_vec(&init),
             )
-            .await
-            .map_err(|e| refused(format!("peer {did} unreachable: {e}")))?;
-        if status != StatusCode::OK {
-            return Err(refused(format!(
-                "peer {did} refused the handshake: {}",
-                String::from_utf8_lossy(&body)
-            )));
-        }
+            .await?;
         let challenge: HandshakeChallenge = serde_json::from_slice(&body)
             .map_err(|e| refused(format!("peer {did} sent no challenge: {e}")))?;
         let (response, session) = initiator
             .on_challenge(&challenge, &current.registry, crate::now())
             .map_err(|e| refused(format!("peer {did}: {e}")))?;
-        let (status, body) = self
-            .post_json(
-                format!("{origin}{HANDSHAKE_RESPONSE_PATH}"),
-                serde_json::to_vec(&response).expect("serializes"),
-            )
-            .await
-            .map_err(|e| refused(format!("peer {did} unreachable: {e}")))?;
-        if status != StatusCode::OK {
-            return Err(refused(format!(
-                "peer {did} refused the handshake: {}",
-                String::from_utf8_lossy(&body)
-            )));
-        }
+        self.exchange(
+            did,
+            format!("{origin}{HANDSHAKE_RESPONSE_PATH}"),
+            serde_json::to_vec(&response),
+        )
+        .await?;
         Ok(session)
     }
 

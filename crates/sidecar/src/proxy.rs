@@ -444,28 +444,9 @@ impl Proxy {
         target: Target,
     ) -> (Response<ProxyBody>, String) {
         let (parts, body) = request.into_parts();
-        let bytes = match Limited::new(body, MAX_REQUEST).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) => {
-                let too_large = error
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                let (status, message) = if too_large {
-                    (
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("request body over {MAX_REQUEST} bytes"),
-                    )
-                } else {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        format!("reading the request: {error}"),
-                    )
-                };
-                return (
-                    rpc_error(status, Value::Null, codes::INVALID_REQUEST, &message),
-                    "other".into(),
-                );
-            }
+        let bytes = match read_request(body).await {
+            Ok(bytes) => bytes,
+            Err(response) => return (*response, "other".into()),
         };
         let judged = match self.judge(&parts.headers, &bytes) {
             Ok(judged) => judged,
@@ -664,18 +645,10 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (parts, body) = request.into_parts();
         // GET and DELETE carry no body; anything else is passed on as read.
-        let bytes = match Limited::new(body, MAX_REQUEST).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return rpc_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Value::Null,
-                    codes::INVALID_REQUEST,
-                    "request body too large",
-                );
-            }
-        };
-        self.send(parts, bytes, target, denials).await
+        match read_request(body).await {
+            Ok(bytes) => self.send(parts, bytes, target, denials).await,
+            Err(response) => *response,
+        }
     }
 
     async fn send(
@@ -1088,16 +1061,9 @@ impl Proxy {
             );
         };
         let (mut parts, body) = request.into_parts();
-        let body = match Limited::new(body, MAX_REQUEST).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return rpc_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Value::Null,
-                    codes::INVALID_REQUEST,
-                    "request body too large",
-                );
-            }
+        let body = match read_request(body).await {
+            Ok(bytes) => bytes,
+            Err(response) => return *response,
         };
         let path = parts
             .uri
@@ -1140,6 +1106,35 @@ impl Proxy {
             judge_answers: false,
         };
         self.send(parts, body, target, Vec::new()).await
+    }
+}
+
+/// A request body, read whole up to [`MAX_REQUEST`] (413 beyond, 400 when it breaks off).
+async fn read_request(body: Incoming) -> Result<Bytes, Refusal> {
+    match Limited::new(body, MAX_REQUEST).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => {
+            let too_large = error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let (status, message) = if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over {MAX_REQUEST} bytes"),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request: {error}"),
+                )
+            };
+            Err(Box::new(rpc_error(
+                status,
+                Value::Null,
+                codes::INVALID_REQUEST,
+                &message,
+            )))
+        }
     }
 }
 

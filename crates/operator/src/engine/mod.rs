@@ -58,11 +58,7 @@ pub fn key(namespace: &str, name: &str) -> String {
 
 /// The current time as the trust model's timestamp.
 pub fn now() -> Timestamp {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
-    Timestamp::from_millis(millis)
+    agentmesh_api::convert::now()
 }
 
 pub struct Engine {
