@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(AGENTMESH_CACHE)/target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe bench-webhook demo cluster-up cluster-down clean
+.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe bench-sidecar bench-webhook demo cluster-up cluster-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -66,8 +66,10 @@ bench: ## Every benchmark; each prints ratios against baselines measured in the 
 	$(MAKE) --no-print-directory bench-webhook
 	$(MAKE) --no-print-directory bench-operator 2>&1 | tee $(AGENTMESH_CACHE)/bench-operator.log
 	$(MAKE) --no-print-directory bench-probe 2>&1 | tee $(AGENTMESH_CACHE)/bench-probe.log
+	$(MAKE) --no-print-directory bench-sidecar 2>&1 | tee $(AGENTMESH_CACHE)/bench-sidecar.log
 	@echo "== ratios (same run) =="; grep -h "ratio" $(AGENTMESH_CACHE)/bench-identity.log $(AGENTMESH_CACHE)/bench-trust.log \
-	  $(AGENTMESH_CACHE)/bench-webhook.log $(AGENTMESH_CACHE)/bench-operator.log $(AGENTMESH_CACHE)/bench-probe.log
+	  $(AGENTMESH_CACHE)/bench-webhook.log $(AGENTMESH_CACHE)/bench-operator.log $(AGENTMESH_CACHE)/bench-probe.log \
+	  $(AGENTMESH_CACHE)/bench-sidecar.log
 
 bench-operator: ## Trust API ingest throughput and status writes per identity under load (real API server)
 	CARGO=$(CARGO) e2e/run.sh --bench
@@ -75,6 +77,10 @@ bench-operator: ## Trust API ingest throughput and status writes per identity un
 bench-probe: setup ## Probe overhead (exec/open/connect with vs without), zero-drop event rate, peak RSS (root)
 	$(CARGO) build --release --locked -p meshlogic-probe --bins
 	$(CARGO_TARGET_DIR)/release/meshlogic-probe-bench
+
+bench-sidecar: ## MCP sidecar latency, throughput and RSS vs direct calls and a bare proxy (release build)
+	$(CARGO) build --release --locked -p agentmesh-sidecar --bins
+	$(CARGO_TARGET_DIR)/release/agentmesh-sidecar-bench
 
 bench-webhook: ## Webhook admission latency and reviews/s over TLS, as ratios against a bare rustls echo server
 	$(CARGO) bench --locked -p meshlogic-operator --bench webhook 2>&1 | tee $(AGENTMESH_CACHE)/bench-webhook.log
