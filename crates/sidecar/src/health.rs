@@ -53,7 +53,7 @@ impl Health {
         let current = self.governor.current();
         let source = match &current.source {
             Source::Preset(name) => json!({"preset": name}),
-            Source::File => json!({"file": current.policy_label}),
+            Source::File => json!({"file": &*current.policy_label}),
             Source::Operator { version } => json!({"operator": version}),
         };
         let (status, text) = if self.healthy() {
@@ -63,7 +63,7 @@ impl Health {
         };
         let body = json!({
             "status": text,
-            "policy": current.policy_label,
+            "policy": &*current.policy_label,
             "policySource": source,
             "trustScore": current.score,
             "quarantined": current.quarantined,

@@ -14,9 +14,9 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The MCP method, or `other` (kept to a fixed set: a client cannot grow the metric).
-    pub method: String,
+    pub method: &'static str,
     /// `allow`, `deny`, `would-deny`, `forwarded` (not a decided call) or `refused` (bad request).
-    pub decision: String,
+    pub decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,7 +26,7 @@ pub struct StatusLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    pub method: String,
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,29 +64,34 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
-/// Methods kept as label values; anything else is `other`.
-pub fn method_label(method: Option<&str>) -> String {
-    const KNOWN: &[&str] = &[
-        "initialize",
-        "ping",
-        "tools/call",
-        "tools/list",
-        "prompts/get",
-        "prompts/list",
-        "resources/read",
-        "resources/list",
-        "resources/templates/list",
-        "resources/subscribe",
-        "subscriptions/listen",
-        "completion/complete",
-        "logging/setLevel",
-        "notifications/initialized",
-        "notifications/cancelled",
-    ];
+const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/call",
+    "tools/list",
+    "prompts/get",
+    "prompts/list",
+    "resources/read",
+    "resources/list",
+    "resources/templates/list",
+    "resources/subscribe",
+    "subscriptions/listen",
+    "completion/complete",
+    "logging/setLevel",
+    "notifications/initialized",
+    "notifications/cancelled",
+];
+
+/// Methods kept as label values; anything else is `other`, a message without a method
+/// `response`.
+pub fn method_label(method: Option<&str>) -> &'static str {
     match method {
-        Some(m) if KNOWN.contains(&m) => m.to_owned(),
-        Some(_) => "other".into(),
-        None => "response".into(),
+        Some(m) => KNOWN_METHODS
+            .iter()
+            .find(|known| **known == m)
+            .copied()
+            .unwrap_or("other"),
+        None => "response",
     }
 }
 

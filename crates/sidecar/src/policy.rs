@@ -32,7 +32,7 @@ pub enum Source {
 pub struct Current {
     pub policy: Arc<Policy>,
     /// `namespace/name` of the governing TrustPolicy, or `preset:<name>`.
-    pub policy_label: String,
+    pub policy_label: Arc<str>,
     pub score: i32,
     pub quarantined: bool,
     pub source: Source,
@@ -67,7 +67,7 @@ pub struct Verdict {
     pub rule: String,
     /// The decision explained (`deny by tools.deny[0]: tool matches deny pattern "run_shell"`).
     pub explanation: String,
-    pub policy: String,
+    pub policy: Arc<str>,
     pub score: i32,
     pub rate_limited: bool,
 }
@@ -89,7 +89,7 @@ impl Governor {
         let spec = agentmesh_api::convert::preset_policy_spec(settings, settings.policy);
         Self::from_spec(
             &spec,
-            format!("preset:{}", settings.policy.as_str()),
+            format!("preset:{}", settings.policy.as_str()).into(),
             Source::Preset(settings.policy.as_str()),
         )
     }
@@ -97,7 +97,7 @@ impl Governor {
     /// A policy from a TrustPolicy spec (the `--policy-file`).
     pub fn from_spec(
         spec: &TrustPolicySpec,
-        label: String,
+        label: Arc<str>,
         source: Source,
     ) -> Result<Self, agentmesh_api::convert::ConvertError> {
         let policy = agentmesh_api::convert::compile_policy(spec)?;
@@ -138,8 +138,12 @@ impl Governor {
                 path.display()
             )
         })?;
-        Self::from_spec(&spec, format!("file:{}", path.display()), Source::File)
-            .map_err(|e| anyhow::anyhow!("AGENTMESH_SIDECAR_POLICY_FILE={}: {e}", path.display()))
+        Self::from_spec(
+            &spec,
+            format!("file:{}", path.display()).into(),
+            Source::File,
+        )
+        .map_err(|e| anyhow::anyhow!("AGENTMESH_SIDECAR_POLICY_FILE={}: {e}", path.display()))
     }
 
     pub fn current(&self) -> Arc<Current> {
@@ -167,7 +171,8 @@ impl Governor {
         let policy_label = config
             .policy_name
             .clone()
-            .unwrap_or_else(|| format!("preset:{}", policy.spec().preset.as_str()));
+            .unwrap_or_else(|| format!("preset:{}", policy.spec().preset.as_str()))
+            .into();
         let next = Current {
             policy,
             policy_label,
@@ -265,7 +270,12 @@ fn verdict(current: &Current, decision: &agentmesh_trust::Decision<'_>) -> Verdi
     Verdict {
         effect: decision.effect,
         rule: decision.rule(),
-        explanation: decision.to_string(),
+        // Only a call that is not simply allowed is explained (in its error and its log line).
+        explanation: if decision.effect == Effect::Allow {
+            String::new()
+        } else {
+            decision.to_string()
+        },
         policy: current.policy_label.clone(),
         score: current.score,
         rate_limited: matches!(
@@ -284,7 +294,7 @@ impl Verdict {
     pub fn error_data(&self) -> Value {
         serde_json::json!({"agentmesh": {
             "blocked": true,
-            "policy": self.policy,
+            "policy": &*self.policy,
             "rule": self.rule,
             "trust_score": self.score,
             "reason": self.explanation,

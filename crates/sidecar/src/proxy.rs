@@ -35,7 +35,7 @@ use futures_util::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -68,19 +68,19 @@ const HEADERS_REQUIRED_FROM: &str = "2026-07-28";
 
 /// Headers of one hop only (RFC 9110 §7.6.1), never forwarded; `accept-encoding` is dropped so
 /// that answers arrive uncompressed and lists can be filtered.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "accept-encoding",
+const HOP_BY_HOP: [HeaderName; 12] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::ACCEPT_ENCODING,
 ];
 
 /// Where a request goes.
@@ -243,7 +243,9 @@ struct Judged {
     /// The body to forward (`None`: nothing left to forward).
     forward: Option<Bytes>,
     /// The methods seen, for the latency metric.
-    method: String,
+    method: &'static str,
+    /// Whether a list was asked for (only then can the answer need filtering).
+    lists: bool,
 }
 
 impl Proxy {
@@ -330,10 +332,7 @@ impl Proxy {
         let (response, method) = if request.method() == Method::POST {
             self.post(request, target).await
         } else {
-            (
-                self.forward(request, target, Vec::new()).await,
-                "stream".to_owned(),
-            )
+            (self.forward(request, target, Vec::new()).await, "stream")
         };
         self.metrics
             .request_duration
@@ -442,17 +441,20 @@ impl Proxy {
         self: &Arc<Self>,
         request: Request<Incoming>,
         target: Target,
-    ) -> (Response<ProxyBody>, String) {
+    ) -> (Response<ProxyBody>, &'static str) {
         let (parts, body) = request.into_parts();
         let bytes = match read_request(body).await {
             Ok(bytes) => bytes,
-            Err(response) => return (*response, "other".into()),
+            Err(response) => return (*response, "other"),
         };
         let judged = match self.judge(&parts.headers, &bytes) {
             Ok(judged) => judged,
-            Err(response) => return (*response, "refused".into()),
+            Err(response) => return (*response, "refused"),
         };
-        let method = judged.method.clone();
+        let method = judged.method;
+        // A POST's answer belongs to it: only a list asked for can need filtering.
+        let mut target = target;
+        target.judge_answers &= judged.lists;
         let legacy = self.legacy_session(&target.url);
         if let Some(stream) = &legacy {
             // Legacy transport: answers travel on the client's SSE stream.
@@ -486,7 +488,7 @@ impl Proxy {
     }
 
     /// Parses, checks and decides a POST body.
-    fn judge(&self, headers: &HeaderMap, bytes: &[u8]) -> Result<Judged, Refusal> {
+    fn judge(&self, headers: &HeaderMap, bytes: &Bytes) -> Result<Judged, Refusal> {
         let body = jsonrpc::parse_body(bytes).map_err(|error| {
             self.count(None, "refused");
             Box::new(rpc_error(
@@ -513,8 +515,13 @@ impl Proxy {
         let mut denials = Vec::new();
         let mut kept = Vec::new();
         let mut any_denied = false;
+        let mut lists = false;
         for message in body.messages() {
             let method = jsonrpc::method(message);
+            lists |= matches!(
+                method,
+                Some("tools/list" | "prompts/list" | "resources/list")
+            );
             let Some(kind) = method.and_then(CallKind::of_method) else {
                 self.count(method, "forwarded");
                 kept.push(message);
@@ -555,12 +562,12 @@ impl Proxy {
         }
         let method = match &body {
             Body::Single(m) => crate::metrics::method_label(jsonrpc::method(m)),
-            Body::Batch(_) => "batch".into(),
+            Body::Batch(_) => "batch",
         };
         let forward = if kept.is_empty() {
             None
         } else if !any_denied {
-            Some(Bytes::copy_from_slice(bytes))
+            Some(bytes.clone())
         } else {
             let kept: Vec<&Value> = kept;
             Some(Bytes::from(
@@ -571,15 +578,16 @@ impl Proxy {
             denials,
             forward,
             method,
+            lists,
         })
     }
 
-    fn count(&self, method: Option<&str>, decision: &str) {
+    fn count(&self, method: Option<&str>, decision: &'static str) {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
                 method: crate::metrics::method_label(method),
-                decision: decision.to_owned(),
+                decision,
             })
             .inc();
     }
@@ -658,8 +666,8 @@ impl Proxy {
         target: Target,
         denials: Vec<Value>,
     ) -> Response<ProxyBody> {
-        for name in HOP_BY_HOP {
-            parts.headers.remove(*name);
+        for name in &HOP_BY_HOP {
+            parts.headers.remove(name);
         }
         let uri: Uri = match target.url.parse() {
             Ok(uri) => uri,
@@ -744,8 +752,8 @@ impl Proxy {
             .upstream_latency
             .observe(started.elapsed().as_secs_f64());
         let (mut parts, body) = response.into_parts();
-        for name in HOP_BY_HOP.iter().filter(|n| **n != "content-length") {
-            parts.headers.remove(*name);
+        for name in HOP_BY_HOP.iter().filter(|n| **n != header::CONTENT_LENGTH) {
+            parts.headers.remove(name);
         }
         let content_type = parts
             .headers
@@ -756,15 +764,22 @@ impl Proxy {
         if !parts.status.is_success() {
             return Response::from_parts(parts, boxed(body));
         }
+        let inspect = target.judge_answers || !denials.is_empty();
         if content_type.starts_with("text/event-stream") {
             parts.headers.remove(header::CONTENT_LENGTH);
+            parts
+                .headers
+                .insert("x-accel-buffering", HeaderValue::from_static("no"));
+            if !inspect {
+                return Response::from_parts(parts, boxed(body));
+            }
             parts
                 .headers
                 .insert("x-accel-buffering", HeaderValue::from_static("no"));
             let stream = self.clone().relay_sse(body, target, denials);
             return Response::from_parts(parts, stream);
         }
-        if !target.judge_answers {
+        if !inspect {
             return Response::from_parts(parts, boxed(body));
         }
         if content_type.starts_with("application/json") || !denials.is_empty() {
@@ -994,7 +1009,7 @@ impl Proxy {
         };
         let data = serde_json::json!({"agentmesh": {
             "blocked": true,
-            "policy": current.policy_label,
+            "policy": &*current.policy_label,
             "rule": refusal.rule,
             "trust_score": current.score,
             "reason": refusal.reason,
