@@ -144,51 +144,86 @@ pub async fn follow_config(api: TrustApi, governor: Arc<Governor>, metrics: Arc<
 }
 
 /// Where the proxy drops outcomes; the reporter takes them from here.
+///
+/// Two queues under one bound: outcomes that cost trust (denials, would-denials, failed
+/// handshakes, tool changes) and routine ones (allowed calls, successful handshakes). When the
+/// bound is reached the oldest routine outcome goes first, so an agent cannot flush its own
+/// denials out of the queue by flooding it with allowed calls; the costly ones are sent first.
 pub struct Outbox {
-    queue: Mutex<VecDeque<Outcome>>,
+    queues: Mutex<(VecDeque<Outcome>, VecDeque<Outcome>)>,
     capacity: usize,
     metrics: Arc<Metrics>,
-    pub wake: Notify,
+}
+
+/// Whether an outcome can cost trust.
+fn costly(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::ToolCall { effect, .. } => effect != "allow",
+        Outcome::Handshake { succeeded, .. } => !succeeded,
+        _ => true,
+    }
 }
 
 impl Outbox {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            queue: Mutex::new(VecDeque::new()),
+            queues: Mutex::new((VecDeque::new(), VecDeque::new())),
             capacity: capacity.max(1),
             metrics,
-            wake: Notify::new(),
         })
     }
 
     pub fn push(&self, outcome: Outcome) {
-        let mut queue = self.queue.lock().expect("outbox lock");
-        if queue.len() >= self.capacity {
-            queue.pop_front();
+        let mut queues = self.queues.lock().expect("outbox lock");
+        let (important, routine) = &mut *queues;
+        if important.len() + routine.len() >= self.capacity {
             self.metrics.report_drops.inc();
+            if routine.pop_front().is_none() {
+                if !costly(&outcome) {
+                    // Full of costly outcomes: this routine one is the one dropped.
+                    return;
+                }
+                important.pop_front();
+            }
         }
-        queue.push_back(outcome);
+        if costly(&outcome) {
+            important.push_back(outcome);
+        } else {
+            routine.push_back(outcome);
+        }
     }
 
+    /// Up to `most` outcomes, costly ones first.
     fn take(&self, most: usize) -> Vec<Outcome> {
-        let mut queue = self.queue.lock().expect("outbox lock");
-        let n = queue.len().min(most);
-        queue.drain(..n).collect()
+        let mut queues = self.queues.lock().expect("outbox lock");
+        let (important, routine) = &mut *queues;
+        let first = important.len().min(most);
+        let mut taken: Vec<Outcome> = important.drain(..first).collect();
+        let rest = routine.len().min(most - first);
+        taken.extend(routine.drain(..rest));
+        taken
     }
 
+    /// Outcomes that could not be sent, back at the front (beyond the bound: dropped, counted).
     fn put_back(&self, outcomes: Vec<Outcome>) {
-        let mut queue = self.queue.lock().expect("outbox lock");
+        let mut queues = self.queues.lock().expect("outbox lock");
+        let (important, routine) = &mut *queues;
         for outcome in outcomes.into_iter().rev() {
-            if queue.len() >= self.capacity {
+            if important.len() + routine.len() >= self.capacity {
                 self.metrics.report_drops.inc();
                 continue;
             }
-            queue.push_front(outcome);
+            if costly(&outcome) {
+                important.push_front(outcome);
+            } else {
+                routine.push_front(outcome);
+            }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.queue.lock().expect("outbox lock").len()
+        let queues = self.queues.lock().expect("outbox lock");
+        queues.0.len() + queues.1.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -265,5 +300,55 @@ pub async fn report_forever(
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(effect: &str, n: i64) -> Outcome {
+        Outcome::ToolCall {
+            tool: "t".into(),
+            method: None,
+            effect: effect.into(),
+            rule: "r".into(),
+            at_ms: n,
+        }
+    }
+
+    #[test]
+    fn a_flood_of_allowed_calls_cannot_push_denials_out() {
+        let (metrics, _) = Metrics::new();
+        let outbox = Outbox::new(10, metrics.clone());
+        for n in 0..3 {
+            outbox.push(call("deny", n));
+        }
+        for n in 0..1000 {
+            outbox.push(call("allow", n));
+        }
+        assert_eq!(outbox.len(), 10);
+        let taken = outbox.take(4);
+        assert!(
+            taken[..3].iter().all(costly),
+            "denials are sent first: {taken:?}"
+        );
+        assert_eq!(metrics.report_drops.get(), 993);
+        // Full of denials: a new denial replaces the oldest one, an allowed call is dropped.
+        let outbox = Outbox::new(2, metrics);
+        outbox.push(call("deny", 1));
+        outbox.push(call("deny", 2));
+        outbox.push(call("allow", 3));
+        outbox.push(call("would-deny", 4));
+        let taken = outbox.take(10);
+        assert_eq!(taken, vec![call("deny", 2), call("would-deny", 4)]);
+        // A routine outcome replaces the oldest routine one, never a costly one.
+        let (metrics, _) = Metrics::new();
+        let outbox = Outbox::new(2, metrics.clone());
+        outbox.push(call("deny", 1));
+        outbox.push(call("allow", 2));
+        outbox.push(call("allow", 3));
+        assert_eq!(outbox.take(10), vec![call("deny", 1), call("allow", 3)]);
+        assert_eq!(metrics.report_drops.get(), 1);
     }
 }
