@@ -63,32 +63,70 @@ impl Drop for Running {
     }
 }
 
+/// Starts a server on a free port, waiting until it listens. A server that exits first (its
+/// port taken in between by another test's server) is started again on another port; one that
+/// never listens fails the test with its log.
+fn spawn_listening(name: &str, command: impl Fn(u16) -> Command) -> (Running, u16) {
+    let log = std::env::temp_dir().join(format!(
+        "agentmesh-sidecar-test-{name}-{}-{}.log",
+        std::process::id(),
+        free_port()
+    ));
+    for _ in 0..3 {
+        let port = free_port();
+        let mut child = command(port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (Running(child), port);
+            }
+            if child.try_wait().unwrap().is_some() {
+                break; // exited: try another port
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "{name} never listened on 127.0.0.1:{port}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!(
+        "{name} exited three times:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 /// `@modelcontextprotocol/server-everything` in `streamableHttp` or `sse` mode.
 pub fn everything(mode: &str) -> (Running, u16) {
-    let port = free_port();
-    let child = Command::new("node")
-        .arg(repo().join("e2e/mcp/everything.mjs"))
-        .args([mode, "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node runs");
-    wait_port(port);
-    (Running(child), port)
+    spawn_listening("server-everything", |port| {
+        let mut command = Command::new("node");
+        command.arg(repo().join("e2e/mcp/everything.mjs")).args([
+            mode,
+            "--port",
+            &port.to_string(),
+        ]);
+        command
+    })
 }
 
 /// The Python SDK server speaking 2026-07-28 (and 2025 on the same endpoint).
 pub fn server_2026() -> (Running, u16) {
-    let port = free_port();
-    let child = Command::new(python())
-        .arg(repo().join("e2e/mcp/server_2026.py"))
-        .args(["--port", &port.to_string(), "--any-host"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python runs");
-    wait_port(port);
-    (Running(child), port)
+    spawn_listening("server_2026", |port| {
+        let mut command = Command::new(python());
+        command.arg(repo().join("e2e/mcp/server_2026.py")).args([
+            "--port",
+            &port.to_string(),
+            "--any-host",
+        ]);
+        command
+    })
 }
 
 pub struct Sidecar {
@@ -130,37 +168,36 @@ pub fn sidecar(upstreams: &str, policy_yaml: Option<&str>, extra_env: &[(&str, &
         free_port()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agentmesh-sidecar"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AGENTMESH_SIDECAR_PROXY_ADDR", format!("127.0.0.1:{port}"))
-        .env(
-            "AGENTMESH_SIDECAR_METRICS_ADDR",
-            format!("127.0.0.1:{metrics_port}"),
-        )
-        .env("AGENTMESH_SIDECAR_HEALTHY_FILE", dir.join("healthy"))
-        .env("AGENTMESH_AGENT_PRIVATE_KEY", key_pem())
-        .env("AGENTMESH_UPSTREAMS", upstreams)
-        .env("AGENTMESH_LOG_FORMAT", "text")
-        .env("AGENTMESH_SIDECAR_DRAIN_SECONDS", "5")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("sidecar.log")).unwrap(),
-        ));
     if let Some(policy) = policy_yaml {
         std::fs::write(dir.join("policy.yaml"), policy).unwrap();
-        command.env("AGENTMESH_SIDECAR_POLICY_FILE", dir.join("policy.yaml"));
     }
-    for (k, v) in extra_env {
-        command.env(k, v);
-    }
-    let child = command.spawn().expect("the sidecar starts");
-    wait_port(port);
+    let metrics_port = free_port();
+    let (process, port) = spawn_listening("agentmesh-sidecar", |port| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentmesh-sidecar"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AGENTMESH_SIDECAR_PROXY_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "AGENTMESH_SIDECAR_METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env("AGENTMESH_SIDECAR_HEALTHY_FILE", dir.join("healthy"))
+            .env("AGENTMESH_AGENT_PRIVATE_KEY", key_pem())
+            .env("AGENTMESH_UPSTREAMS", upstreams)
+            .env("AGENTMESH_LOG_FORMAT", "text")
+            .env("AGENTMESH_SIDECAR_DRAIN_SECONDS", "5");
+        if policy_yaml.is_some() {
+            command.env("AGENTMESH_SIDECAR_POLICY_FILE", dir.join("policy.yaml"));
+        }
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        command
+    });
     wait_port(metrics_port);
     Sidecar {
-        process: Running(child),
+        process,
         port,
         metrics_port,
         dir,
