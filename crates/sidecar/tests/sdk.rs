@@ -457,3 +457,59 @@ fn a_tool_that_changes_after_it_was_listed_is_an_anomaly() {
     // Reported once, when the changed definition is first listed.
     assert_eq!(sidecar.metric("agentmesh_sidecar_tool_changes_total"), 1.0);
 }
+
+/// The one stand-in upstream of these tests: a raw socket that opens an SSE stream and then
+/// watches for the proxy to hang up, which no SDK server reports to its caller.
+#[test]
+fn a_client_that_disconnects_cancels_the_upstream_request() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = listener.local_addr().unwrap().port();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut buffer = [0u8; 4096];
+        let _ = socket.read(&mut buffer); // the request
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n9\r\n: hello\n\n\r\n")
+            .unwrap();
+        // Block until the proxy closes its side (read returns 0) or 20 s pass.
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let closed = matches!(socket.read(&mut buffer), Ok(0));
+        closed_tx.send((closed, std::time::Instant::now())).unwrap();
+    });
+    let sidecar = sidecar(&format!("slow=http://127.0.0.1:{upstream_port}"), None, &[]);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    client
+        .write_all(b"GET /servers/slow/mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains(": hello") {
+        let n = client.read(&mut buffer).unwrap();
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    // While the client listens, the upstream request stays open.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        closed_rx.try_recv().is_err(),
+        "the upstream was hung up on too early"
+    );
+    let hung_up = std::time::Instant::now();
+    drop(client);
+    let (closed, at) = closed_rx
+        .recv_timeout(std::time::Duration::from_secs(25))
+        .unwrap();
+    assert!(
+        closed,
+        "the upstream connection stayed open after the client left"
+    );
+    assert!(
+        at.duration_since(hung_up) < std::time::Duration::from_secs(2),
+        "the upstream request was dropped only {:?} after the client left",
+        at.duration_since(hung_up)
+    );
+}
