@@ -53,6 +53,9 @@ pub mod annotations {
 
     /// Pod annotation to opt out of injection: `agentmesh.io/inject: "false"`.
     pub const INJECT: &str = "agentmesh.io/inject";
+    /// Pod annotation: the port of the agent's own MCP server on the pod's loopback, for calls
+    /// from other agents; the injector sets the sidecar's `AGENTMESH_INBOUND_UPSTREAM` from it.
+    pub const INBOUND_PORT: &str = "agentmesh.io/inbound-port";
     /// Written by the injector: what it injected (JSON), so that a second pass injects nothing.
     pub const SIDECAR_STATUS: &str = "agentmesh.io/sidecar-status";
     /// ServiceAccount annotation used by IRSA (seed chart, "Using IRSA").

@@ -48,6 +48,29 @@ pub const STATUS_VERSION: u32 = 2;
 /// Environment variables set in the sidecar besides the seed's (for the sidecar, a later issue).
 pub const ENV_IDENTITY: &str = "AGENTMESH_IDENTITY";
 pub const ENV_TRUST_API_URL: &str = "AGENTMESH_TRUST_API_URL";
+/// Set from the pod annotation `agentmesh.io/inbound-port`: where the sidecar forwards the
+/// calls of other agents once their proof is checked.
+pub const ENV_INBOUND_UPSTREAM: &str = "AGENTMESH_INBOUND_UPSTREAM";
+
+/// The pod's `agentmesh.io/inbound-port`: `Ok(None)` when absent, an error naming the
+/// annotation when it is not a port.
+pub fn inbound_port(pod: &Pod) -> Result<Option<u16>, String> {
+    let Some(value) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::INBOUND_PORT))
+    else {
+        return Ok(None);
+    };
+    match value.trim().parse::<u16>() {
+        Ok(port) if port > 0 => Ok(Some(port)),
+        _ => Err(format!(
+            "annotation {}: {value:?} is not a port (1-65535)",
+            annotations::INBOUND_PORT
+        )),
+    }
+}
 
 /// Resources of the sidecar container, as Kubernetes quantities.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,7 +276,7 @@ fn agent_containers(spec: &PodSpec) -> Vec<&str> {
 }
 
 /// The sidecar container.
-pub fn sidecar_container(settings: &Settings, identity: &str) -> Value {
+pub fn sidecar_container(settings: &Settings, identity: &str, inbound_port: Option<u16>) -> Value {
     let resources = &settings.resources;
     let mut container = json!({
         "name": objects::SIDECAR_CONTAINER,
@@ -304,6 +327,11 @@ pub fn sidecar_container(settings: &Settings, identity: &str) -> Value {
     });
     if settings.native_sidecar {
         container["restartPolicy"] = "Always".into();
+    }
+    if let (Some(port), Some(env)) = (inbound_port, container["env"].as_array_mut()) {
+        env.push(
+            json!({"name": ENV_INBOUND_UPSTREAM, "value": format!("http://127.0.0.1:{port}")}),
+        );
     }
     container
 }
@@ -438,7 +466,7 @@ pub fn patch(
         }
     }
 
-    let sidecar = sidecar_container(settings, identity);
+    let sidecar = sidecar_container(settings, identity, inbound_port(pod).ok().flatten());
     if settings.native_sidecar {
         match spec.init_containers {
             None => {
@@ -459,6 +487,35 @@ pub fn patch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inbound_port_annotation_is_a_port_or_an_error_naming_it() {
+        let pod = |value: &str| {
+            let mut pod = Pod::default();
+            pod.metadata.annotations = Some(BTreeMap::from([(
+                annotations::INBOUND_PORT.to_owned(),
+                value.to_owned(),
+            )]));
+            pod
+        };
+        assert_eq!(inbound_port(&Pod::default()), Ok(None));
+        assert_eq!(inbound_port(&pod("3000")), Ok(Some(3000)));
+        for bad in ["0", "70000", "http", "-1", ""] {
+            let error = inbound_port(&pod(bad)).unwrap_err();
+            assert!(
+                error.starts_with("annotation agentmesh.io/inbound-port:"),
+                "{error}"
+            );
+        }
+        let container = sidecar_container(&Settings::seed("agentmesh", true), "a", Some(3000));
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == ENV_INBOUND_UPSTREAM && e["value"] == "http://127.0.0.1:3000")
+        );
+    }
 
     fn pod(value: Value) -> Pod {
         serde_json::from_value(value).unwrap()

@@ -328,6 +328,16 @@ impl Injector {
                 );
             }
         };
+        if let Err(message) = inject::inbound_port(pod) {
+            return (
+                Answer::Deny {
+                    code: 400,
+                    message: format!("AgentMesh: {message}"),
+                },
+                "bad_annotation",
+                None,
+            );
+        }
         let ops = inject::patch(pod, spec, &self.settings, &identity, &key);
         (Answer::Patch(ops), "injected", note)
     }
