@@ -371,9 +371,36 @@ fn opted_out_and_host_network_pods_are_skipped_with_an_event() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The inbound-port annotation sets where the sidecar forwards other agents' calls; a value
+    // that is not a port refuses the pod, naming the annotation.
+    cluster.apply(
+        app,
+        &pod("summarizer", &[("agentmesh.io/inbound-port", "3000")]).to_string(),
+    );
+    let summarizer = cluster
+        .get("pod", "summarizer", Some(app))
+        .expect("the pod exists");
+    assert_eq!(
+        env(
+            sidecar(&summarizer).expect("injected"),
+            "AGENTMESH_INBOUND_UPSTREAM"
+        )
+        .and_then(|e| e["value"].as_str()),
+        Some("http://127.0.0.1:3000")
+    );
+    let refused = cluster.kubectl_with_input(
+        &["apply", "-n", app, "-f", "-"],
+        Some(&pod("bad-port", &[("agentmesh.io/inbound-port", "http")]).to_string()),
+    );
+    assert!(!refused.status.success(), "a bad inbound port is refused");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("agentmesh.io/inbound-port") && stderr.contains("not a port"),
+        "{stderr}"
+    );
     // The skips are counted by reason.
     let metrics = agentmesh_e2e::operator::http_get(install.operator.metrics, "/metrics").unwrap();
-    for reason in ["opted_out", "host_network", "injected"] {
+    for reason in ["opted_out", "host_network", "injected", "bad_annotation"] {
         assert!(
             metrics.contains(&format!(
                 "meshlogic_operator_admissions_total{{reason=\"{reason}\"}}"
