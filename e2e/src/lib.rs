@@ -187,14 +187,30 @@ impl Cluster {
             let dir = repo_root().join("crds");
             let dir = dir.to_str().unwrap();
             self.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir]);
-            self.kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "-f",
-                dir,
-            ]);
+            self.wait_established(&["-f", dir]);
         });
+    }
+
+    /// `kubectl wait --for=condition=Established` on CRDs. Right after a CRD is created its
+    /// status may have no conditions yet, and kubectl then fails at once (`.status.conditions
+    /// accessor error`) instead of waiting: that answer is retried, for up to a minute.
+    pub fn wait_established(&self, target: &[&str]) {
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend_from_slice(target);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let output = self.kubectl(&args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.success() {
+                return;
+            }
+            assert!(
+                stderr.contains("accessor error") && Instant::now() < deadline,
+                "kubectl {} failed: {stderr}",
+                args.join(" ")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

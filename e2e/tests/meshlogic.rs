@@ -678,12 +678,7 @@ fn ensure_service_monitor_crd() {
             "creating the ServiceMonitor CRD: {stderr}"
         );
     }
-    cluster().kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        &format!("crd/{crd}"),
-    ]);
+    cluster().wait_established(&[&format!("crd/{crd}")]);
 }
 
 #[test]
