@@ -323,13 +323,16 @@ fn world(prefix: &str, extra_policy: Value) -> World {
     std::fs::create_dir_all(&dir).unwrap();
     let fixtures = fixtures();
     let server_port = free_port();
-    let server = Command::new(fixtures.join("venv/bin/python"))
-        .arg(repo_root().join("e2e/mcp/server_2026.py"))
-        .args(["--port", &server_port.to_string(), "--any-host"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Owned at once, so that a failure further down still stops it.
+    let server = Running(
+        Command::new(fixtures.join("venv/bin/python"))
+            .arg(repo_root().join("e2e/mcp/server_2026.py"))
+            .args(["--port", &server_port.to_string(), "--any-host"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_port(server_port);
     let operator = OperatorProcess::start(&ns, "op", &FAST);
     let summarizer_port = free_port();
@@ -368,7 +371,7 @@ fn world(prefix: &str, extra_policy: Value) -> World {
         _namespace: namespace,
         ns,
         operator,
-        _server: Running(server),
+        _server: server,
         server_port,
         dir,
     }
