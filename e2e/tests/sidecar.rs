@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentmesh_e2e::operator::{OperatorProcess, free_port, http_request};
+use agentmesh_e2e::operator::{OperatorProcess, free_port, http_request, http_request_with};
 use agentmesh_e2e::{TestNamespace, cluster, repo_root};
 use agentmesh_identity::Timestamp;
 use agentmesh_identity::handshake::{HandshakeConfig, Initiator};
@@ -221,43 +221,19 @@ impl Sidecar {
 }
 
 fn post(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
+    let mut all = vec![("Accept", "application/json, text/event-stream")];
+    all.extend_from_slice(headers);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) =
+        http_request_with(addr, "POST", path, None, &all, Some(body)).unwrap_or((0, String::new()));
     // Answers may be SSE: the JSON of the last `data:` line.
     let json = body
         .lines()
         .rev()
         .find_map(|l| l.strip_prefix("data: "))
-        .unwrap_or(body);
-    (
-        status,
-        serde_json::from_str(json.trim()).unwrap_or(Value::String(body.to_owned())),
-    )
+        .unwrap_or(&body);
+    let value = serde_json::from_str(json.trim()).unwrap_or(Value::String(body.clone()));
+    (status, value)
 }
 
 /// A 2026-07-28 `tools/call` (stateless: no session, the headers carry the method and name).
@@ -595,16 +571,19 @@ fn two_sidecars_handshake_and_forged_or_replayed_requests_are_refused() {
     );
     assert_eq!(status, 200, "{answer}");
     let mut signer = ProofSigner::new(&session, researcher_key.clone());
-    let proof = signer.sign(
-        Covered {
-            method: "POST",
-            path: "/inbound/mcp",
-            body: body.as_bytes(),
-        },
-        now(),
-    );
-    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(&proof).unwrap());
+    // The next proof for a POST of `body` to /inbound/mcp, as the x-agentmesh-proof header.
+    let mut next_proof = || {
+        let proof = signer.sign(
+            Covered {
+                method: "POST",
+                path: "/inbound/mcp",
+                body: body.as_bytes(),
+            },
+            now(),
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&proof).unwrap())
+    };
+    let header = next_proof();
     let mut with_proof = hs.clone();
     with_proof.push(("x-agentmesh-proof", header.as_str()));
     let (status, answer) = post(summarizer_port, "/inbound/mcp", &body, &with_proof);
@@ -623,16 +602,7 @@ fn two_sidecars_handshake_and_forged_or_replayed_requests_are_refused() {
             .contains("already used"),
         "{answer}"
     );
-    let proof = signer.sign(
-        Covered {
-            method: "POST",
-            path: "/inbound/mcp",
-            body: body.as_bytes(),
-        },
-        now(),
-    );
-    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(&proof).unwrap());
+    let header = next_proof();
     let mut moved = hs.clone();
     moved.push(("x-agentmesh-proof", header.as_str()));
     let (_, answer) = post(summarizer_port, "/inbound/other", &body, &moved);

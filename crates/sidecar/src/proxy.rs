@@ -246,6 +246,8 @@ struct Judged {
     method: &'static str,
     /// Whether a list was asked for (only then can the answer need filtering).
     lists: bool,
+    /// Whether the body was a batch (its denials are answered as an array).
+    batch: bool,
 }
 
 impl Proxy {
@@ -478,9 +480,10 @@ impl Proxy {
         };
         let Some(forward) = judged.forward else {
             // Everything was denied: answer without the upstream.
-            let answer = match jsonrpc::parse_body(&bytes) {
-                Ok(Body::Batch(_)) => Value::Array(denials),
-                _ => denials.into_iter().next().unwrap_or(Value::Null),
+            let answer = if judged.batch {
+                Value::Array(denials)
+            } else {
+                denials.into_iter().next().unwrap_or(Value::Null)
             };
             return (json_response(StatusCode::OK, &answer), method);
         };
@@ -579,6 +582,7 @@ impl Proxy {
             forward,
             method,
             lists,
+            batch: matches!(body, Body::Batch(_)),
         })
     }
 
