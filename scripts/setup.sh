@@ -9,7 +9,10 @@ mkdir -p "$AGENTMESH_CACHE"
 
 # Debian packages, installed only when missing. The probe's BPF toolchain: clang compiles
 # bpf/*.bpf.c (libbpf-cargo), libelf/zlib/pkg-config build the vendored libbpf (libbpf-sys).
-APT_PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make)
+# The local cluster's node (e2e/cluster/node.sh): runc (cgo + libseccomp, so not built from Go
+# modules like the rest), iptables and conntrack for kube-proxy, a static busybox for the test
+# pods' image, gcc to build the sandbox image's program statically.
+APT_PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make runc iptables conntrack busybox-static gcc libc6-dev)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

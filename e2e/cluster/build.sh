@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the local e2e control plane from Go modules (no Docker, no release downloads):
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (e2e/k8s,  k8s.io/kubernetes)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+#   kubelet, kube-proxy                                               (e2e/k8s,  k8s.io/kubernetes)
 #   etcd, etcdctl                                                     (e2e/etcd, go.etcd.io/etcd)
 #   kwok + kwok-stages.yaml                                           (e2e/kwok, sigs.k8s.io/kwok)
 # into ${AGENTMESH_CACHE:-$HOME/.cache/agentmesh}/k8s/<k8s version>/bin/.
@@ -107,7 +108,9 @@ build_group kubernetes "$E2E/k8s" "$(stamp_of "$E2E/k8s" "k8s=$K8S_VERSION")" \
   "kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver
    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager
    kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler
-   kubectl=k8s.io/kubernetes/cmd/kubectl" \
+   kubectl=k8s.io/kubernetes/cmd/kubectl
+   kubelet=k8s.io/kubernetes/cmd/kubelet
+   kube-proxy=k8s.io/kubernetes/cmd/kube-proxy" \
   -tags selinux,notest,grpcnotrace -ldflags "-s -w$VERSION_LDFLAGS"
 
 # ---------------------------------------------------------------- etcd
@@ -120,6 +123,29 @@ build_group etcd "$E2E/etcd" "$(stamp_of "$E2E/etcd" "etcd=$ETCD_VERSION")" \
 check_pin "$E2E/kwok" sigs.k8s.io/kwok "$KWOK_VERSION"
 build_group kwok "$E2E/kwok" "$(stamp_of "$E2E/kwok" "kwok=$KWOK_VERSION")" \
   "kwok=sigs.k8s.io/kwok/cmd/kwok" \
+  -ldflags "-s -w"
+
+# ---------------------------------------------------------------- node runtime
+# containerd, its runc shim, ctr, crictl and the CNI plugins of the real node (up.sh). runc itself
+# comes from Debian (scripts/node-deps.sh): it needs cgo and libseccomp.
+check_pin "$E2E/node" github.com/containerd/containerd/v2 "$CONTAINERD_VERSION"
+check_pin "$E2E/node" github.com/containernetworking/plugins "$CNI_PLUGINS_VERSION"
+CONTAINERD_LDFLAGS="-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+CONTAINERD_LDFLAGS+=" -X github.com/containerd/containerd/v2/version.Package=github.com/containerd/containerd/v2"
+build_group node "$E2E/node" "$(stamp_of "$E2E/node" "containerd=$CONTAINERD_VERSION cni=$CNI_PLUGINS_VERSION")" \
+  "containerd=github.com/containerd/containerd/v2/cmd/containerd
+   ctr=github.com/containerd/containerd/v2/cmd/ctr
+   containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+   bridge=github.com/containernetworking/plugins/plugins/main/bridge
+   host-local=github.com/containernetworking/plugins/plugins/ipam/host-local
+   loopback=github.com/containernetworking/plugins/plugins/main/loopback
+   crictl=sigs.k8s.io/cri-tools/cmd/crictl" \
+  -tags no_btrfs,no_devmapper,no_zfs,no_aufs -ldflags "-s -w $CONTAINERD_LDFLAGS"
+
+# ---------------------------------------------------------------- cluster DNS
+check_pin "$E2E/dns" github.com/coredns/coredns "$COREDNS_VERSION"
+build_group dns "$E2E/dns" "$(stamp_of "$E2E/dns" "coredns=$COREDNS_VERSION")" \
+  "coredns=github.com/coredns/coredns" \
   -ldflags "-s -w"
 
 # kwok needs Stage definitions (how fake nodes/pods progress). Take the same defaults
@@ -145,9 +171,12 @@ cat >"$BIN/VERSIONS" <<EOF
 kubernetes=$K8S_VERSION
 etcd=$ETCD_VERSION
 kwok=$KWOK_VERSION
+containerd=$CONTAINERD_VERSION
+cni-plugins=$CNI_PLUGINS_VERSION
+coredns=$COREDNS_VERSION
 EOF
 
 log "versions: $("$BIN/kubectl" version --client 2>/dev/null | head -1); etcd $("$BIN/etcd" --version | head -1 | awk '{print $3}'); kwok $("$BIN/kwok" --version 2>/dev/null | awk '{print $3}')"
 log "sizes:"
-(cd "$BIN" && du -h kube-apiserver kube-controller-manager kube-scheduler kubectl etcd etcdctl kwok | sed 's/^/    /')
+(cd "$BIN" && du -h kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd etcdctl kwok | sed 's/^/    /')
 log "done in $(fmt_secs $((SECONDS - T0)))"

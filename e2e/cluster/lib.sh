@@ -7,7 +7,7 @@ BIN=$(realpath -m "${AGENTMESH_BIN_DIR:-$CACHE/k8s/$K8S_VERSION/bin}")
 DIR=$(realpath -m "${AGENTMESH_CLUSTER_DIR:-$CACHE/cluster}")
 MARKER=.agentmesh-e2e-cluster
 # start order; stopped in reverse
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok containerd kubelet kube-proxy coredns)
 STARTED=()
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -92,6 +92,8 @@ wait_for() {
 # line references $DIR (stale run whose pid files are gone). Never matches by name.
 stop_all() {
   local pids=() c pid i
+  # The node first: its pods are removed through the kubelet's runtime while it still runs.
+  node_down
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     c=${COMPONENTS[$i]}
     pid=$(pid_of "$c" || true)
@@ -101,7 +103,7 @@ stop_all() {
     pid=${pid#/proc/}
     [[ "$pid" == "$$" || "$pid" == "$BASHPID" ]] && continue
     case "$(readlink "/proc/$pid/exe" 2>/dev/null)" in
-      */etcd | */kube-apiserver | */kube-controller-manager | */kube-scheduler | */kwok) ;;
+      */etcd | */kube-apiserver | */kube-controller-manager | */kube-scheduler | */kwok | */containerd | */kubelet | */kube-proxy | */coredns) ;;
       *) continue ;;
     esac
     if ours "$pid" && [[ " ${pids[*]} " != *" $pid "* ]]; then pids+=("$pid"); fi
@@ -166,3 +168,6 @@ port_in_use() {
 port_owner() {
   if command -v ss >/dev/null 2>&1; then ss -Hltnp "sport = :$1" 2>/dev/null | head -3; fi
 }
+
+# shellcheck source=node.sh
+source "$(dirname "${BASH_SOURCE[0]}")/node.sh"

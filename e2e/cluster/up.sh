@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Start a throw-away local Kubernetes control plane for e2e tests, from binaries built by
-# build.sh: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (fake
-# nodes; pods bound to them go Running without a kubelet or container runtime).
+# Start a throw-away local Kubernetes cluster for e2e tests and the demo, from binaries built
+# by build.sh: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, one real node
+# (containerd + runc, the kubelet, kube-proxy and CoreDNS on a private bridge: node.sh says
+# what that changes on the host, down.sh undoes it) and, when asked, kwok's fake nodes (pods
+# bound to them go Running without a kubelet or container runtime: for scale tests).
 #
-# Everything listens on 127.0.0.1 only. State (certs, etcd data, logs, pids, kubeconfig)
+# The control plane listens on 127.0.0.1, or with a real node on the node's bridge address
+# ($NODE_IP, reachable from this host and its pods only). State (certs, etcd data, logs, pids, kubeconfig)
 # lives in $AGENTMESH_CLUSTER_DIR (default ${AGENTMESH_CACHE:-$HOME/.cache/agentmesh}/cluster),
 # which is wiped and recreated on every run. The admin kubeconfig is
 #   $AGENTMESH_CLUSTER_DIR/kubeconfig
@@ -18,8 +21,9 @@
 #   AGENTMESH_ETCD_PEER_PORT    etcd peer port                (23800)
 #   AGENTMESH_KCM_PORT          kube-controller-manager https (10257)
 #   AGENTMESH_SCHEDULER_PORT    kube-scheduler https          (10259)
-#   AGENTMESH_KWOK=0            don't run kwok / create nodes (pods then stay Pending)
-#   AGENTMESH_NODES             number of fake nodes          (2)
+#   AGENTMESH_NODE=0            no real node (control plane + kwok only; needs no root)
+#   AGENTMESH_KWOK_NODES        number of kwok fake nodes     (0 with a real node, else 2;
+#                               AGENTMESH_NODES is the old name)
 #   AGENTMESH_UP_TIMEOUT        seconds to wait for readiness (120)
 #   AGENTMESH_BUILD=0           don't call build.sh when binaries are missing
 set -euo pipefail
@@ -37,8 +41,10 @@ ETCD_PORT=${AGENTMESH_ETCD_PORT:-23790}
 ETCD_PEER_PORT=${AGENTMESH_ETCD_PEER_PORT:-23800}
 KCM_PORT=${AGENTMESH_KCM_PORT:-10257}
 SCHEDULER_PORT=${AGENTMESH_SCHEDULER_PORT:-10259}
+NODE=${AGENTMESH_NODE:-1}
+if [[ $NODE == 1 ]]; then NODES=${AGENTMESH_KWOK_NODES:-${AGENTMESH_NODES:-0}}; else NODES=${AGENTMESH_KWOK_NODES:-${AGENTMESH_NODES:-2}}; fi
 KWOK=${AGENTMESH_KWOK:-1}
-NODES=${AGENTMESH_NODES:-2}
+[[ $NODES == 0 ]] && KWOK=0
 TIMEOUT=${AGENTMESH_UP_TIMEOUT:-120}
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1        # first IP of SERVICE_CIDR: the "kubernetes" Service
@@ -47,6 +53,11 @@ POD_CIDR=10.244.0.0/16
 # ------------------------------------------------------------------ binaries
 need_bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
 [[ "$KWOK" == 1 ]] && need_bins+=(kwok)
+[[ "$NODE" == 1 ]] && need_bins+=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr crictl coredns bridge host-local loopback)
+if [[ "$NODE" == 1 && $(id -u) != 0 ]]; then
+  echo "up.sh: a real node needs root (links, mounts, iptables); AGENTMESH_NODE=0 runs without one" >&2
+  exit 1
+fi
 missing=0
 for b in "${need_bins[@]}"; do [[ -x "$BIN/$b" ]] || missing=1; done
 if [[ $missing == 1 ]]; then
@@ -77,6 +88,14 @@ for p in "$APISERVER_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KCM_PORT" "$SCHEDULE
   fi
 done
 mkdir -p "$DIR"/{pki,etcd,logs,pids,config}
+BIND=127.0.0.1
+if [[ "$NODE" == 1 ]]; then
+  # The host's state before the node changes it (down.sh restores it), then the bridge: the
+  # API server listens on it so that pods reach it through the kubernetes Service.
+  node_record_host
+  node_network_up
+  BIND=$NODE_IP
+fi
 chmod 700 "$DIR/etcd" "$DIR/pki"
 touch "$DIR/$MARKER"
 T0=$SECONDS
@@ -100,7 +119,7 @@ sign() {
   rm -f "$PKI/$name.csr" "$ext"
 }
 sign apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth" \
-  "subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$SERVICE_IP"
+  "subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$SERVICE_IP,IP:$BIND"
 sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
 sign admin "/O=system:masters/CN=kubernetes-admin" "extendedKeyUsage=clientAuth"
 sign controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
@@ -119,7 +138,7 @@ ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
 ossl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
 chmod 600 "$PKI"/*.key
 
-SERVER=https://127.0.0.1:$APISERVER_PORT
+SERVER=https://$BIND:$APISERVER_PORT
 # kubeconfig FILE USER CERTNAME
 write_kubeconfig() {
   local f=$1 user=$2 cert=$3
@@ -152,8 +171,8 @@ wait_for "etcd healthy" 30 "$BIN/etcdctl" --endpoints="http://127.0.0.1:$ETCD_PO
 
 # ------------------------------------------------------------------ kube-apiserver
 start kube-apiserver "$BIN/kube-apiserver" \
-  --bind-address=127.0.0.1 \
-  --advertise-address=127.0.0.1 \
+  --bind-address="$BIND" \
+  --advertise-address="$BIND" \
   --secure-port="$APISERVER_PORT" \
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
   --tls-cert-file="$PKI/apiserver.crt" \
@@ -173,7 +192,8 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --service-account-signing-key-file="$PKI/sa.key" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-cluster-ip-range="$SERVICE_CIDR" \
-  --endpoint-reconciler-type=none \
+  --endpoint-reconciler-type="$([[ "$NODE" == 1 ]] && echo lease || echo none)" \
+  --enable-aggregator-routing=true \
   --authorization-mode=Node,RBAC \
   --allow-privileged=true \
   --enable-admission-plugins=NodeRestriction \
@@ -211,6 +231,11 @@ start kube-scheduler "$BIN/kube-scheduler" \
   --leader-elect=false \
   --profiling=false \
   --v=1
+
+# ------------------------------------------------------------------ the real node
+if [[ "$NODE" == 1 ]]; then
+  node_up
+fi
 
 # ------------------------------------------------------------------ kwok (fake nodes)
 if [[ "$KWOK" == 1 ]]; then
@@ -259,9 +284,13 @@ wait_for "controller-manager /healthz" 60 healthz "$KCM_PORT"
 wait_for "scheduler /healthz" 60 healthz "$SCHEDULER_PORT"
 wait_for "namespace default + serviceaccount default/default" "$TIMEOUT" kc get -n default serviceaccount default
 wait_for "configmap default/kube-root-ca.crt" "$TIMEOUT" kc get -n default configmap kube-root-ca.crt
-if [[ "$KWOK" == 1 ]]; then
-  wait_for "$NODES node(s) Ready" "$TIMEOUT" \
-    bash -c "[[ \$('$KUBECTL' --kubeconfig='$KUBECONFIG_ADMIN' get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}' | grep -c True) -ge $NODES ]]"
+if [[ "$NODE" == 1 ]]; then
+  node_services_up
+fi
+ALL_NODES=$((NODES + NODE))
+if ((ALL_NODES > 0)); then
+  wait_for "$ALL_NODES node(s) Ready" "$TIMEOUT" \
+    bash -c "[[ \$('$KUBECTL' --kubeconfig='$KUBECONFIG_ADMIN' get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}' | grep -c True) -ge $ALL_NODES ]]"
 fi
 wait_for "kube-apiserver /readyz" 30 kc get --raw /readyz
 check_alive
@@ -275,8 +304,10 @@ export AGENTMESH_APISERVER_URL=$SERVER
 export AGENTMESH_CLUSTER_CA=$PKI/ca.crt
 export AGENTMESH_APISERVER_PORT=$APISERVER_PORT
 export AGENTMESH_ETCD_PORT=$ETCD_PORT
+export AGENTMESH_REAL_NODE=$([[ "$NODE" == 1 ]] && echo "$NODE_NAME")
+export AGENTMESH_CONTAINERD_ADDRESS=$([[ "$NODE" == 1 ]] && echo "$CONTAINERD_SOCK")
 EOF
 touch "$DIR/ready"
-log "cluster ready in $((SECONDS - T0))s: $SERVER (k8s $K8S_VERSION, etcd $ETCD_VERSION$([[ "$KWOK" == 1 ]] && echo ", kwok $KWOK_VERSION, $NODES fake node(s)"))"
+log "cluster ready in $((SECONDS - T0))s: $SERVER (k8s $K8S_VERSION, etcd $ETCD_VERSION$([[ "$NODE" == 1 ]] && echo ", node $NODE_NAME: containerd $CONTAINERD_VERSION")$([[ "$KWOK" == 1 ]] && echo ", kwok $KWOK_VERSION, $NODES fake node(s)"))"
 log "logs: $DIR/logs   kubectl: $KUBECTL   env: $DIR/env"
 echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
