@@ -36,14 +36,30 @@ fi
 "$CARGO" test --locked -p agentmesh-e2e --no-run
 "$CARGO" build --locked -p meshlogic-operator -p meshlogic-probe -p agentmesh-sidecar
 e2e/cluster/build.sh
+# The real node runs the product's images (make images) beside two kwok nodes for the tests
+# whose pods are only objects (they select `type: kwok`).
+export AGENTMESH_KWOK_NODES=${AGENTMESH_KWOK_NODES:-2}
+state_dir=${AGENTMESH_CACHE:-$HOME/.cache/agentmesh}/host-state
+mkdir -p "$state_dir"
+e2e/cluster/host-state.sh >"$state_dir/before"
 keep=1
 cleanup() {
+  local status=$?
   if [[ $keep == 1 ]]; then
     AGENTMESH_KEEP_DATA=1 e2e/cluster/down.sh || true
-    echo "e2e: failed; control-plane logs kept in ${AGENTMESH_CACHE:-$HOME/.cache/agentmesh}/cluster/logs" >&2
+    echo "e2e: failed; cluster logs kept in ${AGENTMESH_CACHE:-$HOME/.cache/agentmesh}/cluster/logs" >&2
   else
     e2e/cluster/down.sh
   fi
+  # down.sh must leave the host as up.sh found it.
+  e2e/cluster/host-state.sh >"$state_dir/after"
+  if ! diff -u "$state_dir/before" "$state_dir/after" >&2; then
+    echo "e2e: FAILED: the host differs after down.sh from before up.sh (diff above)" >&2
+    status=1
+  else
+    echo "e2e: down.sh left the host as it was (mounts, links, routes, iptables, sysctls, processes)" >&2
+  fi
+  exit $status
 }
 trap cleanup EXIT
 e2e/cluster/up.sh

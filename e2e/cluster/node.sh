@@ -24,6 +24,7 @@ NODE_IP=10.250.0.1
 CLUSTER_DNS=$NODE_IP
 KUBELET_PORT=${AGENTMESH_KUBELET_PORT:-10250}
 SANDBOX_IMAGE=agentmesh.local/pause:1.0
+E2E_TOOLS_IMAGE=agentmesh.local/e2e-tools:1
 NODE_DIR=$DIR/node
 CONTAINERD_SOCK=$NODE_DIR/run/containerd.sock
 RUNC=${AGENTMESH_RUNC:-/usr/sbin/runc}
@@ -228,7 +229,7 @@ cluster.local:53 {
 EOF
 }
 
-# The sandbox image and every image archive listed in $AGENTMESH_CACHE/images/images.txt.
+# The sandbox image, the test pods' image and every image archive listed in $AGENTMESH_CACHE/images/images.txt.
 node_load_images() {
   local pause_dir=$CACHE/node-images
   mkdir -p "$pause_dir"
@@ -237,7 +238,13 @@ node_load_images() {
     python3 "$E2E_NODE_SRC/oci-image.py" --ref "$SANDBOX_IMAGE" --out "$pause_dir/pause.oci.tar" \
       --file "$pause_dir/pause=/pause" --entrypoint /pause --user 65535:65535 >/dev/null
   fi
-  ctr_k8s images import --no-unpack=false --local "$pause_dir/pause.oci.tar" >/dev/null
+  # The test pods' image: a static busybox (sh, nc, httpd, ...) for `kubectl exec`.
+  if [[ ! -s "$pause_dir/e2e-tools.oci.tar" || /bin/busybox -nt "$pause_dir/e2e-tools.oci.tar" ]]; then
+    python3 "$E2E_NODE_SRC/oci-image.py" --ref "$E2E_TOOLS_IMAGE" --out "$pause_dir/e2e-tools.oci.tar" \
+      --file "/bin/busybox=/bin/busybox" --entrypoint /bin/busybox --arg sleep --arg infinity >/dev/null
+  fi
+  ctr_k8s images import "$pause_dir/pause.oci.tar" >/dev/null
+  ctr_k8s images import "$pause_dir/e2e-tools.oci.tar" >/dev/null
   node_import_listed
 }
 
@@ -247,7 +254,7 @@ node_import_listed() {
   [[ -s "$list" ]] || return 0
   while read -r archive ref _digest; do
     [[ -z "$archive" || "$archive" == \#* ]] && continue
-    ctr_k8s images import --local "$archive" >/dev/null
+    ctr_k8s images import "$archive" >/dev/null
     log "image $ref loaded"
   done <"$list"
 }

@@ -36,6 +36,12 @@ fn cache_dir() -> PathBuf {
         })
 }
 
+/// The node selector of kwok's fake nodes (up.sh labels them `type: kwok`). Tests about objects
+/// and admission put their pods there, so that the real node only runs what a test means to run.
+pub fn fake_nodes() -> Value {
+    serde_json::json!({"type": "kwok"})
+}
+
 /// Root of the repository (for `crds/` and `examples/`): from the manifest directory cargo
 /// gives the running test, not the one compiled in. Checkouts at different paths share the
 /// cache's target directory, and cargo reuses a binary built from another one.

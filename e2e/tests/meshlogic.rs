@@ -63,6 +63,9 @@ fn agent_yaml(namespace: &str, name: &str) -> String {
             "customerId": "acme-e2e",
             "safetyTier": 2,
             "image": {"tag": "e2e"},
+            // Fake pods on kwok's nodes: this test is about the objects and the status
+            // roll-up; the probe as a real pod is tests/node.rs.
+            "nodeSelector": agentmesh_e2e::fake_nodes(),
             "ebpf": {"mutePaths": ["/proc", "/sys", "/dev"]},
             "serviceAccount": {"annotations": {
                 "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/meshlogic-agent"

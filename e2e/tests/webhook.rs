@@ -112,7 +112,8 @@ fn pod(name: &str, annotations: &[(&str, &str)]) -> Value {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "annotations": annotations},
-        "spec": {"containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}
+        // A fake pod: it only has to be admitted, so it goes to a kwok node, not the real one.
+        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}
     })
 }
 

@@ -1,0 +1,376 @@
+//! The product as users run it, on the local cluster's real node (e2e/cluster/node.sh): every
+//! component is a pod the kubelet starts from the images of `make images`.
+//!
+//! - the operator as its Deployment (`deploy/operator.yaml`: two replicas, its ServiceAccount
+//!   and ClusterRole, the `agentmesh` Service; the API server calls the webhook through it);
+//! - a pod created in a labelled namespace gets the sidecar, which the kubelet starts as a
+//!   native sidecar with the identity's key file mounted, and answers `/health`;
+//! - a MeshLogicAgent's DaemonSet runs the probe on the node, which reports tier 2 and attributes
+//!   an exec, an open and a connect done in another pod's container (`kubectl exec`) to that pod:
+//!   its AgentIdentity's score drops by the policy's penalties;
+//! - deleting the leader pod hands the Lease to the other replica, which goes on writing status.
+//!
+//! One test, in order: the steps share the installed operator, and this binary must remove it
+//! before the next test binary runs its own operators (the in-cluster webhook and reconcilers
+//! would otherwise act on their namespaces too).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use agentmesh_e2e::{TestNamespace, cluster, repo_root};
+use serde_json::{Value, json};
+
+const OPERATOR_NAMESPACE: &str = "agentmesh";
+const TOOLS_IMAGE: &str = "agentmesh.local/e2e-tools:1";
+const WEBHOOK_CONFIGURATION: &str = "agentmesh-sidecar-injector-agentmesh";
+const LEASE: &str = "meshlogic-operator-leader";
+
+/// Polls `check` every 500 ms until it returns `Some`, or panics after `timeout` with the
+/// state of the cluster's pods.
+fn wait<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            eprintln!("node: {what} after {:.1?}", start.elapsed());
+            return value;
+        }
+        if start.elapsed() > timeout {
+            let pods = cluster().kubectl(&["get", "pods", "-A", "-o", "wide"]);
+            let events = cluster().kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}\n{}",
+                String::from_utf8_lossy(&pods.stdout),
+                String::from_utf8_lossy(&events.stdout)
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The real nodes: those kwok does not fake.
+fn real_nodes() -> Vec<String> {
+    cluster()
+        .kubectl_ok(&["get", "nodes", "-l", "type!=kwok", "-o", "name"])
+        .lines()
+        .map(|line| line.trim_start_matches("node/").to_owned())
+        .collect()
+}
+
+/// Removes what the test installed cluster-wide, even when it fails half-way.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let manifest = repo_root().join("deploy/operator.yaml");
+        let _ = cluster().kubectl(&[
+            "delete",
+            "-f",
+            manifest.to_str().unwrap(),
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        let _ = cluster().kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            WEBHOOK_CONFIGURATION,
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+fn pod(namespace: &str, name: &str) -> Value {
+    cluster()
+        .get("pod", name, Some(namespace))
+        .unwrap_or_else(|| panic!("pod {namespace}/{name} exists"))
+}
+
+fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// `GET path` over plain HTTP/1.1 from this host: the status code and body.
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("{address}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn lease_holder() -> Option<String> {
+    cluster().get("lease", LEASE, Some(OPERATOR_NAMESPACE))?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn score(namespace: &str, identity: &str) -> Option<i64> {
+    cluster().get("agentidentity", identity, Some(namespace))?["status"]["trustScore"].as_i64()
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+fn cgroup_root() -> String {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split_once(" - "))
+        .find(|(_, right)| right.starts_with("cgroup2 "))
+        .map(|(left, _)| left.split_whitespace().nth(4).unwrap().to_owned())
+        .expect("a cgroup2 mount")
+}
+
+#[test]
+fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
+    let nodes = real_nodes();
+    assert!(
+        !nodes.is_empty(),
+        "this test needs a real node (make cluster-up starts one; kwok's nodes run nothing)"
+    );
+    let cluster = cluster();
+    cluster.ensure_crds();
+    let _installed = Installed;
+
+    // ---------------------------------------------------------------- the operator's Deployment
+    let rbac = repo_root().join("deploy/operator-rbac.yaml");
+    let manifest = repo_root().join("deploy/operator.yaml");
+    cluster.kubectl_ok(&[
+        "apply",
+        "-f",
+        rbac.to_str().unwrap(),
+        "-f",
+        manifest.to_str().unwrap(),
+    ]);
+    cluster.kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/agentmesh",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "--timeout=180s",
+    ]);
+    let operators: Vec<Value> = serde_json::from_str::<Value>(&cluster.kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/name=agentmesh",
+        "-o",
+        "json",
+    ]))
+    .unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(operators.len(), 2, "two replicas");
+    for operator in &operators {
+        assert!(pod_ready(operator), "{operator}");
+        assert!(
+            nodes.iter().any(|n| operator["spec"]["nodeName"] == n.as_str()),
+            "an operator pod runs on the real node: {}",
+            operator["spec"]["nodeName"]
+        );
+        // The image runs as its non-root user, and the kubelet checked it (runAsNonRoot).
+        assert_eq!(operator["status"]["containerStatuses"][0]["started"], true);
+    }
+    let webhook = wait(
+        Duration::from_secs(60),
+        "the webhook configuration with a caBundle, pointing at the Service",
+        || {
+            let config =
+                cluster.get("mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, None)?;
+            let hook = config["webhooks"][0].clone();
+            let has_ca = hook["clientConfig"]["caBundle"]
+                .as_str()
+                .is_some_and(|ca| !ca.is_empty());
+            has_ca.then_some(hook)
+        },
+    );
+    assert_eq!(
+        webhook["clientConfig"]["service"]["name"], "agentmesh",
+        "{webhook}"
+    );
+    assert_eq!(
+        webhook["clientConfig"]["service"]["namespace"],
+        OPERATOR_NAMESPACE
+    );
+
+    // ---------------------------------------------------------------- an injected pod
+    let namespace = TestNamespace::create("node", &[("agentmesh-inject", "enabled")]);
+    let ns = namespace.name.as_str();
+    let apply = |object: Value| cluster.apply(ns, &object.to_string());
+    // Penalties for what the agent will do below, seen by the probe in the kernel.
+    apply(json!({
+        "apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "policy"},
+        "spec": {"trust": {"decayRate": 0}, "behavior": {
+            "exec": [{"path": "/bin/env", "action": "alert", "penalty": 200}],
+            "files": [{"pathPrefix": "/etc/agentmesh-e2e", "access": "any", "action": "alert", "penalty": 50}],
+            "network": [{"cidr": "10.96.0.1/32", "ports": [443], "action": "alert", "penalty": 50}],
+        }}
+    }));
+    apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "agent", "labels": {"agentmesh.io/identity": "agent"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "agent", "image": TOOLS_IMAGE, "imagePullPolicy": "Never"}],
+        }
+    }));
+    let agent = wait(
+        Duration::from_secs(120),
+        "the injected pod Ready (its sidecar started and healthy)",
+        || {
+            let agent = pod(ns, "agent");
+            pod_ready(&agent).then_some(agent)
+        },
+    );
+    let sidecar = agent["spec"]["initContainers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "agentmesh-sidecar"))
+        .unwrap_or_else(|| panic!("no sidecar injected: {}", agent["spec"]));
+    assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
+    let status = agent["status"]["initContainerStatuses"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "agentmesh-sidecar"))
+        .unwrap_or_else(|| panic!("no sidecar status: {}", agent["status"]));
+    assert_eq!(status["started"], true, "{status}");
+    assert_eq!(status["ready"], true, "{status}");
+    assert!(status["state"]["running"].is_object(), "{status}");
+    // The kubelet mounted the identity's key as a file (the sidecar is healthy only once it
+    // holds the key, so Ready above already says it read it).
+    let key_mount = sidecar["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            m["mountPath"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/var/run/secrets/agentmesh"))
+        })
+        .unwrap_or_else(|| panic!("no key mount: {sidecar}"));
+    assert_eq!(key_mount["readOnly"], true);
+    let pod_ip = agent["status"]["podIP"].as_str().unwrap().to_owned();
+    let (code, body) = http_get(&format!("{pod_ip}:8081"), "/health");
+    assert_eq!(code, 200, "{body}");
+
+    // The in-cluster operator (its leader) created the identity and scores it.
+    let before = wait(
+        Duration::from_secs(60),
+        "the pod's AgentIdentity scored",
+        || score(ns, "agent"),
+    );
+
+    // ---------------------------------------------------------------- the probe's DaemonSet
+    apply(json!({
+        "apiVersion": "agentmesh.io/v1alpha1", "kind": "MeshLogicAgent", "metadata": {"name": "mla"},
+        "spec": {
+            "customerId": "e2e", "reportIntervalSeconds": 1,
+            "cgroup": {"root": cgroup_root()},
+            "nodeSelector": {"agentmesh.io/local-node": "true"},
+        }
+    }));
+    wait(
+        Duration::from_secs(120),
+        "the probe pod Ready and the node at tier 2 in MeshLogicAgent status",
+        || {
+            let mla = cluster.get("meshlogicagent", "mla", Some(ns))?;
+            let tier2 = mla["status"]["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| nodes.iter().any(|name| n["node"] == name.as_str()) && n["tier"] == 2);
+            (tier2 && mla["status"]["readyNodes"] == 1).then_some(())
+        },
+    );
+    // Inside the agent's container: an exec of /bin/env, an open under /etc/agentmesh-e2e and a
+    // connect to the API server's Service address, repeated until the score has moved by all
+    // three penalties (the probe watches the pod within a second of seeing it).
+    let script = "cp /bin/busybox /bin/env 2>/dev/null; /bin/env true; \
+                  mkdir -p /etc/agentmesh-e2e && echo x > /etc/agentmesh-e2e/secret; \
+                  cat /etc/agentmesh-e2e/secret >/dev/null; \
+                  nc -w 1 10.96.0.1 443 </dev/null >/dev/null 2>&1; true";
+    let identity = wait(
+        Duration::from_secs(90),
+        "the exec, open and connect in the agent's container to cost 300 points",
+        || {
+            cluster.kubectl_ok(&[
+                "exec", "-n", ns, "agent", "-c", "agent", "--", "/bin/busybox", "sh", "-c", script,
+            ]);
+            let identity = cluster.get("agentidentity", "agent", Some(ns))?;
+            (identity["status"]["trustScore"].as_i64()? <= before - 300).then_some(identity)
+        },
+    );
+    let anomalies = identity["status"]["behavior"]["recentAnomalies"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no anomalies: {identity}"));
+    for expected in ["/bin/env", "/etc/agentmesh-e2e", "10.96.0.1"] {
+        assert!(
+            anomalies.iter().any(|a| a["pod"] == "agent"
+                && a["detail"].as_str().is_some_and(|d| d.contains(expected))),
+            "no anomaly for {expected} attributed to pod agent: {anomalies:?}"
+        );
+    }
+
+    // ---------------------------------------------------------------- leader handover
+    let leader = wait(Duration::from_secs(30), "a lease holder", lease_holder);
+    assert!(
+        operators.iter().any(|o| o["metadata"]["name"] == leader.as_str()),
+        "the leader {leader} is one of the operator pods"
+    );
+    cluster.kubectl_ok(&[
+        "delete",
+        "pod",
+        &leader,
+        "-n",
+        OPERATOR_NAMESPACE,
+        "--wait=false",
+    ]);
+    let new_leader = wait(
+        Duration::from_secs(90),
+        "another replica to take the Lease",
+        || lease_holder().filter(|holder| *holder != leader),
+    );
+    eprintln!("node: leader {leader} deleted, {new_leader} leads");
+    // The new leader reconciles: a new identity gets its status.
+    apply(json!({
+        "apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity",
+        "metadata": {"name": "after-handover"}, "spec": {}
+    }));
+    wait(
+        Duration::from_secs(60),
+        "the new leader to score a new identity",
+        || score(ns, "after-handover"),
+    );
+    cluster.kubectl_ok(&[
+        "delete",
+        "meshlogicagent",
+        "mla",
+        "-n",
+        ns,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+}
