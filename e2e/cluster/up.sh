@@ -265,6 +265,14 @@ metadata:
     kubernetes.io/role: agent
     node-role.kubernetes.io/agent: ""
     type: kwok
+$(if [[ "$NODE" == 1 ]]; then cat <<TAINT
+spec:
+  # Beside a real node, only pods that ask for a fake node land here: everything else must
+  # really run.
+  taints:
+    - {key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}
+TAINT
+fi)
 ---
 EOF
   done >"$DIR/config/nodes.yaml"

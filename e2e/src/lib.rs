@@ -42,6 +42,12 @@ pub fn fake_nodes() -> Value {
     serde_json::json!({"type": "kwok"})
 }
 
+/// The toleration of kwok's fake nodes' taint (`kwok.x-k8s.io/node=fake:NoSchedule`, which keeps
+/// everything else, the operator's Deployment and DaemonSets included, on the real node).
+pub fn fake_node_tolerations() -> Value {
+    serde_json::json!([{"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}])
+}
+
 /// Root of the repository (for `crds/` and `examples/`): from the manifest directory cargo
 /// gives the running test, not the one compiled in. Checkouts at different paths share the
 /// cache's target directory, and cargo reuses a binary built from another one.

@@ -65,7 +65,7 @@ fn agent_yaml(namespace: &str, name: &str) -> String {
             "image": {"tag": "e2e"},
             // Fake pods on kwok's nodes: this test is about the objects and the status
             // roll-up; the probe as a real pod is tests/node.rs.
-            "nodeSelector": agentmesh_e2e::fake_nodes(),
+            "nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(),
             "ebpf": {"mutePaths": ["/proc", "/sys", "/dev"]},
             "serviceAccount": {"annotations": {
                 "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/meshlogic-agent"

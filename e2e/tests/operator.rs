@@ -217,7 +217,7 @@ fn reports_move_scores_forged_ones_do_not_and_scores_survive_restarts_and_leader
     apply(
         ns,
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
-        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
     );
     let leader = if first.is_leader() {
         &mut first
@@ -645,7 +645,7 @@ fn sidecar_reports_count_only_when_signed_by_the_identity_fresh_and_once_and_cre
     apply(
         ns,
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
-        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
     );
     for name in ["agent", "other"] {
         wait_for(

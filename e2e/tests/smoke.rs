@@ -238,7 +238,7 @@ async fn the_api_server_calls_a_loopback_https_webhook_on_pod_creation() {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "agent", "namespace": namespace.name},
-        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}
+        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}
     });
     let ns = namespace.name.clone();
     let stored = tokio::task::spawn_blocking(move || {

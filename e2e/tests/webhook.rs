@@ -113,7 +113,7 @@ fn pod(name: &str, annotations: &[(&str, &str)]) -> Value {
         "kind": "Pod",
         "metadata": {"name": name, "annotations": annotations},
         // A fake pod: it only has to be admitted, so it goes to a kwok node, not the real one.
-        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}
+        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}
     })
 }
 
@@ -164,7 +164,7 @@ fn a_deployment_in_a_labelled_namespace_gets_the_sidecar_and_an_unlabelled_one_d
             "selector": {"matchLabels": {"app.kubernetes.io/name": "my-agent"}},
             "template": {
                 "metadata": {"labels": {"app.kubernetes.io/name": "my-agent", "agentmesh.io/identity": "my-agent"}},
-                "spec": {"containers": [{"name": "agent", "image": "my-company/my-agent:v1.0.0"}]}
+                "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "my-company/my-agent:v1.0.0"}]}
             }
         }
     });
