@@ -253,6 +253,12 @@ pub struct EbpfSettings {
         extend("x-kubernetes-list-type" = "set")
     )]
     pub mute_paths: Vec<String>,
+    /// Run the probe container privileged, as the seed chart does, instead of with only the
+    /// capabilities it needs (BPF, PERFMON, NET_ADMIN, SYS_PTRACE, DAC_READ_SEARCH). Needed on
+    /// kernels before 5.8, which have no CAP_BPF or CAP_PERFMON: without it such a node falls
+    /// back to tier 1 and says so in status.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 impl Default for EbpfSettings {
@@ -263,6 +269,7 @@ impl Default for EbpfSettings {
             enable_network: true,
             ring_buffer_size: default_ring_buffer_size(),
             mute_paths: default_mute_paths(),
+            privileged: false,
         }
     }
 }

@@ -9,7 +9,7 @@ use agentmesh_api::meshlogic::PullPolicy;
 use agentmesh_api::names::{self, annotations, labels, paths, probe_env};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, PodSpec,
     PodTemplateSpec, Probe, SecretKeySelector, SecurityContext, Service, ServiceAccount,
     ServicePort, ServiceSpec, Volume, VolumeMount,
@@ -377,6 +377,39 @@ fn host_path(name: &str, path: &str, type_: Option<&str>) -> Volume {
     }
 }
 
+/// What the probe needs from the kernel, and nothing more (unless `ebpf.privileged`):
+/// - `BPF`: load programs and create maps;
+/// - `PERFMON`: attach tracepoints and read kernel memory from tracing programs;
+/// - `NET_ADMIN`: load and attach the cgroup `connect4`/`connect6` programs;
+/// - `SYS_PTRACE`: read other processes' `/proc/<pid>` entries (exe, cgroup) on the host;
+/// - `DAC_READ_SEARCH`: read the host's cgroup tree and `/proc` whatever their modes.
+pub const PROBE_CAPABILITIES: [&str; 5] = [
+    "BPF",
+    "PERFMON",
+    "NET_ADMIN",
+    "SYS_PTRACE",
+    "DAC_READ_SEARCH",
+];
+
+fn security_context(privileged: bool) -> SecurityContext {
+    if privileged {
+        return SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        };
+    }
+    SecurityContext {
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            add: Some(PROBE_CAPABILITIES.iter().map(|c| (*c).into()).collect()),
+            drop: Some(vec!["ALL".into()]),
+        }),
+        ..Default::default()
+    }
+}
+
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
@@ -458,10 +491,7 @@ fn pod_template(agent: &Agent, settings: &OperatorSettings) -> PodTemplateSpec {
         liveness_probe: Some(http_probe(paths::HEALTH, 10, 20)),
         readiness_probe: Some(http_probe(paths::READY, 2, 10)),
         resources: Some(spec.resources.clone()),
-        security_context: Some(SecurityContext {
-            privileged: Some(true),
-            ..Default::default()
-        }),
+        security_context: Some(security_context(spec.ebpf.privileged)),
         volume_mounts: Some(volume_mounts),
         ..Default::default()
     };
@@ -720,9 +750,20 @@ mod tests {
         assert_eq!(pod.service_account_name.as_deref(), Some("probe-a-probe"));
         assert_eq!(pod.containers.len(), 1);
         let container = &pod.containers[0];
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.privileged, Some(false));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        let capabilities = security.capabilities.as_ref().unwrap();
+        assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
         assert_eq!(
-            container.security_context.as_ref().unwrap().privileged,
-            Some(true)
+            capabilities.add.as_deref().unwrap(),
+            [
+                "BPF",
+                "PERFMON",
+                "NET_ADMIN",
+                "SYS_PTRACE",
+                "DAC_READ_SEARCH"
+            ]
         );
         let mounts: BTreeMap<&str, (&str, Option<bool>)> = container
             .volume_mounts
@@ -756,6 +797,21 @@ mod tests {
         for (_, (name, _)) in mounts {
             assert!(volumes.contains_key(name), "{name}");
         }
+    }
+
+    #[test]
+    fn ebpf_privileged_runs_the_probe_privileged_as_the_seed_chart_does() {
+        let mut resource = default_resource();
+        resource.spec.ebpf.privileged = true;
+        let ds = built(&resource);
+        let security = pod_spec(&ds).containers[0]
+            .security_context
+            .clone()
+            .unwrap();
+        assert_eq!(security.privileged, Some(true));
+        assert_eq!(security.capabilities, None);
+        // And it rolls the DaemonSet.
+        assert_ne!(template_hash(&ds), template_hash(&built(&default_resource())));
     }
 
     #[test]
