@@ -17,6 +17,8 @@ pub struct Context {
     pub probes: ProbeRegistry,
     /// The trust engine, once this replica leads.
     pub engine: std::sync::OnceLock<Arc<crate::engine::Engine>>,
+    /// The webhook's serving certificate, once the webhook runs on this replica.
+    pub webhook_certs: std::sync::OnceLock<Arc<crate::webhook::server::CertStore>>,
     recorder: Recorder,
     leading: watch::Receiver<bool>,
 }
@@ -39,6 +41,7 @@ impl Context {
             metrics,
             probes: ProbeRegistry::default(),
             engine: std::sync::OnceLock::new(),
+            webhook_certs: std::sync::OnceLock::new(),
             leading,
         }
     }
@@ -52,6 +55,17 @@ impl Context {
         match &self.config.args.watch_namespace {
             Some(namespace) => kube::Api::namespaced(self.client.clone(), namespace),
             None => kube::Api::all(self.client.clone()),
+        }
+    }
+
+    /// Why this replica must not get traffic yet, if it must not: a webhook without its
+    /// serving certificate would fail every TLS handshake the API server starts.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        match self.webhook_certs.get() {
+            Some(store) if !store.is_loaded() => {
+                Some("the webhook's serving certificate is not loaded yet")
+            }
+            _ => None,
         }
     }
 

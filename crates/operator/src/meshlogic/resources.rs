@@ -811,7 +811,10 @@ mod tests {
         assert_eq!(security.privileged, Some(true));
         assert_eq!(security.capabilities, None);
         // And it rolls the DaemonSet.
-        assert_ne!(template_hash(&ds), template_hash(&built(&default_resource())));
+        assert_ne!(
+            template_hash(&ds),
+            template_hash(&built(&default_resource()))
+        );
     }
 
     #[test]

@@ -48,10 +48,16 @@ impl Server {
             (&Method::GET, paths::HEALTH) => {
                 http::json(StatusCode::OK, &json!({"status": "healthy"}))
             }
-            (&Method::GET, paths::READY) => http::json(
-                StatusCode::OK,
-                &json!({"status": "ready", "leader": self.ctx.is_leader()}),
-            ),
+            (&Method::GET, paths::READY) => match self.ctx.not_ready() {
+                None => http::json(
+                    StatusCode::OK,
+                    &json!({"status": "ready", "leader": self.ctx.is_leader()}),
+                ),
+                Some(reason) => http::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "not ready", "reason": reason}),
+                ),
+            },
             (&Method::POST, wire::REPORTS_PATH) => self.reports(request).await,
             (&Method::GET, wire::ENFORCEMENT_PATH) => self.enforcement(request).await,
             (&Method::GET, wire::SIDECAR_CONFIG_PATH) => self.sidecar_config(request).await,

@@ -474,6 +474,7 @@ pub async fn start(ctx: Arc<Context>) -> anyhow::Result<()> {
         "webhook starting"
     );
     let store = Arc::new(server::CertStore::default());
+    let _ = ctx.webhook_certs.set(store.clone());
     let acceptor = server::acceptor(store.clone())?;
     let injector = Arc::new(Injector::new(
         settings,
