@@ -37,7 +37,10 @@ if (!["streamableHttp", "sse"].includes(mode) || !/^\d+$/.test(port ?? "")) {
   console.error(usage);
   process.exit(2);
 }
-if (!["127.0.0.1", "::1", "localhost"].includes(host) && !host.startsWith("127.")) {
+// In its own pod (the e2e image sets EVERYTHING_IN_POD=1) the network namespace is the pod's,
+// and the server must listen on the pod's address for its Service.
+const inPod = process.env.EVERYTHING_IN_POD === "1";
+if (!inPod && !["127.0.0.1", "::1", "localhost"].includes(host) && !host.startsWith("127.")) {
   console.error(`everything.mjs: refusing non-loopback host ${host}`);
   process.exit(2);
 }

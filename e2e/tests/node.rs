@@ -8,6 +8,9 @@
 //! - a MeshLogicAgent's DaemonSet runs the probe on the node, which reports tier 2 and attributes
 //!   an exec, an open and a connect done in another pod's container (`kubectl exec`) to that pod:
 //!   its AgentIdentity's score drops by the policy's penalties;
+//! - the agent (a shell in its container) calls the official TypeScript SDK's reference MCP
+//!   server, itself a pod behind a Service, through its sidecar; a quarantine set through the
+//!   operator makes the sidecar deny the same call within seconds;
 //! - deleting the leader pod hands the Lease to the other replica, which goes on writing status.
 //!
 //! One test, in order: the steps share the installed operator, and this binary must remove it
@@ -25,6 +28,27 @@ const OPERATOR_NAMESPACE: &str = "agentmesh";
 const TOOLS_IMAGE: &str = "agentmesh.local/e2e-tools:1";
 const WEBHOOK_CONFIGURATION: &str = "agentmesh-sidecar-injector-agentmesh";
 const LEASE: &str = "meshlogic-operator-leader";
+/// @modelcontextprotocol/server-everything (the official TypeScript SDK's reference server) on
+/// Node.js, as an image (`make images`).
+const MCP_SERVER_IMAGE: &str = "agentmesh.local/e2e-mcp-everything:1";
+
+/// The agent: a shell in the agent's container speaking MCP (Streamable HTTP, 2025-06-18) to its
+/// sidecar on localhost:8081 with busybox's nc — initialize, take the session, initialized, then
+/// `tools/call echo`. Prints the last raw HTTP response.
+const AGENT_CALL: &str = r#"
+post() {
+  n=$(printf %s "$1" | wc -c)
+  { printf 'POST /servers/everything/mcp HTTP/1.1\r\nHost: localhost:8081\r\nContent-Type: application/json\r\n'
+    printf 'Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n'
+    printf 'Content-Length: %s\r\nConnection: close\r\n' "$n"
+    if [ -n "$2" ]; then printf 'Mcp-Session-Id: %s\r\n' "$2"; fi
+    printf '\r\n%s' "$1"; } | nc -w 10 127.0.0.1 8081
+}
+init='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"busybox-agent","version":"1"}}}'
+sid=$(post "$init" "" | tr -d '\r' | sed -n 's/^[Mm][Cc][Pp]-[Ss][Ee][Ss][Ss][Ii][Oo][Nn]-[Ii][Dd]: *//p')
+post '{"jsonrpc":"2.0","method":"notifications/initialized"}' "$sid" >/dev/null
+post '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi from a pod"}}}' "$sid"
+"#;
 
 /// Polls `check` every 500 ms until it returns `Some`, or panics after `timeout` with the
 /// state of the cluster's pods.
@@ -92,20 +116,26 @@ fn pod(namespace: &str, name: &str) -> Value {
 }
 
 fn pod_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    pod["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 /// `GET path` over plain HTTP/1.1 from this host: the status code and body.
 fn http_get(address: &str, path: &str) -> (u16, String) {
+    http_get_with(address, path, "")
+}
+
+/// `GET path` with extra header lines (each ending in CRLF).
+fn http_get_with(address: &str, path: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("{address}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -190,7 +220,9 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
     for operator in &operators {
         assert!(pod_ready(operator), "{operator}");
         assert!(
-            nodes.iter().any(|n| operator["spec"]["nodeName"] == n.as_str()),
+            nodes
+                .iter()
+                .any(|n| operator["spec"]["nodeName"] == n.as_str()),
             "an operator pod runs on the real node: {}",
             operator["spec"]["nodeName"]
         );
@@ -226,11 +258,28 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
     // Penalties for what the agent will do below, seen by the probe in the kernel.
     apply(json!({
         "apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "policy"},
-        "spec": {"trust": {"decayRate": 0}, "behavior": {
+        "spec": {"trust": {"decayRate": 0},
+            "mcpServers": [{"name": "everything", "url": format!("http://everything.{ns}.svc:3001")}],
+            "behavior": {
             "exec": [{"path": "/bin/env", "action": "alert", "penalty": 200}],
             "files": [{"pathPrefix": "/etc/agentmesh-e2e", "access": "any", "action": "alert", "penalty": 50}],
             "network": [{"cidr": "10.96.0.1/32", "ports": [443], "action": "alert", "penalty": 50}],
         }}
+    }));
+    // The MCP server: a pod of its own (opted out of injection) behind a Service.
+    apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "everything", "labels": {"app": "everything"},
+                     "annotations": {"agentmesh.io/inject": "false"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "server", "image": MCP_SERVER_IMAGE, "imagePullPolicy": "Never",
+                            "ports": [{"containerPort": 3001}]}],
+        }
+    }));
+    apply(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "everything"},
+        "spec": {"selector": {"app": "everything"}, "ports": [{"port": 3001, "targetPort": 3001}]}
     }));
     apply(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -317,7 +366,17 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         "the exec, open and connect in the agent's container to cost 300 points",
         || {
             cluster.kubectl_ok(&[
-                "exec", "-n", ns, "agent", "-c", "agent", "--", "/bin/busybox", "sh", "-c", script,
+                "exec",
+                "-n",
+                ns,
+                "agent",
+                "-c",
+                "agent",
+                "--",
+                "/bin/busybox",
+                "sh",
+                "-c",
+                script,
             ]);
             let identity = cluster.get("agentidentity", "agent", Some(ns))?;
             (identity["status"]["trustScore"].as_i64()? <= before - 300).then_some(identity)
@@ -334,10 +393,91 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         );
     }
 
-    // ---------------------------------------------------------------- leader handover
-    let leader = wait(Duration::from_secs(30), "a lease holder", lease_holder);
+    // ---------------------------------------------------------------- MCP through the sidecar
+    wait(Duration::from_secs(60), "the MCP server pod Ready", || {
+        pod_ready(&pod(ns, "everything")).then_some(())
+    });
+    let call = || {
+        cluster.kubectl_ok(&[
+            "exec",
+            "-n",
+            ns,
+            "agent",
+            "-c",
+            "agent",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            AGENT_CALL,
+        ])
+    };
+    let answer = call();
     assert!(
-        operators.iter().any(|o| o["metadata"]["name"] == leader.as_str()),
+        answer.contains("Echo: hi from a pod"),
+        "the call went through the sidecar to the server pod: {answer}\nsidecar log:\n{}",
+        cluster.kubectl_ok(&[
+            "logs",
+            "-n",
+            ns,
+            "agent",
+            "-c",
+            "agentmesh-sidecar",
+            "--tail=40"
+        ])
+    );
+    // Every replica answers the sidecar: the one that does not lead passes the call on to the
+    // leader. Asked directly, with the agent pod's own bound token, it answers with the
+    // agent's policy (the MCP server above included).
+    let leader = wait(Duration::from_secs(30), "a lease holder", lease_holder);
+    let follower = operators
+        .iter()
+        .find(|o| o["metadata"]["name"] != leader.as_str())
+        .expect("two replicas");
+    let follower_ip = follower["status"]["podIP"].as_str().unwrap();
+    let agent_uid = agent["metadata"]["uid"].as_str().unwrap();
+    let token = cluster.token(ns, "default", Some(("agent", agent_uid)));
+    let (code, config) = http_get_with(
+        &format!("{follower_ip}:8080"),
+        "/v1/sidecar/config",
+        &format!("Authorization: Bearer {token}\r\n"),
+    );
+    assert_eq!(code, 200, "the replica that does not lead: {config}");
+    assert!(config.contains("everything"), "{config}");
+
+    // Quarantine: the threshold above the score. The sidecar learns it from the operator's
+    // config long-poll (through the Service, by its DNS name) and denies the same call.
+    let patched = Instant::now();
+    cluster.kubectl_ok(&[
+        "patch",
+        "trustpolicy",
+        "policy",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"trust":{"minThreshold":900}}}"#,
+    ]);
+    let denied = wait(
+        Duration::from_secs(30),
+        "the quarantined agent's call denied by its sidecar",
+        || {
+            let answer = call();
+            answer.contains("quarantine.denyTools").then_some(answer)
+        },
+    );
+    assert!(denied.contains("-32001"), "{denied}");
+    assert!(!denied.contains("Echo: hi from a pod"), "{denied}");
+    eprintln!(
+        "node: quarantine denied {:.1?} after the TrustPolicy patch",
+        patched.elapsed()
+    );
+
+    // ---------------------------------------------------------------- leader handover
+    assert!(
+        operators
+            .iter()
+            .any(|o| o["metadata"]["name"] == leader.as_str()),
         "the leader {leader} is one of the operator pods"
     );
     cluster.kubectl_ok(&[

@@ -467,7 +467,10 @@ fn http_probe(path: &str, initial_delay: i32, period: i32) -> Probe {
 fn pod_template(agent: &Agent, settings: &OperatorSettings) -> PodTemplateSpec {
     let spec = &agent.resource.spec;
     let (volumes, volume_mounts) = volumes(agent);
-    let mut pod_annotations = BTreeMap::new();
+    // The probe is node infrastructure, not an agent: never give it a sidecar, whatever the
+    // namespace's label says.
+    let mut pod_annotations =
+        BTreeMap::from([(annotations::INJECT.to_owned(), "false".to_owned())]);
     if spec.metrics.enabled {
         pod_annotations.insert(annotations::PROMETHEUS_SCRAPE.into(), "true".into());
         pod_annotations.insert(
@@ -797,6 +800,23 @@ mod tests {
         for (_, (name, _)) in mounts {
             assert!(volumes.contains_key(name), "{name}");
         }
+    }
+
+    #[test]
+    fn probe_pods_opt_out_of_sidecar_injection() {
+        let ds = built(&default_resource());
+        let template = ds
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            template.annotations.as_ref().unwrap()["agentmesh.io/inject"],
+            "false"
+        );
     }
 
     #[test]

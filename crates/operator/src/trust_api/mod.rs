@@ -1,8 +1,10 @@
 //! The trust API on port 8080: `/health`, `/ready`, and the endpoints of probes and sidecars
 //! (`agentmesh_api::wire`). Only the leader ingests and answers the long-polls; the others
-//! answer 503 with `Retry-After`, so a client retries and lands on the leader.
+//! pass those calls on to it (`forward`), and answer 503 with `Retry-After` when they cannot
+//! (no leader yet, or it does not answer), so a client retries and lands on the leader.
 
 mod auth;
+mod forward;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use crate::engine::Engine;
 use crate::http::{self, Body};
 use crate::metrics::{ReasonLabels, RequestLabels};
 use auth::{Authenticator, Caller, Refusal};
+use forward::Forwarder;
 
 /// Largest report body accepted.
 const MAX_BODY: usize = 4 << 20;
@@ -30,12 +33,14 @@ const LONG_POLL: Duration = Duration::from_secs(30);
 struct Server {
     ctx: Arc<Context>,
     auth: Authenticator,
+    forwarder: Forwarder,
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     let server = Arc::new(Server {
         ctx,
         auth: Authenticator::default(),
+        forwarder: Forwarder::default(),
     });
     http::serve(listener, move |request| server.clone().route(request)).await;
 }
@@ -44,29 +49,28 @@ impl Server {
     async fn route(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
-        let response = match (request.method(), path.as_str()) {
-            (&Method::GET, paths::HEALTH) => {
-                http::json(StatusCode::OK, &json!({"status": "healthy"}))
+        let leader_only = [
+            wire::REPORTS_PATH,
+            wire::ENFORCEMENT_PATH,
+            wire::SIDECAR_CONFIG_PATH,
+        ]
+        .contains(&path.as_str());
+        let response = if leader_only && !self.ctx.is_leader() && Forwarder::may_forward(&request) {
+            match self.forwarder.forward(&self.ctx, request, MAX_BODY).await {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::warn!(%error, path, "could not pass a call on to the leader");
+                    let message =
+                        format!("this replica does not lead and cannot reach the leader ({error})");
+                    self.refuse(Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_leader",
+                        message + "; retry",
+                    ))
+                }
             }
-            (&Method::GET, paths::READY) => match self.ctx.not_ready() {
-                None => http::json(
-                    StatusCode::OK,
-                    &json!({"status": "ready", "leader": self.ctx.is_leader()}),
-                ),
-                Some(reason) => http::json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "not ready", "reason": reason}),
-                ),
-            },
-            (&Method::POST, wire::REPORTS_PATH) => self.reports(request).await,
-            (&Method::GET, wire::ENFORCEMENT_PATH) => self.enforcement(request).await,
-            (&Method::GET, wire::SIDECAR_CONFIG_PATH) => self.sidecar_config(request).await,
-            (
-                _,
-                paths::HEALTH | paths::READY | wire::ENFORCEMENT_PATH | wire::SIDECAR_CONFIG_PATH,
-            ) => http::error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
-            (_, wire::REPORTS_PATH) => http::error(StatusCode::METHOD_NOT_ALLOWED, "POST only"),
-            _ => http::error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        } else {
+            self.answer(request, &path).await
         };
         // Unknown paths share one label, so that scanners cannot grow the metric without bound.
         let known = [
@@ -90,6 +94,34 @@ impl Server {
             })
             .observe(started.elapsed().as_secs_f64());
         response
+    }
+
+    /// The answer of this replica itself.
+    async fn answer(&self, request: Request<Incoming>, path: &str) -> Response<Body> {
+        match (request.method(), path) {
+            (&Method::GET, paths::HEALTH) => {
+                http::json(StatusCode::OK, &json!({"status": "healthy"}))
+            }
+            (&Method::GET, paths::READY) => match self.ctx.not_ready() {
+                None => http::json(
+                    StatusCode::OK,
+                    &json!({"status": "ready", "leader": self.ctx.is_leader()}),
+                ),
+                Some(reason) => http::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "not ready", "reason": reason}),
+                ),
+            },
+            (&Method::POST, wire::REPORTS_PATH) => self.reports(request).await,
+            (&Method::GET, wire::ENFORCEMENT_PATH) => self.enforcement(request).await,
+            (&Method::GET, wire::SIDECAR_CONFIG_PATH) => self.sidecar_config(request).await,
+            (
+                _,
+                paths::HEALTH | paths::READY | wire::ENFORCEMENT_PATH | wire::SIDECAR_CONFIG_PATH,
+            ) => http::error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
+            (_, wire::REPORTS_PATH) => http::error(StatusCode::METHOD_NOT_ALLOWED, "POST only"),
+            _ => http::error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        }
     }
 
     /// The engine, when this replica leads.
