@@ -504,6 +504,24 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         "the new leader to score a new identity",
         || score(ns, "after-handover"),
     );
+    // The kubelet ran the sidecar's liveness probe (the seed's `cat <healthy file>`) all along
+    // without a failure: the image's /bin/cat is the sidecar binary itself.
+    let events = cluster.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "involvedObject.name=agent,reason=Unhealthy",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.trim().is_empty(),
+        "probe failures of the agent pod: {events}"
+    );
+    let restarts = &pod(ns, "agent")["status"]["initContainerStatuses"][0]["restartCount"];
+    assert_eq!(restarts, 0, "the sidecar was restarted");
     cluster.kubectl_ok(&[
         "delete",
         "meshlogicagent",
