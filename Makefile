@@ -89,11 +89,12 @@ bench-webhook: ## Webhook admission latency and reviews/s over TLS, as ratios ag
 
 # Images of meshlogic-operator, agentmesh-sidecar and meshlogic-probe: static binaries on an empty
 # base (images/*/Containerfile), OCI archives and their list in $(AGENTMESH_CACHE)/images.
-images: setup ## Build the three images as OCI archives in $(AGENTMESH_CACHE)/images (name, digest, size)
+images: setup ## Build the three images as OCI archives in ~/.cache/agentmesh/images (name, digest, size)
 	CARGO=$(CARGO) scripts/images.sh build
 
-images-push: images ## Push the images to REGISTRY=host:port (plain HTTP when it is a loopback address)
+images-push: ## Build and push the images to REGISTRY=host:port (plain HTTP when it is a loopback address)
 	@test -n "$(REGISTRY)" || { echo "make images-push: set REGISTRY=host:port" >&2; exit 1; }
+	@$(MAKE) --no-print-directory images
 	scripts/images.sh push "$(REGISTRY)"
 
 images-test: setup ## Images: reproducible digests, static single-file layers, podman load, push to a loopback registry

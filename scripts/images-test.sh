@@ -10,7 +10,7 @@
 # - with containerd and ctr found (CONTAINERD_BIN_DIR, PATH, or the local cluster's build),
 #   `ctr -n k8s.io images import` (unpacking) into a throw-away containerd on its own socket gives
 #   the same names and digests (skipped otherwise);
-# - `scripts/images.sh push` to Debian's docker-registry on 127.0.0.1:<free port> (own config and
+# - `make images-push` to Debian's docker-registry on 127.0.0.1:<free port> (own config and
 #   storage under /tmp, stopped at the end) keeps each digest, as `skopeo inspect` shows.
 set -euo pipefail
 
@@ -186,10 +186,11 @@ EOF
 docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry/log" 2>&1 &
 REGISTRY_PID=$!
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
-if "$ROOT/scripts/images.sh" push "127.0.0.1:$port" >"$WORK/push.log" 2>&1; then
-  ok "images.sh push 127.0.0.1:$port"
+if make -C "$ROOT" --no-print-directory images-push REGISTRY="127.0.0.1:$port" >"$WORK/push.log" 2>&1; then
+  ok "make images-push REGISTRY=127.0.0.1:$port"
+  grep "^127.0.0.1:$port/" "$WORK/push.log"
 else
-  fail "images.sh push: $(cat "$WORK/push.log") $(tail -5 "$WORK/registry/log")"
+  fail "make images-push: $(tail -20 "$WORK/push.log") $(tail -5 "$WORK/registry/log")"
 fi
 while read -r archive ref digest; do
   name="$(basename "$archive" .oci.tar)"

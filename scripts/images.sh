@@ -6,7 +6,8 @@
 #   scripts/images.sh push HOST:PORT  push the built images to a registry (`make images-push`)
 #   scripts/images.sh setup           only install what is missing (buildah, skopeo, musl, ...)
 #
-# build: cargo builds each binary (release profile, static: musl for the operator and the sidecar,
+# build: cargo builds each binary (release profile, static: musl for the operator and the sidecar
+# (glibc with +crt-static if rustup cannot fetch the musl target),
 # glibc with +crt-static for the probe, whose libbpf/libelf/zlib come from the crate's `static`
 # feature), checks that it is static and that it runs alone in an empty root, and copies it alone
 # into a build context $AGENTMESH_CACHE/images/context/<binary>/. Buildah (Debian's, vfs storage
