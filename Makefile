@@ -21,7 +21,7 @@ setup: ## Install what this machine lacks (idempotent, quick when nothing is mis
 build: setup ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets --locked
 
-test: setup lint unit fuzz-smoke e2e images-test ## Every test: lint, unit and integration tests, a short fuzz run, end-to-end, images
+test: setup lint unit fuzz-smoke images-test e2e ## Every test: lint, unit and integration tests, a short fuzz run, images, end-to-end
 
 unit: ## cargo test over the workspace
 	$(CARGO) test --workspace --locked --exclude agentmesh-e2e
