@@ -8,8 +8,8 @@
 # - `podman load` of each archive (a throw-away store under /tmp) gives the image its name and
 #   digest;
 # - with containerd and ctr found (CONTAINERD_BIN_DIR, PATH, or the local cluster's build),
-#   `ctr -n k8s.io images import` (unpacking) into a throw-away containerd on its own socket gives
-#   the same names and digests (skipped otherwise);
+#   `ctr -n k8s.io images import` into a throw-away containerd on its own socket and directories
+#   (no CRI, no NRI, no unpacking) gives the same names and digests (skipped otherwise);
 # - `make images-push` to Debian's docker-registry on 127.0.0.1:<free port> (own config and
 #   storage under /tmp, stopped at the end) keeps each digest, as `skopeo inspect` shows.
 set -euo pipefail
@@ -146,7 +146,7 @@ if [[ -n "$CONTAINERD" && -n "$CTR" && $EUID -eq 0 ]]; then
 version = 3
 root = "$WORK/containerd/root"
 state = "$WORK/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
 [grpc]
   address = "$socket"
 [ttrpc]
@@ -157,7 +157,9 @@ EOF
   for _ in $(seq 100); do [[ -S "$socket" ]] && "$CTR" --address "$socket" version >/dev/null 2>&1 && break; sleep 0.1; done
   while read -r archive ref digest; do
     name="$(basename "$archive" .oci.tar)"
-    if "$CTR" --address "$socket" -n k8s.io images import "$archive" >"$WORK/ctr.log" 2>&1; then
+    # The transfer service's import (ctr's default, as a node's import does); no unpacking, so
+    # that the test mounts nothing on the host.
+    if "$CTR" --address "$socket" -n k8s.io images import --no-unpack "$archive" >"$WORK/ctr.log" 2>&1; then
       expect "$name: ctr images import names it $ref" \
         "$("$CTR" --address "$socket" -n k8s.io images ls 2>/dev/null | awk -v ref="$ref" '$1 == ref {print $3}')" "$digest"
     else
