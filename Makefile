@@ -10,6 +10,7 @@ CARGO ?= cargo
 
 .DEFAULT_GOAL := help
 .PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe bench-sidecar bench-webhook demo cluster-up cluster-down clean
+.PHONY: images images-push images-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -20,7 +21,7 @@ setup: ## Install what this machine lacks (idempotent, quick when nothing is mis
 build: setup ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets --locked
 
-test: setup lint unit fuzz-smoke e2e ## Every test: lint, unit and integration tests, a short fuzz run, end-to-end
+test: setup lint unit fuzz-smoke images-test e2e ## Every test: lint, unit and integration tests, a short fuzz run, images, end-to-end
 
 unit: ## cargo test over the workspace
 	$(CARGO) test --workspace --locked --exclude agentmesh-e2e
@@ -85,6 +86,19 @@ bench-sidecar: ## MCP sidecar latency, throughput and RSS vs direct calls and a 
 bench-webhook: ## Webhook admission latency and reviews/s over TLS, as ratios against a bare rustls echo server
 	$(CARGO) bench --locked -p meshlogic-operator --bench webhook 2>&1 | tee $(AGENTMESH_CACHE)/bench-webhook.log
 	@echo "== webhook ratios (same run) =="; grep -h "ratio =" $(AGENTMESH_CACHE)/bench-webhook.log
+
+# Images of meshlogic-operator, agentmesh-sidecar and meshlogic-probe: static binaries on an empty
+# base (images/*/Containerfile), OCI archives and their list in $(AGENTMESH_CACHE)/images.
+images: setup ## Build the three images as OCI archives in ~/.cache/agentmesh/images (name, digest, size)
+	CARGO=$(CARGO) scripts/images.sh build
+
+images-push: ## Build and push the images to REGISTRY=host:port (plain HTTP when it is a loopback address)
+	@test -n "$(REGISTRY)" || { echo "make images-push: set REGISTRY=host:port" >&2; exit 1; }
+	@$(MAKE) --no-print-directory images
+	scripts/images.sh push "$(REGISTRY)"
+
+images-test: setup ## Images: reproducible digests, static single-file layers, podman load, push to a loopback registry
+	CARGO=$(CARGO) scripts/images-test.sh
 
 demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
 	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1

@@ -26,6 +26,9 @@ fn main() {
                 "-O2".to_string(),
                 "-g".to_string(),
                 "-Wall".to_string(),
+                // The BTF line info names the source file: name it relative to the repository,
+                // so that the binary (and its image) does not depend on where the clone is.
+                format!("-ffile-prefix-map={}=/agentmesh/bpf", bpf_dir.display()),
             ])
             .build_and_generate(out_dir.join(format!("{name}.skel.rs")))
             .unwrap_or_else(|error| panic!("compiling {}: {error:#}", source.display()));
