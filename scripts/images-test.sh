@@ -92,9 +92,16 @@ while read -r archive ref digest; do
   expect "$name: source label" "$(jq -r '.config.Labels["org.opencontainers.image.source"] | length > 0' <<<"$config")" true
   layer="$(jq -r '.layers[0].digest' <<<"$manifest")"
   blob "$archive" "$layer" >"$WORK/layer"
+  expected_layer="-r-xr-xr-x 0/0 1970-01-01 00:00:00 $binary"
+  if [[ "$binary" == agentmesh-sidecar ]]; then
+    # And /bin/cat, a link to it, for the seed's liveness probe.
+    expected_layer="$(printf '%s\n' "$expected_layer" "drwxr-xr-x 0/0 1970-01-01 00:00:00 bin/" \
+      "lrwxrwxrwx 0/0 1970-01-01 00:00:00 bin/cat -> ../agentmesh-sidecar")"
+  fi
   expect "$name: the layer holds only the binary" \
-    "$(tar --list --verbose --numeric-owner --full-time --file "$WORK/layer" | awk '{print $1, $2, $4, $5, $6}')" \
-    "-r-xr-xr-x 0/0 1970-01-01 00:00:00 $binary"
+    "$(tar --list --verbose --numeric-owner --full-time --file "$WORK/layer" |
+      awk '{ line = $1 " " $2; for (i = 4; i <= NF; i++) line = line " " $i; print line }' | sort -k5)" \
+    "$(sort -k5 <<<"$expected_layer")"
   mkdir -p "$WORK/rootfs-$name"
   tar --extract --file "$WORK/layer" --directory "$WORK/rootfs-$name"
   expect "$name: the binary is the one built" \
@@ -103,6 +110,14 @@ while read -r archive ref digest; do
     ok "$name: static binary"
   else
     fail "$name: not static: $(file -b "$WORK/rootfs-$name/$binary")"
+  fi
+  if [[ "$binary" == agentmesh-sidecar ]]; then
+    if chroot "$WORK/rootfs-$name" /bin/cat /agentmesh-sidecar >/dev/null 2>&1 &&
+      ! chroot "$WORK/rootfs-$name" /bin/cat /var/run/agentmesh/healthy >/dev/null 2>&1; then
+      ok "$name: /bin/cat prints a file that exists and fails on one that does not"
+    else
+      fail "$name: /bin/cat does not behave as the liveness probe needs"
+    fi
   fi
   if chroot "$WORK/rootfs-$name" "/$binary" --help >/dev/null 2>&1; then
     ok "$name: /$binary --help runs in the image's root file system alone"

@@ -3,6 +3,7 @@
 # binary alone on an empty base (images/<binary>/Containerfile).
 #
 #   scripts/images.sh [build]         build the binaries and images (`make images`)
+#   scripts/images.sh e2e             build the local cluster's and the e2e suite's images
 #   scripts/images.sh push HOST:PORT  push the built images to a registry (`make images-push`)
 #   scripts/images.sh setup           only install what is missing (buildah, skopeo, musl, ...)
 #
@@ -202,6 +203,13 @@ build() {
       if [[ -n "${id:-}" ]]; then buildah_ rmi --force "$id" >/dev/null; fi
       rm -rf "$context" && mkdir -p "$context"
       install -m 0555 "$source" "$context/$binary"
+      if [[ "$binary" == agentmesh-sidecar ]]; then
+        # /bin/cat is the sidecar itself (it prints files when called so): the seed's liveness
+        # probe is `cat /var/run/agentmesh/healthy`, and the image has nothing else to run it.
+        mkdir -p "$context/bin"
+        ln -s ../agentmesh-sidecar "$context/bin/cat"
+        touch -h -d @0 "$context/bin/cat" "$context/bin"
+      fi
       check_binary "$context/$binary" "$context"
       id="$(buildah_ bud --quiet --timestamp 0 --identity-label=false --format oci --isolation chroot \
         --build-arg "VERSION=$VERSION" --build-arg "SOURCE=$SOURCE" \
@@ -245,9 +253,59 @@ push() {
   rm -f "$pushed"
 }
 
+# The images of the local cluster and the e2e suite (e2e/images/<name>/Containerfile), never
+# pushed: the node's sandbox image, the test pods' busybox and an MCP server. Written to
+# $IMAGES_DIR/e2e/<name>.oci.tar and listed in $IMAGES_DIR/e2e-images.txt (loaded into the
+# local node by e2e/cluster/up.sh, which calls this). Each build context is assembled here:
+e2e_context() {
+  local name="$1" context="$2" node lib fixtures
+  case "$name" in
+    pause) gcc -static -O2 -Wall -o "$context/pause" "$ROOT/e2e/node/pause.c" ;;
+    tools) install -m 0555 /bin/busybox "$context/busybox" ;;
+    mcp-everything)
+      fixtures="$("$ROOT/scripts/mcp-fixtures.sh" | tail -n1)"
+      node="$(readlink -f "$(command -v node)")"
+      mkdir -p "$context/rootfs/usr/bin" "$context/rootfs/app"
+      install -m 0555 "$node" "$context/rootfs/usr/bin/node"
+      # The machine's Node.js and the shared libraries it loads, at the same paths.
+      for lib in $(ldd "$node" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+        mkdir -p "$context/rootfs$(dirname "$lib")"
+        cp -L "$lib" "$context/rootfs$lib"
+      done
+      cp -a "$fixtures/node_modules" "$context/rootfs/app/node_modules"
+      install -m 0444 "$ROOT/e2e/mcp/everything.mjs" "$context/rootfs/app/everything.mjs"
+      ;;
+    *) die "no build context for the e2e image $name" ;;
+  esac
+}
+
+e2e_images() {
+  command -v buildah >/dev/null || setup
+  [[ -x /bin/busybox ]] || die "/bin/busybox missing (Debian's busybox-static, scripts/setup.sh)"
+  mkdir -p "$IMAGES_DIR/e2e" "$STORAGE_DIR"
+  local list="$IMAGES_DIR/.e2e-images.txt.new" name ref context id archive
+  : >"$list"
+  for name in pause tools mcp-everything; do
+    ref="$(sed -n 's/^# \(agentmesh\.local\/[^ ]*\) .*/\1/p' "$ROOT/e2e/images/$name/Containerfile" | head -n1)"
+    [[ -n "$ref" ]] || die "e2e/images/$name/Containerfile does not name its image on its first line"
+    context="$IMAGES_DIR/context/e2e-$name"
+    rm -rf "$context" && mkdir -p "$context"
+    e2e_context "$name" "$context"
+    id="$(buildah_ bud --quiet --timestamp 0 --identity-label=false --format oci --isolation chroot \
+      --file "$ROOT/e2e/images/$name/Containerfile" "$context" | tail -n1)"
+    archive="$IMAGES_DIR/e2e/$name.oci.tar"
+    write_archive "$id" "$ref" "$archive"
+    buildah_ rmi --force "$id" >/dev/null
+    echo "$archive $ref $(archive_digest "$archive")" >>"$list"
+  done
+  mv "$list" "$IMAGES_DIR/e2e-images.txt"
+  log "list: $IMAGES_DIR/e2e-images.txt"
+}
+
 case "${1:-build}" in
   build) build ;;
+  e2e) e2e_images ;;
   push) push "${2:-}" ;;
   setup) setup ;;
-  *) die "usage: scripts/images.sh [build | push HOST:PORT | setup]" ;;
+  *) die "usage: scripts/images.sh [build | e2e | push HOST:PORT | setup]" ;;
 esac

@@ -24,7 +24,6 @@ NODE_IP=10.250.0.1
 CLUSTER_DNS=$NODE_IP
 KUBELET_PORT=${AGENTMESH_KUBELET_PORT:-10250}
 SANDBOX_IMAGE=agentmesh.local/pause:1.0
-E2E_TOOLS_IMAGE=agentmesh.local/e2e-tools:1
 NODE_DIR=$DIR/node
 CONTAINERD_SOCK=$NODE_DIR/run/containerd.sock
 RUNC=${AGENTMESH_RUNC:-/usr/sbin/runc}
@@ -229,38 +228,28 @@ cluster.local:53 {
 EOF
 }
 
-# The sandbox image, the test pods' image and every image archive listed in $AGENTMESH_CACHE/images/images.txt.
+# The sandbox image and the e2e suite's images (built here from e2e/images/*/Containerfile by
+# scripts/images.sh e2e: a few seconds when nothing changed), then every image `make images`
+# built. Nothing can be pulled: pods name these with imagePullPolicy Never or IfNotPresent.
 node_load_images() {
-  local pause_dir=$CACHE/node-images
-  mkdir -p "$pause_dir"
-  if [[ ! -s "$pause_dir/pause.oci.tar" || "$E2E_NODE_SRC/pause.c" -nt "$pause_dir/pause.oci.tar" ]]; then
-    gcc -static -O2 -Wall -o "$pause_dir/pause" "$E2E_NODE_SRC/pause.c"
-    python3 "$E2E_NODE_SRC/oci-image.py" --ref "$SANDBOX_IMAGE" --out "$pause_dir/pause.oci.tar" \
-      --file "$pause_dir/pause=/pause" --entrypoint /pause --user 65535:65535 >/dev/null
-  fi
-  # The test pods' image: a static busybox (sh, nc, httpd, ...) for `kubectl exec`.
-  if [[ ! -s "$pause_dir/e2e-tools.oci.tar" || /bin/busybox -nt "$pause_dir/e2e-tools.oci.tar" ]]; then
-    python3 "$E2E_NODE_SRC/oci-image.py" --ref "$E2E_TOOLS_IMAGE" --out "$pause_dir/e2e-tools.oci.tar" \
-      --file "/bin/busybox=/bin/busybox" --entrypoint /bin/busybox --arg sleep --arg infinity >/dev/null
-  fi
-  ctr_k8s images import "$pause_dir/pause.oci.tar" >/dev/null
-  ctr_k8s images import "$pause_dir/e2e-tools.oci.tar" >/dev/null
-  node_import_listed
+  "$HERE/../../scripts/images.sh" e2e >/dev/null
+  node_import_list "$CACHE/images/e2e-images.txt"
+  node_import_list "${AGENTMESH_IMAGES_LIST:-$CACHE/images/images.txt}"
 }
 
-# Import the images `make images` built (a line per image: ARCHIVE REF DIGEST).
-node_import_listed() {
-  local list=${AGENTMESH_IMAGES_LIST:-$CACHE/images/images.txt} archive ref _digest
+# Import the images of a list (a line per image: ARCHIVE REF DIGEST), when it exists.
+node_import_list() {
+  local list=$1 archive ref _digest
   [[ -s "$list" ]] || return 0
   while read -r archive ref _digest; do
     [[ -z "$archive" || "$archive" == \#* ]] && continue
-    ctr_k8s images import "$archive" >/dev/null
+    ctr_k8s images import "$archive" >/dev/null 2>"$DIR/logs/ctr-import.log" ||
+      die "importing $archive: $(cat "$DIR/logs/ctr-import.log")"
     log "image $ref loaded"
   done <"$list"
 }
 
 node_up() {
-  E2E_NODE_SRC=$(cd "$HERE/../node" && pwd)
   for b in containerd containerd-shim-runc-v2 ctr crictl kubelet kube-proxy coredns bridge host-local loopback; do
     [[ -x "$BIN/$b" ]] || die "$BIN/$b missing (run e2e/cluster/build.sh)"
   done

@@ -34,15 +34,17 @@ const MCP_SERVER_IMAGE: &str = "agentmesh.local/e2e-mcp-everything:1";
 
 /// The agent: a shell in the agent's container speaking MCP (Streamable HTTP, 2025-06-18) to its
 /// sidecar on localhost:8081 with busybox's nc — initialize, take the session, initialized, then
-/// `tools/call echo`. Prints the last raw HTTP response.
+/// `tools/call echo`. Prints the last raw HTTP response. (busybox's nc stops at the end of its
+/// input, so the request is written by `-e`'s program, which then copies the answer out.)
 const AGENT_CALL: &str = r#"
 post() {
   n=$(printf %s "$1" | wc -c)
-  { printf 'POST /servers/everything/mcp HTTP/1.1\r\nHost: localhost:8081\r\nContent-Type: application/json\r\n'
-    printf 'Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n'
-    printf 'Content-Length: %s\r\nConnection: close\r\n' "$n"
-    if [ -n "$2" ]; then printf 'Mcp-Session-Id: %s\r\n' "$2"; fi
-    printf '\r\n%s' "$1"; } | nc -w 10 127.0.0.1 8081
+  head="POST /servers/everything/mcp HTTP/1.1\r\nHost: localhost:8081\r\nContent-Type: application/json"
+  head="$head\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18"
+  head="$head\r\nContent-Length: $n\r\nConnection: close"
+  if [ -n "$2" ]; then head="$head\r\nMcp-Session-Id: $2"; fi
+  HEAD="$head" BODY="$1" nc -w 10 127.0.0.1 8081 \
+    -e /bin/busybox sh -c 'printf "$HEAD\r\n\r\n%s" "$BODY"; cat >&2' 2>&1
 }
 init='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"busybox-agent","version":"1"}}}'
 sid=$(post "$init" "" | tr -d '\r' | sed -n 's/^[Mm][Cc][Pp]-[Ss][Ee][Ss][Ss][Ii][Oo][Nn]-[Ii][Dd]: *//p')
@@ -456,7 +458,7 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         ns,
         "--type=merge",
         "-p",
-        r#"{"spec":{"trust":{"minThreshold":900}}}"#,
+        r#"{"spec":{"trust":{"minThreshold":900,"initialScore":950}}}"#,
     ]);
     let denied = wait(
         Duration::from_secs(30),
