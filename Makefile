@@ -36,7 +36,7 @@ fmt: ## Format the code
 crds: ## Regenerate crds/ from the types in crates/api
 	$(CARGO) run --quiet --locked -p agentmesh-cli -- crds --output-dir crds
 
-e2e: ## End-to-end suite: a local kube-apiserver + etcd (built once), or the cluster of E2E_KUBECONFIG
+e2e: ## End-to-end suite: the local cluster with a real node (built once), or the cluster of E2E_KUBECONFIG
 	CARGO=$(CARGO) e2e/run.sh
 
 # Fuzz targets: one per decoder of untrusted input (fuzz/, its own workspace, nightly).
@@ -103,10 +103,10 @@ images-test: setup ## Images: reproducible digests, static single-file layers, p
 demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
 	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1
 
-cluster-up: ## Start the local control plane; kubeconfig at $(AGENTMESH_CACHE)/cluster/kubeconfig
+cluster-up: ## Start the local cluster (control plane + a real node, root); kubeconfig at $(AGENTMESH_CACHE)/cluster/kubeconfig
 	e2e/cluster/up.sh
 
-cluster-down: ## Stop the local control plane and remove its data
+cluster-down: ## Stop the local cluster, remove its data and undo what the node changed on the host
 	e2e/cluster/down.sh
 
 clean: ## Remove build outputs (the cache under $(AGENTMESH_CACHE) stays)

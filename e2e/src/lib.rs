@@ -48,6 +48,17 @@ pub fn fake_node_tolerations() -> Value {
     serde_json::json!([{"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}])
 }
 
+/// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+pub fn cgroup2_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("/proc/self/mountinfo");
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split_once(" - "))
+        .find(|(_, right)| right.starts_with("cgroup2 "))
+        .map(|(left, _)| left.split_whitespace().nth(4).unwrap().into())
+        .expect("a cgroup2 mount")
+}
+
 /// Root of the repository (for `crds/` and `examples/`): from the manifest directory cargo
 /// gives the running test, not the one compiled in. Checkouts at different paths share the
 /// cache's target directory, and cargo reuses a binary built from another one.

@@ -262,7 +262,13 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
         json!([{"name": "meshlogic-registry"}])
     );
     let container = &pod["containers"][0];
-    assert_eq!(container["securityContext"]["privileged"], true);
+    // Not privileged: only the capabilities the probe needs (`ebpf.privileged` restores the
+    // seed's privileged posture).
+    assert_eq!(container["securityContext"]["privileged"], false);
+    assert_eq!(
+        container["securityContext"]["capabilities"],
+        json!({"add": ["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"], "drop": ["ALL"]})
+    );
     assert_eq!(
         container["image"],
         "registry.meshlogic.ai/meshlogic-agent:e2e"

@@ -164,17 +164,6 @@ fn score(namespace: &str, identity: &str) -> Option<i64> {
     cluster().get("agentidentity", identity, Some(namespace))?["status"]["trustScore"].as_i64()
 }
 
-/// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
-fn cgroup_root() -> String {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split_once(" - "))
-        .find(|(_, right)| right.starts_with("cgroup2 "))
-        .map(|(left, _)| left.split_whitespace().nth(4).unwrap().to_owned())
-        .expect("a cgroup2 mount")
-}
-
 #[test]
 fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
     let nodes = real_nodes();
@@ -324,6 +313,22 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         })
         .unwrap_or_else(|| panic!("no key mount: {sidecar}"));
     assert_eq!(key_mount["readOnly"], true);
+    // A shell script run in the agent's container: its output.
+    let in_agent = |script: &str| {
+        cluster.kubectl_ok(&[
+            "exec",
+            "-n",
+            ns,
+            "agent",
+            "-c",
+            "agent",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
     let pod_ip = agent["status"]["podIP"].as_str().unwrap().to_owned();
     let (code, body) = http_get(&format!("{pod_ip}:8081"), "/health");
     assert_eq!(code, 200, "{body}");
@@ -340,7 +345,7 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         "apiVersion": "agentmesh.io/v1alpha1", "kind": "MeshLogicAgent", "metadata": {"name": "mla"},
         "spec": {
             "customerId": "e2e", "reportIntervalSeconds": 1,
-            "cgroup": {"root": cgroup_root()},
+            "cgroup": {"root": agentmesh_e2e::cgroup2_root()},
             "nodeSelector": {"agentmesh.io/local-node": "true"},
         }
     }));
@@ -367,19 +372,7 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         Duration::from_secs(90),
         "the exec, open and connect in the agent's container to cost 300 points",
         || {
-            cluster.kubectl_ok(&[
-                "exec",
-                "-n",
-                ns,
-                "agent",
-                "-c",
-                "agent",
-                "--",
-                "/bin/busybox",
-                "sh",
-                "-c",
-                script,
-            ]);
+            in_agent(script);
             let identity = cluster.get("agentidentity", "agent", Some(ns))?;
             (identity["status"]["trustScore"].as_i64()? <= before - 300).then_some(identity)
         },
@@ -399,21 +392,7 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
     wait(Duration::from_secs(60), "the MCP server pod Ready", || {
         pod_ready(&pod(ns, "everything")).then_some(())
     });
-    let call = || {
-        cluster.kubectl_ok(&[
-            "exec",
-            "-n",
-            ns,
-            "agent",
-            "-c",
-            "agent",
-            "--",
-            "/bin/busybox",
-            "sh",
-            "-c",
-            AGENT_CALL,
-        ])
-    };
+    let call = || in_agent(AGENT_CALL);
     let answer = call();
     assert!(
         answer.contains("Echo: hi from a pod"),

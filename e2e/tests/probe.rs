@@ -14,17 +14,6 @@ use serde_json::{Value, json};
 
 const NODE: &str = "kwok-node-0";
 
-/// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
-fn cgroup_root() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split_once(" - "))
-        .find(|(_, right)| right.starts_with("cgroup2 "))
-        .map(|(left, _)| left.split_whitespace().nth(4).unwrap().into())
-        .expect("a cgroup2 mount")
-}
-
 fn probe_binary() -> PathBuf {
     let operator = agentmesh_e2e::operator::operator_binary();
     operator.with_file_name("meshlogic-probe")
@@ -104,7 +93,7 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
     );
 
     // The pod's cgroup as the kubelet's cgroupfs driver lays it out.
-    let root = cgroup_root();
+    let root = agentmesh_e2e::cgroup2_root();
     let kubepods = root.join("kubepods");
     let burstable = kubepods.join("burstable");
     let pod_dir = burstable.join(format!("pod{uid}"));

@@ -601,6 +601,17 @@ mod tests {
         daemon_set(&agent, &settings(), &config).unwrap()
     }
 
+    fn template_annotations(ds: &DaemonSet) -> &BTreeMap<String, String> {
+        let template = &ds.spec.as_ref().unwrap().template;
+        template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()
+    }
+
     fn pod_spec(ds: &DaemonSet) -> &PodSpec {
         ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
     }
@@ -805,18 +816,7 @@ mod tests {
     #[test]
     fn probe_pods_opt_out_of_sidecar_injection() {
         let ds = built(&default_resource());
-        let template = ds
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap();
-        assert_eq!(
-            template.annotations.as_ref().unwrap()["agentmesh.io/inject"],
-            "false"
-        );
+        assert_eq!(template_annotations(&ds)["agentmesh.io/inject"], "false");
     }
 
     #[test]
@@ -936,15 +936,7 @@ mod tests {
             probe_path(&container.readiness_probe),
             ("/ready".into(), metrics_port)
         );
-        let annotations = ds
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap();
-        let annotations = annotations.annotations.as_ref().unwrap();
+        let annotations = template_annotations(&ds);
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert_eq!(annotations["prometheus.io/port"], "9090");
         assert_eq!(annotations["prometheus.io/path"], "/metrics");
