@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Smoke-test the cluster started by up.sh (what the e2e suite relies on):
+# Smoke-test a control-plane-and-kwok cluster (AGENTMESH_NODE=0 up.sh; the real node has its own
+# test, e2e/tests/node.rs):
 #   /readyz, Ready nodes, DaemonSet pods Running, ServiceAccount token + TokenReview,
 #   garbage collection of owned objects, CRD Established + CEL validation, and
 #   admission webhooks (mutating + validating) served on https://127.0.0.1:PORT.
