@@ -92,7 +92,7 @@ wait_for() {
 # line references $DIR (stale run whose pid files are gone). Never matches by name.
 stop_all() {
   local pids=() c pid i
-  # The node first: its pods are removed through the kubelet's runtime while it still runs.
+  # The node first: its pods are removed through containerd while it still runs.
   node_down
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     c=${COMPONENTS[$i]}

@@ -9,8 +9,8 @@
 #     link; net.ipv4.ip_forward stays as it was), and a FORWARD rule drops anything the bridge
 #     would forward to another interface: no traffic leaves the machine. Pods get no default
 #     route, only routes to the Service range and the pod range.
-#   - iptables: kube-proxy's KUBE-* chains (removed with `kube-proxy --cleanup`) and the
-#     AGENTMESH-NODE chain.
+#   - iptables: kube-proxy's KUBE-* chains, the kubelet's KUBE-FIREWALL and canaries, and the
+#     AGENTMESH-NODE chain (every rule and chain that was not there before is removed).
 #   - sysctls the kubelet sets (vm.overcommit_memory, kernel.panic, ...): recorded first,
 #     restored after.
 #   - mounts: bpffs on /sys/fs/bpf (when it was not mounted), pods' volumes and network
@@ -30,7 +30,6 @@ RUNC=${AGENTMESH_RUNC:-/usr/sbin/runc}
 # The sysctls the kubelet sets (pkg/kubelet/cm/container_manager_linux.go, setupKernelTunables).
 KUBELET_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
   kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
-NODE_COMPONENTS=(containerd coredns kubelet kube-proxy)
 
 ctr_k8s() { "$BIN/ctr" --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 crictl_node() { "$BIN/crictl" --runtime-endpoint "unix://$CONTAINERD_SOCK" --image-endpoint "unix://$CONTAINERD_SOCK" --timeout 30s "$@"; }
@@ -249,6 +248,8 @@ node_import_list() {
   done <"$list"
 }
 
+# After node_record_host and node_network_up (before the API server, which listens on the
+# bridge) and the control plane: containerd, the images, the kubelet.
 node_up() {
   for b in containerd containerd-shim-runc-v2 ctr crictl kubelet kube-proxy coredns bridge host-local loopback; do
     [[ -x "$BIN/$b" ]] || die "$BIN/$b missing (run e2e/cluster/build.sh)"
@@ -279,9 +280,6 @@ node_up() {
     --v=1
 }
 
-# After node_record_host and node_network_up (before the API server, which listens on the
-# bridge) and the control plane: containerd, the images, the kubelet.
-# (node_up)
 # After the API server is up: RBAC for the DNS server, then kube-proxy and DNS.
 node_services_up() {
   kc apply -f - >/dev/null <<EOF

@@ -217,7 +217,7 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
             "an operator pod runs on the real node: {}",
             operator["spec"]["nodeName"]
         );
-        // The image runs as its non-root user, and the kubelet checked it (runAsNonRoot).
+        // Started non-root: the kubelet refuses a container that runAsNonRoot forbids.
         assert_eq!(operator["status"]["containerStatuses"][0]["started"], true);
     }
     let webhook = wait(
