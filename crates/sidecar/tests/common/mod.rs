@@ -105,6 +105,9 @@ fn spawn_listening(name: &str, command: impl Fn(u16) -> Command) -> (Running, u1
 
 /// `@modelcontextprotocol/server-everything` in `streamableHttp` or `sse` mode.
 pub fn everything(mode: &str) -> (Running, u16) {
+    // Installs the fixtures and links e2e/mcp/node_modules, which everything.mjs resolves the
+    // server from (on a fresh cache, a test that only runs this server must not start first).
+    fixtures();
     spawn_listening("server-everything", |port| {
         let mut command = Command::new("node");
         command.arg(repo().join("e2e/mcp/everything.mjs")).args([
