@@ -17,10 +17,10 @@
 //! before the next test binary runs its own operators (the in-cluster webhook and reconcilers
 //! would otherwise act on their namespaces too).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use agentmesh_e2e::operator::http_request;
 use agentmesh_e2e::{TestNamespace, cluster, repo_root};
 use serde_json::{Value, json};
 
@@ -122,36 +122,6 @@ fn pod_ready(pod: &Value) -> bool {
         c.iter()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     })
-}
-
-/// `GET path` over plain HTTP/1.1 from this host: the status code and body.
-fn http_get(address: &str, path: &str) -> (u16, String) {
-    http_get_with(address, path, "")
-}
-
-/// `GET path` with extra header lines (each ending in CRLF).
-fn http_get_with(address: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("{address}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
 }
 
 fn lease_holder() -> Option<String> {
@@ -330,7 +300,8 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         ])
     };
     let pod_ip = agent["status"]["podIP"].as_str().unwrap().to_owned();
-    let (code, body) = http_get(&format!("{pod_ip}:8081"), "/health");
+    let health: SocketAddr = format!("{pod_ip}:8081").parse().unwrap();
+    let (code, body) = http_request(health, "GET", "/health", None, None).expect("an answer");
     assert_eq!(code, 200, "{body}");
 
     // The in-cluster operator (its leader) created the identity and scores it.
@@ -418,11 +389,9 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
     let follower_ip = follower["status"]["podIP"].as_str().unwrap();
     let agent_uid = agent["metadata"]["uid"].as_str().unwrap();
     let token = cluster.token(ns, "default", Some(("agent", agent_uid)));
-    let (code, config) = http_get_with(
-        &format!("{follower_ip}:8080"),
-        "/v1/sidecar/config",
-        &format!("Authorization: Bearer {token}\r\n"),
-    );
+    let follower: SocketAddr = format!("{follower_ip}:8080").parse().unwrap();
+    let (code, config) =
+        http_request(follower, "GET", "/v1/sidecar/config", Some(&token), None).expect("an answer");
     assert_eq!(code, 200, "the replica that does not lead: {config}");
     assert!(config.contains("everything"), "{config}");
 

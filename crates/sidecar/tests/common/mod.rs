@@ -280,8 +280,8 @@ pub fn raw(port: u16, request: &str) -> (u16, String) {
     (status, body)
 }
 
-/// A POST with JSON body and headers; returns (status, body).
-pub fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+/// The text of a `POST` with a JSON body and extra headers, as MCP clients send it.
+fn post_request(path: &str, headers: &[(&str, &str)], body: &str) -> String {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
         body.len()
@@ -291,6 +291,12 @@ pub fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16
     }
     request.push_str("\r\n");
     request.push_str(body);
+    request
+}
+
+/// A POST with JSON body and headers; returns (status, body).
+pub fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let request = post_request(path, headers, body);
     raw(port, &request)
 }
 
@@ -318,15 +324,7 @@ pub fn post_streaming(
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
+    let request = post_request(path, headers, body);
     let started = Instant::now();
     stream.write_all(request.as_bytes()).unwrap();
     let mut all = String::new();
