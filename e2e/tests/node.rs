@@ -394,6 +394,18 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         http_request(follower, "GET", "/v1/sidecar/config", Some(&token), None).expect("an answer");
     assert_eq!(code, 200, "the replica that does not lead: {config}");
     assert!(config.contains("everything"), "{config}");
+    // Passing a call on never vouches for it: the leader checks the caller's token itself. A
+    // forged token, and a valid token not bound to a pod, are refused through the follower.
+    let (code, answer) = http_request(follower, "GET", "/v1/sidecar/config", Some("forged"), None)
+        .expect("an answer");
+    assert_eq!(code, 401, "a forged token through the follower: {answer}");
+    let unbound = cluster.token(ns, "default", None);
+    let (code, answer) = http_request(follower, "GET", "/v1/sidecar/config", Some(&unbound), None)
+        .expect("an answer");
+    assert_eq!(
+        code, 403,
+        "a token bound to no pod through the follower: {answer}"
+    );
 
     // Quarantine: the threshold above the score. The sidecar learns it from the operator's
     // config long-poll (through the Service, by its DNS name) and denies the same call.
