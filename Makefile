@@ -10,7 +10,7 @@ CARGO ?= cargo
 
 .DEFAULT_GOAL := help
 .PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe bench-sidecar bench-webhook demo cluster-up cluster-down clean
-.PHONY: images images-push images-test
+.PHONY: images images-push images-test chart-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ setup: ## Install what this machine lacks (idempotent, quick when nothing is mis
 build: setup ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets --locked
 
-test: setup lint unit fuzz-smoke images-test e2e ## Every test: lint, unit and integration tests, a short fuzz run, images, end-to-end
+test: setup lint unit fuzz-smoke chart-test images-test e2e ## Every test: lint, unit and integration tests, a short fuzz run, charts, images, end-to-end
 
 unit: ## cargo test over the workspace
 	$(CARGO) test --workspace --locked --exclude agentmesh-e2e
@@ -33,8 +33,12 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-crds: ## Regenerate crds/ from the types in crates/api
+crds: ## Regenerate crds/ from the types in crates/api (and the agentmesh chart's copy)
 	$(CARGO) run --quiet --locked -p agentmesh-cli -- crds --output-dir crds
+	rm -f charts/agentmesh/files/crds/*.yaml && cp crds/*.yaml charts/agentmesh/files/crds/
+
+chart-test: ## Helm charts: lint, helm-unittest, goldens, kubeconform, checkov, schemas, deploy/ drift (UPDATE_GOLDEN=1 rewrites)
+	scripts/chart-test.sh
 
 e2e: ## End-to-end suite: the local cluster with a real node (built once), or the cluster of E2E_KUBECONFIG
 	CARGO=$(CARGO) e2e/run.sh

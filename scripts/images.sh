@@ -258,7 +258,7 @@ push() {
 # $IMAGES_DIR/e2e/<name>.oci.tar and listed in $IMAGES_DIR/e2e-images.txt (loaded into the
 # local node by e2e/cluster/up.sh, which calls this). Each build context is assembled here:
 e2e_context() {
-  local name="$1" context="$2" node lib fixtures
+  local name="$1" context="$2" node lib fixtures debs target
   case "$name" in
     pause) gcc -static -O2 -Wall -o "$context/pause" "$ROOT/e2e/node/pause.c" ;;
     tools) install -m 0555 /bin/busybox "$context/busybox" ;;
@@ -275,6 +275,24 @@ e2e_context() {
       cp -a "$fixtures/node_modules" "$context/rootfs/app/node_modules"
       install -m 0444 "$ROOT/e2e/mcp/everything.mjs" "$context/rootfs/app/everything.mjs"
       ;;
+    redis)
+      # Debian's packages, downloaded and unpacked (never installed: no service starts).
+      debs="$IMAGES_DIR/debs/redis" && mkdir -p "$debs"
+      if ! ls "$debs"/redis-tools_*.deb >/dev/null 2>&1; then
+        [[ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ]] || apt-get update -qq
+        (cd "$debs" && apt-get download -qq redis-tools libjemalloc2 liblzf1 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+      fi
+      mkdir -p "$context/unpacked" "$context/rootfs/usr/bin"
+      for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$context/unpacked"; done
+      install -m 0555 "$context/unpacked/usr/bin/redis-check-rdb" "$context/rootfs/usr/bin/redis-server"
+      for lib in $(LD_LIBRARY_PATH="$context/unpacked/usr/lib/x86_64-linux-gnu" ldd "$context/rootfs/usr/bin/redis-server" \
+          | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+        target="${lib#"$context/unpacked"}"
+        mkdir -p "$context/rootfs$(dirname "$target")"
+        cp -L "$lib" "$context/rootfs$target"
+      done
+      mkdir -p "$context/rootfs/data" "$context/rootfs/tmp"
+      ;;
     *) die "no build context for the e2e image $name" ;;
   esac
 }
@@ -285,8 +303,8 @@ e2e_images() {
   mkdir -p "$IMAGES_DIR/e2e" "$STORAGE_DIR"
   local list="$IMAGES_DIR/.e2e-images.txt.new" name ref context id archive
   : >"$list"
-  for name in pause tools mcp-everything; do
-    ref="$(sed -n 's/^# \(agentmesh\.local\/[^ ]*\) .*/\1/p' "$ROOT/e2e/images/$name/Containerfile" | head -n1)"
+  for name in pause tools mcp-everything redis; do
+    ref="$(sed -n '1s/^# \([^ ]*:[^ ]*\) — .*/\1/p' "$ROOT/e2e/images/$name/Containerfile")"
     [[ -n "$ref" ]] || die "e2e/images/$name/Containerfile does not name its image on its first line"
     context="$IMAGES_DIR/context/e2e-$name"
     rm -rf "$context" && mkdir -p "$context"

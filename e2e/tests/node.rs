@@ -1,7 +1,7 @@
 //! The product as users run it, on the local cluster's real node (e2e/cluster/node.sh): every
 //! component is a pod the kubelet starts from the images of `make images`.
 //!
-//! - the operator as its Deployment (`deploy/operator.yaml`: two replicas, its ServiceAccount
+//! - the operator as its Deployment (`deploy/agentmesh.yaml`, rendered from the chart: two replicas, its ServiceAccount
 //!   and ClusterRole, the `agentmesh` Service; the API server calls the webhook through it);
 //! - a pod created in a labelled namespace gets the sidecar, which the kubelet starts as a
 //!   native sidecar with the identity's key file mounted, and answers `/health`;
@@ -93,7 +93,7 @@ struct Installed;
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let manifest = repo_root().join("deploy/operator.yaml");
+        let manifest = repo_root().join("deploy/agentmesh.yaml");
         let _ = cluster().kubectl(&[
             "delete",
             "-f",
@@ -146,19 +146,12 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
     let _installed = Installed;
 
     // ---------------------------------------------------------------- the operator's Deployment
-    let rbac = repo_root().join("deploy/operator-rbac.yaml");
-    let manifest = repo_root().join("deploy/operator.yaml");
-    cluster.kubectl_ok(&[
-        "apply",
-        "-f",
-        rbac.to_str().unwrap(),
-        "-f",
-        manifest.to_str().unwrap(),
-    ]);
+    let manifest = repo_root().join("deploy/agentmesh.yaml");
+    cluster.kubectl_ok(&["apply", "-f", manifest.to_str().unwrap()]);
     cluster.kubectl_ok(&[
         "rollout",
         "status",
-        "deployment/agentmesh",
+        "deployment/agentmesh-server",
         "-n",
         OPERATOR_NAMESPACE,
         "--timeout=180s",

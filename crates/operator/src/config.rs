@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use agentmesh_api::settings::Settings;
 use clap::Parser;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// What `failurePolicy` the injection webhook is registered with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -156,9 +157,56 @@ pub struct Args {
     #[arg(long, env = "MESHLOGIC_SIDECAR_CPU_LIMIT", default_value = "500m", value_parser = quantity)]
     pub sidecar_cpu_limit: String,
 
+    /// Serve the sidecar-injection webhook and register its MutatingWebhookConfiguration (the
+    /// chart's `sidecarInjector.enabled`).
+    #[arg(long, env = "MESHLOGIC_WEBHOOK_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook_enabled: bool,
+
+    /// More conditions on the namespaces the webhook is sent, as a JSON LabelSelector ANDed with
+    /// the `agentmesh-inject: enabled` label (the chart's `sidecarInjector.namespaceSelector`).
+    #[arg(long, env = "MESHLOGIC_WEBHOOK_NAMESPACE_SELECTOR", value_parser = label_selector)]
+    pub webhook_namespace_selector: Option<LabelSelector>,
+
+    /// A ClusterRole that owns what the operator makes for its installation (the webhook
+    /// configuration and certificate Secret), so that removing the installation (`helm
+    /// uninstall`) garbage-collects them. When unset, the operator's Namespace owns the webhook
+    /// configuration.
+    #[arg(long, env = "MESHLOGIC_OWNER_CLUSTER_ROLE")]
+    pub owner_cluster_role: Option<String>,
+
+    /// Password of the Redis audit store (`AGENTMESH_STORAGE_BACKEND=redis`), from a Secret.
+    #[arg(long, env = "AGENTMESH_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// Host of the PostgreSQL audit store (`AGENTMESH_STORAGE_BACKEND=postgres`).
+    #[arg(long, env = "AGENTMESH_POSTGRES_HOST")]
+    pub postgres_host: Option<String>,
+
+    /// Port of the PostgreSQL audit store.
+    #[arg(long, env = "AGENTMESH_POSTGRES_PORT", default_value_t = 5432, value_parser = clap::value_parser!(u16).range(1..))]
+    pub postgres_port: u16,
+
+    /// User of the PostgreSQL audit store.
+    #[arg(long, env = "AGENTMESH_POSTGRES_USER", default_value = "agentmesh")]
+    pub postgres_user: String,
+
+    /// Database of the PostgreSQL audit store.
+    #[arg(long, env = "AGENTMESH_POSTGRES_DATABASE", default_value = "agentmesh")]
+    pub postgres_database: String,
+
+    /// Password of the PostgreSQL audit store, from a Secret.
+    #[arg(long, env = "AGENTMESH_POSTGRES_PASSWORD", hide_env_values = true)]
+    pub postgres_password: Option<String>,
+
     /// Memory limit of the injected sidecar.
     #[arg(long, env = "MESHLOGIC_SIDECAR_MEMORY_LIMIT", default_value = "512Mi", value_parser = quantity)]
     pub sidecar_memory_limit: String,
+}
+
+/// A LabelSelector in JSON (`{"matchLabels": {...}, "matchExpressions": [...]}`).
+fn label_selector(text: &str) -> Result<LabelSelector, String> {
+    serde_json::from_str::<LabelSelector>(text)
+        .map_err(|error| format!("{text:?} is not a JSON LabelSelector: {error}"))
 }
 
 /// A Kubernetes resource quantity (`100m`, `0.5`, `128Mi`, `1G`, `1e3`).
@@ -237,11 +285,12 @@ impl Config {
                 agentmesh_api::names::env::OTEL_ENABLED
             );
         }
-        if settings.storage_backend != agentmesh_api::settings::StorageBackend::Memory {
+        if settings.storage_backend == agentmesh_api::settings::StorageBackend::Postgres
+            && args.postgres_host.as_deref().unwrap_or("").is_empty()
+        {
             anyhow::bail!(
-                "{}={:?}: only the memory backend is available in this version of the operator",
-                agentmesh_api::names::env::STORAGE_BACKEND,
-                settings.storage_backend
+                "{}=postgres needs AGENTMESH_POSTGRES_HOST",
+                agentmesh_api::names::env::STORAGE_BACKEND
             );
         }
         Ok(Self { args, settings })
@@ -251,6 +300,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_selectors_are_json_label_selectors() {
+        let selector = label_selector(
+            r#"{"matchExpressions":[{"key":"env","operator":"In","values":["prod"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(selector.match_expressions.unwrap()[0].key, "env");
+        let error = label_selector("env=prod").unwrap_err();
+        assert!(error.contains("not a JSON LabelSelector"), "{error}");
+    }
 
     #[test]
     fn quantities_are_checked() {

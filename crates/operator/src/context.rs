@@ -19,6 +19,8 @@ pub struct Context {
     pub engine: std::sync::OnceLock<Arc<crate::engine::Engine>>,
     /// The webhook's serving certificate, once the webhook runs on this replica.
     pub webhook_certs: std::sync::OnceLock<Arc<crate::webhook::server::CertStore>>,
+    /// The audit store's connection, as last checked.
+    pub storage: Arc<crate::storage::Health>,
     recorder: Recorder,
     leading: watch::Receiver<bool>,
 }
@@ -35,6 +37,9 @@ impl Context {
             instance: Some(config.args.holder_identity()),
         };
         Self {
+            storage: Arc::new(crate::storage::Health::new(crate::storage::Remote::of(
+                &config,
+            ))),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,

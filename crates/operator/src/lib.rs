@@ -21,6 +21,7 @@ pub mod meshlogic;
 pub mod metrics;
 pub mod policy;
 pub mod probes;
+pub mod storage;
 pub mod trust_api;
 pub mod webhook;
 
@@ -75,8 +76,13 @@ pub async fn run() -> anyhow::Result<()> {
         }
     }));
     tokio::spawn(trust_api::serve(trust_listener, ctx.clone()));
+    tokio::spawn(storage::run(ctx.storage.clone(), metrics.clone()));
     // Every replica serves the webhook; only the leader writes its certificate and configuration.
-    webhook::start(ctx.clone()).await?;
+    if config.args.webhook_enabled {
+        webhook::start(ctx.clone()).await?;
+    } else {
+        tracing::info!("sidecar injection disabled (MESHLOGIC_WEBHOOK_ENABLED=false)");
+    }
 
     let elector = leader::LeaderElector::new(
         client,

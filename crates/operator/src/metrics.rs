@@ -67,6 +67,8 @@ pub struct Metrics {
     pub audit_entries: Counter,
     pub admissions: Family<ReasonLabels, Counter>,
     pub is_leader: Gauge,
+    /// 1 while the audit store answers (always 1 with the memory backend).
+    pub storage_up: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -89,6 +91,7 @@ impl Metrics {
             audit_entries: Counter::default(),
             admissions: Family::default(),
             is_leader: Gauge::default(),
+            storage_up: Gauge::default(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -158,6 +161,11 @@ impl Metrics {
             "meshlogic_operator_leader",
             "1 while this replica is the leader",
             metrics.is_leader.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_storage_up",
+            "1 while the audit store of AGENTMESH_STORAGE_BACKEND answers, 0 while it does not (always 1 with memory)",
+            metrics.storage_up.clone(),
         );
         (Arc::new(metrics), registry)
     }

@@ -105,7 +105,11 @@ impl Server {
             (&Method::GET, paths::READY) => match self.ctx.not_ready() {
                 None => http::json(
                     StatusCode::OK,
-                    &json!({"status": "ready", "leader": self.ctx.is_leader()}),
+                    &json!({
+                        "status": "ready",
+                        "leader": self.ctx.is_leader(),
+                        "storage": self.ctx.storage.report(),
+                    }),
                 ),
                 Some(reason) => http::json(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -21,6 +21,8 @@ use anyhow::Context as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -334,10 +336,10 @@ pub fn refresh_interval(source: &Source) -> Duration {
 impl Manager {
     pub async fn run(self) {
         let mut applied: Option<(serde_json::Value, Instant)> = None;
-        let mut owner_uid: Option<String> = None;
+        let mut owner: Option<config::Owner> = None;
         loop {
             let leader = self.ctx.is_leader();
-            let ok = match self.tick(&mut applied, &mut owner_uid).await {
+            let ok = match self.tick(&mut applied, &mut owner).await {
                 Ok(()) => true,
                 Err(error) => {
                     tracing::warn!(
@@ -366,7 +368,7 @@ impl Manager {
     async fn tick(
         &self,
         applied: &mut Option<(serde_json::Value, Instant)>,
-        owner_uid: &mut Option<String>,
+        owner: &mut Option<config::Owner>,
     ) -> anyhow::Result<()> {
         let client = self.ctx.client.clone();
         let namespace = &self.options.operator_namespace;
@@ -380,6 +382,9 @@ impl Manager {
             .and_then(|secret| secret.data.clone())
             .unwrap_or_default();
         let leader = self.ctx.is_leader();
+        if leader && owner.is_none() {
+            *owner = self.owner().await;
+        }
 
         if leader
             && let Source::SelfManaged {
@@ -397,22 +402,16 @@ impl Manager {
             );
             if plan != Plan::Keep {
                 let new = execute(&plan, &data, *serving_lifetime, *ca_lifetime, sans)?;
-                self.write(&secrets, secret.as_ref(), new.clone()).await?;
+                self.write(&secrets, secret.as_ref(), new.clone(), owner.as_ref())
+                    .await?;
                 tracing::info!(?plan, secret = %self.secret_name, "webhook certificates written");
                 data = new;
             }
         }
 
         if leader {
-            if owner_uid.is_none() {
-                let namespaces: Api<Namespace> = Api::all(client.clone());
-                match namespaces.get_opt(namespace).await {
-                    Ok(found) => *owner_uid = found.and_then(|ns| ns.metadata.uid),
-                    Err(error) => tracing::debug!(%error, "cannot read the operator's Namespace"),
-                }
-            }
             let bundle = data.get(CA_BUNDLE).map(|bundle| bundle.0.as_slice());
-            let desired = config::desired(&self.options, bundle, owner_uid.as_deref());
+            let desired = config::desired(&self.options, bundle, owner.as_ref());
             let fresh = applied.as_ref().is_some_and(|(last, at)| {
                 *last == desired && at.elapsed() < Duration::from_secs(60)
             });
@@ -438,11 +437,57 @@ impl Manager {
         Ok(())
     }
 
+    /// The installation's ClusterRole when one is named, else the operator's Namespace; `None`
+    /// (retried next round) while it cannot be read.
+    async fn owner(&self) -> Option<config::Owner> {
+        let client = self.ctx.client.clone();
+        match &self.options.owner_cluster_role {
+            Some(name) => {
+                let roles: Api<ClusterRole> = Api::all(client);
+                match roles.get_opt(name).await {
+                    Ok(Some(role)) => role.metadata.uid.map(|uid| config::Owner {
+                        api_version: "rbac.authorization.k8s.io/v1",
+                        kind: "ClusterRole",
+                        name: name.clone(),
+                        uid,
+                    }),
+                    Ok(None) => {
+                        tracing::warn!(%name, "the owner ClusterRole does not exist");
+                        None
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot read the owner ClusterRole");
+                        None
+                    }
+                }
+            }
+            None => {
+                let namespace = &self.options.operator_namespace;
+                let namespaces: Api<Namespace> = Api::all(client);
+                match namespaces.get_opt(namespace).await {
+                    Ok(found) => found
+                        .and_then(|ns| ns.metadata.uid)
+                        .map(|uid| config::Owner {
+                            api_version: "v1",
+                            kind: "Namespace",
+                            name: namespace.clone(),
+                            uid,
+                        }),
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot read the operator's Namespace");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     async fn write(
         &self,
         secrets: &Api<Secret>,
         existing: Option<&Secret>,
         data: BTreeMap<String, ByteString>,
+        owner: Option<&config::Owner>,
     ) -> anyhow::Result<()> {
         use agentmesh_api::names::labels;
         match existing {
@@ -468,6 +513,17 @@ impl Manager {
                             .map(|(k, v)| (k.to_owned(), v.to_owned()))
                             .collect(),
                         ),
+                        // Owned by the installation's ClusterRole, if any: the Namespace
+                        // already holds the Secret.
+                        owner_references: owner.filter(|o| o.kind == "ClusterRole").map(|o| {
+                            vec![OwnerReference {
+                                api_version: o.api_version.into(),
+                                kind: o.kind.into(),
+                                name: o.name.clone(),
+                                uid: o.uid.clone(),
+                                ..Default::default()
+                            }]
+                        }),
                         ..Default::default()
                     },
                     type_: Some("kubernetes.io/tls".into()),

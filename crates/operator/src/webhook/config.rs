@@ -3,6 +3,7 @@
 
 use agentmesh_api::names::{FIELD_MANAGER, NEVER_INJECTED_NAMESPACES, annotations, labels};
 use base64::Engine;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 
 use super::server::PATH;
@@ -16,7 +17,7 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub const CERT_MANAGER_INJECT_CA_FROM: &str = "cert-manager.io/inject-ca-from";
 
 /// Everything the configuration depends on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Options {
     /// The operator's namespace: part of the configuration's name (unique per installation),
     /// never injected.
@@ -36,6 +37,26 @@ pub struct Options {
     /// cert-manager mode: the Certificate (`<namespace>/<name>`) whose CA cert-manager
     /// injects; the operator then leaves `caBundle` alone.
     pub cert_manager_certificate: Option<String>,
+    /// More conditions on the namespaces, ANDed with the injection label and the exclusions.
+    pub namespace_selector: Option<LabelSelector>,
+    /// A ClusterRole that owns the configuration (a Helm installation's); else the Namespace.
+    pub owner_cluster_role: Option<String>,
+}
+
+/// The object that owns what the operator makes for its installation: deleting it
+/// garbage-collects them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub name: String,
+    pub uid: String,
+}
+
+impl Owner {
+    pub fn reference(&self) -> Value {
+        json!({"apiVersion": self.api_version, "kind": self.kind, "name": self.name, "uid": self.uid})
+    }
 }
 
 impl Options {
@@ -46,9 +67,10 @@ impl Options {
 }
 
 /// The MutatingWebhookConfiguration to apply. `ca_bundle` is the PEM of the CAs the API server
-/// must trust (self-managed certificates); `owner_uid` is the UID of the operator's Namespace,
-/// so that deleting the installation's namespace garbage-collects the configuration.
-pub fn desired(options: &Options, ca_bundle: Option<&[u8]>, owner_uid: Option<&str>) -> Value {
+/// must trust (self-managed certificates); `owner` is the operator's Namespace or the
+/// installation's ClusterRole, so that deleting the installation garbage-collects the
+/// configuration.
+pub fn desired(options: &Options, ca_bundle: Option<&[u8]>, owner: Option<&Owner>) -> Value {
     let mut client_config = match &options.url {
         Some(url) => json!({"url": url}),
         None => json!({"service": {
@@ -75,6 +97,20 @@ pub fn desired(options: &Options, ca_bundle: Option<&[u8]>, owner_uid: Option<&s
         expressions
             .push(json!({"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": [watched]}));
     }
+    let mut match_labels = serde_json::Map::new();
+    if let Some(extra) = &options.namespace_selector {
+        for (key, value) in extra.match_labels.iter().flatten() {
+            match_labels.insert(key.clone(), value.clone().into());
+        }
+        for expression in extra.match_expressions.iter().flatten() {
+            expressions.push(serde_json::to_value(expression).unwrap_or_default());
+        }
+    }
+    // The injection label last: an extra selector can narrow it, never replace it.
+    match_labels.insert(
+        labels::INJECT_NAMESPACE.into(),
+        labels::INJECT_ENABLED.into(),
+    );
 
     let mut metadata = json!({
         "name": options.config_name(),
@@ -85,10 +121,8 @@ pub fn desired(options: &Options, ca_bundle: Option<&[u8]>, owner_uid: Option<&s
             labels::APP_INSTANCE: options.operator_namespace,
         },
     });
-    if let Some(uid) = owner_uid {
-        metadata["ownerReferences"] = json!([{
-            "apiVersion": "v1", "kind": "Namespace", "name": options.operator_namespace, "uid": uid,
-        }]);
+    if let Some(owner) = owner {
+        metadata["ownerReferences"] = json!([owner.reference()]);
     }
     if let Some(certificate) = &options.cert_manager_certificate {
         metadata["annotations"] = json!({ CERT_MANAGER_INJECT_CA_FROM: certificate });
@@ -110,7 +144,7 @@ pub fn desired(options: &Options, ca_bundle: Option<&[u8]>, owner_uid: Option<&s
                 "scope": "Namespaced",
             }],
             "namespaceSelector": {
-                "matchLabels": {labels::INJECT_NAMESPACE: labels::INJECT_ENABLED},
+                "matchLabels": match_labels,
                 "matchExpressions": expressions,
             },
             // Pods labelled `agentmesh.io/inject: "false"` are not even sent; the annotation
@@ -144,12 +178,23 @@ mod tests {
             timeout_seconds: 10,
             creates_identities: true,
             cert_manager_certificate: None,
+            namespace_selector: None,
+            owner_cluster_role: None,
+        }
+    }
+
+    fn namespace_owner() -> Owner {
+        Owner {
+            api_version: "v1",
+            kind: "Namespace",
+            name: "agentmesh".into(),
+            uid: "uid-1".into(),
         }
     }
 
     #[test]
     fn the_configuration_selects_labelled_namespaces_but_never_its_own_or_kube_system() {
-        let config = desired(&options(), Some(b"PEM"), Some("uid-1"));
+        let config = desired(&options(), Some(b"PEM"), Some(&namespace_owner()));
         let webhook = &config["webhooks"][0];
         assert_eq!(
             config["metadata"]["name"],
@@ -173,6 +218,40 @@ mod tests {
         assert_eq!(
             webhook["objectSelector"]["matchExpressions"][0]["key"],
             "agentmesh.io/inject"
+        );
+    }
+
+    #[test]
+    fn an_extra_namespace_selector_narrows_the_injection_label_but_cannot_replace_it() {
+        let mut options = options();
+        options.namespace_selector = Some(
+            serde_json::from_value(json!({
+                "matchLabels": {"team": "ml", "agentmesh-inject": "disabled"},
+                "matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}],
+            }))
+            .unwrap(),
+        );
+        let owner = Owner {
+            api_version: "rbac.authorization.k8s.io/v1",
+            kind: "ClusterRole",
+            name: "agentmesh-operator".into(),
+            uid: "uid-2".into(),
+        };
+        let config = desired(&options, None, Some(&owner));
+        let selector = &config["webhooks"][0]["namespaceSelector"];
+        assert_eq!(
+            selector["matchLabels"],
+            json!({"team": "ml", "agentmesh-inject": "enabled"})
+        );
+        assert_eq!(selector["matchExpressions"][0]["operator"], "NotIn");
+        assert_eq!(
+            selector["matchExpressions"][1],
+            json!({"key": "env", "operator": "NotIn", "values": ["dev"]})
+        );
+        assert_eq!(
+            config["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "name": "agentmesh-operator", "uid": "uid-2"}])
         );
     }
 

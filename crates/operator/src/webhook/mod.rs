@@ -461,6 +461,8 @@ pub async fn start(ctx: Arc<Context>) -> anyhow::Result<()> {
                     args.namespace, args.webhook_cert_manager_certificate
                 )
             }),
+        namespace_selector: args.webhook_namespace_selector.clone(),
+        owner_cluster_role: args.owner_cluster_role.clone(),
     };
 
     let listener = TcpListener::bind(args.webhook_addr)

@@ -1,0 +1,588 @@
+//! The Helm charts as a platform team uses them, on the local cluster's real node, with the
+//! seeds' commands as written:
+//!
+//! - the deployment guide's `helm install agentmesh ./charts/agentmesh --namespace agentmesh
+//!   --create-namespace --set redis.auth.password=… --set storage.backend=redis`: the operator's
+//!   pods and the chart's Redis become Ready, and the operator logs in to that Redis with the
+//!   chart's password (its `/ready` says `storage.up`);
+//! - the MeshLogic README's `kubectl create namespace meshlogic` and `helm install
+//!   meshlogic-agent … --namespace meshlogic --set agent.customerId=YOUR_CUSTOMER_ID`: the
+//!   operator rolls the MeshLogicAgent out and the probe pod becomes Ready on the node;
+//!   without `agent.customerId` the install stops, saying so;
+//! - `helm template | kubectl apply --dry-run=server` of every golden scenario: the API server
+//!   validates each object, the CRDs' schemas and CEL rules included;
+//! - `helm upgrade` with a changed value rolls the operator (new pods with the new setting) and
+//!   the probe (new tier in status);
+//! - `helm uninstall` of both removes everything but the CRDs (kept on purpose, see the chart's
+//!   README): the Deployment, the Redis, RBAC, and the objects the operator made itself (the
+//!   webhook configuration and its certificate Secret, garbage-collected with the ClusterRole
+//!   that owns them; the probe's cluster RBAC, removed by the MeshLogicAgent's finalizer).
+//!
+//! The images come from `make images` (the operator, sidecar and probe) and `scripts/images.sh
+//! e2e` (the chart's default Redis image, `docker.io/library/redis:7.0.15`, built from Debian's
+//! Redis 7.0.15 because Docker Hub cannot be reached here).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use agentmesh_e2e::{cluster, repo_root};
+use serde_json::Value;
+
+const NAMESPACE: &str = "agentmesh";
+const PROBE_NAMESPACE: &str = "meshlogic";
+const WEBHOOK_CONFIGURATION: &str = "agentmesh-sidecar-injector-agentmesh";
+const CRDS: [&str; 3] = [
+    "agentidentities.agentmesh.io",
+    "trustpolicies.agentmesh.io",
+    "meshlogicagents.agentmesh.io",
+];
+
+/// The chart tools of `scripts/chart-tools.sh` (built once, cached).
+fn tools() -> &'static HashMap<String, String> {
+    static TOOLS: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let output = Command::new(repo_root().join("scripts/chart-tools.sh"))
+            .output()
+            .expect("running scripts/chart-tools.sh");
+        assert!(
+            output.status.success(),
+            "scripts/chart-tools.sh: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.strip_prefix("export "))
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+            .collect()
+    })
+}
+
+/// Runs a shell command line from the repository root, as a user would type it, with helm and
+/// kubectl on the PATH and the cluster's kubeconfig.
+fn sh(line: &str) -> Output {
+    let helm = PathBuf::from(&tools()["HELM"]);
+    let kubectl = cluster().kubectl.clone();
+    let path = format!(
+        "{}:{}:{}",
+        helm.parent().unwrap().display(),
+        kubectl
+            .parent()
+            .map_or_else(|| ".".into(), |p| p.display().to_string()),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let home = std::env::temp_dir().join("agentmesh-e2e-helm");
+    eprintln!("charts: $ {line}");
+    Command::new("bash")
+        .args(["-o", "pipefail", "-c", line])
+        .current_dir(repo_root())
+        .env("PATH", path)
+        .env("KUBECONFIG", &cluster().kubeconfig)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .unwrap()
+}
+
+fn sh_ok(line: &str) -> String {
+    let output = sh(line);
+    assert!(
+        output.status.success(),
+        "`{line}` failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn wait<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            eprintln!("charts: {what} after {:.1?}", start.elapsed());
+            return value;
+        }
+        if start.elapsed() > timeout {
+            let pods = cluster().kubectl(&["get", "pods", "-A", "-o", "wide"]);
+            let events = cluster().kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}\n{}",
+                String::from_utf8_lossy(&pods.stdout),
+                String::from_utf8_lossy(&events.stdout)
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn list(kind: &str, namespace: &str, selector: &str) -> Vec<Value> {
+    let text = cluster().kubectl_ok(&["get", kind, "-n", namespace, "-l", selector, "-o", "json"]);
+    serde_json::from_str::<Value>(&text).unwrap()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// The operator's `/ready`, through the API server's Service proxy.
+fn operator_ready() -> Option<Value> {
+    let output = cluster().kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{NAMESPACE}/services/agentmesh:8080/proxy/ready"),
+    ]);
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// Renders every golden scenario of a chart and has the API server validate it (dry run).
+fn dry_run_scenarios(chart: &str) {
+    let dir = repo_root().join("charts").join(chart).join("tests/golden");
+    let mut scenarios: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().ends_with(".values.yaml"))
+        .collect();
+    scenarios.sort();
+    assert!(!scenarios.is_empty());
+    for values in scenarios {
+        let first = std::fs::read_to_string(&values).unwrap();
+        let first = first.lines().next().unwrap();
+        // `# release: R, namespace: N — ...`
+        let release = first
+            .split("release: ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        let namespace = first
+            .split("namespace: ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        let relative = values.strip_prefix(repo_root()).unwrap_or(Path::new(""));
+        let exists = cluster()
+            .kubectl(&["get", "namespace", namespace])
+            .status
+            .success();
+        if !exists {
+            cluster().kubectl_ok(&["create", "namespace", namespace]);
+        }
+        // Objects of kinds whose CRDs this cluster lacks (the Prometheus Operator's, cert-manager's)
+        // are checked by kubeconform in `make chart-test`; the API server checks the rest.
+        let output = sh(&format!(
+            "helm template {release} ./charts/{chart} --namespace {namespace} -f {} \
+             | kubectl apply --server-side --force-conflicts --field-manager=dry-run \
+                 --dry-run=server -f - 2>&1 \
+             | grep -v -e 'no matches for kind \"ServiceMonitor\"' -e 'no matches for kind \"PrometheusRule\"' \
+                       -e 'no matches for kind \"Certificate\"' -e 'no matches for kind \"Issuer\"' \
+                       -e 'ensure CRDs are installed first' -e '^Warning: ' || true",
+            relative.display()
+        ));
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !exists {
+            let _ = cluster().kubectl(&["delete", "namespace", namespace, "--wait=false"]);
+        }
+        let refused: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.contains("(server dry run)"))
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{chart}/{}: the API server refused:\n{}",
+            values.display(),
+            refused.join("\n")
+        );
+        assert!(
+            text.contains("(server dry run)"),
+            "{chart}: nothing was applied: {text}"
+        );
+    }
+}
+
+/// Removes whatever a failed run left, so the next run (and the other tests) start clean.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = sh("helm uninstall meshlogic-agent -n meshlogic --wait --timeout 60s");
+        let _ = sh("helm uninstall agentmesh -n agentmesh --wait --timeout 60s");
+        for namespace in [PROBE_NAMESPACE, NAMESPACE] {
+            let _ = cluster().kubectl(&[
+                "delete",
+                "namespace",
+                namespace,
+                "--ignore-not-found",
+                "--timeout=60s",
+            ]);
+        }
+        let _ = cluster().kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            WEBHOOK_CONFIGURATION,
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+#[test]
+fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
+    let nodes = cluster().kubectl_ok(&["get", "nodes", "-l", "type!=kwok", "-o", "name"]);
+    assert!(
+        !nodes.trim().is_empty(),
+        "this test needs a real node (make cluster-up starts one)"
+    );
+    let _cleanup = Cleanup;
+    // CRDs applied earlier with `kubectl apply -f crds/` (the other tests do) are handed to the
+    // release, as the chart's README says to when moving to Helm.
+    for crd in CRDS {
+        if cluster().get("crd", crd, None).is_some() {
+            cluster().kubectl_ok(&[
+                "label",
+                "crd",
+                crd,
+                "--overwrite",
+                "app.kubernetes.io/managed-by=Helm",
+            ]);
+            cluster().kubectl_ok(&[
+                "annotate",
+                "crd",
+                crd,
+                "--overwrite",
+                "meta.helm.sh/release-name=agentmesh",
+                "meta.helm.sh/release-namespace=agentmesh",
+            ]);
+        }
+    }
+
+    // ------------------------------------------------------- the deployment guide's command
+    sh_ok(
+        "helm install agentmesh ./charts/agentmesh \\
+           --namespace agentmesh \\
+           --create-namespace \\
+           --set redis.auth.password=your-secure-password \\
+           --set storage.backend=redis",
+    );
+    let operators = wait(
+        Duration::from_secs(240),
+        "the operator's two replicas Ready",
+        || {
+            let pods = list("pods", NAMESPACE, "app.kubernetes.io/component=server");
+            (pods.len() == 2 && pods.iter().all(ready)).then_some(pods)
+        },
+    );
+    for pod in &operators {
+        assert_eq!(
+            pod["spec"]["securityContext"]["runAsNonRoot"], true,
+            "restricted: {pod}"
+        );
+    }
+    wait(Duration::from_secs(120), "the chart's Redis Ready", || {
+        let pods = list("pods", NAMESPACE, "app.kubernetes.io/component=redis");
+        (pods.len() == 1 && pods.iter().all(ready)).then_some(())
+    });
+    let ready_body = wait(
+        Duration::from_secs(60),
+        "the operator logged in to the chart's Redis with the chart's password",
+        || operator_ready().filter(|body| body["storage"]["up"] == true),
+    );
+    assert_eq!(ready_body["storage"]["backend"], "redis");
+    assert_eq!(
+        ready_body["storage"]["at"],
+        "redis://agentmesh-redis-master:6379"
+    );
+    // The webhook configuration the operator registered, owned by the chart's ClusterRole.
+    let webhook = wait(
+        Duration::from_secs(60),
+        "the webhook configuration with its caBundle",
+        || {
+            let config =
+                cluster().get("mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, None)?;
+            config["webhooks"][0]["clientConfig"]["caBundle"]
+                .as_str()
+                .filter(|ca| !ca.is_empty())?;
+            Some(config)
+        },
+    );
+    assert_eq!(
+        webhook["metadata"]["ownerReferences"][0]["kind"], "ClusterRole",
+        "{webhook}"
+    );
+    assert_eq!(
+        webhook["metadata"]["ownerReferences"][0]["name"],
+        "agentmesh-operator"
+    );
+
+    // A wrong password: Redis refuses it, and the operator says so in /ready and its metric
+    // while staying Ready (the webhook and the trust API matter more than the audit copy).
+    cluster().kubectl_ok(&[
+        "patch",
+        "secret",
+        "agentmesh-redis",
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        r#"{"stringData":{"redis-password":"not-the-password"}}"#,
+    ]);
+    let victim = operators[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cluster().kubectl_ok(&["delete", "pod", &victim, "-n", NAMESPACE, "--wait=false"]);
+    let (fresh, body) = wait(
+        Duration::from_secs(180),
+        "a new operator pod, Ready, reporting the refused Redis login",
+        || {
+            let pods = list("pods", NAMESPACE, "app.kubernetes.io/component=server");
+            let fresh = pods.iter().find(|p| {
+                ready(p)
+                    && !operators
+                        .iter()
+                        .any(|o| o["metadata"]["name"] == p["metadata"]["name"])
+            })?;
+            let name = fresh["metadata"]["name"].as_str()?.to_owned();
+            let body: Value = serde_json::from_slice(
+                &cluster()
+                    .kubectl(&[
+                        "get",
+                        "--raw",
+                        &format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}:8080/proxy/ready"),
+                    ])
+                    .stdout,
+            )
+            .ok()?;
+            (body["storage"]["up"] == false).then_some((name, body))
+        },
+    );
+    let error = body["storage"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("WRONGPASS") || error.to_lowercase().contains("auth"),
+        "the reason names the refused login: {body}"
+    );
+    assert!(
+        !body.to_string().contains("not-the-password"),
+        "never the password: {body}"
+    );
+    let metrics = cluster().kubectl_ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{NAMESPACE}/pods/{fresh}:9090/proxy/metrics"),
+    ]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "meshlogic_operator_storage_up 0"),
+        "the metric says the store is down"
+    );
+    cluster().kubectl_ok(&[
+        "patch",
+        "secret",
+        "agentmesh-redis",
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        r#"{"stringData":{"redis-password":"your-secure-password"}}"#,
+    ]);
+
+    // ------------------------------------------------------- every rendering, validated by the API server
+    dry_run_scenarios("agentmesh");
+
+    // ------------------------------------------------------- the MeshLogic README's commands
+    sh_ok("kubectl create namespace meshlogic");
+    let refused = sh("helm install meshlogic-agent ./charts/meshlogic-agent --namespace meshlogic");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("agent.customerId is required"),
+        "a clear message: {stderr}"
+    );
+    sh_ok(
+        "helm install meshlogic-agent ./charts/meshlogic-agent \\
+           --namespace meshlogic \\
+           --set agent.customerId=YOUR_CUSTOMER_ID",
+    );
+    let probe = wait(
+        Duration::from_secs(180),
+        "the probe DaemonSet's pod Ready on the real node",
+        || {
+            let pods = list(
+                "pods",
+                PROBE_NAMESPACE,
+                "app.kubernetes.io/name=meshlogic-agent",
+            );
+            pods.into_iter().find(ready)
+        },
+    );
+    assert_eq!(
+        probe["spec"]["containers"][0]["image"],
+        "registry.meshlogic.ai/meshlogic/agent:0.1.0"
+    );
+    wait(
+        Duration::from_secs(90),
+        "the node's tier in the MeshLogicAgent's status",
+        || {
+            let agent =
+                cluster().get("meshlogicagent", "meshlogic-agent", Some(PROBE_NAMESPACE))?;
+            (agent["status"]["readyNodes"].as_i64() >= Some(1)
+                && agent["status"]["nodes"][0]["tier"].as_i64().is_some())
+            .then_some(())
+        },
+    );
+    let logs = sh_ok("kubectl logs -n meshlogic -l app.kubernetes.io/name=meshlogic-agent");
+    assert!(
+        !logs.trim().is_empty(),
+        "the README's logs command shows the probe's logs"
+    );
+    dry_run_scenarios("meshlogic-agent");
+
+    // ------------------------------------------------------- helm upgrade rolls
+    let before: Vec<String> = list("pods", NAMESPACE, "app.kubernetes.io/component=server")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    sh_ok(
+        "helm upgrade agentmesh ./charts/agentmesh --namespace agentmesh --reuse-values \
+         --set trust.minThreshold=350",
+    );
+    wait(
+        Duration::from_secs(240),
+        "new operator pods Ready with the changed setting",
+        || {
+            let pods = list("pods", NAMESPACE, "app.kubernetes.io/component=server");
+            let fresh = pods.iter().all(|p| {
+                !before.contains(&p["metadata"]["name"].as_str().unwrap_or("").to_owned())
+            });
+            (pods.len() == 2 && fresh && pods.iter().all(ready)).then_some(())
+        },
+    );
+    let config = cluster()
+        .get("configmap", "agentmesh-config", Some(NAMESPACE))
+        .unwrap();
+    assert_eq!(config["data"]["AGENTMESH_TRUST_MIN_THRESHOLD"], "350");
+    wait(Duration::from_secs(60), "the new leader's /ready", || {
+        operator_ready().filter(|body| body["storage"]["up"] == true)
+    });
+
+    sh_ok(
+        "helm upgrade meshlogic-agent ./charts/meshlogic-agent --namespace meshlogic \
+         --reuse-values --set agent.safetyTier=1",
+    );
+    wait(
+        Duration::from_secs(180),
+        "the probe rolled to tier 1 (user mode)",
+        || {
+            let agent =
+                cluster().get("meshlogicagent", "meshlogic-agent", Some(PROBE_NAMESPACE))?;
+            (agent["spec"]["safetyTier"] == 1
+                && agent["status"]["nodes"][0]["tier"] == 1
+                && agent["status"]["readyNodes"].as_i64() >= Some(1))
+            .then_some(())
+        },
+    );
+
+    // ------------------------------------------------------- helm uninstall
+    let probe_rbac: Vec<String> = cluster()
+        .kubectl_ok(&[
+            "get",
+            "clusterrole",
+            "-l",
+            "app.kubernetes.io/name=meshlogic-agent",
+            "-o",
+            "name",
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !probe_rbac.is_empty(),
+        "the operator made the probe's ClusterRole"
+    );
+    sh_ok("helm uninstall meshlogic-agent -n meshlogic");
+    wait(
+        Duration::from_secs(120),
+        "the probe, its DaemonSet and its cluster RBAC gone",
+        || {
+            let left = cluster().kubectl_ok(&[
+                "get",
+                "daemonsets,meshlogicagents,serviceaccounts,configmaps",
+                "-n",
+                PROBE_NAMESPACE,
+                "-l",
+                "app.kubernetes.io/name=meshlogic-agent",
+                "-o",
+                "name",
+            ]);
+            let rbac = probe_rbac
+                .iter()
+                .any(|name| cluster().kubectl(&["get", name]).status.success());
+            (left.trim().is_empty() && !rbac).then_some(())
+        },
+    );
+    sh_ok("kubectl delete namespace meshlogic");
+
+    sh_ok("helm uninstall agentmesh -n agentmesh");
+    wait(
+        Duration::from_secs(120),
+        "the operator, its Redis, RBAC, webhook configuration and certificate Secret gone",
+        || {
+            let left = cluster().kubectl_ok(&[
+                "get",
+                "deployments,statefulsets,services,secrets,configmaps,serviceaccounts,poddisruptionbudgets",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "name",
+            ]);
+            let left: Vec<&str> = left
+                .lines()
+                // Kubernetes' own: the namespace's CA bundle and default ServiceAccount.
+                .filter(|name| {
+                    !matches!(
+                        *name,
+                        "configmap/kube-root-ca.crt" | "serviceaccount/default"
+                    )
+                })
+                .collect();
+            let webhook = format!("mutatingwebhookconfiguration/{WEBHOOK_CONFIGURATION}");
+            let cluster_left = [
+                "clusterrole/agentmesh-operator",
+                "clusterrolebinding/agentmesh-operator",
+                webhook.as_str(),
+            ]
+            .into_iter()
+            .filter(|name| cluster().kubectl(&["get", name]).status.success())
+            .count();
+            (left.is_empty() && cluster_left == 0).then_some(())
+        },
+    );
+    for crd in CRDS {
+        assert!(
+            cluster().get("crd", crd, None).is_some(),
+            "{crd} is kept on uninstall (crds.keep)"
+        );
+    }
+    sh_ok("kubectl delete namespace agentmesh");
+}
