@@ -271,7 +271,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
     );
     assert_eq!(
         container["image"],
-        "registry.meshlogic.ai/meshlogic-agent:e2e"
+        "registry.meshlogic.ai/meshlogic/agent:e2e"
     );
     assert_eq!(
         container["resources"],

@@ -134,8 +134,8 @@ pub mod objects {
     pub const PUBLIC_KEY_KEY: &str = "public-key";
     /// The seed chart's image pull secret for the probe image.
     pub const PROBE_PULL_SECRET: &str = "meshlogic-registry";
-    /// Default image of the probe (seed chart: `registry.meshlogic.ai`, tag = appVersion).
-    pub const PROBE_IMAGE_REPOSITORY: &str = "registry.meshlogic.ai/meshlogic-agent";
+    /// Default image of the probe (seed chart `image.repository`, tag = appVersion).
+    pub const PROBE_IMAGE_REPOSITORY: &str = "registry.meshlogic.ai/meshlogic/agent";
     /// Default image of the sidecar (seed deployment guide).
     pub const SIDECAR_IMAGE: &str = "agentmesh/sidecar:1.0.0-alpha1";
     /// Value of `AGENTMESH_PROXY_URL` set in agent containers.

@@ -909,7 +909,7 @@ mod tests {
         );
         assert_eq!(
             container.image.as_deref(),
-            Some("registry.meshlogic.ai/meshlogic-agent:0.1.0")
+            Some("registry.meshlogic.ai/meshlogic/agent:0.1.0")
         );
         assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
         assert_eq!(
