@@ -172,7 +172,9 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     let rbac_name = agent.cluster_rbac_name();
 
     // The ServiceAccount first: the DaemonSet controller cannot create pods that name a
-    // ServiceAccount that does not exist. One the operator does not make is left as it is.
+    // ServiceAccount that does not exist. One the operator does not make is left as it is; one
+    // it made before `serviceAccount` named another stays, unused, until the garbage collector
+    // removes it with the agent (the operator holds no right to delete ServiceAccounts).
     let account_name = agent.service_account_name();
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     if resources::creates_service_account(&agent) {
@@ -182,11 +184,6 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
             &resources::service_account(&agent),
         )
         .await?;
-    }
-    // The one made under the default name before `serviceAccount` said otherwise.
-    if !resources::creates_service_account(&agent) || account_name != probe_name {
-        let uid = resource.metadata.uid.as_deref().unwrap_or_default();
-        delete_controlled(&accounts, &probe_name, uid).await?;
     }
     server_side_apply(
         &Api::all(client.clone()),
