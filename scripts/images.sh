@@ -72,7 +72,7 @@ names_const() {
 VERSION="$(workspace_field version)"
 SOURCE="$(workspace_field repository)"
 SIDECAR_IMAGE="$(names_const SIDECAR_IMAGE)"                   # agentmesh/sidecar:1.0.0-alpha1
-PROBE_REPOSITORY="$(names_const PROBE_IMAGE_REPOSITORY)"       # registry.meshlogic.ai/meshlogic-agent
+PROBE_REPOSITORY="$(names_const PROBE_IMAGE_REPOSITORY)"       # registry.meshlogic.ai/meshlogic/agent
 [[ -n "$VERSION" && -n "$SOURCE" && -n "$SIDECAR_IMAGE" && -n "$PROBE_REPOSITORY" ]] ||
   die "cannot read the version, repository or image names from Cargo.toml and crates/api/src/names.rs"
 SEED_TAG="${SIDECAR_IMAGE##*:}"
@@ -231,7 +231,7 @@ build() {
 }
 
 # Pushes every image of images.txt to REGISTRY (host:port), under its name without its own
-# registry host: $REGISTRY/agentmesh/sidecar:1.0.0-alpha1, $REGISTRY/meshlogic-agent:0.1.0, ...
+# registry host: $REGISTRY/agentmesh/sidecar:1.0.0-alpha1, $REGISTRY/meshlogic/agent:0.1.0, ...
 # The digest must stay the same. A loopback registry is spoken to over plain HTTP.
 push() {
   local registry="${1:-}" archive ref digest dest tls=true pushed

@@ -271,7 +271,7 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
     );
     assert_eq!(
         container["image"],
-        "registry.meshlogic.ai/meshlogic-agent:e2e"
+        "registry.meshlogic.ai/meshlogic/agent:e2e"
     );
     assert_eq!(
         container["resources"],
@@ -770,4 +770,125 @@ fn a_service_monitor_is_made_when_asked_and_removed_when_not() {
             .then_some(())
         },
     );
+}
+
+#[test]
+fn a_service_monitor_in_another_namespace_follows_the_spec_and_goes_with_the_agent() {
+    ensure_service_monitor_crd();
+    let name = "probe-f";
+    let (namespace, mut operator, _cleanup) = start("mla-monitor-ns", name);
+    let monitoring = TestNamespace::create("mla-monitoring", &[]);
+    let (ns, other) = (namespace.name.as_str(), monitoring.name.as_str());
+    let local = format!("{name}-probe");
+    let remote = format!("{ns}.{name}-probe");
+    let monitor_in = |namespace: &str, monitor: &str| {
+        agentmesh_e2e::cluster().get("servicemonitor", monitor, Some(namespace))
+    };
+    let patch = |monitor: Value| {
+        cluster().kubectl_ok(&[
+            "patch",
+            "mla",
+            name,
+            "-n",
+            ns,
+            "--type",
+            "merge",
+            "-p",
+            &json!({"spec": {"metrics": {"serviceMonitor": monitor}}}).to_string(),
+        ]);
+    };
+
+    patch(json!({"enabled": true, "namespace": other, "labels": {"release": "prometheus"}}));
+    let made = eventually(
+        &mut operator,
+        "the ServiceMonitor in the other namespace",
+        || monitor_in(other, &remote),
+    );
+    // No owner reference can point across namespaces: the owner is named instead.
+    assert!(made["metadata"]["ownerReferences"].is_null(), "{made}");
+    assert_eq!(
+        made["metadata"]["annotations"]["agentmesh.io/owner"],
+        format!("{ns}/{name}")
+    );
+    assert_eq!(made["metadata"]["labels"]["release"], "prometheus");
+    assert_labels(&made, name);
+    assert_eq!(made["spec"]["namespaceSelector"]["matchNames"], json!([ns]));
+    assert!(monitor_in(ns, &local).is_none());
+
+    // Back beside the agent: the remote one goes.
+    patch(json!({"namespace": null}));
+    eventually(&mut operator, "the ServiceMonitor to move back", || {
+        (monitor_in(ns, &local).is_some() && monitor_in(other, &remote).is_none()).then_some(())
+    });
+    // And out again: the local one goes.
+    patch(json!({"namespace": other}));
+    eventually(
+        &mut operator,
+        "the ServiceMonitor to move out again",
+        || (monitor_in(ns, &local).is_none() && monitor_in(other, &remote).is_some()).then_some(()),
+    );
+
+    // Deleting the agent deletes it, in the finalizer.
+    cluster().kubectl_ok(&["delete", "mla", name, "-n", ns, "--wait=false"]);
+    eventually(&mut operator, "the MeshLogicAgent to go", || {
+        agentmesh_e2e::cluster()
+            .get("mla", name, Some(ns))
+            .is_none()
+            .then_some(())
+    });
+    assert!(monitor_in(other, &remote).is_none());
+}
+
+#[test]
+fn an_existing_service_account_is_bound_and_left_alone() {
+    let name = "probe-g";
+    let (namespace, mut operator, _cleanup) = start("mla-own-sa", name);
+    let ns = namespace.name.as_str();
+    cluster().apply(
+        ns,
+        &json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "node-agents", "namespace": ns, "labels": {"team": "security"}},
+        })
+        .to_string(),
+    );
+    cluster().kubectl_ok(&[
+        "patch",
+        "mla",
+        name,
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        &json!({"spec": {"serviceAccount": {"create": false, "name": "node-agents"}}}).to_string(),
+    ]);
+    eventually(
+        &mut operator,
+        "the DaemonSet on the existing ServiceAccount",
+        || {
+            let daemon_set =
+                agentmesh_e2e::cluster().get("daemonset", &format!("{name}-probe"), Some(ns))?;
+            (daemon_set["spec"]["template"]["spec"]["serviceAccountName"] == "node-agents")
+                .then_some(())
+        },
+    );
+    let binding = agentmesh_e2e::cluster()
+        .get("clusterrolebinding", &rbac_name(ns, name), None)
+        .expect("the ClusterRoleBinding");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "node-agents", "namespace": ns}])
+    );
+    // The existing one is untouched. (The one the operator made before stays, owned, until the
+    // agent goes: the operator may not delete ServiceAccounts.)
+    let account = agentmesh_e2e::cluster()
+        .get("serviceaccount", "node-agents", Some(ns))
+        .expect("the existing ServiceAccount");
+    assert!(
+        account["metadata"]["ownerReferences"].is_null(),
+        "{account}"
+    );
+    assert_eq!(account["metadata"]["labels"], json!({"team": "security"}));
 }

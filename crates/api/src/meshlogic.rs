@@ -2,7 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy;
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EnvVar, PodSecurityContext, ResourceRequirements, Toleration, Volume,
+    VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
@@ -128,6 +132,23 @@ pub struct MeshLogicAgentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub tolerations: Vec<Toleration>,
+
+    /// More settings of the probe pods and their DaemonSet: labels, annotations, security
+    /// context, extra capabilities, affinity, priority class, host network and PID namespace,
+    /// extra volumes, environment and init containers, update strategy.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pod: ProbePodSettings,
+
+    /// Log level and format of the probe. When absent the probe logs at `info` in text, as
+    /// before this field existed; when present its fields default to `info` and JSON (the seed
+    /// chart's values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<LoggingSettings>,
+
+    /// Liveness and readiness probes of the probe container (`/health` and `/ready` on the
+    /// metrics port).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub health: HealthSettings,
 }
 
 impl MeshLogicAgentSpec {
@@ -149,8 +170,18 @@ impl MeshLogicAgentSpec {
             resources: default_resources(),
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
+            pod: ProbePodSettings::default(),
+            logging: None,
+            health: HealthSettings::default(),
         }
     }
+}
+
+/// Whether `value` is its type's default: such fields are left out when the spec is
+/// serialized, so that the probe's configuration file (and the hash that rolls the DaemonSet)
+/// stays the same for agents that do not use them.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_safety_tier() -> i32 {
@@ -391,6 +422,20 @@ pub struct ServiceMonitorSettings {
     #[serde(default = "default_scrape_interval")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"), length(max = 16))]
     pub interval: String,
+    /// Namespace of the ServiceMonitor, e.g. the one the Prometheus Operator watches. Default:
+    /// the MeshLogicAgent's. In another namespace the monitor cannot be owned by the agent: the
+    /// operator deletes it itself when it is turned off, moved, or the agent is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub namespace: Option<String>,
+    /// Extra labels of the ServiceMonitor, e.g. `release: prometheus` for a Prometheus that
+    /// selects monitors by label. The operator's own labels win on a conflict.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for ServiceMonitorSettings {
@@ -398,6 +443,8 @@ impl Default for ServiceMonitorSettings {
         Self {
             enabled: false,
             interval: default_scrape_interval(),
+            namespace: None,
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -427,6 +474,14 @@ pub struct TelemetrySettings {
     #[serde(default = "default_telemetry_interval")]
     #[schemars(range(min = 10, max = 86_400))]
     pub interval_seconds: i32,
+    /// Most telemetry records sent in one export: at most 25, DynamoDB `BatchWriteItem`'s limit
+    /// of items per request. Records not delivered wait for the next export, oldest first.
+    #[serde(
+        default = "default_telemetry_batch_size",
+        skip_serializing_if = "is_default_telemetry_batch_size"
+    )]
+    #[schemars(range(min = 1, max = 25), extend("default" = 25))]
+    pub batch_size: i32,
 }
 
 impl Default for TelemetrySettings {
@@ -436,8 +491,19 @@ impl Default for TelemetrySettings {
             endpoint: None,
             table: default_table(),
             interval_seconds: default_telemetry_interval(),
+            batch_size: default_telemetry_batch_size(),
         }
     }
+}
+
+/// DynamoDB `BatchWriteItem`'s limit of items per request.
+pub const TELEMETRY_BATCH_MAX: i32 = 25;
+
+fn default_telemetry_batch_size() -> i32 {
+    TELEMETRY_BATCH_MAX
+}
+fn is_default_telemetry_batch_size(size: &i32) -> bool {
+    *size == default_telemetry_batch_size()
 }
 
 fn default_table() -> String {
@@ -466,10 +532,33 @@ pub struct AwsSettings {
     /// `eks.amazonaws.com/role-arn`.
     #[serde(default = "default_true", rename = "useIRSA")]
     pub use_irsa: bool,
-    /// Secret with keys `aws-access-key-id` and `aws-secret-access-key`, when IRSA is not used.
+    /// Secret with the access key ID and secret access key (under `accessKeyIdKey` and
+    /// `secretAccessKeyKey`), when IRSA is not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: Option<String>,
+    /// Key of the access key ID in `credentialsSecret`.
+    #[serde(
+        default = "default_access_key_id_key",
+        skip_serializing_if = "is_default_access_key_id_key"
+    )]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[-._a-zA-Z0-9]+$"),
+        extend("default" = "aws-access-key-id")
+    )]
+    pub access_key_id_key: String,
+    /// Key of the secret access key in `credentialsSecret`.
+    #[serde(
+        default = "default_secret_access_key_key",
+        skip_serializing_if = "is_default_secret_access_key_key"
+    )]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[-._a-zA-Z0-9]+$"),
+        extend("default" = "aws-secret-access-key")
+    )]
+    pub secret_access_key_key: String,
 }
 
 impl Default for AwsSettings {
@@ -477,17 +566,298 @@ impl Default for AwsSettings {
         Self {
             use_irsa: true,
             credentials_secret: None,
+            access_key_id_key: default_access_key_id_key(),
+            secret_access_key_key: default_secret_access_key_key(),
         }
     }
 }
 
-/// The probe's ServiceAccount.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+fn default_access_key_id_key() -> String {
+    names::probe_env::AWS_ACCESS_KEY_ID_KEY.into()
+}
+fn is_default_access_key_id_key(key: &String) -> bool {
+    key == names::probe_env::AWS_ACCESS_KEY_ID_KEY
+}
+fn default_secret_access_key_key() -> String {
+    names::probe_env::AWS_SECRET_ACCESS_KEY_KEY.into()
+}
+fn is_default_secret_access_key_key(key: &String) -> bool {
+    key == names::probe_env::AWS_SECRET_ACCESS_KEY_KEY
+}
+
+/// The probe's ServiceAccount (seed chart `serviceAccount.*`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.create) || self.create || has(self.name)").message("serviceAccount.name is required when serviceAccount.create is false").field_path(".name"))]
 pub struct ServiceAccountSettings {
-    /// Annotations on the ServiceAccount, e.g. `eks.amazonaws.com/role-arn` for IRSA.
+    /// Create the ServiceAccount (and keep it as the spec says). When false the operator
+    /// uses the existing ServiceAccount `name`, never creates nor changes it, and still binds
+    /// the probe's RBAC to it.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    #[schemars(extend("default" = true))]
+    pub create: bool,
+    /// Name of the ServiceAccount: required when `create` is false; when `create` is true the
+    /// operator creates it under this name. Default: `<agent name>-probe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: Option<String>,
+    /// Annotations on the ServiceAccount, e.g. `eks.amazonaws.com/role-arn` for IRSA. Not used
+    /// when `create` is false: annotate your own ServiceAccount.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ServiceAccountSettings {
+    fn default() -> Self {
+        Self {
+            create: true,
+            name: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// Settings of the probe pods and their DaemonSet beyond what the operator sets (seed chart
+/// `podAnnotations`, `podLabels`, `securityContext`, `affinity`, ...). Every default renders
+/// the pods as the operator always has.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbePodSettings {
+    /// Annotations added to the probe pods. The operator's own (`agentmesh.io/inject`,
+    /// `agentmesh.io/config-hash`, `prometheus.io/*`) win on a conflict.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub annotations: BTreeMap<String, String>,
+    /// Labels added to the probe pods. The operator's own labels win on a conflict: the
+    /// DaemonSet's selector labels (`app.kubernetes.io/name`, `app.kubernetes.io/instance`)
+    /// can never be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub labels: BTreeMap<String, String>,
+    /// Security context of the probe pods. Default: none at the pod level (the probe
+    /// container has its own, from `ebpf.privileged` and `capabilities`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// Linux capabilities added to the probe container beyond the operator's (BPF, PERFMON,
+    /// NET_ADMIN, SYS_PTRACE, DAC_READ_SEARCH), e.g. `SYS_ADMIN`. Duplicates are dropped.
+    /// Ignored with `ebpf.privileged`, which grants every capability.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(regex(pattern = r"^[A-Z][A-Z0-9_]*$"), length(min = 1, max = 64))
+    )]
+    pub capabilities: Vec<String>,
+    /// Affinity of the probe pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// PriorityClass of the probe pods, e.g. `system-node-critical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub priority_class_name: Option<String>,
+    /// Run the probe pods in the node's network namespace. Their DNS policy is then
+    /// `ClusterFirstWithHostNet`, so that the operator's trust API Service still resolves. The
+    /// metrics port is then opened on the node itself.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_network: bool,
+    /// Run the probe pods in the node's PID namespace (default), so that the probe sees every
+    /// process of the node in its own `/proc` too.
+    #[serde(
+        default = "default_true",
+        rename = "hostPID",
+        skip_serializing_if = "is_true"
+    )]
+    #[schemars(extend("default" = true))]
+    pub host_pid: bool,
+    /// Volumes added to the probe pods, after the operator's (`config`, `btf`, `bpffs`,
+    /// `cgroup`, `host-proc`: names a CEL rule refuses here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(reserved_volume_rule()).message(Message::Message(reserved_volume_message())))]
+    pub extra_volumes: Vec<Volume>,
+    /// Volume mounts added to the probe container, after the operator's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub extra_volume_mounts: Vec<VolumeMount>,
+    /// Environment variables added to the probe container, after the operator's. Naming one of
+    /// the operator's own variables (NODE_NAME, MESHLOGIC_PROBE_CONFIG, MESHLOGIC_TRUST_API,
+    /// MESHLOGIC_PROC_ROOT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AGENTMESH_LOG_LEVEL, AGENTMESH_LOG_FORMAT) is refused by a CEL rule: set those through
+    /// their fields (`region`, `aws`, `logging`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new(reserved_env_rule()).message(Message::Message(reserved_env_message())))]
+    pub extra_env: Vec<EnvVar>,
+    /// Init containers of the probe pods, run before the probe starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub init_containers: Vec<Container>,
+    /// Update strategy of the probe DaemonSet. Default: Kubernetes' (`RollingUpdate`, one
+    /// node at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<DaemonSetUpdateStrategy>,
+}
+
+impl Default for ProbePodSettings {
+    fn default() -> Self {
+        Self {
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            security_context: None,
+            capabilities: Vec::new(),
+            affinity: None,
+            priority_class_name: None,
+            host_network: false,
+            host_pid: true,
+            extra_volumes: Vec::new(),
+            extra_volume_mounts: Vec::new(),
+            extra_env: Vec::new(),
+            init_containers: Vec::new(),
+            update_strategy: None,
+        }
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Names of the volumes the operator gives the probe pods.
+pub const PROBE_VOLUMES: [&str; 5] = ["config", "btf", "bpffs", "cgroup", "host-proc"];
+
+/// `['A', 'B']`: a CEL list of string literals (the names here need no escaping).
+fn cel_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("'{name}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The CEL rule of `pod.extraEnv`: none of the operator's own variables.
+fn reserved_env_rule() -> String {
+    format!(
+        "self.all(e, !(e.name in {}))",
+        cel_list(&names::probe_env::OPERATOR_SET)
+    )
+}
+
+fn reserved_env_message() -> String {
+    format!(
+        "pod.extraEnv must not set the operator's own variables ({}): use region, aws and logging",
+        names::probe_env::OPERATOR_SET.join(", ")
+    )
+}
+
+/// The CEL rule of `pod.extraVolumes`: none of the operator's volume names.
+fn reserved_volume_rule() -> String {
+    format!("self.all(v, !(v.name in {}))", cel_list(&PROBE_VOLUMES))
+}
+
+fn reserved_volume_message() -> String {
+    format!(
+        "pod.extraVolumes must not reuse the operator's volume names ({})",
+        PROBE_VOLUMES.join(", ")
+    )
+}
+
+/// Log settings of the probe (seed chart `logging.*`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggingSettings {
+    /// Least severe level logged.
+    #[serde(default)]
+    pub level: LogLevel,
+    /// Log JSON objects, one a line; false logs human-readable text.
+    #[serde(default = "default_true")]
+    pub json_format: bool,
+}
+
+impl Default for LoggingSettings {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::default(),
+            json_format: true,
+        }
+    }
+}
+
+/// Log levels, least to most severe.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The level as `AGENTMESH_LOG_LEVEL` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Liveness and readiness probes of the probe container (seed chart `health.*`). Each of
+/// `initialDelaySeconds` and `periodSeconds`, when set, applies to both probes; unset, each
+/// probe keeps its own default.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSettings {
+    /// Give the probe container liveness (`/health`) and readiness (`/ready`) probes.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Seconds before the first check. Default: 10 for liveness, 2 for readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds between checks. Default: 20 for liveness, 10 for readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: Option<i32>,
+    /// Seconds a check may take.
+    #[serde(default = "default_health_timeout")]
+    #[schemars(range(min = 1, max = 600))]
+    pub timeout_seconds: i32,
+    /// Failed checks in a row before the container is restarted (liveness) or marked not
+    /// ready (readiness).
+    #[serde(default = "default_health_failure_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_delay_seconds: None,
+            period_seconds: None,
+            timeout_seconds: default_health_timeout(),
+            failure_threshold: default_health_failure_threshold(),
+        }
+    }
+}
+
+fn default_health_timeout() -> i32 {
+    2
+}
+fn default_health_failure_threshold() -> i32 {
+    3
 }
 
 /// Observed state of a MeshLogicAgent, written by the operator.

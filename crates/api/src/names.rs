@@ -66,9 +66,13 @@ pub mod annotations {
     pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
     pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
     pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
-    /// On cluster-scoped objects made for a namespaced resource (which cannot own them):
-    /// `namespace/name` of that resource.
+    /// On objects made for a namespaced resource that cannot own them (cluster-scoped ones, or
+    /// ones in another namespace): `namespace/name` of that resource.
     pub const OWNER: &str = "agentmesh.io/owner";
+    /// On a MeshLogicAgent's metrics Service, when its ServiceMonitor lives in another namespace
+    /// (`metrics.serviceMonitor.namespace`): that namespace, so that the monitor is found and
+    /// removed when the namespace changes, the monitor is turned off or the agent goes.
+    pub const SERVICE_MONITOR_NAMESPACE: &str = "agentmesh.io/service-monitor-namespace";
 }
 
 pub mod ports {
@@ -134,8 +138,8 @@ pub mod objects {
     pub const PUBLIC_KEY_KEY: &str = "public-key";
     /// The seed chart's image pull secret for the probe image.
     pub const PROBE_PULL_SECRET: &str = "meshlogic-registry";
-    /// Default image of the probe (seed chart: `registry.meshlogic.ai`, tag = appVersion).
-    pub const PROBE_IMAGE_REPOSITORY: &str = "registry.meshlogic.ai/meshlogic-agent";
+    /// Default image of the probe (seed chart `image.repository`, tag = appVersion).
+    pub const PROBE_IMAGE_REPOSITORY: &str = "registry.meshlogic.ai/meshlogic/agent";
     /// Default image of the sidecar (seed deployment guide).
     pub const SIDECAR_IMAGE: &str = "agentmesh/sidecar:1.0.0-alpha1";
     /// Value of `AGENTMESH_PROXY_URL` set in agent containers.
@@ -213,9 +217,27 @@ pub mod probe_env {
     pub const AWS_REGION: &str = "AWS_REGION";
     pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
     pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
-    /// Keys of the seed's AWS credentials Secret (`aws.credentialsSecret`).
+    /// Default keys of the seed's AWS credentials Secret (`aws.credentialsSecret`), changed by
+    /// `aws.accessKeyIdKey` and `aws.secretAccessKeyKey`.
     pub const AWS_ACCESS_KEY_ID_KEY: &str = "aws-access-key-id";
     pub const AWS_SECRET_ACCESS_KEY_KEY: &str = "aws-secret-access-key";
+    /// Log level and format (`spec.logging`): the names every AgentMesh binary reads.
+    pub const LOG_LEVEL: &str = super::env::LOG_LEVEL;
+    pub const LOG_FORMAT: &str = super::env::LOG_FORMAT;
+
+    /// Every variable the operator may set on the probe container: `spec.pod.extraEnv` may name
+    /// none of them (a CEL rule of the CRD refuses it).
+    pub const OPERATOR_SET: [&str; 9] = [
+        NODE_NAME,
+        CONFIG,
+        TRUST_API,
+        PROC_ROOT,
+        AWS_REGION,
+        AWS_ACCESS_KEY_ID,
+        AWS_SECRET_ACCESS_KEY,
+        LOG_LEVEL,
+        LOG_FORMAT,
+    ];
 }
 
 pub mod metrics {

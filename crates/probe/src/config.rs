@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentmesh_api::MeshLogicAgentSpec;
-use agentmesh_api::meshlogic::{CgroupDriver, RING_BUFFER_MAX, RING_BUFFER_MIN, TelemetrySink};
+use agentmesh_api::meshlogic::{
+    CgroupDriver, RING_BUFFER_MAX, RING_BUFFER_MIN, TELEMETRY_BATCH_MAX, TelemetrySink,
+};
 use serde::Deserialize;
 
 /// Where Kubernetes mounts the ServiceAccount token.
@@ -104,6 +106,8 @@ pub struct ProbeConfig {
     pub telemetry_sink: TelemetrySink,
     pub telemetry_endpoint: Option<String>,
     pub telemetry_interval: Duration,
+    /// Most telemetry records sent in one export (`spec.telemetry.batchSize`).
+    pub telemetry_batch_size: usize,
     pub report_interval: Duration,
     pub trust_api: String,
     pub token_file: PathBuf,
@@ -230,6 +234,13 @@ impl ProbeConfig {
                 format!("must be 10-86400, got {}", spec.telemetry.interval_seconds),
             ));
         }
+        let batch_size = spec.telemetry.batch_size;
+        if !(1..=TELEMETRY_BATCH_MAX).contains(&batch_size) {
+            return Err(bad(
+                "spec.telemetry.batchSize",
+                format!("must be 1-{TELEMETRY_BATCH_MAX}, got {batch_size}"),
+            ));
+        }
         if spec.telemetry.sink == TelemetrySink::Http {
             match &spec.telemetry.endpoint {
                 Some(url) if url.starts_with("http://") => {}
@@ -270,6 +281,7 @@ impl ProbeConfig {
             telemetry_sink: spec.telemetry.sink,
             telemetry_endpoint: spec.telemetry.endpoint.clone(),
             telemetry_interval: Duration::from_secs(spec.telemetry.interval_seconds as u64),
+            telemetry_batch_size: batch_size as usize,
             report_interval: Duration::from_secs(spec.report_interval_seconds as u64),
             trust_api: overrides.trust_api.trim_end_matches('/').to_string(),
             token_file: overrides.token_file,
@@ -332,6 +344,14 @@ mod tests {
         assert_eq!(config.epsilon, 1.0);
         assert!(config.enable_noise && config.enable_file);
         assert_eq!(config.report_interval, Duration::from_secs(10));
+        assert_eq!(config.telemetry_batch_size, 25);
+    }
+
+    #[test]
+    fn the_telemetry_batch_size_comes_from_the_spec() {
+        let text = r#"{"agent":"a/b","spec":{"customerId":"x","telemetry":{"batchSize":5}}}"#;
+        let config = ProbeConfig::from_json(text, overrides()).unwrap();
+        assert_eq!(config.telemetry_batch_size, 5);
     }
 
     #[test]
@@ -382,6 +402,14 @@ mod tests {
             (
                 serde_json::json!({"customerId": "x", "telemetry": {"sink": "http"}}),
                 "spec.telemetry.endpoint",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "telemetry": {"batchSize": 26}}),
+                "spec.telemetry.batchSize",
+            ),
+            (
+                serde_json::json!({"customerId": "x", "telemetry": {"batchSize": 0}}),
+                "spec.telemetry.batchSize",
             ),
             (
                 serde_json::json!({"customerId": "x", "ebpf": {"enableFile": "yes"}}),

@@ -15,4 +15,5 @@ pub mod privacy;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod telemetry;
 pub mod usermode;

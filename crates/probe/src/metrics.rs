@@ -47,6 +47,7 @@ pub struct Metrics {
     pub pods_watched: Gauge,
     pub epsilon_spent: Counter<f64, AtomicU64>,
     pub telemetry_exports: Counter,
+    pub telemetry_drops: Counter,
     pub unattributed: Counter,
     last_drops: AtomicU64,
     last_muted: AtomicU64,
@@ -80,6 +81,7 @@ impl Metrics {
             pods_watched: Gauge::default(),
             epsilon_spent: Counter::default(),
             telemetry_exports: Counter::default(),
+            telemetry_drops: Counter::default(),
             unattributed: Counter::default(),
             last_drops: AtomicU64::new(0),
             last_muted: AtomicU64::new(0),
@@ -157,6 +159,12 @@ impl Metrics {
             "telemetry_exports",
             "Telemetry records sent to the telemetry sink",
             metrics.telemetry_exports.clone(),
+        );
+        registry.register(
+            "telemetry_drops",
+            "Telemetry records dropped undelivered because the backlog of records waiting for the \
+             telemetry sink was full",
+            metrics.telemetry_drops.clone(),
         );
         registry.register(
             "unattributed_events",

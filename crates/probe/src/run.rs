@@ -26,6 +26,7 @@ use crate::pods::{self, PodNames};
 use crate::privacy;
 use crate::report::{Backoff, ReportQueue};
 use crate::status::Status;
+use crate::telemetry::{self, BACKLOG_CAPACITY, Backlog};
 use crate::usermode::{UserModeOptions, UserModePoller};
 
 /// How often pod cgroups are rescanned (and new pods start being watched in the kernel).
@@ -444,6 +445,7 @@ async fn telemetry_loop(
     let Some(endpoint) = config.telemetry_endpoint.clone() else {
         return;
     };
+    let mut backlog = Backlog::new(BACKLOG_CAPACITY);
     let mut tick = tokio::time::interval(config.telemetry_interval);
     tick.tick().await;
     let mut window_start = now_ms();
@@ -472,19 +474,30 @@ async fn telemetry_loop(
         window_start = window_end;
         // The budget is spent by the release, whether or not it is delivered.
         metrics.epsilon_spent.inc_by(spent);
-        match client
-            .send(
-                Method::POST,
-                &endpoint,
-                Some(record.to_string().into_bytes()),
-                Duration::from_secs(10),
-            )
-            .await
-        {
-            Ok(_) => {
-                metrics.telemetry_exports.inc();
-            }
-            Err(error) => tracing::warn!(%error, %endpoint, "telemetry not delivered"),
+        let dropped = backlog.push(record);
+        if dropped > 0 {
+            metrics.telemetry_drops.inc_by(dropped as u64);
         }
+        // The http sink takes one record per POST.
+        telemetry::export(&mut backlog, config.telemetry_batch_size, |record| {
+            let (client, endpoint, metrics) = (&client, &endpoint, &metrics);
+            async move {
+                let body = record.to_string().into_bytes();
+                match client
+                    .send(Method::POST, endpoint, Some(body), Duration::from_secs(10))
+                    .await
+                {
+                    Ok(_) => {
+                        metrics.telemetry_exports.inc();
+                        true
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %endpoint, "telemetry not delivered; kept for the next export");
+                        false
+                    }
+                }
+            }
+        })
+        .await;
     }
 }

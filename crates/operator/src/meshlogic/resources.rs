@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use agentmesh_api::MeshLogicAgent;
-use agentmesh_api::meshlogic::PullPolicy;
+use agentmesh_api::meshlogic::{HealthSettings, PullPolicy};
 use agentmesh_api::names::{self, annotations, labels, paths, probe_env};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -75,14 +75,36 @@ impl<'a> Agent<'a> {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Name of the ServiceAccount and of the DaemonSet.
+    /// Name of the DaemonSet, and of the ServiceAccount unless `serviceAccount.name` says
+    /// otherwise.
     pub fn probe_name(&self) -> String {
         format!("{}-probe", self.name)
     }
 
+    /// Name of the probe's ServiceAccount: `serviceAccount.name`, else [`Self::probe_name`].
+    pub fn service_account_name(&self) -> String {
+        self.resource
+            .spec
+            .service_account
+            .name
+            .clone()
+            .unwrap_or_else(|| self.probe_name())
+    }
+
+    /// Namespace of the ServiceMonitor: `metrics.serviceMonitor.namespace`, else the agent's.
+    pub fn service_monitor_namespace(&self) -> &str {
+        self.resource
+            .spec
+            .metrics
+            .service_monitor
+            .namespace
+            .as_deref()
+            .unwrap_or(self.namespace)
+    }
+
     /// Name of the headless Service of the probes' `/metrics` (for a ServiceMonitor).
     pub fn metrics_service_name(&self) -> String {
-        format!("{}-probe-metrics", self.name)
+        metrics_service_name(self.name)
     }
 
     /// Name of the ConfigMap.
@@ -142,6 +164,28 @@ pub fn cluster_rbac_name(namespace: &str, name: &str) -> String {
     format!("meshlogic-probe:{namespace}:{name}")
 }
 
+/// Name of the metrics Service of the agent `name`.
+pub fn metrics_service_name(name: &str) -> String {
+    format!("{name}-probe-metrics")
+}
+
+/// Name of the ServiceMonitor of the agent `namespace/name` when it lives in `monitor_namespace`:
+/// `<name>-probe` beside the agent; elsewhere `<namespace>.<name>-probe`, so that agents of two
+/// namespaces never share one (a namespace holds no `.`), shortened with a hash past 253
+/// characters.
+pub fn service_monitor_name(namespace: &str, name: &str, monitor_namespace: &str) -> String {
+    if monitor_namespace == namespace {
+        return format!("{name}-probe");
+    }
+    let full = format!("{namespace}.{name}-probe");
+    if full.len() <= 253 {
+        return full;
+    }
+    let digest = hex(&Sha256::digest(full.as_bytes()));
+    let prefix: String = full.chars().take(240).collect();
+    format!("{}-{}", prefix.trim_end_matches(['-', '.']), &digest[..10])
+}
+
 /// A label value for `name`: itself when it fits in 63 characters, else a prefix and a hash,
 /// so that every name gets a distinct, valid value.
 pub fn label_value(name: &str) -> String {
@@ -161,10 +205,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The probe's ServiceAccount, with the spec's annotations (IRSA's role ARN among them).
+/// Whether the operator makes the probe's ServiceAccount (`serviceAccount.create`), rather than
+/// use an existing one.
+pub fn creates_service_account(agent: &Agent) -> bool {
+    agent.resource.spec.service_account.create
+}
+
+/// The probe's ServiceAccount, with the spec's annotations (IRSA's role ARN among them). Made
+/// only when [`creates_service_account`].
 pub fn service_account(agent: &Agent) -> ServiceAccount {
     let spec_annotations = &agent.resource.spec.service_account.annotations;
-    let mut meta = agent.namespaced_meta(agent.probe_name());
+    let mut meta = agent.namespaced_meta(agent.service_account_name());
     if !spec_annotations.is_empty() {
         meta.annotations = Some(spec_annotations.clone());
     }
@@ -198,7 +249,7 @@ pub fn cluster_role(agent: &Agent) -> ClusterRole {
     }
 }
 
-/// Binds [`cluster_role`] to the probe's ServiceAccount.
+/// Binds [`cluster_role`] to the probe's ServiceAccount, made by the operator or not.
 pub fn cluster_role_binding(agent: &Agent) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: agent.cluster_meta(),
@@ -209,7 +260,7 @@ pub fn cluster_role_binding(agent: &Agent) -> ClusterRoleBinding {
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
-            name: agent.probe_name(),
+            name: agent.service_account_name(),
             namespace: Some(agent.namespace.to_owned()),
             ..Default::default()
         }]),
@@ -223,9 +274,19 @@ pub fn wants_service_monitor(agent: &Agent) -> bool {
 }
 
 /// A headless Service over the probe pods' metrics port, for the ServiceMonitor to select.
+/// When the monitor lives in another namespace, the Service says which
+/// ([`annotations::SERVICE_MONITOR_NAMESPACE`]), for the monitor to be found again.
 pub fn metrics_service(agent: &Agent) -> Service {
+    let mut metadata = agent.namespaced_meta(agent.metrics_service_name());
+    let monitor_namespace = agent.service_monitor_namespace();
+    if monitor_namespace != agent.namespace {
+        metadata.annotations = Some(BTreeMap::from([(
+            annotations::SERVICE_MONITOR_NAMESPACE.into(),
+            monitor_namespace.to_owned(),
+        )]));
+    }
     Service {
-        metadata: agent.namespaced_meta(agent.metrics_service_name()),
+        metadata,
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(agent.selector_labels()),
@@ -247,15 +308,40 @@ pub const SERVICE_MONITOR_GROUP: &str = "monitoring.coreos.com";
 pub const SERVICE_MONITOR_VERSION: &str = "v1";
 pub const SERVICE_MONITOR_PLURAL: &str = "servicemonitors";
 
+/// Name of the agent's ServiceMonitor, in [`Agent::service_monitor_namespace`].
+pub fn service_monitor_name_of(agent: &Agent) -> String {
+    service_monitor_name(
+        agent.namespace,
+        agent.name,
+        agent.service_monitor_namespace(),
+    )
+}
+
 /// The ServiceMonitor (seed chart `metrics.serviceMonitor`), as JSON: its CRD belongs to the
-/// Prometheus Operator, so there is no type for it here. It selects [`metrics_service`].
+/// Prometheus Operator, so there is no type for it here. It selects [`metrics_service`], with
+/// the spec's extra labels (the operator's win). Beside the agent it is owned by it; in another
+/// namespace, where an owner reference cannot point, it names the agent in
+/// [`annotations::OWNER`] instead and the operator deletes it itself.
 pub fn service_monitor(agent: &Agent) -> serde_json::Value {
+    let settings = &agent.resource.spec.metrics.service_monitor;
     let mut selector = agent.selector_labels();
     selector.insert(labels::APP_COMPONENT.into(), labels::PROBE_COMPONENT.into());
+    let monitor_namespace = agent.service_monitor_namespace();
+    let mut metadata = agent.namespaced_meta(service_monitor_name_of(agent));
+    if !settings.labels.is_empty() {
+        let mut merged = settings.labels.clone();
+        merged.extend(agent.labels());
+        metadata.labels = Some(merged);
+    }
+    if monitor_namespace != agent.namespace {
+        metadata.namespace = Some(monitor_namespace.to_owned());
+        metadata.owner_references = None;
+        metadata.annotations = Some(BTreeMap::from([(annotations::OWNER.into(), agent.key())]));
+    }
     json!({
         "apiVersion": format!("{SERVICE_MONITOR_GROUP}/{SERVICE_MONITOR_VERSION}"),
         "kind": "ServiceMonitor",
-        "metadata": agent.namespaced_meta(agent.probe_name()),
+        "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": selector},
             "namespaceSelector": {"matchNames": [agent.namespace]},
@@ -356,13 +442,21 @@ fn env(agent: &Agent, settings: &OperatorSettings) -> Vec<EnvVar> {
     {
         env.push(env_from(
             probe_env::AWS_ACCESS_KEY_ID,
-            secret_key(secret, probe_env::AWS_ACCESS_KEY_ID_KEY),
+            secret_key(secret, &spec.aws.access_key_id_key),
         ));
         env.push(env_from(
             probe_env::AWS_SECRET_ACCESS_KEY,
-            secret_key(secret, probe_env::AWS_SECRET_ACCESS_KEY_KEY),
+            secret_key(secret, &spec.aws.secret_access_key_key),
         ));
     }
+    // Without `logging` the probe keeps its own defaults (info, text), as it always has.
+    if let Some(logging) = &spec.logging {
+        env.push(env_value(probe_env::LOG_LEVEL, logging.level.as_str()));
+        let format = if logging.json_format { "json" } else { "text" };
+        env.push(env_value(probe_env::LOG_FORMAT, format));
+    }
+    // After the operator's; the CRD refuses extra variables that name one of them.
+    env.extend(spec.pod.extra_env.iter().cloned());
     env
 }
 
@@ -391,19 +485,27 @@ pub const PROBE_CAPABILITIES: [&str; 5] = [
     "DAC_READ_SEARCH",
 ];
 
-fn security_context(privileged: bool) -> SecurityContext {
+/// The probe container's security context: privileged, or [`PROBE_CAPABILITIES`] and then
+/// the spec's `pod.capabilities`, each once.
+fn security_context(privileged: bool, extra_capabilities: &[String]) -> SecurityContext {
     if privileged {
         return SecurityContext {
             privileged: Some(true),
             ..Default::default()
         };
     }
+    let mut add: Vec<String> = PROBE_CAPABILITIES.iter().map(|c| (*c).into()).collect();
+    for capability in extra_capabilities {
+        if !add.contains(capability) {
+            add.push(capability.clone());
+        }
+    }
     SecurityContext {
         privileged: Some(false),
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
         capabilities: Some(Capabilities {
-            add: Some(PROBE_CAPABILITIES.iter().map(|c| (*c).into()).collect()),
+            add: Some(add),
             drop: Some(vec!["ALL".into()]),
         }),
         ..Default::default()
@@ -420,11 +522,12 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 }
 
 /// Volumes and their mounts: the configuration, and what BPF and the tier 1 fallback read
-/// on the node. BTF has no type check: a node without it must still start the probe, which
-/// then falls back to tier 1 and says so.
+/// on the node, then the spec's extra ones. BTF has no type check: a node without it must
+/// still start the probe, which then falls back to tier 1 and says so.
 fn volumes(agent: &Agent) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let cgroup_root = agent.resource.spec.cgroup.root.as_str();
-    let volumes = vec![
+    let spec = &agent.resource.spec;
+    let cgroup_root = spec.cgroup.root.as_str();
+    let mut volumes = vec![
         Volume {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -438,39 +541,66 @@ fn volumes(agent: &Agent) -> (Vec<Volume>, Vec<VolumeMount>) {
         host_path("cgroup", cgroup_root, Some("Directory")),
         host_path("host-proc", "/proc", Some("Directory")),
     ];
-    let mounts = vec![
+    let mut mounts = vec![
         mount("config", paths::PROBE_CONFIG_DIR, true),
         mount("btf", paths::KERNEL_BTF_DIR, true),
         mount("bpffs", paths::BPF_FS, false),
         mount("cgroup", cgroup_root, true),
         mount("host-proc", paths::PROBE_HOST_PROC, true),
     ];
+    volumes.extend(spec.pod.extra_volumes.iter().cloned());
+    mounts.extend(spec.pod.extra_volume_mounts.iter().cloned());
     (volumes, mounts)
 }
 
-fn http_probe(path: &str, initial_delay: i32, period: i32) -> Probe {
+/// An HTTP check of `path` on the metrics port, timed by `health`: its initial delay and
+/// period when set, else this check's own defaults.
+fn http_probe(
+    path: &str,
+    health: &HealthSettings,
+    default_initial_delay: i32,
+    default_period: i32,
+) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String(METRICS_PORT_NAME.into()),
             ..Default::default()
         }),
-        initial_delay_seconds: Some(initial_delay),
-        period_seconds: Some(period),
-        timeout_seconds: Some(2),
-        failure_threshold: Some(3),
+        initial_delay_seconds: Some(
+            health
+                .initial_delay_seconds
+                .unwrap_or(default_initial_delay),
+        ),
+        period_seconds: Some(health.period_seconds.unwrap_or(default_period)),
+        timeout_seconds: Some(health.timeout_seconds),
+        failure_threshold: Some(health.failure_threshold),
         ..Default::default()
     }
+}
+
+/// Liveness (`/health`, answered while the process serves) and readiness (`/ready`, once the
+/// probe observes) checks, unless `health.enabled` is false.
+fn health_probes(health: &HealthSettings) -> (Option<Probe>, Option<Probe>) {
+    if !health.enabled {
+        return (None, None);
+    }
+    (
+        Some(http_probe(paths::HEALTH, health, 10, 20)),
+        Some(http_probe(paths::READY, health, 2, 10)),
+    )
 }
 
 /// The pod template without the configuration hash.
 fn pod_template(agent: &Agent, settings: &OperatorSettings) -> PodTemplateSpec {
     let spec = &agent.resource.spec;
+    let pod = &spec.pod;
     let (volumes, volume_mounts) = volumes(agent);
-    // The probe is node infrastructure, not an agent: never give it a sidecar, whatever the
-    // namespace's label says.
-    let mut pod_annotations =
-        BTreeMap::from([(annotations::INJECT.to_owned(), "false".to_owned())]);
+    // The spec's annotations first, so that the operator's own overwrite them. The probe is
+    // node infrastructure, not an agent: never give it a sidecar, whatever the namespace's
+    // label says.
+    let mut pod_annotations = pod.annotations.clone();
+    pod_annotations.insert(annotations::INJECT.to_owned(), "false".to_owned());
     if spec.metrics.enabled {
         pod_annotations.insert(annotations::PROMETHEUS_SCRAPE.into(), "true".into());
         pod_annotations.insert(
@@ -479,6 +609,7 @@ fn pod_template(agent: &Agent, settings: &OperatorSettings) -> PodTemplateSpec {
         );
         pod_annotations.insert(annotations::PROMETHEUS_PATH.into(), paths::METRICS.into());
     }
+    let (liveness_probe, readiness_probe) = health_probes(&spec.health);
     let container = Container {
         name: CONTAINER.into(),
         image: Some(image(agent, settings)),
@@ -490,11 +621,10 @@ fn pod_template(agent: &Agent, settings: &OperatorSettings) -> PodTemplateSpec {
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        // `/health` answers while the process serves; `/ready` once the probe observes.
-        liveness_probe: Some(http_probe(paths::HEALTH, 10, 20)),
-        readiness_probe: Some(http_probe(paths::READY, 2, 10)),
+        liveness_probe,
+        readiness_probe,
         resources: Some(spec.resources.clone()),
-        security_context: Some(security_context(spec.ebpf.privileged)),
+        security_context: Some(security_context(spec.ebpf.privileged, &pod.capabilities)),
         volume_mounts: Some(volume_mounts),
         ..Default::default()
     };
@@ -504,15 +634,29 @@ fn pod_template(agent: &Agent, settings: &OperatorSettings) -> PodTemplateSpec {
         .iter()
         .map(|name| LocalObjectReference { name: name.clone() })
         .collect();
+    // The spec's labels first, so that the operator's own, the selector's among them,
+    // overwrite them.
+    let mut pod_labels = pod.labels.clone();
+    pod_labels.extend(agent.labels());
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(agent.labels()),
+            labels: Some(pod_labels),
             annotations: Some(pod_annotations),
             ..Default::default()
         }),
         spec: Some(PodSpec {
-            service_account_name: Some(agent.probe_name()),
-            host_pid: Some(true),
+            service_account_name: Some(agent.service_account_name()),
+            host_pid: Some(pod.host_pid),
+            // In the node's network namespace the pod would otherwise get the node's resolver,
+            // which does not know the trust API's Service name.
+            host_network: pod.host_network.then_some(true),
+            dns_policy: pod
+                .host_network
+                .then(|| "ClusterFirstWithHostNet".to_owned()),
+            security_context: pod.security_context.clone(),
+            affinity: pod.affinity.clone(),
+            priority_class_name: pod.priority_class_name.clone(),
+            init_containers: (!pod.init_containers.is_empty()).then(|| pod.init_containers.clone()),
             containers: vec![container],
             volumes: Some(volumes),
             image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
@@ -552,6 +696,7 @@ pub fn daemon_set(agent: &Agent, settings: &OperatorSettings, config: &str) -> R
                 ..Default::default()
             },
             template,
+            update_strategy: agent.resource.spec.pod.update_strategy.clone(),
             ..Default::default()
         }),
         ..Default::default()
@@ -576,6 +721,11 @@ pub fn template_hash(daemon_set: &DaemonSet) -> Option<&str> {
 mod tests {
     use super::*;
     use agentmesh_api::MeshLogicAgentSpec;
+    use agentmesh_api::meshlogic::{LogLevel, LoggingSettings};
+    use k8s_openapi::api::apps::v1::{DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
+    use k8s_openapi::api::core::v1::{
+        Affinity, EmptyDirVolumeSource, NodeAffinity, NodeSelector, PodSecurityContext,
+    };
 
     fn settings() -> OperatorSettings {
         OperatorSettings {
@@ -909,7 +1059,7 @@ mod tests {
         );
         assert_eq!(
             container.image.as_deref(),
-            Some("registry.meshlogic.ai/meshlogic-agent:0.1.0")
+            Some("registry.meshlogic.ai/meshlogic/agent:0.1.0")
         );
         assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
         assert_eq!(
@@ -1111,13 +1261,21 @@ mod tests {
         again.metadata.labels = Some(BTreeMap::from([("team".into(), "x".into())]));
         assert_eq!(hash_of(&again), base);
 
-        let changes: [fn(&mut MeshLogicAgentSpec); 6] = [
+        let changes: [fn(&mut MeshLogicAgentSpec); 14] = [
             |s| s.safety_tier = 3,
             |s| s.ebpf.mute_paths.push("/tmp".into()),
             |s| s.privacy.epsilon = 0.5,
             |s| s.customer_id = "other".into(),
             |s| s.image.tag = Some("9.9.9".into()),
             |s| s.region = "us-east-1".into(),
+            |s| s.pod.host_network = true,
+            |s| s.pod.capabilities = vec!["SYS_ADMIN".into()],
+            |s| s.pod.labels = BTreeMap::from([("team".into(), "x".into())]),
+            |s| s.logging = Some(LoggingSettings::default()),
+            |s| s.health.enabled = false,
+            |s| s.telemetry.batch_size = 10,
+            |s| s.aws.access_key_id_key = "id".into(),
+            |s| s.service_account.name = Some("mine".into()),
         ];
         for (i, change) in changes.iter().enumerate() {
             let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
@@ -1133,5 +1291,458 @@ mod tests {
         other.trust_api_url = "http://elsewhere:8080".into();
         let moved = daemon_set(&agent, &other, &config).unwrap();
         assert_ne!(template_hash(&moved).unwrap(), base);
+    }
+
+    /// Every object an agent with an all-defaults spec renders, as JSON.
+    fn rendered_defaults(mla: &MeshLogicAgent) -> serde_json::Value {
+        let agent = Agent::new(mla).unwrap();
+        let config = config_json(&agent).unwrap();
+        json!({
+            "serviceAccount": service_account(&agent),
+            "clusterRole": cluster_role(&agent),
+            "clusterRoleBinding": cluster_role_binding(&agent),
+            "configMap": config_map(&agent, &config),
+            "daemonSet": daemon_set(&agent, &settings(), &config).unwrap(),
+            "metricsService": metrics_service(&agent),
+            "serviceMonitor": service_monitor(&agent),
+        })
+    }
+
+    #[test]
+    fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
+        // Pinned from the code before `pod`, `logging`, `health`, `telemetry.batchSize`, the
+        // AWS key names, `serviceMonitor.namespace`/`labels` and `serviceAccount.create`/`name`
+        // existed, with the image repository of then (its default has changed since). Same
+        // bytes: same ConfigMap, same configuration hash, no probe pod rolled by an upgrade.
+        let mut mla = default_resource();
+        mla.spec.image.repository = "registry.meshlogic.ai/meshlogic-agent".into();
+        let rendered = serde_json::to_vec(&rendered_defaults(&mla)).unwrap();
+        assert_eq!(
+            hex(&Sha256::digest(&rendered)),
+            PINNED_DEFAULTS_SHA256,
+            "{}",
+            String::from_utf8_lossy(&rendered)
+        );
+        // And the spec written into the configuration file names none of the new keys.
+        let config: serde_json::Value =
+            serde_json::from_str(&config_json(&Agent::new(&mla).unwrap()).unwrap()).unwrap();
+        for key in ["pod", "logging", "health"] {
+            assert!(config["spec"].get(key).is_none(), "{key}");
+        }
+        assert!(config["spec"]["telemetry"].get("batchSize").is_none());
+        assert_eq!(config["spec"]["serviceAccount"], json!({}));
+    }
+
+    const PINNED_DEFAULTS_SHA256: &str =
+        "09c522fd5ba299bc1b7edaa3342045294a16f4d0a2797a17ec42e7bf114d7a91";
+
+    fn spec_with(change: impl FnOnce(&mut MeshLogicAgentSpec)) -> MeshLogicAgent {
+        let mut spec = MeshLogicAgentSpec::with_customer_id("acme");
+        change(&mut spec);
+        resource(spec)
+    }
+
+    fn template_labels(ds: &DaemonSet) -> &BTreeMap<String, String> {
+        let template = &ds.spec.as_ref().unwrap().template;
+        template.metadata.as_ref().unwrap().labels.as_ref().unwrap()
+    }
+
+    #[test]
+    fn pod_labels_and_annotations_are_added_and_the_operators_win() {
+        let ds = built(&spec_with(|s| {
+            s.pod.labels = BTreeMap::from([
+                ("team".into(), "security".into()),
+                ("app.kubernetes.io/name".into(), "hijacked".into()),
+                ("app.kubernetes.io/instance".into(), "hijacked".into()),
+            ]);
+            s.pod.annotations = BTreeMap::from([
+                ("example.com/owner".into(), "sec".into()),
+                ("agentmesh.io/inject".into(), "true".into()),
+                ("agentmesh.io/config-hash".into(), "mine".into()),
+            ]);
+        }));
+        let labels = template_labels(&ds);
+        assert_eq!(labels["team"], "security");
+        assert_eq!(labels["app.kubernetes.io/name"], "meshlogic-agent");
+        assert_eq!(labels["app.kubernetes.io/instance"], "probe-a");
+        // The selector still matches the pods.
+        for (key, value) in ds
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .match_labels
+            .as_ref()
+            .unwrap()
+        {
+            assert_eq!(labels.get(key), Some(value));
+        }
+        let annotations = template_annotations(&ds);
+        assert_eq!(annotations["example.com/owner"], "sec");
+        assert_eq!(annotations["agentmesh.io/inject"], "false");
+        assert_ne!(annotations["agentmesh.io/config-hash"], "mine");
+        // The DaemonSet itself keeps the operator's labels only.
+        assert!(!ds.metadata.labels.as_ref().unwrap().contains_key("team"));
+    }
+
+    #[test]
+    fn pod_security_context_affinity_priority_init_containers_and_update_strategy_are_rendered() {
+        let affinity = Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![Default::default()],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let security = PodSecurityContext {
+            run_as_user: Some(0),
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let init = Container {
+            name: "wait-for-bpffs".into(),
+            image: Some("busybox:1.36".into()),
+            ..Default::default()
+        };
+        let strategy = DaemonSetUpdateStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDaemonSet {
+                max_unavailable: Some(IntOrString::String("25%".into())),
+                ..Default::default()
+            }),
+        };
+        let ds = built(&spec_with(|s| {
+            s.pod.affinity = Some(affinity.clone());
+            s.pod.security_context = Some(security.clone());
+            s.pod.priority_class_name = Some("system-node-critical".into());
+            s.pod.init_containers = vec![init.clone()];
+            s.pod.update_strategy = Some(strategy.clone());
+        }));
+        let pod = pod_spec(&ds);
+        assert_eq!(pod.affinity.as_ref(), Some(&affinity));
+        assert_eq!(pod.security_context.as_ref(), Some(&security));
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("system-node-critical")
+        );
+        assert_eq!(pod.init_containers.as_deref(), Some(&[init][..]));
+        assert_eq!(pod.containers.len(), 1);
+        assert_eq!(
+            ds.spec.as_ref().unwrap().update_strategy.as_ref(),
+            Some(&strategy)
+        );
+
+        // None of them by default.
+        let ds = built(&default_resource());
+        let pod = pod_spec(&ds);
+        assert!(pod.affinity.is_none() && pod.security_context.is_none());
+        assert!(pod.priority_class_name.is_none() && pod.init_containers.is_none());
+        assert!(ds.spec.as_ref().unwrap().update_strategy.is_none());
+    }
+
+    fn added_capabilities(ds: &DaemonSet) -> Option<Vec<String>> {
+        let security = pod_spec(ds).containers[0].security_context.clone()?;
+        security.capabilities?.add
+    }
+
+    #[test]
+    fn extra_capabilities_are_added_once_after_the_operators() {
+        let ds = built(&spec_with(|s| {
+            s.pod.capabilities = ["SYS_ADMIN", "BPF", "SYS_RESOURCE", "SYS_ADMIN"]
+                .map(String::from)
+                .to_vec();
+        }));
+        assert_eq!(
+            added_capabilities(&ds).unwrap(),
+            [
+                "BPF",
+                "PERFMON",
+                "NET_ADMIN",
+                "SYS_PTRACE",
+                "DAC_READ_SEARCH",
+                "SYS_ADMIN",
+                "SYS_RESOURCE"
+            ]
+        );
+        // Privileged already has every capability.
+        let ds = built(&spec_with(|s| {
+            s.pod.capabilities = vec!["SYS_ADMIN".into()];
+            s.ebpf.privileged = true;
+        }));
+        assert_eq!(added_capabilities(&ds), None);
+    }
+
+    #[test]
+    fn host_network_brings_the_dns_policy_that_still_resolves_services() {
+        let ds = built(&default_resource());
+        let pod = pod_spec(&ds);
+        assert_eq!((pod.host_network, pod.dns_policy.as_deref()), (None, None));
+        assert_eq!(pod.host_pid, Some(true));
+
+        let ds = built(&spec_with(|s| {
+            s.pod.host_network = true;
+            s.pod.host_pid = false;
+        }));
+        let pod = pod_spec(&ds);
+        assert_eq!(pod.host_network, Some(true));
+        assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+        assert_eq!(pod.host_pid, Some(false));
+    }
+
+    #[test]
+    fn extra_volumes_mounts_and_env_come_after_the_operators() {
+        let ds = built(&spec_with(|s| {
+            s.pod.extra_volumes = vec![Volume {
+                name: "scratch".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            }];
+            s.pod.extra_volume_mounts = vec![mount("scratch", "/scratch", false)];
+            s.pod.extra_env = vec![env_value("MESHLOGIC_REPORT_QUEUE", "128")];
+        }));
+        let pod = pod_spec(&ds);
+        let volumes: Vec<&str> = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(
+            volumes,
+            ["config", "btf", "bpffs", "cgroup", "host-proc", "scratch"]
+        );
+        let container = &pod.containers[0];
+        let mounts = container.volume_mounts.as_ref().unwrap();
+        assert_eq!(mounts.last().unwrap().mount_path, "/scratch");
+        assert_eq!(mounts.len(), 6);
+        let env = container.env.as_ref().unwrap();
+        assert_eq!(env.last().unwrap().name, "MESHLOGIC_REPORT_QUEUE");
+        assert_eq!(env.len(), 6);
+    }
+
+    #[test]
+    fn the_extra_env_rule_reserves_exactly_what_the_operator_sets() {
+        // Everything on: the AWS Secret and logging add their variables.
+        let ds = built(&spec_with(|s| {
+            s.aws.use_irsa = false;
+            s.aws.credentials_secret = Some("aws".into());
+            s.logging = Some(LoggingSettings::default());
+        }));
+        let mut set: Vec<String> = pod_spec(&ds).containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        set.sort();
+        let mut reserved: Vec<String> = probe_env::OPERATOR_SET
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        reserved.sort();
+        assert_eq!(set, reserved);
+    }
+
+    #[test]
+    fn logging_sets_the_probe_log_variables_only_when_given() {
+        let env = env_map(&pod_spec(&built(&default_resource())).containers[0]);
+        assert!(!env.contains_key("AGENTMESH_LOG_LEVEL"));
+        assert!(!env.contains_key("AGENTMESH_LOG_FORMAT"));
+
+        let env = env_map(
+            &pod_spec(&built(&spec_with(|s| {
+                s.logging = Some(LoggingSettings::default())
+            })))
+            .containers[0],
+        );
+        assert_eq!(env["AGENTMESH_LOG_LEVEL"].value.as_deref(), Some("info"));
+        assert_eq!(env["AGENTMESH_LOG_FORMAT"].value.as_deref(), Some("json"));
+
+        let env = env_map(
+            &pod_spec(&built(&spec_with(|s| {
+                s.logging = Some(LoggingSettings {
+                    level: LogLevel::Debug,
+                    json_format: false,
+                })
+            })))
+            .containers[0],
+        );
+        assert_eq!(env["AGENTMESH_LOG_LEVEL"].value.as_deref(), Some("debug"));
+        assert_eq!(env["AGENTMESH_LOG_FORMAT"].value.as_deref(), Some("text"));
+    }
+
+    fn timing(probe: &Option<Probe>) -> [Option<i32>; 4] {
+        let probe = probe.as_ref().unwrap();
+        [
+            probe.initial_delay_seconds,
+            probe.period_seconds,
+            probe.timeout_seconds,
+            probe.failure_threshold,
+        ]
+    }
+
+    #[test]
+    fn health_settings_time_both_checks_or_remove_them() {
+        let ds = built(&default_resource());
+        let container = &pod_spec(&ds).containers[0];
+        assert_eq!(
+            timing(&container.liveness_probe),
+            [Some(10), Some(20), Some(2), Some(3)]
+        );
+        assert_eq!(
+            timing(&container.readiness_probe),
+            [Some(2), Some(10), Some(2), Some(3)]
+        );
+
+        let ds = built(&spec_with(|s| {
+            s.health.initial_delay_seconds = Some(30);
+            s.health.timeout_seconds = 5;
+            s.health.failure_threshold = 6;
+        }));
+        let container = &pod_spec(&ds).containers[0];
+        assert_eq!(
+            timing(&container.liveness_probe),
+            [Some(30), Some(20), Some(5), Some(6)]
+        );
+        assert_eq!(
+            timing(&container.readiness_probe),
+            [Some(30), Some(10), Some(5), Some(6)]
+        );
+        let ds = built(&spec_with(|s| s.health.period_seconds = Some(15)));
+        let container = &pod_spec(&ds).containers[0];
+        assert_eq!(timing(&container.liveness_probe)[1], Some(15));
+        assert_eq!(timing(&container.readiness_probe)[1], Some(15));
+
+        let ds = built(&spec_with(|s| s.health.enabled = false));
+        let container = &pod_spec(&ds).containers[0];
+        assert!(container.liveness_probe.is_none() && container.readiness_probe.is_none());
+    }
+
+    #[test]
+    fn the_aws_secret_keys_come_from_the_spec() {
+        let ds = built(&spec_with(|s| {
+            s.aws.use_irsa = false;
+            s.aws.credentials_secret = Some("aws".into());
+            s.aws.access_key_id_key = "AWS_ACCESS_KEY_ID".into();
+            s.aws.secret_access_key_key = "AWS_SECRET_ACCESS_KEY".into();
+        }));
+        let env = env_map(&pod_spec(&ds).containers[0]);
+        for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            let selector = env[var]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .clone()
+                .unwrap();
+            assert_eq!(
+                (selector.name.as_str(), selector.key.as_str()),
+                ("aws", var)
+            );
+        }
+    }
+
+    #[test]
+    fn a_service_monitor_in_another_namespace_is_annotated_not_owned() {
+        let mla = spec_with(|s| {
+            s.metrics.service_monitor.enabled = true;
+            s.metrics.service_monitor.namespace = Some("monitoring".into());
+            s.metrics.service_monitor.labels = BTreeMap::from([
+                ("release".into(), "prometheus".into()),
+                ("app.kubernetes.io/managed-by".into(), "helm".into()),
+            ]);
+        });
+        let agent = Agent::new(&mla).unwrap();
+        assert_eq!(agent.service_monitor_namespace(), "monitoring");
+        let monitor = service_monitor(&agent);
+        let metadata = &monitor["metadata"];
+        assert_eq!(metadata["namespace"], "monitoring");
+        assert_eq!(metadata["name"], "meshlogic.probe-a-probe");
+        assert!(metadata.get("ownerReferences").is_none(), "{metadata}");
+        assert_eq!(
+            metadata["annotations"]["agentmesh.io/owner"],
+            "meshlogic/probe-a"
+        );
+        assert_eq!(metadata["labels"]["release"], "prometheus");
+        assert_eq!(
+            metadata["labels"]["app.kubernetes.io/managed-by"],
+            "meshlogic-operator"
+        );
+        // It still selects the Service beside the agent.
+        assert_eq!(
+            monitor["spec"]["namespaceSelector"]["matchNames"],
+            json!(["meshlogic"])
+        );
+        // The Service remembers where the monitor went.
+        let service = metrics_service(&agent);
+        assert_eq!(
+            service.metadata.annotations.unwrap()["agentmesh.io/service-monitor-namespace"],
+            "monitoring"
+        );
+
+        // Beside the agent, by default: owned, no annotations.
+        let mla = spec_with(|s| s.metrics.service_monitor.enabled = true);
+        let agent = Agent::new(&mla).unwrap();
+        let monitor = service_monitor(&agent);
+        assert_eq!(monitor["metadata"]["namespace"], "meshlogic");
+        assert_eq!(monitor["metadata"]["name"], "probe-a-probe");
+        assert!(monitor["metadata"].get("annotations").is_none());
+        assert!(metrics_service(&agent).metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn service_monitor_names_never_collide_across_namespaces() {
+        assert_eq!(service_monitor_name("a", "b", "a"), "b-probe");
+        assert_ne!(
+            service_monitor_name("a-b", "c", "monitoring"),
+            service_monitor_name("a", "b-c", "monitoring")
+        );
+        let long = service_monitor_name("ns", &"x".repeat(253), "monitoring");
+        assert!(long.len() <= 253, "{}", long.len());
+        assert_ne!(
+            long,
+            service_monitor_name("ns", &"x".repeat(252), "monitoring")
+        );
+    }
+
+    #[test]
+    fn an_existing_service_account_is_used_and_bound_not_made() {
+        let mla = spec_with(|s| {
+            s.service_account.create = false;
+            s.service_account.name = Some("node-agents".into());
+        });
+        let agent = Agent::new(&mla).unwrap();
+        assert!(!creates_service_account(&agent));
+        assert_eq!(agent.service_account_name(), "node-agents");
+        let config = config_json(&agent).unwrap();
+        let ds = daemon_set(&agent, &settings(), &config).unwrap();
+        assert_eq!(
+            pod_spec(&ds).service_account_name.as_deref(),
+            Some("node-agents")
+        );
+        let subjects = cluster_role_binding(&agent).subjects.unwrap();
+        assert_eq!(
+            (subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+            ("node-agents", Some("meshlogic"))
+        );
+
+        // Made under another name when `create` stays true.
+        let mla = spec_with(|s| s.service_account.name = Some("node-agents".into()));
+        let agent = Agent::new(&mla).unwrap();
+        assert!(creates_service_account(&agent));
+        assert_eq!(
+            service_account(&agent).metadata.name.as_deref(),
+            Some("node-agents")
+        );
+        assert!(creates_service_account(
+            &Agent::new(&default_resource()).unwrap()
+        ));
     }
 }
