@@ -94,6 +94,12 @@ garbage-collects them. */}}
 {{- if and (eq .Values.storage.backend "redis") (not .Values.redis.auth.password) (not .Values.redis.auth.existingSecret) }}
 {{- fail "storage.backend=redis needs redis.auth.password (or redis.auth.existingSecret): Redis is never run without a password" }}
 {{- end }}
+{{- if and (eq .Values.storage.backend "redis") (not .Values.redis.enabled) (not .Values.redis.host) }}
+{{- fail "redis.host is required when storage.backend is redis and redis.enabled is false" }}
+{{- end }}
+{{- if and (eq .Values.storage.backend "postgres") (not .Values.postgresql.enabled) (not .Values.postgresql.host) }}
+{{- fail "postgresql.host is required when storage.backend is postgres and postgresql.enabled is false" }}
+{{- end }}
 {{- if and (eq .Values.storage.backend "postgres") (not .Values.postgresql.auth.password) (not .Values.postgresql.auth.existingSecret) }}
 {{- fail "storage.backend=postgres needs postgresql.auth.password (or postgresql.auth.existingSecret)" }}
 {{- end }}
