@@ -51,6 +51,21 @@ elif ! diff -r crds charts/agentmesh/files/crds >"$WORK/diff"; then
   fail "charts/agentmesh/files/crds is not crds/ (make crds copies them)"
 fi
 
+# ------------------------------------------------------------------ versions and images in step
+# The charts' appVersion is the workspace's version (the probe's tag), and their default images
+# are the ones `make images` builds.
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
+sidecar="$(sed -n 's/.*SIDECAR_IMAGE: &str = "\(.*\)";/\1/p' crates/api/src/names.rs)"
+probe="$(sed -n 's/.*PROBE_IMAGE_REPOSITORY: &str = "\(.*\)";/\1/p' crates/api/src/names.rs)"
+for chart in agentmesh meshlogic-agent; do
+  grep -qx "appVersion: \"$version\"" "charts/$chart/Chart.yaml" || fail "charts/$chart/Chart.yaml: appVersion is not the workspace's $version"
+done
+"$HELM" template agentmesh charts/agentmesh >"$WORK/images.yaml"
+grep -q "value: \"$sidecar\"" "$WORK/images.yaml" || fail "charts/agentmesh: image.sidecar is not $sidecar"
+grep -q "image: agentmesh/server:${sidecar##*:}\$" "$WORK/images.yaml" || fail "charts/agentmesh: image.server is not agentmesh/server:${sidecar##*:}"
+"$HELM" template meshlogic-agent charts/meshlogic-agent --set agent.customerId=x >"$WORK/images.yaml"
+grep -q "repository: \"$probe\"" "$WORK/images.yaml" || fail "charts/meshlogic-agent: the image is not $probe"
+
 # ------------------------------------------------------------------ each chart
 for chart in agentmesh meshlogic-agent; do
   dir="charts/$chart"
