@@ -334,6 +334,48 @@ pub fn example_header(path: &Path, key: &str) -> Option<String> {
 }
 
 /// The condition of this type in an object's `status.conditions`.
+/// Polls `check` every 500 ms until it gives a value, and returns it; after `timeout`, panics
+/// naming `what`, with the cluster's pods and its 40 latest Events. `label` prefixes the log
+/// line saying how long it took.
+pub fn wait_until<T>(
+    label: &str,
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            eprintln!("{label}: {what} after {:.1?}", start.elapsed());
+            return value;
+        }
+        if start.elapsed() > timeout {
+            let pods = cluster().kubectl(&["get", "pods", "-A", "-o", "wide"]);
+            let events = cluster().kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}\n{}",
+                String::from_utf8_lossy(&pods.stdout),
+                String::from_utf8_lossy(&events.stdout)
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Whether a pod (as JSON) is Ready and not being deleted.
+pub fn pod_ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
 pub fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
     object["status"]["conditions"]
         .as_array()?

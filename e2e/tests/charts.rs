@@ -25,9 +25,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agentmesh_e2e::{cluster, repo_root};
+use agentmesh_e2e::{cluster, pod_ready as ready, repo_root};
+
+fn wait<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    agentmesh_e2e::wait_until("charts", timeout, what, check)
+}
 use serde_json::Value;
 
 const NAMESPACE: &str = "agentmesh";
@@ -98,30 +102,6 @@ fn sh_ok(line: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn wait<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            eprintln!("charts: {what} after {:.1?}", start.elapsed());
-            return value;
-        }
-        if start.elapsed() > timeout {
-            let pods = cluster().kubectl(&["get", "pods", "-A", "-o", "wide"]);
-            let events = cluster().kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}\n{}",
-                String::from_utf8_lossy(&pods.stdout),
-                String::from_utf8_lossy(&events.stdout)
-                    .lines()
-                    .rev()
-                    .take(40)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 fn list(kind: &str, namespace: &str, selector: &str) -> Vec<Value> {
     let text = cluster().kubectl_ok(&["get", kind, "-n", namespace, "-l", selector, "-o", "json"]);
@@ -131,13 +111,6 @@ fn list(kind: &str, namespace: &str, selector: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn ready(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_null()
-        && pod["status"]["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-}
 
 /// The operator's `/ready`, through the API server's Service proxy.
 fn operator_ready() -> Option<Value> {

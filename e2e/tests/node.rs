@@ -21,7 +21,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agentmesh_e2e::operator::http_request;
-use agentmesh_e2e::{TestNamespace, cluster, repo_root};
+use agentmesh_e2e::{TestNamespace, cluster, pod_ready, repo_root};
+
+fn wait<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    agentmesh_e2e::wait_until("node", timeout, what, check)
+}
 use serde_json::{Value, json};
 
 const OPERATOR_NAMESPACE: &str = "agentmesh";
@@ -54,30 +58,6 @@ post '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arg
 
 /// Polls `check` every 500 ms until it returns `Some`, or panics after `timeout` with the
 /// state of the cluster's pods.
-fn wait<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            eprintln!("node: {what} after {:.1?}", start.elapsed());
-            return value;
-        }
-        if start.elapsed() > timeout {
-            let pods = cluster().kubectl(&["get", "pods", "-A", "-o", "wide"]);
-            let events = cluster().kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}\n{}",
-                String::from_utf8_lossy(&pods.stdout),
-                String::from_utf8_lossy(&events.stdout)
-                    .lines()
-                    .rev()
-                    .take(40)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 /// The real nodes: those kwok does not fake.
 fn real_nodes() -> Vec<String> {
@@ -117,12 +97,6 @@ fn pod(namespace: &str, name: &str) -> Value {
         .unwrap_or_else(|| panic!("pod {namespace}/{name} exists"))
 }
 
-fn pod_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
 
 fn lease_holder() -> Option<String> {
     cluster().get("lease", LEASE, Some(OPERATOR_NAMESPACE))?["spec"]["holderIdentity"]

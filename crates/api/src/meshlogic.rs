@@ -319,8 +319,9 @@ fn default_mute_paths() -> Vec<String> {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CgroupSettings {
-    /// Mount point of the cgroup v2 hierarchy on the node (`/sys/fs/cgroup`, or
-    /// `/sys/fs/cgroup/unified` on hybrid hosts).
+    /// Mount point of the cgroup v2 hierarchy on the node. When it is cgroup v1 (a hybrid
+    /// host), the probe uses `<root>/unified` if that is cgroup v2, so the default
+    /// `/sys/fs/cgroup` works on both.
     #[serde(default = "default_cgroup_root")]
     #[schemars(regex(pattern = PATH_PATTERN), length(min = 1, max = 255))]
     pub root: String,
