@@ -102,7 +102,6 @@ fn sh_ok(line: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-
 fn list(kind: &str, namespace: &str, selector: &str) -> Vec<Value> {
     let text = cluster().kubectl_ok(&["get", kind, "-n", namespace, "-l", selector, "-o", "json"]);
     serde_json::from_str::<Value>(&text).unwrap()["items"]
@@ -110,7 +109,6 @@ fn list(kind: &str, namespace: &str, selector: &str) -> Vec<Value> {
         .cloned()
         .unwrap_or_default()
 }
-
 
 /// The operator's `/ready`, through the API server's Service proxy.
 fn operator_ready() -> Option<Value> {
@@ -189,6 +187,67 @@ fn dry_run_scenarios(chart: &str) {
             "{chart}: nothing was applied: {text}"
         );
     }
+}
+
+/// checkov on the objects the operator made from the MeshLogicAgent (the meshlogic-agent chart
+/// renders only that resource), with the skips its README explains.
+fn checkov_on_what_the_operator_rendered() {
+    let dir = tempfile_dir("checkov-probe");
+    let namespaced = cluster().kubectl_ok(&[
+        "get",
+        "daemonsets,serviceaccounts,configmaps,services",
+        "-n",
+        PROBE_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/name=meshlogic-agent",
+        "-o",
+        "yaml",
+    ]);
+    let rbac = cluster().kubectl_ok(&[
+        "get",
+        "clusterroles,clusterrolebindings",
+        "-l",
+        "app.kubernetes.io/name=meshlogic-agent",
+        "-o",
+        "yaml",
+    ]);
+    assert!(namespaced.contains("kind: DaemonSet"), "{namespaced}");
+    std::fs::write(dir.join("probe.yaml"), namespaced).unwrap();
+    std::fs::write(dir.join("rbac.yaml"), rbac).unwrap();
+    let skips: Vec<String> =
+        std::fs::read_to_string(repo_root().join("charts/meshlogic-agent/tests/checkov-skips.txt"))
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect();
+    let output = Command::new(&tools()["CHECKOV"])
+        .args([
+            "--directory",
+            dir.to_str().unwrap(),
+            "--framework",
+            "kubernetes",
+        ])
+        .args(["--quiet", "--compact", "--skip-check", &skips.join(",")])
+        .env("BC_SKIP_MAPPING", "TRUE")
+        .env("CKV_SKIP_PACKAGE_UPDATE_CHECK", "true")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "checkov on the probe's objects:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    eprintln!(
+        "charts: checkov passes on the probe's DaemonSet, ServiceAccount, ConfigMap, Service and RBAC"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentmesh-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Removes whatever a failed run left, so the next run (and the other tests) start clean.
@@ -430,6 +489,7 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
         "the README's logs command shows the probe's logs"
     );
     dry_run_scenarios("meshlogic-agent");
+    checkov_on_what_the_operator_rendered();
 
     // ------------------------------------------------------- helm upgrade rolls
     let before: Vec<String> = list("pods", NAMESPACE, "app.kubernetes.io/component=server")

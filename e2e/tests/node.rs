@@ -56,9 +56,6 @@ post '{"jsonrpc":"2.0","method":"notifications/initialized"}' "$sid" >/dev/null
 post '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi from a pod"}}}' "$sid"
 "#;
 
-/// Polls `check` every 500 ms until it returns `Some`, or panics after `timeout` with the
-/// state of the cluster's pods.
-
 /// The real nodes: those kwok does not fake.
 fn real_nodes() -> Vec<String> {
     cluster()
@@ -96,7 +93,6 @@ fn pod(namespace: &str, name: &str) -> Value {
         .get("pod", name, Some(namespace))
         .unwrap_or_else(|| panic!("pod {namespace}/{name} exists"))
 }
-
 
 fn lease_holder() -> Option<String> {
     cluster().get("lease", LEASE, Some(OPERATOR_NAMESPACE))?["spec"]["holderIdentity"]

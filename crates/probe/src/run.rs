@@ -528,7 +528,11 @@ mod tests {
         std::fs::read_to_string("/proc/self/mountinfo")
             .ok()?
             .lines()
-            .find(|line| line.split(" - ").nth(1).is_some_and(|fs| fs.starts_with("cgroup2 ")))
+            .find(|line| {
+                line.split(" - ")
+                    .nth(1)
+                    .is_some_and(|fs| fs.starts_with("cgroup2 "))
+            })
             .and_then(|line| line.split(' ').nth(4))
             .map(PathBuf::from)
     }
@@ -540,7 +544,10 @@ mod tests {
         };
         // On a cgroup v2 host the default is the mount; on a hybrid one (this machine's
         // /sys/fs/cgroup is v1, v2 is at /sys/fs/cgroup/unified) the probe goes below it.
-        assert_eq!(resolve_cgroup_root(Path::new("/sys/fs/cgroup")).unwrap(), mount);
+        assert_eq!(
+            resolve_cgroup_root(Path::new("/sys/fs/cgroup")).unwrap(),
+            mount
+        );
         assert_eq!(resolve_cgroup_root(&mount).unwrap(), mount);
     }
 
@@ -549,8 +556,14 @@ mod tests {
         let dir = std::env::temp_dir();
         let error = resolve_cgroup_root(&dir).unwrap_err().to_string();
         assert!(error.contains("is not a cgroup v2 mount"), "{error}");
-        assert!(error.contains(&dir.join("unified").display().to_string()), "{error}");
+        assert!(
+            error.contains(&dir.join("unified").display().to_string()),
+            "{error}"
+        );
         let missing = resolve_cgroup_root(Path::new("/nonexistent/cgroup")).unwrap_err();
-        assert!(missing.to_string().contains("/nonexistent/cgroup"), "{missing}");
+        assert!(
+            missing.to_string().contains("/nonexistent/cgroup"),
+            "{missing}"
+        );
     }
 }
