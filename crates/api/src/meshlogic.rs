@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Conditions, PATH_PATTERN, conditions_schema};
 use crate::names;
+pub use crate::settings::LogLevel;
 
 /// Smallest ring buffer libbpf accepts here: one page.
 pub const RING_BUFFER_MIN: i64 = 4096;
@@ -785,31 +786,6 @@ impl Default for LoggingSettings {
         Self {
             level: LogLevel::default(),
             json_format: true,
-        }
-    }
-}
-
-/// Log levels, least to most severe.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum LogLevel {
-    Trace,
-    Debug,
-    #[default]
-    Info,
-    Warn,
-    Error,
-}
-
-impl LogLevel {
-    /// The level as `AGENTMESH_LOG_LEVEL` spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Trace => "trace",
-            Self::Debug => "debug",
-            Self::Info => "info",
-            Self::Warn => "warn",
-            Self::Error => "error",
         }
     }
 }

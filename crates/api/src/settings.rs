@@ -55,11 +55,24 @@ impl PresetName {
     }
 }
 
-/// Log verbosity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Log levels, least to most severe: `AGENTMESH_LOG_LEVEL`, and a MeshLogicAgent's
+/// `logging.level` (in lower case there).
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
 pub enum LogLevel {
     Trace,
     Debug,
+    #[default]
     Info,
     Warn,
     Error,

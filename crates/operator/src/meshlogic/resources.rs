@@ -451,7 +451,10 @@ fn env(agent: &Agent, settings: &OperatorSettings) -> Vec<EnvVar> {
     }
     // Without `logging` the probe keeps its own defaults (info, text), as it always has.
     if let Some(logging) = &spec.logging {
-        env.push(env_value(probe_env::LOG_LEVEL, logging.level.as_str()));
+        env.push(env_value(
+            probe_env::LOG_LEVEL,
+            logging.level.as_directive(),
+        ));
         let format = if logging.json_format { "json" } else { "text" };
         env.push(env_value(probe_env::LOG_FORMAT, format));
     }
