@@ -110,14 +110,30 @@ fn list(kind: &str, namespace: &str, selector: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// The operator's `/ready`, through the API server's Service proxy.
-fn operator_ready() -> Option<Value> {
+/// The operator's `/ready` through the API server's proxy, of `via`: `services/agentmesh` (any
+/// replica) or `pods/<name>` (that one).
+fn operator_ready(via: &str) -> Option<Value> {
     let output = cluster().kubectl(&[
         "get",
         "--raw",
-        &format!("/api/v1/namespaces/{NAMESPACE}/services/agentmesh:8080/proxy/ready"),
+        &format!("/api/v1/namespaces/{NAMESPACE}/{via}:8080/proxy/ready"),
     ]);
     serde_json::from_slice(&output.stdout).ok()
+}
+
+/// Writes `password` into the chart's Redis Secret (the operator reads it when it starts).
+fn set_redis_password(password: &str) {
+    let patch = serde_json::json!({"stringData": {"redis-password": password}}).to_string();
+    cluster().kubectl_ok(&[
+        "patch",
+        "secret",
+        "agentmesh-redis",
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
 }
 
 /// Renders every golden scenario of a chart and has the API server validate it (dry run).
@@ -334,7 +350,7 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
     let ready_body = wait(
         Duration::from_secs(60),
         "the operator logged in to the chart's Redis with the chart's password",
-        || operator_ready().filter(|body| body["storage"]["up"] == true),
+        || operator_ready("services/agentmesh").filter(|body| body["storage"]["up"] == true),
     );
     assert_eq!(ready_body["storage"]["backend"], "redis");
     assert_eq!(
@@ -365,16 +381,7 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
 
     // A wrong password: Redis refuses it, and the operator says so in /ready and its metric
     // while staying Ready (the webhook and the trust API matter more than the audit copy).
-    cluster().kubectl_ok(&[
-        "patch",
-        "secret",
-        "agentmesh-redis",
-        "-n",
-        NAMESPACE,
-        "--type=merge",
-        "-p",
-        r#"{"stringData":{"redis-password":"not-the-password"}}"#,
-    ]);
+    set_redis_password("not-the-password");
     let victim = operators[0]["metadata"]["name"]
         .as_str()
         .unwrap()
@@ -392,16 +399,7 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
                         .any(|o| o["metadata"]["name"] == p["metadata"]["name"])
             })?;
             let name = fresh["metadata"]["name"].as_str()?.to_owned();
-            let body: Value = serde_json::from_slice(
-                &cluster()
-                    .kubectl(&[
-                        "get",
-                        "--raw",
-                        &format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}:8080/proxy/ready"),
-                    ])
-                    .stdout,
-            )
-            .ok()?;
+            let body = operator_ready(&format!("pods/{name}"))?;
             (body["storage"]["up"] == false).then_some((name, body))
         },
     );
@@ -428,16 +426,7 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
             .any(|l| l == "meshlogic_operator_storage_up 0"),
         "the metric says the store is down"
     );
-    cluster().kubectl_ok(&[
-        "patch",
-        "secret",
-        "agentmesh-redis",
-        "-n",
-        NAMESPACE,
-        "--type=merge",
-        "-p",
-        r#"{"stringData":{"redis-password":"your-secure-password"}}"#,
-    ]);
+    set_redis_password("your-secure-password");
 
     // ------------------------------------------------------- every rendering, validated by the API server
     dry_run_scenarios("agentmesh");
@@ -516,7 +505,7 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
         .unwrap();
     assert_eq!(config["data"]["AGENTMESH_TRUST_MIN_THRESHOLD"], "350");
     wait(Duration::from_secs(60), "the new leader's /ready", || {
-        operator_ready().filter(|body| body["storage"]["up"] == true)
+        operator_ready("services/agentmesh").filter(|body| body["storage"]["up"] == true)
     });
 
     sh_ok(
