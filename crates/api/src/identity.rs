@@ -153,6 +153,11 @@ pub struct AgentIdentityStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<BehaviorSummary>,
 
+    /// The last decision taken on what the agent did: a tool call allowed or denied by its
+    /// sidecar, a handshake, a behaviour anomaly or a refusal in the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<DecisionRecord>,
+
     /// `KeyReady`, `Trusted`, `Quarantined`, `DelegationValid`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = conditions_schema)]
@@ -223,6 +228,50 @@ pub struct BehaviorSummary {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub recent_anomalies: Vec<AnomalyRecord>,
+}
+
+/// One decision on what an agent did, as `agentmesh trust status` shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionRecord {
+    /// When the operator applied it.
+    pub at: Time,
+    /// What was decided.
+    pub decision: Decision,
+    /// What it was about: `tools/call echo`, `peer:did:mesh:…`, `exec /usr/bin/curl`, …
+    #[schemars(length(max = 512))]
+    pub subject: String,
+    /// Why: the policy rule that decided, the handshake's failure, the anomaly and its penalty.
+    #[schemars(length(max = 512))]
+    pub reason: String,
+}
+
+/// Kinds of decision.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    /// Allowed: a tool call or a handshake.
+    Allow,
+    /// Denied by the sidecar: a tool call or a handshake.
+    Deny,
+    /// Shadow mode: would have been denied, was allowed.
+    WouldDeny,
+    /// Behaviour outside the identity's baseline, or a behaviour rule matched: trust lowered.
+    Anomaly,
+    /// Refused in the kernel (safety tier 3): a connect or an exec.
+    Blocked,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::WouldDeny => "would-deny",
+            Self::Anomaly => "anomaly",
+            Self::Blocked => "blocked",
+        }
+    }
 }
 
 /// One anomaly: behaviour outside what the identity has been seen doing, or a matched rule.

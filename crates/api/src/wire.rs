@@ -112,6 +112,10 @@ pub struct RegistryEntry {
     pub quarantined: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
+    /// Set when the identity declares a delegation that the operator could not verify (a
+    /// widened capability, an expired or too deep chain, …): the reason. Peers refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation_refused: Option<String>,
 }
 
 /// Who reports.
