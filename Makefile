@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(AGENTMESH_CACHE)/target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe bench-sidecar bench-webhook demo cluster-up cluster-down clean
+.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe bench-sidecar bench-webhook demo demo-check cluster-up cluster-down clean
 .PHONY: images images-push images-test chart-test
 
 help: ## List the targets
@@ -21,7 +21,7 @@ setup: ## Install what this machine lacks (idempotent, quick when nothing is mis
 build: setup ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets --locked
 
-test: setup lint unit fuzz-smoke chart-test images-test e2e ## Every test: lint, unit and integration tests, a short fuzz run, charts, images, end-to-end
+test: setup lint unit fuzz-smoke chart-test images-test e2e demo-check ## Every test: lint, unit and integration tests, a short fuzz run, charts, images, end-to-end, the demo
 
 unit: ## cargo test over the workspace
 	$(CARGO) test --workspace --locked --exclude agentmesh-e2e
@@ -104,8 +104,11 @@ images-push: ## Build and push the images to REGISTRY=host:port (plain HTTP when
 images-test: setup ## Images: reproducible digests, static single-file layers, podman load, push to a loopback registry
 	CARGO=$(CARGO) scripts/images-test.sh
 
-demo: ## Local control plane, operator, webhook, probe, sidecar and scripted agents (not built yet)
-	@echo "make demo: not implemented yet (needs the control plane, operator, sidecar and probe)" >&2; exit 1
+demo: setup ## The local cluster, the product installed by its charts, scripted agents whose trust moves (DEMO_CHECK=1: as a test)
+	CARGO=$(CARGO) DEMO_CHECK=$(DEMO_CHECK) demo/run.sh $(DEMO_ARGS)
+
+demo-check: setup ## make demo's story as a test (bounded; fails when a scripted outcome did not happen)
+	CARGO=$(CARGO) DEMO_CHECK=1 demo/run.sh
 
 cluster-up: ## Start the local cluster (control plane + a real node, root); kubeconfig at $(AGENTMESH_CACHE)/cluster/kubeconfig
 	e2e/cluster/up.sh

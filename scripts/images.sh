@@ -254,7 +254,7 @@ push() {
 }
 
 # The images of the local cluster and the e2e suite (e2e/images/<name>/Containerfile), never
-# pushed: the node's sandbox image, the test pods' busybox and an MCP server. Written to
+# pushed: the node's sandbox image, the test pods' busybox, an MCP server, Redis and make demo's agents. Written to
 # $IMAGES_DIR/e2e/<name>.oci.tar and listed in $IMAGES_DIR/e2e-images.txt (loaded into the
 # local node by e2e/cluster/up.sh, which calls this). Each build context is assembled here:
 e2e_context() {
@@ -262,7 +262,7 @@ e2e_context() {
   case "$name" in
     pause) gcc -static -O2 -Wall -o "$context/pause" "$ROOT/e2e/node/pause.c" ;;
     tools) install -m 0555 /bin/busybox "$context/busybox" ;;
-    mcp-everything)
+    mcp-everything | demo-agent)
       fixtures="$("$ROOT/scripts/mcp-fixtures.sh" | tail -n1)"
       node="$(readlink -f "$(command -v node)")"
       mkdir -p "$context/rootfs/usr/bin" "$context/rootfs/app"
@@ -274,6 +274,14 @@ e2e_context() {
       done
       cp -a "$fixtures/node_modules" "$context/rootfs/app/node_modules"
       install -m 0444 "$ROOT/e2e/mcp/everything.mjs" "$context/rootfs/app/everything.mjs"
+      if [[ $name == demo-agent ]]; then
+        # make demo's scripted agents, and the executable the demo's policy denies (busybox
+        # under another name: it only has to be exec'd).
+        install -m 0444 "$ROOT/demo/agent.mjs" "$context/rootfs/app/agent.mjs"
+        mkdir -p "$context/rootfs/bin" "$context/rootfs/usr/local/bin"
+        install -m 0555 /bin/busybox "$context/rootfs/bin/busybox"
+        install -m 0555 /bin/busybox "$context/rootfs/usr/local/bin/miner"
+      fi
       ;;
     redis)
       # Debian's packages, downloaded and unpacked (never installed: no service starts).
@@ -303,7 +311,7 @@ e2e_images() {
   mkdir -p "$IMAGES_DIR/e2e" "$STORAGE_DIR"
   local list="$IMAGES_DIR/.e2e-images.txt.new" name ref context id archive
   : >"$list"
-  for name in pause tools mcp-everything redis; do
+  for name in pause tools mcp-everything redis demo-agent; do
     ref="$(sed -n '1s/^# \([^ ]*:[^ ]*\) — .*/\1/p' "$ROOT/e2e/images/$name/Containerfile")"
     [[ -n "$ref" ]] || die "e2e/images/$name/Containerfile does not name its image on its first line"
     context="$IMAGES_DIR/context/e2e-$name"

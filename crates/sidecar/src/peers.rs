@@ -191,6 +191,16 @@ impl Peers {
                 format!("{did} is not a registered identity"),
             ));
         };
+        if let Some(reason) = &entry.delegation_refused {
+            return Err(PeerRefusal::new(
+                StatusCode::FORBIDDEN,
+                "identity.delegation",
+                format!(
+                    "peer {}/{}: its delegation was refused by the operator ({reason})",
+                    entry.namespace, entry.name
+                ),
+            ));
+        }
         let decision = current.policy.decide_peer(
             PeerRef {
                 did,

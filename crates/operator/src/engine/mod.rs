@@ -25,7 +25,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentmesh_api::identity::{AgentIdentity, AnomalyKind, AnomalyRecord};
+use agentmesh_api::identity::{
+    AgentIdentity, AnomalyKind, AnomalyRecord, Decision as Decided, DecisionRecord,
+};
 use agentmesh_api::policy::TrustPolicy;
 use agentmesh_api::wire::{BlockedAction, Outcome, PodBehavior, ReportAck};
 use agentmesh_trust::audit::{AuditLog, AuditRecord};
@@ -69,6 +71,9 @@ pub struct Engine {
     state: Mutex<State>,
     /// Woken on every tick: long-polls recompute their view.
     pub changed: Notify,
+    /// Where a quarantined pod may still connect besides its own sidecar: the trust API's
+    /// addresses and the cluster's DNS servers ([`view::refresh_quarantine_exits`]).
+    quarantine_exits: std::sync::RwLock<Vec<agentmesh_api::wire::Destination>>,
 }
 
 struct State {
@@ -92,6 +97,9 @@ pub struct Entry {
     baseline: Baseline,
     window: Window,
     recent: VecDeque<AnomalyRecord>,
+    /// The last decision on what the agent did, and whether status shows it yet.
+    last_decision: Option<DecisionRecord>,
+    decision_unwritten: bool,
     written: Option<Written>,
     /// What sidecar outcomes may still add ([`CreditCap::default`]).
     credit: CreditBudget,
@@ -186,8 +194,10 @@ impl Engine {
             policies,
             pods,
             changed: Notify::new(),
+            quarantine_exits: std::sync::RwLock::new(Vec::new()),
         });
         tasks.spawn(engine.clone().tick_forever());
+        tasks.spawn(view::refresh_quarantine_exits(engine.clone()));
         engine
     }
 
@@ -336,6 +346,10 @@ impl Engine {
                 .and_then(|s| s.behavior.as_ref())
                 .map(|b| b.recent_anomalies.iter().cloned().collect())
                 .unwrap_or_default();
+            let last_decision = identity
+                .status
+                .as_ref()
+                .and_then(|s| s.last_decision.clone());
             state.entries.insert(
                 k.to_owned(),
                 Entry {
@@ -343,6 +357,8 @@ impl Engine {
                     baseline: Baseline::new(),
                     window: Window::new(now),
                     recent,
+                    last_decision,
+                    decision_unwritten: false,
                     written: None,
                     credit: CreditBudget::full(&CreditCap::default(), now),
                     replay: replay::ReplayGuard::default(),
@@ -375,7 +391,7 @@ impl Engine {
             Some(written) => {
                 written.tier != tier
                     || written.quarantined != quarantined
-                    || (written.score != score
+                    || ((written.score != score || entry.decision_unwritten)
                         && written.at.elapsed() >= self.ctx.config.args.status_interval())
             }
         };
@@ -406,6 +422,7 @@ impl Engine {
             at: Instant::now(),
         });
         let window = std::mem::replace(&mut entry.window, Window::new(now));
+        entry.decision_unwritten = false;
         Some(status::IdentityWrite {
             namespace: identity.namespace().unwrap_or_default(),
             name: identity.name_any(),
@@ -425,6 +442,7 @@ impl Engine {
                 window.anomalies,
             ],
             recent: entry.recent.iter().cloned().collect(),
+            last_decision: entry.last_decision.clone(),
             conditions: identity
                 .status
                 .as_ref()
@@ -515,6 +533,17 @@ impl Engine {
                             "decided at {at_ms} by the sidecar of pod {pod}; reported effect {effect:?} counted as deny"
                         )
                     };
+                    decide(
+                        entry,
+                        match decided {
+                            Effect::Allow => Decided::Allow,
+                            Effect::WouldDeny => Decided::WouldDeny,
+                            Effect::Deny => Decided::Deny,
+                        },
+                        call_subject(method.as_deref(), tool),
+                        format!("rule {rule}"),
+                        now,
+                    );
                     audited.push(AuditRecord {
                         at: now,
                         identity: k.to_owned(),
@@ -547,6 +576,21 @@ impl Engine {
                             false,
                         ));
                     }
+                    decide(
+                        entry,
+                        if *succeeded {
+                            Decided::Allow
+                        } else {
+                            Decided::Deny
+                        },
+                        format!("handshake with {peer_did}"),
+                        match reason {
+                            Some(reason) => reason.clone(),
+                            None if *succeeded => "both keys proven".to_owned(),
+                            None => "failed".to_owned(),
+                        },
+                        now,
+                    );
                     let detail = match reason {
                         Some(reason) => {
                             format!("handshake at {at_ms} by the sidecar of pod {pod}: {reason}")
@@ -854,6 +898,13 @@ fn apply_pod_report(
         };
         entry.window.violations += 1;
         entry.trust.apply(policy.trust(), Signal::Violation, now);
+        decide(
+            entry,
+            Decided::Blocked,
+            what.clone(),
+            "refused in the kernel (safety tier 3)".to_owned(),
+            now,
+        );
         violations.push(("kernel".into(), what, false));
     }
 }
@@ -869,6 +920,17 @@ fn remember(
     let Ok(observed_at) = agentmesh_api::convert::time(now, "observedAt") else {
         return;
     };
+    let kind_text = serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    decide(
+        entry,
+        Decided::Anomaly,
+        detail.clone(),
+        format!("{kind_text}, -{penalty} trust"),
+        now,
+    );
     entry.recent.push_front(AnomalyRecord {
         observed_at,
         kind,
@@ -877,6 +939,20 @@ fn remember(
         pod: Some(pod.to_owned()),
     });
     entry.recent.truncate(RECENT_ANOMALIES);
+}
+
+/// Records `decision` as the identity's last one; status shows it with the next write.
+fn decide(entry: &mut Entry, decision: Decided, subject: String, reason: String, now: Timestamp) {
+    let Ok(at) = agentmesh_api::convert::time(now, "lastDecision.at") else {
+        return;
+    };
+    entry.last_decision = Some(DecisionRecord {
+        at,
+        decision,
+        subject: truncate(&subject, 512),
+        reason: truncate(&reason, 512),
+    });
+    entry.decision_unwritten = true;
 }
 
 async fn drain<S, T, E>(stream: S)

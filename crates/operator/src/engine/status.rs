@@ -1,6 +1,6 @@
 //! The engine's status writes: score fields of AgentIdentity, violation fields of TrustPolicy.
 
-use agentmesh_api::identity::{AgentIdentity, AnomalyRecord, BehaviorSummary};
+use agentmesh_api::identity::{AgentIdentity, AnomalyRecord, BehaviorSummary, DecisionRecord};
 use agentmesh_api::names::conditions as types;
 use agentmesh_api::policy::{TrustPolicy, ViolationRecord};
 use agentmesh_trust::{PersistedScore, Tier, Timestamp};
@@ -24,6 +24,7 @@ pub struct IdentityWrite {
     /// execs, file opens, connects, tool calls, denied calls, violations, anomalies.
     pub counts: [i64; 7],
     pub recent: Vec<AnomalyRecord>,
+    pub last_decision: Option<DecisionRecord>,
     /// The conditions in status now, to keep transition times of unchanged ones.
     pub conditions: Vec<Condition>,
 }
@@ -89,6 +90,7 @@ pub async fn write_identity(ctx: &Context, write: IdentityWrite) {
             "quarantined": write.quarantined,
             "scoreUpdatedAt": time(write.persisted.score_updated_at),
             "behavior": behavior,
+            "lastDecision": write.last_decision,
             "conditions": [trusted, quarantined],
         }
     });
