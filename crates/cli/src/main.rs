@@ -4,6 +4,7 @@ mod crds;
 mod identity;
 mod output;
 mod policy;
+mod trust;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ enum Command {
     /// Evaluate policies offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Watch trust in a cluster: scores, tiers and the last decision per identity.
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -37,5 +41,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             identity::run(command).map(|()| std::process::ExitCode::SUCCESS)
         }
         Command::Policy(command) => policy::run(command),
+        Command::Trust(command) => Ok(trust::run(command).unwrap_or_else(|err| {
+            eprintln!("error: {}", trust::one_line(&err));
+            std::process::ExitCode::FAILURE
+        })),
     }
 }

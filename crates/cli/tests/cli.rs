@@ -1,4 +1,4 @@
-//! The `agentmesh identity` and `agentmesh policy check` commands, end to end.
+//! The `agentmesh identity`, `policy check` and `trust status` commands, end to end.
 
 use std::process::Command;
 
@@ -137,4 +137,62 @@ fn a_generated_key_is_read_by_openssl_and_python_cryptography() {
         "python cryptography"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With nothing listening at the kubeconfig's server, `trust status` fails in one line that
+/// names the server, with status 1 and no panic.
+#[test]
+fn trust_status_names_an_unreachable_cluster() {
+    let dir = std::env::temp_dir().join(format!("agentmesh-cli-trust-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n\
+         - name: nowhere\n  cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}\n\
+         users:\n\
+         - name: nobody\n  user: {token: not-a-token}\n\
+         contexts:\n\
+         - name: nowhere\n  context: {cluster: nowhere, user: nobody, namespace: agents}\n\
+         current-context: nowhere\n",
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    for args in [
+        &["trust", "status", "--kubeconfig", kubeconfig][..],
+        &[
+            "trust",
+            "status",
+            "-A",
+            "-w",
+            "--duration",
+            "5",
+            "-o",
+            "json",
+            "--kubeconfig",
+            kubeconfig,
+        ],
+    ] {
+        let out = agentmesh(args);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            stderr.starts_with("error: cannot reach the cluster at https://127.0.0.1:1/: "),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn trust_status_refuses_duration_without_watch_and_namespace_with_all() {
+    let out = agentmesh(&["trust", "status", "--duration", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = agentmesh(&["trust", "status", "-n", "agents", "-A"]);
+    assert_eq!(out.status.code(), Some(2));
 }
