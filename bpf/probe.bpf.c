@@ -44,6 +44,13 @@ const volatile bool observe_network = true; /* false: connects are refused at ti
 const volatile __u64 wakeup_every = 256;
 /* Repeated opens (same pod, path and flags in one window) are counted in the kernel, not sent. */
 const volatile bool fold_repeated_opens = true;
+/* Opens of pod tasks whose root directory is the container runtime's are the runtime setting a
+ * container up (runc's init before pivot_root writes /etc/hosts, /etc/resolv.conf and
+ * /dev/termination-log into the rootfs by their node paths): not the pod's, not counted. The
+ * runtime's root is learnt from whoever creates pod cgroups (the kubelet, on the node's root).
+ * A process of a container cannot take that root without the node's privileges. */
+const volatile bool skip_runtime_opens = false;
+__u64 runtime_root = 0; /* the creator's root dentry, as an address */
 /* Secret key of the path hash (random per load), so that paths cannot be crafted to collide. */
 const volatile __u64 hash_key = 0;
 
@@ -472,6 +479,10 @@ int BPF_PROG(handle_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 	long n = bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(cgrp, kn, name));
 	if (n <= 0 || !pod_cgroup_name(name, n))
 		return 0;
+	if (skip_runtime_opens) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		runtime_root = (__u64)BPF_CORE_READ(task, fs, root.dentry);
+	}
 	__u64 id = BPF_CORE_READ(cgrp, kn, id);
 	__u32 flags = POD_WATCHED;
 	bpf_map_update_elem(&pod_cgroups, &id, &flags, BPF_NOEXIST);
@@ -519,6 +530,13 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 	if (filter_pods && !pod) {
 		count(C_UNWATCHED);
 		return 0;
+	}
+	if (skip_runtime_opens && runtime_root) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		if ((__u64)BPF_CORE_READ(task, fs, root.dentry) == runtime_root) {
+			count(C_RUNTIME_SETUP);
+			return 0;
+		}
 	}
 	/* The path is read onto the stack: the kernel checks a copy to the stack for less than one
 	 * to a map value, and a repeated open never needs it anywhere else. */

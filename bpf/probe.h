@@ -34,7 +34,8 @@ enum counter {
 	C_BLOCKED_EXEC = 7,
 	C_UNWATCHED = 8, /* events of tasks outside every watched pod cgroup */
 	C_OPEN_REPEATED = 9, /* opens counted in the kernel only: same pod, path and flags again */
-	C_COUNT = 10,
+	C_RUNTIME_SETUP = 10, /* opens of the container runtime setting a container up */
+	C_COUNT = 11,
 };
 
 /* Flags of a watched pod cgroup (value of the pod_cgroups map). */

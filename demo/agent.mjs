@@ -33,11 +33,26 @@ async function call(server, tool, args) {
       .slice(0, 80);
     say(`${what} -> ${result.isError ? "tool error" : "ok"}: ${text}`);
   } catch (error) {
-    const message = String(error.message || error).replace(/^MCP error -?\d+: /, "");
-    say(`${what} -> refused: ${message.slice(0, 160)}`);
+    say(`${what} -> refused: ${reason(error).slice(0, 200)}`);
   } finally {
     await client.close().catch(() => {});
   }
+}
+
+// The JSON-RPC error's message: the SDK wraps it ("MCP error -32001: …", or an HTTP error
+// with the JSON-RPC body after "Error POSTing to endpoint: ").
+function reason(error) {
+  const text = String(error.message || error);
+  const body = text.indexOf("{");
+  if (body >= 0) {
+    try {
+      const parsed = JSON.parse(text.slice(body));
+      if (parsed.error && parsed.error.message) return parsed.error.message;
+    } catch {
+      // not JSON: the text as it is
+    }
+  }
+  return text.replace(/^MCP error -?\d+: /, "");
 }
 
 // Runs an executable the policy denies; at safety tier 3 the kernel kills it at exec.
@@ -100,7 +115,7 @@ async function misbehaving() {
 async function delegated() {
   for (;;) {
     await call(summarizer, "echo", { message: "summarise with my delegated rights" });
-    await sleep(6000);
+    await sleep(10000);
   }
 }
 

@@ -117,6 +117,9 @@ pub struct ProbeConfig {
     pub kube: KubeAccess,
     /// Only tasks under a watched pod cgroup are observed (always on outside benchmarks).
     pub filter_pods: bool,
+    /// Skip opens of the container runtime setting containers up (see
+    /// [`crate::kernel::KernelOptions::skip_runtime_opens`]); always on but in tests.
+    pub skip_runtime_opens: bool,
 }
 
 impl ProbeConfig {
@@ -290,6 +293,7 @@ impl ProbeConfig {
             report_queue: overrides.report_queue,
             kube: overrides.kube,
             filter_pods: true,
+            skip_runtime_opens: true,
         })
     }
 }

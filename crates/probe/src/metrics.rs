@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::kernel::KernelCounters;
 use crate::kernel::event::{
-    C_BLOCKED_CONNECT, C_BLOCKED_EXEC, C_MUTED, C_OPEN_REPEATED, C_RINGBUF_DROPS,
+    C_BLOCKED_CONNECT, C_BLOCKED_EXEC, C_MUTED, C_OPEN_REPEATED, C_RINGBUF_DROPS, C_RUNTIME_SETUP,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +36,7 @@ pub struct Metrics {
     pub ring_buffer_drops: Counter,
     pub muted: Counter,
     pub repeated_opens: Counter,
+    pub runtime_setup_opens: Counter,
     pub kernel_blocked: Family<KindLabel, Counter>,
     pub report_drops: Counter,
     pub reports_sent: Counter,
@@ -52,6 +53,7 @@ pub struct Metrics {
     last_drops: AtomicU64,
     last_muted: AtomicU64,
     last_repeated: AtomicU64,
+    last_runtime_setup: AtomicU64,
     last_blocked: [AtomicU64; 2],
 }
 
@@ -70,6 +72,7 @@ impl Metrics {
             ring_buffer_drops: Counter::default(),
             muted: Counter::default(),
             repeated_opens: Counter::default(),
+            runtime_setup_opens: Counter::default(),
             kernel_blocked: Family::default(),
             report_drops: Counter::default(),
             reports_sent: Counter::default(),
@@ -86,6 +89,7 @@ impl Metrics {
             last_drops: AtomicU64::new(0),
             last_muted: AtomicU64::new(0),
             last_repeated: AtomicU64::new(0),
+            last_runtime_setup: AtomicU64::new(0),
             last_blocked: [AtomicU64::new(0), AtomicU64::new(0)],
             registry: Registry::default(),
         };
@@ -104,6 +108,11 @@ impl Metrics {
             "File opens counted in the kernel without an event: the same pod, path and flags again \
              in one report window (counted in the reports, not listed twice)",
             metrics.repeated_opens.clone(),
+        );
+        registry.register(
+            "runtime_setup_opens",
+            "File opens in pod cgroups by tasks at the host's root (the container runtime setting a container up), not counted as the pod's",
+            metrics.runtime_setup_opens.clone(),
         );
         registry.register(
             "kernel_blocked",
@@ -209,6 +218,11 @@ impl Metrics {
             &self.repeated_opens,
             &self.last_repeated,
             counters.get(C_OPEN_REPEATED),
+        );
+        advance(
+            &self.runtime_setup_opens,
+            &self.last_runtime_setup,
+            counters.get(C_RUNTIME_SETUP),
         );
         for (i, (kind, index)) in [("connect", C_BLOCKED_CONNECT), ("exec", C_BLOCKED_EXEC)]
             .into_iter()

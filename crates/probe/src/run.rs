@@ -184,6 +184,7 @@ pub async fn start(mut config: ProbeConfig) -> Result<ProbeHandle, StartError> {
                 blocking: tier == Tier::Blocking,
                 cgroup_driver: config.cgroup_driver,
                 pod_cgroup_created: pod_cgroup_created.clone(),
+                skip_runtime_opens: config.skip_runtime_opens,
             };
             match KernelProbe::start(options, shared.clone(), metrics.clone()) {
                 Ok(probe) => {

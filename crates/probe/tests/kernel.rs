@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use agentmesh_api::wire::{BlockedAction, DeniedNetwork, EnforcementSet, PodEnforcement};
 use common::{Layout, TestPod, TrustServer, config, require_root};
-use meshlogic_probe::kernel::event::{C_CONNECT, C_EXEC, C_MUTED, C_OPEN, C_OPEN_REPEATED};
+use meshlogic_probe::kernel::event::{
+    C_CONNECT, C_EXEC, C_MUTED, C_OPEN, C_OPEN_REPEATED, C_RUNTIME_SETUP,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -497,5 +499,49 @@ async fn repeated_opens_are_counted_in_the_kernel_and_listed_once_per_window() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = std::fs::remove_file(marker);
+    probe.shutdown();
+}
+
+/// The container runtime's own opens in a pod cgroup are not the pod's: runc's init writes
+/// /etc/hosts and friends into the rootfs by their node paths before it pivots into it, from
+/// the node's root, which is also the root of whoever made the pod cgroup (here, this test).
+/// A process under its own root (a chroot, as a container's are) is the pod's, even when it
+/// writes the same names; and it cannot pass for the runtime.
+#[tokio::test]
+async fn opens_at_the_runtimes_root_are_not_the_pods() {
+    let Some((server, probe)) =
+        common::root_probe_with(json!({}), |c| c.skip_runtime_opens = true).await
+    else {
+        return;
+    };
+    let pod = TestPod::new(Layout::Systemd);
+    common::wait_watched(&probe, &[&pod]).await;
+    let skipped_before = probe.kernel_counters().unwrap().get(C_RUNTIME_SETUP);
+
+    // A root of the pod's own: busybox (static) in a directory.
+    let rootfs = std::env::temp_dir().join(format!("meshlogic-rootfs-{}", pod.uid));
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("busybox")).unwrap();
+    let runtime_write = rootfs.join("etc/hosts");
+    let status = pod.run(&format!(
+        "echo 127.0.0.1 localhost > {runtime}; chroot {root} /busybox sh -c 'echo x > /etc/agent-wrote'",
+        runtime = runtime_write.display(),
+        root = rootfs.display(),
+    ));
+    assert!(status.success(), "{status:?}");
+
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            m.written_paths.iter().any(|p| p == "/etc/agent-wrote")
+        })
+        .await;
+    let runtime_path = runtime_write.display().to_string();
+    assert!(
+        !seen.written_paths.contains(&runtime_path),
+        "the runtime's write was counted as the pod's: {seen:#?}"
+    );
+    let skipped = probe.kernel_counters().unwrap().get(C_RUNTIME_SETUP) - skipped_before;
+    assert!(skipped >= 1, "the runtime's opens are counted as skipped");
+    let _ = std::fs::remove_dir_all(&rootfs);
     probe.shutdown();
 }

@@ -60,7 +60,8 @@ const MAX_SESSIONS: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerRefusal {
     pub status: StatusCode,
-    /// `identity.handshake`, `identity.proof`, `identity.session`, `allowedPeers`, `minPeerScore`.
+    /// `identity.handshake`, `identity.proof`, `identity.session`, `identity.delegation`,
+    /// `allowedPeers`, `minPeerScore`, or [`UNREACHABLE`] (no handshake took place).
     pub rule: String,
     pub reason: String,
 }
@@ -74,6 +75,10 @@ impl PeerRefusal {
         }
     }
 }
+
+/// The rule of a refusal because the peer's sidecar could not be reached: the handshake did not
+/// take place, so it neither fails nor costs this agent trust (counted `unreachable`).
+pub const UNREACHABLE: &str = "identity.unreachable";
 
 struct InboundSession {
     verifier: ProofVerifier,
@@ -136,13 +141,7 @@ impl Peers {
 
     /// Counts a handshake and reports it (this side's own attempts and completed responses).
     pub fn record_handshake(&self, peer: &str, outcome: Result<(), &str>) {
-        let status = if outcome.is_ok() { "success" } else { "failed" };
-        self.metrics
-            .handshakes
-            .get_or_create(&StatusLabels {
-                status: status.into(),
-            })
-            .inc();
+        self.count_handshake(if outcome.is_ok() { "success" } else { "failed" });
         if let Some(outbox) = &self.outbox {
             outbox.push(Outcome::Handshake {
                 peer_did: peer.to_owned(),
@@ -153,15 +152,19 @@ impl Peers {
         }
     }
 
-    /// Counts a refused inbound handshake or request. Not reported: whoever sent it, it is not
-    /// this identity's doing.
-    pub fn record_refusal(&self) {
+    fn count_handshake(&self, status: &str) {
         self.metrics
             .handshakes
             .get_or_create(&StatusLabels {
-                status: "refused".into(),
+                status: status.into(),
             })
             .inc();
+    }
+
+    /// Counts a refused inbound handshake or request. Not reported: whoever sent it, it is not
+    /// this identity's doing.
+    pub fn record_refusal(&self) {
+        self.count_handshake("refused");
     }
 
     pub fn namespace(&self) -> &str {
@@ -379,10 +382,13 @@ impl Peers {
             .is_some_and(|s| s.expires > Instant::now() && !fresh);
         if !cached {
             let result = self.handshake(current, origin, did).await;
-            self.record_handshake(
-                did.as_str(),
-                result.as_ref().map(|_| ()).map_err(|r| r.reason.as_str()),
-            );
+            match &result {
+                Err(refusal) if refusal.rule == UNREACHABLE => self.count_handshake("unreachable"),
+                _ => self.record_handshake(
+                    did.as_str(),
+                    result.as_ref().map(|_| ()).map_err(|r| r.reason.as_str()),
+                ),
+            }
             let session = result?;
             let key = self.key()?.clone();
             outbound.insert(
@@ -432,7 +438,13 @@ impl Peers {
         let (status, body) = self
             .post_json(url, message.expect("handshake messages serialize"))
             .await
-            .map_err(|e| refused(format!("peer {did} unreachable: {e}")))?;
+            .map_err(|e| {
+                PeerRefusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    UNREACHABLE,
+                    format!("peer {did} unreachable: {e}"),
+                )
+            })?;
         if status != StatusCode::OK {
             return Err(refused(format!(
                 "peer {did} refused the handshake: {}",

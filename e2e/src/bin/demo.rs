@@ -5,7 +5,7 @@
 //!
 //!   demo [--duration SECONDS] [--check]
 //!
-//! It stops when every outcome happened (and 15 s more of watching), at `--duration` (default
+//! It stops 60 s after every outcome happened (15 s with `--check`), at `--duration` (default
 //! 300 s), or at Ctrl-C. `--check` (`make demo DEMO_CHECK=1`): the same story, 240 s at most.
 //! Commands it runs are printed as `$ …` lines, so a reader can run them by hand.
 
@@ -46,7 +46,9 @@ fn main() {
                 duration = Duration::from_secs(seconds);
             }
             other => {
-                eprintln!("demo: unknown argument {other:?}; usage: demo [--duration SECONDS] [--check]");
+                eprintln!(
+                    "demo: unknown argument {other:?}; usage: demo [--duration SECONDS] [--check]"
+                );
                 std::process::exit(2);
             }
         }
@@ -57,9 +59,10 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     on_ctrl_c(stop.clone());
 
-    install();
+    let start_scores = install();
     let mut children = Children::default();
-    let story = watch_story(&mut children, duration, &stop);
+    let linger = Duration::from_secs(if check { 15 } else { 60 });
+    let story = watch_story(&mut children, duration, linger, &stop, start_scores);
     children.stop();
     let ok = summary(&story);
     if !ok {
@@ -143,8 +146,8 @@ fn wait(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     note(&format!("{what}: {:.0?}", start.elapsed()));
 }
 
-/// The product, the probe, the policy and the agents.
-fn install() {
+/// The product, the probe, the policy and the agents; returns each agent's first score.
+fn install() -> BTreeMap<String, i64> {
     let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
     step("Install the operator with its Helm chart (CRDs, webhook, trust API, RBAC)");
     run(
@@ -185,7 +188,10 @@ fn install() {
                 "json",
             ])
             .is_some_and(|agent| {
-                let nodes = agent["status"]["nodes"].as_array().cloned().unwrap_or_default();
+                let nodes = agent["status"]["nodes"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 !nodes.is_empty() && nodes.iter().all(|n| n["tier"] == 3)
             })
         },
@@ -195,16 +201,35 @@ fn install() {
     kubectl(&["create", "namespace", NAMESPACE]);
     kubectl(&["label", "namespace", NAMESPACE, "agentmesh-inject=enabled"]);
     kubectl(&["apply", "-f", "examples/demo-trustpolicy.yaml"]);
+    // The servers first, so that the agents' first calls find them.
+    kubectl(&["apply", "-n", NAMESPACE, "-f", "demo/servers.yaml"]);
+    for deployment in ["everything", "summarizer"] {
+        rollout(deployment);
+    }
     kubectl(&["apply", "-n", NAMESPACE, "-f", "demo/agents.yaml"]);
-    for deployment in ["everything", "summarizer", "researcher", "scraper", "helper"] {
-        kubectl(&[
-            "rollout",
-            "status",
-            &format!("deployment/{deployment}"),
-            "-n",
-            NAMESPACE,
-            "--timeout=180s",
-        ]);
+    // Each agent's score as the operator first writes it (the policy's initial score), before
+    // its pod does anything.
+    let mut start_scores = BTreeMap::new();
+    wait(
+        "every agent's first trust score",
+        Duration::from_secs(60),
+        || {
+            for identity in json(&["get", "agentidentities", "-n", NAMESPACE, "-o", "json"])
+                .and_then(|list| list["items"].as_array().cloned())
+                .unwrap_or_default()
+            {
+                if let (Some(name), Some(score)) = (
+                    identity["metadata"]["name"].as_str(),
+                    identity["status"]["trustScore"].as_i64(),
+                ) {
+                    start_scores.entry(name.to_owned()).or_insert(score);
+                }
+            }
+            AGENTS.iter().all(|a| start_scores.contains_key(*a))
+        },
+    );
+    for deployment in SCRIPTED {
+        rollout(deployment);
     }
     let containers = quiet(&[
         "get",
@@ -221,6 +246,18 @@ fn install() {
         "researcher's pod runs: {} (the sidecar was injected by the webhook)",
         containers.trim()
     ));
+    start_scores
+}
+
+fn rollout(deployment: &str) {
+    kubectl(&[
+        "rollout",
+        "status",
+        &format!("deployment/{deployment}"),
+        "-n",
+        NAMESPACE,
+        "--timeout=180s",
+    ]);
 }
 
 /// What the driver saw of one agent.
@@ -329,7 +366,13 @@ fn relay(mut child: Child, prefix: String) -> Child {
     child
 }
 
-fn watch_story(children: &mut Children, duration: Duration, stop: &AtomicBool) -> Story {
+fn watch_story(
+    children: &mut Children,
+    duration: Duration,
+    linger: Duration,
+    stop: &AtomicBool,
+    start_scores: BTreeMap<String, i64>,
+) -> Story {
     step("Watch: trust scores as the operator writes them, and what each agent does");
     note(&format!(
         "live table: agentmesh trust status -n {NAMESPACE} --watch   (also: kubectl get agentidentities -n {NAMESPACE} -w)"
@@ -343,7 +386,9 @@ fn watch_story(children: &mut Children, duration: Duration, stop: &AtomicBool) -
     note(&format!(
         "         a sidecar's: kubectl get --raw /api/v1/namespaces/{NAMESPACE}/pods/<pod>:9091/proxy/metrics; the probe's: {PROBE_NAMESPACE} pods, port 9090 (meshlogic_probe_kernel_blocked_total)"
     ));
-    note("audit: every sidecar decision is appended to the operator's hash chain, kept in its memory (the audit store and `agentmesh audit` are not built yet)");
+    note(
+        "audit: every sidecar decision is appended to the operator's hash chain, kept in its memory (the audit store and `agentmesh audit` are not built yet)",
+    );
     println!();
     let watch = Command::new(agentmesh_cli())
         .args(["trust", "status", "-n", NAMESPACE, "--watch"])
@@ -374,6 +419,11 @@ fn watch_story(children: &mut Children, duration: Duration, stop: &AtomicBool) -
     }
 
     let mut story = Story::default();
+    for (name, score) in start_scores {
+        let seen = story.agents.entry(name).or_default();
+        seen.start = Some(score);
+        seen.min = Some(score);
+    }
     let start = Instant::now();
     let mut done_at: Option<Instant> = None;
     let mut told = BTreeMap::<String, bool>::new();
@@ -399,7 +449,9 @@ fn watch_story(children: &mut Children, duration: Duration, stop: &AtomicBool) -
             {
                 tell(
                     &format!("{name} delegation"),
-                    format!("{name}'s delegation was refused by the operator: {reason} (DelegationValid=False); peers refuse its handshake"),
+                    format!(
+                        "{name}'s delegation was refused by the operator: {reason} (DelegationValid=False); peers refuse its handshake"
+                    ),
                 );
             }
         }
@@ -407,14 +459,22 @@ fn watch_story(children: &mut Children, duration: Duration, stop: &AtomicBool) -
             if *count >= 1.0 {
                 tell(
                     &format!("kernel {kind}"),
-                    format!("the probe refused {count} {kind}(s) in the kernel (meshlogic_probe_kernel_blocked_total{{kind=\"{kind}\"}})"),
+                    format!(
+                        "the probe refused {count} {kind}(s) in the kernel (meshlogic_probe_kernel_blocked_total{{kind=\"{kind}\"}})"
+                    ),
                 );
             }
         }
         if story.outcomes().iter().all(|(_, ok)| *ok) {
             let at = *done_at.get_or_insert_with(Instant::now);
-            tell("done", "every scripted outcome happened; watching 15 s more".into());
-            if at.elapsed() > Duration::from_secs(15) {
+            tell(
+                "done",
+                format!(
+                    "every scripted outcome happened; watching {} s more (Ctrl-C ends it now)",
+                    linger.as_secs()
+                ),
+            );
+            if at.elapsed() > linger {
                 break;
             }
         }
@@ -475,9 +535,14 @@ fn observe(story: &mut Story) {
         ]) else {
             continue;
         };
-        let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{}:9091/proxy/metrics", pod.trim());
+        let path = format!(
+            "/api/v1/namespaces/{NAMESPACE}/pods/{}:9091/proxy/metrics",
+            pod.trim()
+        );
         if let Some(text) = quiet(&["get", "--raw", &path]) {
-            story.sidecar.insert(agent.to_owned(), sidecar_counts(&text));
+            story
+                .sidecar
+                .insert(agent.to_owned(), sidecar_counts(&text));
         }
     }
     let probes = quiet(&[
@@ -548,7 +613,7 @@ fn sidecar_counts(text: &str) -> BTreeMap<String, f64> {
 fn summary(story: &Story) -> bool {
     step("Summary");
     println!(
-        "{:<11} {:>6} {:>6} {:>6}  {:<11}  {:<32}  DECISIONS SEEN IN STATUS",
+        "{:<11} {:>6} {:>6} {:>6}  {:<11}  {:<38}  LAST DECISIONS SEEN (SAMPLED)",
         "AGENT", "START", "END", "LOWEST", "QUARANTINED", "SIDECAR: CALLS / HANDSHAKES"
     );
     let show = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
@@ -573,7 +638,7 @@ fn summary(story: &Story) -> bool {
             })
             .unwrap_or_default();
         println!(
-            "{:<11} {:>6} {:>6} {:>6}  {:<11}  {:<32}  {}",
+            "{:<11} {:>6} {:>6} {:>6}  {:<11}  {:<38}  {}",
             agent,
             show(seen.and_then(|s| s.start)),
             show(seen.and_then(|s| s.end)),

@@ -26,7 +26,8 @@ pub const C_BLOCKED_CONNECT: usize = 6;
 pub const C_BLOCKED_EXEC: usize = 7;
 pub const C_UNWATCHED: usize = 8;
 pub const C_OPEN_REPEATED: usize = 9;
-pub const C_COUNT: usize = 10;
+pub const C_RUNTIME_SETUP: usize = 10;
+pub const C_COUNT: usize = 11;
 
 pub const PATH_LEN: usize = 256;
 pub const EXEC_KEY_PATH: usize = 240;

@@ -50,6 +50,10 @@ pub struct KernelOptions {
     pub cgroup_driver: CgroupDriver,
     /// Notified when the kernel reports a new pod cgroup.
     pub pod_cgroup_created: Arc<Notify>,
+    /// Opens of pod tasks at the container runtime's root (the runtime setting a container
+    /// up) are not the pod's: skipped in the kernel and counted (`runtime_setup_opens`). Off
+    /// in tests whose "pods" are host processes in cgroups the test made.
+    pub skip_runtime_opens: bool,
 }
 
 /// The aggregation state the consumer writes into.
@@ -378,6 +382,7 @@ fn load<'obj>(
         rodata.report_exec = options.enable_process;
         rodata.observe_network = options.enable_network;
         rodata.fold_repeated_opens = true;
+        rodata.skip_runtime_opens = options.skip_runtime_opens;
         rodata.hash_key = rand::random();
         rodata.wakeup_every =
             wakeup_every(options.ring_buffer_size, libbpf_rs::num_possible_cpus());

@@ -26,13 +26,21 @@ pub const TOKEN: &str = "test-token";
 /// A trust API stub and a probe started against it with `spec`; `None` when root tests are
 /// skipped.
 pub async fn root_probe(spec: serde_json::Value) -> Option<(TrustServer, ProbeHandle)> {
+    root_probe_with(spec, |_| {}).await
+}
+
+/// [`root_probe`], with the config changed by `change` first.
+pub async fn root_probe_with(
+    spec: serde_json::Value,
+    change: impl FnOnce(&mut ProbeConfig),
+) -> Option<(TrustServer, ProbeHandle)> {
     if !require_root() {
         return None;
     }
     let server = TrustServer::start().await;
-    let probe = meshlogic_probe::run::start(config(&server, spec))
-        .await
-        .unwrap();
+    let mut config = config(&server, spec);
+    change(&mut config);
+    let probe = meshlogic_probe::run::start(config).await.unwrap();
     Some((server, probe))
 }
 
@@ -370,6 +378,12 @@ pub fn config(server: &TrustServer, spec: serde_json::Value) -> ProbeConfig {
             kube: KubeAccess::Disabled,
         },
     )
+    .map(|mut config| {
+        // The test's "pods" are host processes at the root of the test that made their
+        // cgroups, which is what the runtime's own opens look like.
+        config.skip_runtime_opens = false;
+        config
+    })
     .unwrap()
 }
 
