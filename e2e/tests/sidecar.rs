@@ -647,3 +647,97 @@ fn two_sidecars_handshake_and_forged_or_replayed_requests_are_refused() {
     }
     assert!(summarizer.metric("agentmesh_handshake_total{status=\"refused\"}") >= 4.0);
 }
+
+/// An identity delegated by another, asking for a capability its parent does not have: the
+/// operator refuses to sign the link, and the peer's sidecar refuses its handshake (rule
+/// `identity.delegation`) while the parent's own handshake goes through. Its sidecar reports the
+/// failed handshake, which costs it trust, and its status names the decision.
+#[test]
+fn a_widened_delegation_is_refused_by_peers() {
+    let w = world("sidecar-widened", json!({}));
+    let ns = w.ns.as_str();
+    apply(
+        ns,
+        json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": "researcher"},
+               "spec": {"capabilities": ["read:documents"]}}),
+    );
+    apply(
+        ns,
+        json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": "helper"},
+               "spec": {"delegation": {"parent": "researcher", "capabilities": ["read:documents", "write:documents"]}}}),
+    );
+    apply(
+        ns,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "helper-0", "labels": {"agentmesh.io/identity": "helper"}},
+               "spec": {"nodeName": "kwok-node-0", "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+    );
+    wait_identity(ns, "helper");
+    let refused = agentmesh_e2e::wait_until(
+        "widened",
+        Duration::from_secs(60),
+        "helper's delegation refused",
+        || {
+            let helper = cluster().get("agentidentity", "helper", Some(ns))?;
+            let condition = agentmesh_e2e::condition(&helper, "DelegationValid")?.clone();
+            (condition["status"] == "False").then_some(condition)
+        },
+    );
+    assert_eq!(refused["reason"], "CapabilitiesWidened", "{refused}");
+    let start = cluster().get("agentidentity", "helper", Some(ns)).unwrap()["status"]["trustScore"]
+        .as_i64()
+        .unwrap();
+
+    let summarizer = Sidecar::start_with_port(
+        ns,
+        "summarizer",
+        "summarizer-0",
+        &w.operator,
+        Some(w.server_port),
+        &w.dir,
+        w.summarizer_port(),
+    );
+    let helper = Sidecar::start(ns, "helper", "helper-0", &w.operator, None, &w.dir);
+    let researcher = Sidecar::start(ns, "researcher", "researcher-0", &w.operator, None, &w.dir);
+
+    let (status, answer) = call_through(&helper, "/servers/summarizer/mcp", "echo", 1);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    let reason = answer["error"]["data"]["agentmesh"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("identity.delegation") && reason.contains("CapabilitiesWidened"),
+        "the peer names the refused delegation: {answer}"
+    );
+    assert_eq!(
+        summarizer.metric("agentmesh_handshake_total{status=\"refused\"}"),
+        1.0
+    );
+    assert_eq!(
+        helper.metric("agentmesh_handshake_total{status=\"failed\"}"),
+        1.0
+    );
+    // The parent, whose own identity is sound, is served.
+    let (status, answer) = call_through(&researcher, "/servers/summarizer/mcp", "echo", 2);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["result"].is_object(), "{answer}");
+
+    // The failed handshake reaches the operator: it costs trust, and status says why.
+    let status = agentmesh_e2e::wait_until(
+        "widened",
+        Duration::from_secs(30),
+        "helper's failed handshake in its status",
+        || {
+            let helper = cluster().get("agentidentity", "helper", Some(ns))?;
+            let status = helper["status"].clone();
+            (status["lastDecision"]["decision"] == "deny").then_some(status)
+        },
+    );
+    assert!(
+        status["lastDecision"]["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("handshake with did:mesh:")),
+        "{status}"
+    );
+    assert!(status["trustScore"].as_i64().unwrap() < start, "{status}");
+}
