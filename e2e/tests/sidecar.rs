@@ -723,16 +723,21 @@ fn a_widened_delegation_is_refused_by_peers() {
     assert!(answer["result"].is_object(), "{answer}");
 
     // The failed handshake reaches the operator: it costs trust, and status says why.
-    let status = agentmesh_e2e::wait_until(
-        "widened",
-        Duration::from_secs(30),
-        "helper's failed handshake in its status",
-        || {
-            let helper = cluster().get("agentidentity", "helper", Some(ns))?;
-            let status = helper["status"].clone();
-            (status["lastDecision"]["decision"] == "deny").then_some(status)
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = cluster().get("agentidentity", "helper", Some(ns)).unwrap()["status"].clone();
+        if status["lastDecision"]["decision"] == "deny" {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "helper's failed handshake never reached its status: {status:#}\nreports sent {}, failed {}\n{}",
+            helper.metric("agentmesh_sidecar_reports_sent_total"),
+            helper.metric("agentmesh_sidecar_report_failures_total"),
+            std::fs::read_to_string(&helper.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         status["lastDecision"]["subject"]
             .as_str()

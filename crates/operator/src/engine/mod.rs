@@ -941,11 +941,20 @@ fn remember(
     entry.recent.truncate(RECENT_ANOMALIES);
 }
 
-/// Records `decision` as the identity's last one; status shows it with the next write.
+/// Records `decision` as the identity's last one; status shows it with the next write. Within
+/// one second (one report: a refused handshake and the allowed call that needed it arrive
+/// together), an allow does not hide a refusal or an anomaly.
 fn decide(entry: &mut Entry, decision: Decided, subject: String, reason: String, now: Timestamp) {
     let Ok(at) = agentmesh_api::convert::time(now, "lastDecision.at") else {
         return;
     };
+    if decision == Decided::Allow
+        && entry.last_decision.as_ref().is_some_and(|last| {
+            last.decision != Decided::Allow && last.at.0.as_second() == at.0.as_second()
+        })
+    {
+        return;
+    }
     entry.last_decision = Some(DecisionRecord {
         at,
         decision,

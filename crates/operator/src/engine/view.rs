@@ -148,9 +148,10 @@ impl Engine {
         // refuse the identity (the reason travels with the entry).
         let delegation_refused = identity.spec.delegation.as_ref().and_then(|_| {
             let condition = status.and_then(|s| {
-                s.conditions
-                    .iter()
-                    .find(|c| c.type_ == agentmesh_api::names::conditions::DELEGATION_VALID)
+                agentmesh_api::common::find_condition(
+                    &s.conditions,
+                    agentmesh_api::names::conditions::DELEGATION_VALID,
+                )
             });
             match condition {
                 Some(c) if c.status == "True" => None,

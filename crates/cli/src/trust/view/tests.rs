@@ -146,13 +146,7 @@ fn the_last_decision_age_and_absence() {
 #[test]
 fn table_mode_shortens_subject_and_reason_on_character_boundaries() {
     let mut identity = full();
-    let decision = identity
-        .status
-        .as_mut()
-        .unwrap()
-        .last_decision
-        .as_mut()
-        .unwrap();
+    let decision = last_decision(&mut identity);
     decision.subject = format!("exec /opt/{}", "é".repeat(60));
     decision.reason = "ü\nnew line".repeat(10);
     let row = Row::of(&identity);
@@ -312,13 +306,7 @@ fn a_watch_prints_only_what_changes() {
     assert_eq!(wide.observe(Event::Apply(pods), now).len(), 1);
     // The same decision again, later: a new row.
     let mut again = full();
-    let decision = again
-        .status
-        .as_mut()
-        .unwrap()
-        .last_decision
-        .as_mut()
-        .unwrap();
+    let decision = last_decision(&mut again);
     decision.at = at(NOW).into();
     let rows = changes.observe(Event::Apply(again.clone()), now);
     assert_eq!(rows, [Row::of(&again)]);
@@ -360,4 +348,13 @@ fn a_watch_reports_deletions_also_those_a_relist_reveals() {
     );
     assert_eq!(rows[0].cell(Column::Decision, now, true), "deleted");
     assert_eq!(rows[0].cell(Column::Subject, now, true), "-");
+}
+
+/// The last decision of an identity from [`full`].
+fn last_decision(identity: &mut AgentIdentity) -> &mut DecisionRecord {
+    identity
+        .status
+        .as_mut()
+        .and_then(|s| s.last_decision.as_mut())
+        .expect("full() has a last decision")
 }
