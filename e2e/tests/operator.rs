@@ -854,3 +854,60 @@ fn sidecar_reports_count_only_when_signed_by_the_identity_fresh_and_once_and_cre
     assert_eq!(recent["pod"], "agent-0");
     assert_eq!(operator.metric(&violations), Some(2.0));
 }
+
+/// Counts from the network are summed with saturation: a probe reporting `u64::MAX` execs (a
+/// bug or a hostile reporter) pins `behavior.execs` at the largest int64 the CRD accepts. Before,
+/// the count wrapped to -1, the CRD's minimum refused it, and with it the whole status write: the
+/// score of the same report (and every later one) never reached status.
+#[test]
+fn a_huge_count_saturates_and_the_status_write_still_lands() {
+    cluster().ensure_crds();
+    let namespace = TestNamespace::create("huge", &[]);
+    let ns = namespace.name.as_str();
+    let mut operator = OperatorProcess::start(ns, "op", &FAST_LEASE);
+    apply(
+        ns,
+        json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "p"},
+        "spec": {"trust": {"initialScore": 800, "decayRate": 0},
+                 "behavior": {"exec": [{"path": "/usr/bin/curl", "action": "alert", "penalty": 100}]}}}),
+    );
+    apply(ns, identity("agent", json!({})));
+    apply(
+        ns,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
+        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+    );
+    wait_for(
+        &mut operator,
+        "agentidentity",
+        "agent",
+        ns,
+        "score 800 and one pod",
+        |o| o["status"]["trustScore"] == 800 && o["status"]["podsMatched"] == 1,
+    );
+    let uid = cluster().get("pod", "agent-0", Some(ns)).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = reporter_token(ns, true);
+    let mut body: Value = serde_json::from_str(&report(&uid, ns, &["/usr/bin/curl"])).unwrap();
+    body["pods"][0]["counts"]["execs"] = json!(u64::MAX);
+    body["pods"][0]["counts"]["fileOpens"] = json!(u64::MAX);
+    // Twice: each report's penalty reaches status, its window pinned at the maximum.
+    for score in [700, 600] {
+        let (code, answer) = post_report(&mut [&mut operator], &token, &body.to_string());
+        assert_eq!(code, 202, "{answer}");
+        wait_for(
+            &mut operator,
+            "agentidentity",
+            "agent",
+            ns,
+            &format!("score {score} and saturated counts in status"),
+            |o| {
+                o["status"]["trustScore"] == score
+                    && o["status"]["behavior"]["execs"] == i64::MAX
+                    && o["status"]["behavior"]["fileOpens"] == i64::MAX
+            },
+        );
+    }
+}

@@ -13,8 +13,10 @@ pub mod credit;
 pub mod defaults;
 pub mod policy;
 pub mod score;
+pub mod window;
 
 pub use agentmesh_identity::Timestamp;
 pub use credit::{CreditBudget, CreditCap};
 pub use policy::{CallKind, Decision, Effect, Policy, PolicyError, PolicySpec, canonical_name};
 pub use score::{PersistedScore, Signal, Tier, TrustConfig, TrustState};
+pub use window::WindowCounts;

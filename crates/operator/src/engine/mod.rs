@@ -35,7 +35,7 @@ use agentmesh_trust::baseline::{Anomaly, Baseline};
 use agentmesh_trust::credit::{CreditBudget, CreditCap};
 use agentmesh_trust::policy::spec::{BehaviorAction, FileAccess};
 use agentmesh_trust::policy::{Mode, Reason};
-use agentmesh_trust::{Decision, Effect, Policy, Signal, Timestamp, TrustState};
+use agentmesh_trust::{Decision, Effect, Policy, Signal, Timestamp, TrustState, WindowCounts};
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -107,30 +107,18 @@ pub struct Entry {
     replay: replay::ReplayGuard,
 }
 
-/// Counts since the last status write.
+/// Counts since the last status write (saturating: see [`WindowCounts`]).
 #[derive(Clone, Debug)]
 struct Window {
     start: Timestamp,
-    execs: i64,
-    file_opens: i64,
-    connects: i64,
-    tool_calls: i64,
-    denied_calls: i64,
-    violations: i64,
-    anomalies: i64,
+    counts: WindowCounts,
 }
 
 impl Window {
     fn new(start: Timestamp) -> Self {
         Self {
             start,
-            execs: 0,
-            file_opens: 0,
-            connects: 0,
-            tool_calls: 0,
-            denied_calls: 0,
-            violations: 0,
-            anomalies: 0,
+            counts: WindowCounts::default(),
         }
     }
 }
@@ -432,15 +420,7 @@ impl Engine {
             threshold: policy.trust().min_threshold,
             window_start: window.start,
             window_end: now,
-            counts: [
-                window.execs,
-                window.file_opens,
-                window.connects,
-                window.tool_calls,
-                window.denied_calls,
-                window.violations,
-                window.anomalies,
-            ],
+            counts: window.counts,
             recent: entry.recent.iter().cloned().collect(),
             last_decision: entry.last_decision.clone(),
             conditions: identity
@@ -509,16 +489,14 @@ impl Engine {
                     rule,
                     at_ms,
                 } => {
-                    entry.window.tool_calls += 1;
                     let decided = parse_effect(effect);
+                    entry.window.counts.tool_call(decided != Effect::Allow);
                     if decided == Effect::Allow {
                         let Entry {
                             trust: t, credit, ..
                         } = entry;
                         t.apply_capped(trust, Signal::CompliantActivity, &cap, credit, now);
                     } else {
-                        entry.window.denied_calls += 1;
-                        entry.window.violations += 1;
                         entry.trust.apply(trust, Signal::DeniedCall, now);
                         violations.push((
                             rule.clone(),
@@ -567,7 +545,7 @@ impl Engine {
                         } = entry;
                         t.apply_capped(trust, Signal::HandshakeSucceeded, &cap, credit, now);
                     } else {
-                        entry.window.violations += 1;
+                        entry.window.counts.violation();
                         entry.trust.apply(trust, Signal::HandshakeFailed, now);
                         let reason = reason.clone().unwrap_or_default();
                         violations.push((
@@ -615,7 +593,7 @@ impl Engine {
                 Outcome::ToolChanged { server, tool, .. } => {
                     // New code behind a known name: it costs what a new executable costs.
                     let penalty = policy.spec().behavior.anomalies.new_executable;
-                    entry.window.anomalies += 1;
+                    entry.window.counts.anomaly();
                     entry.trust.apply(trust, Signal::Anomaly { penalty }, now);
                     remember(
                         entry,
@@ -805,9 +783,10 @@ fn apply_pod_report(
     violations: &mut Vec<(String, String, bool)>,
 ) {
     let counts = &report.counts;
-    entry.window.execs += counts.execs as i64;
-    entry.window.file_opens += counts.file_opens as i64;
-    entry.window.connects += counts.connects as i64;
+    entry
+        .window
+        .counts
+        .add_probe(counts.execs, counts.file_opens, counts.connects);
     let anomalies = &policy.spec().behavior.anomalies;
     let mut judge = |entry: &mut Entry,
                      decision: Decision<'_>,
@@ -822,7 +801,7 @@ fn apply_pod_report(
             _ => (false, false),
         };
         if matched {
-            entry.window.anomalies += 1;
+            entry.window.counts.anomaly();
             entry.trust.apply(
                 policy.trust(),
                 Signal::Anomaly {
@@ -839,11 +818,11 @@ fn apply_pod_report(
                 now,
             );
             if decision.effect != Effect::Allow {
-                entry.window.violations += 1;
+                entry.window.counts.violation();
                 violations.push((rule, what.clone(), decision.effect == Effect::WouldDeny));
             }
         } else if let Some(anomaly) = baseline.filter(|_| !matched_allow) {
-            entry.window.anomalies += 1;
+            entry.window.counts.anomaly();
             entry.trust.apply(
                 policy.trust(),
                 Signal::Anomaly {
@@ -896,7 +875,7 @@ fn apply_pod_report(
             BlockedAction::Connect { ip, port } => format!("blocked connect {ip}:{port}"),
             BlockedAction::Exec { path } => format!("blocked exec {path}"),
         };
-        entry.window.violations += 1;
+        entry.window.counts.violation();
         entry.trust.apply(policy.trust(), Signal::Violation, now);
         decide(
             entry,

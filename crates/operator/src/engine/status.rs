@@ -3,7 +3,7 @@
 use agentmesh_api::identity::{AgentIdentity, AnomalyRecord, BehaviorSummary, DecisionRecord};
 use agentmesh_api::names::conditions as types;
 use agentmesh_api::policy::{TrustPolicy, ViolationRecord};
-use agentmesh_trust::{PersistedScore, Tier, Timestamp};
+use agentmesh_trust::{PersistedScore, Tier, Timestamp, WindowCounts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -21,8 +21,7 @@ pub struct IdentityWrite {
     pub threshold: i32,
     pub window_start: Timestamp,
     pub window_end: Timestamp,
-    /// execs, file opens, connects, tool calls, denied calls, violations, anomalies.
-    pub counts: [i64; 7],
+    pub counts: WindowCounts,
     pub recent: Vec<AnomalyRecord>,
     pub last_decision: Option<DecisionRecord>,
     /// The conditions in status now, to keep transition times of unchanged ones.
@@ -32,25 +31,17 @@ pub struct IdentityWrite {
 pub async fn write_identity(ctx: &Context, write: IdentityWrite) {
     let time = |t: Timestamp| agentmesh_api::convert::time(t, "status").ok();
     let score = write.persisted.trust_score;
-    let [
-        execs,
-        file_opens,
-        connects,
-        tool_calls,
-        denied_calls,
-        violations,
-        anomalies,
-    ] = write.counts;
+    let counts = write.counts;
     let behavior = BehaviorSummary {
         window_start: time(write.window_start),
         window_end: time(write.window_end),
-        execs,
-        file_opens,
-        connects,
-        tool_calls,
-        denied_calls,
-        violations,
-        anomalies,
+        execs: counts.execs,
+        file_opens: counts.file_opens,
+        connects: counts.connects,
+        tool_calls: counts.tool_calls,
+        denied_calls: counts.denied_calls,
+        violations: counts.violations,
+        anomalies: counts.anomalies,
         recent_anomalies: write.recent,
     };
     let trusted = condition(
