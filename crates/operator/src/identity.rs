@@ -36,7 +36,12 @@ pub async fn run(ctx: Arc<Context>) {
     Controller::new(identities, watcher::Config::default().any_semantic())
         .owns(
             ctx.watched_api::<Secret>(),
-            watcher::Config::default().labels(names::labels::APP_MANAGED_BY),
+            // Only the key Secrets this operator made, not every Secret some tool manages.
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                names::labels::APP_MANAGED_BY,
+                names::labels::MANAGED_BY_VALUE
+            )),
         )
         .watches(
             ctx.watched_api::<Pod>(),
@@ -305,7 +310,7 @@ async fn ensure_key(
             labels: Some(BTreeMap::from([
                 (
                     names::labels::APP_MANAGED_BY.into(),
-                    names::FIELD_MANAGER.into(),
+                    names::labels::MANAGED_BY_VALUE.into(),
                 ),
                 (names::labels::IDENTITY.into(), identity.name_any()),
             ])),
