@@ -47,7 +47,8 @@ const volatile bool fold_repeated_opens = true;
 /* Opens of pod tasks whose root directory is the container runtime's are the runtime setting a
  * container up (runc's init before pivot_root writes /etc/hosts, /etc/resolv.conf and
  * /dev/termination-log into the rootfs by their node paths): not the pod's, not counted. The
- * runtime's root is learnt from whoever creates pod cgroups (the kubelet, on the node's root).
+ * runtime's root is learnt from whoever creates cgroups outside every pod (the kubelet, the
+ * runtime, systemd: the node's root).
  * A process of a container cannot take that root without the node's privileges. */
 const volatile bool skip_runtime_opens = false;
 __u64 runtime_root = 0; /* the creator's root dentry, as an address */
@@ -475,14 +476,20 @@ static __always_inline bool pod_cgroup_name(const char *name, long n)
 SEC("tp_btf/cgroup_mkdir")
 int BPF_PROG(handle_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 {
+	/* Whoever makes cgroups outside every pod is the node's own software (the kubelet, the
+	 * container runtime, systemd): its root is the runtime's. Container cgroups are made just
+	 * before runc's init starts, so this is known before that init opens anything. */
+	if (skip_runtime_opens) {
+		__u32 task_flags = 0;
+		if (!find_pod(&task_flags)) {
+			struct task_struct *task = bpf_get_current_task_btf();
+			runtime_root = (__u64)BPF_CORE_READ(task, fs, root.dentry);
+		}
+	}
 	char name[CGROUP_NAME_LEN];
 	long n = bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(cgrp, kn, name));
 	if (n <= 0 || !pod_cgroup_name(name, n))
 		return 0;
-	if (skip_runtime_opens) {
-		struct task_struct *task = bpf_get_current_task_btf();
-		runtime_root = (__u64)BPF_CORE_READ(task, fs, root.dentry);
-	}
 	__u64 id = BPF_CORE_READ(cgrp, kn, id);
 	__u32 flags = POD_WATCHED;
 	bpf_map_update_elem(&pod_cgroups, &id, &flags, BPF_NOEXIST);

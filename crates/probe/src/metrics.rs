@@ -111,7 +111,7 @@ impl Metrics {
         );
         registry.register(
             "runtime_setup_opens",
-            "File opens in pod cgroups by tasks at the root of whoever creates pod cgroups (the container runtime setting a container up), not counted as the pod's",
+            "File opens in pod cgroups by tasks at the root of whoever creates cgroups outside pods (the container runtime setting a container up), not counted as the pod's",
             metrics.runtime_setup_opens.clone(),
         );
         registry.register(

@@ -504,7 +504,8 @@ async fn repeated_opens_are_counted_in_the_kernel_and_listed_once_per_window() {
 
 /// The container runtime's own opens in a pod cgroup are not the pod's: runc's init writes
 /// /etc/hosts and friends into the rootfs by their node paths before it pivots into it, from
-/// the node's root, which is also the root of whoever made the pod cgroup (here, this test).
+/// the node's root, which is also the root of whoever makes cgroups outside pods (here, this
+/// test).
 /// A process under its own root (a chroot, as a container's are) is the pod's, even when it
 /// writes the same names; and it cannot pass for the runtime.
 #[tokio::test]
