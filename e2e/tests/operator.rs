@@ -50,6 +50,19 @@ fn identity(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": name, "labels": {"team": "e2e"}}, "spec": spec})
 }
 
+/// The pod `agent-0` of identity `agent` on the fake nodes; its UID.
+fn agent_pod(ns: &str) -> String {
+    apply(
+        ns,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
+        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+    );
+    cluster().get("pod", "agent-0", Some(ns)).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[test]
 fn identities_get_a_key_secret_a_did_a_score_and_verified_delegations() {
     cluster().ensure_crds();
@@ -214,11 +227,7 @@ fn reports_move_scores_forged_ones_do_not_and_scores_survive_restarts_and_leader
                  "behavior": {"exec": [{"path": "/usr/bin/curl", "action": "deny", "penalty": 150}]}}}),
     );
     apply(ns, identity("agent", json!({"capabilities": ["read:*"]})));
-    apply(
-        ns,
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
-        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
-    );
+    let uid = agent_pod(ns);
     let leader = if first.is_leader() {
         &mut first
     } else {
@@ -232,8 +241,6 @@ fn reports_move_scores_forged_ones_do_not_and_scores_survive_restarts_and_leader
         "score 800 and one pod",
         |o| o["status"]["trustScore"] == 800 && o["status"]["podsMatched"] == 1,
     );
-    let pod = cluster().get("pod", "agent-0", Some(ns)).unwrap();
-    let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
     let token = reporter_token(ns, true);
     let intruder = reporter_token(ns, false);
 
@@ -642,11 +649,7 @@ fn sidecar_reports_count_only_when_signed_by_the_identity_fresh_and_once_and_cre
     );
     apply(ns, identity("agent", json!({})));
     apply(ns, identity("other", json!({})));
-    apply(
-        ns,
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
-        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
-    );
+    let uid = agent_pod(ns);
     for name in ["agent", "other"] {
         wait_for(
             &mut operator,
@@ -665,10 +668,6 @@ fn sidecar_reports_count_only_when_signed_by_the_identity_fresh_and_once_and_cre
         "one pod",
         |o| o["status"]["podsMatched"] == 1,
     );
-    let uid = cluster().get("pod", "agent-0", Some(ns)).unwrap()["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let token = cluster().token(ns, "default", Some(("agent-0", &uid)));
     let key = identity_key(ns, "agent");
     let other_key = identity_key(ns, "other");
@@ -872,11 +871,7 @@ fn a_huge_count_saturates_and_the_status_write_still_lands() {
                  "behavior": {"exec": [{"path": "/usr/bin/curl", "action": "alert", "penalty": 100}]}}}),
     );
     apply(ns, identity("agent", json!({})));
-    apply(
-        ns,
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
-        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
-    );
+    let uid = agent_pod(ns);
     wait_for(
         &mut operator,
         "agentidentity",
@@ -885,10 +880,6 @@ fn a_huge_count_saturates_and_the_status_write_still_lands() {
         "score 800 and one pod",
         |o| o["status"]["trustScore"] == 800 && o["status"]["podsMatched"] == 1,
     );
-    let uid = cluster().get("pod", "agent-0", Some(ns)).unwrap()["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let token = reporter_token(ns, true);
     let mut body: Value = serde_json::from_str(&report(&uid, ns, &["/usr/bin/curl"])).unwrap();
     body["pods"][0]["counts"]["execs"] = json!(u64::MAX);
