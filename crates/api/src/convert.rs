@@ -10,11 +10,13 @@ use agentmesh_identity::delegation::DelegationLink;
 use agentmesh_identity::keys::Did;
 use agentmesh_identity::{KeyError, Timestamp};
 use agentmesh_trust::policy::{self as tp, PolicySpec};
-use agentmesh_trust::{Policy, PolicyError, Tier};
+use agentmesh_trust::{Policy, PolicyError, Tier, standing};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::common::TrustTier;
-use crate::identity::{AgentIdentityStatus, SignedDelegationLink};
+use crate::identity::{
+    AgentIdentityStatus, AnomalyKind, AnomalyRecord, Decision, DecisionRecord, SignedDelegationLink,
+};
 use crate::policy as crd;
 
 /// Why a resource could not be converted.
@@ -194,6 +196,17 @@ pub fn tier(tier: Tier) -> TrustTier {
     }
 }
 
+/// The trust model's tier of a CRD tier.
+pub fn tier_of(tier: TrustTier) -> Tier {
+    match tier {
+        TrustTier::Verified => Tier::Verified,
+        TrustTier::Trusted => Tier::Trusted,
+        TrustTier::Standard => Tier::Standard,
+        TrustTier::Probationary => Tier::Probationary,
+        TrustTier::Untrusted => Tier::Untrusted,
+    }
+}
+
 pub fn timestamp(time: &Time) -> Timestamp {
     Timestamp::from_millis(time.0.as_millisecond())
 }
@@ -204,6 +217,86 @@ pub fn time(timestamp: Timestamp, field: &str) -> Result<Time, ConvertError> {
         .map_err(|_| ConvertError::Time {
             field: field.into(),
         })
+}
+
+/// A trust-rule anomaly as AgentIdentity status records it (`None`: a time out of range).
+pub fn anomaly_record(note: &standing::AnomalyNote) -> Option<AnomalyRecord> {
+    use standing::AnomalyKind as Rule;
+    Some(AnomalyRecord {
+        observed_at: time(note.at, "observedAt").ok()?,
+        kind: match note.kind {
+            Rule::NewExecutable => AnomalyKind::NewExecutable,
+            Rule::NewDestination => AnomalyKind::NewDestination,
+            Rule::SensitiveWrite => AnomalyKind::SensitiveWrite,
+            Rule::RuleMatch => AnomalyKind::RuleMatch,
+            Rule::ToolChanged => AnomalyKind::ToolChanged,
+        },
+        detail: note.detail.clone(),
+        penalty: note.penalty,
+        pod: note.pod.clone(),
+    })
+}
+
+/// An anomaly recorded in status, for the trust rule.
+pub fn anomaly_note(record: &AnomalyRecord) -> standing::AnomalyNote {
+    use standing::AnomalyKind as Rule;
+    standing::AnomalyNote {
+        at: timestamp(&record.observed_at),
+        kind: match record.kind {
+            AnomalyKind::NewExecutable => Rule::NewExecutable,
+            AnomalyKind::NewDestination => Rule::NewDestination,
+            AnomalyKind::SensitiveWrite => Rule::SensitiveWrite,
+            AnomalyKind::RuleMatch => Rule::RuleMatch,
+            AnomalyKind::ToolChanged => Rule::ToolChanged,
+        },
+        detail: record.detail.clone(),
+        penalty: record.penalty,
+        pod: record.pod.clone(),
+    }
+}
+
+/// A trust-rule decision as AgentIdentity status records it (`None`: a time out of range).
+pub fn decision_record(note: &standing::DecisionNote) -> Option<DecisionRecord> {
+    use standing::Verdict;
+    Some(DecisionRecord {
+        at: time(note.at, "lastDecision.at").ok()?,
+        decision: match note.verdict {
+            Verdict::Allow => Decision::Allow,
+            Verdict::Deny => Decision::Deny,
+            Verdict::WouldDeny => Decision::WouldDeny,
+            Verdict::Anomaly => Decision::Anomaly,
+            Verdict::Blocked => Decision::Blocked,
+        },
+        subject: note.subject.clone(),
+        reason: note.reason.clone(),
+    })
+}
+
+/// The last decision recorded in status, for the trust rule.
+pub fn decision_note(record: &DecisionRecord) -> standing::DecisionNote {
+    use standing::Verdict;
+    standing::DecisionNote {
+        at: timestamp(&record.at),
+        verdict: match record.decision {
+            Decision::Allow => Verdict::Allow,
+            Decision::Deny => Verdict::Deny,
+            Decision::WouldDeny => Verdict::WouldDeny,
+            Decision::Anomaly => Verdict::Anomaly,
+            Decision::Blocked => Verdict::Blocked,
+        },
+        subject: record.subject.clone(),
+        reason: record.reason.clone(),
+    }
+}
+
+/// What the engine's status fields say now, for the trust rule's write cadence.
+pub fn stored_standing(status: &AgentIdentityStatus) -> standing::Stored {
+    standing::Stored {
+        score: status.trust_score,
+        tier: status.tier.map(tier_of),
+        quarantined: status.quarantined,
+        has_score_time: status.score_updated_at.is_some(),
+    }
 }
 
 /// The persisted score in an AgentIdentity status, if both fields are set.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -15,13 +15,11 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub probes: ProbeRegistry,
-    /// The trust engine, once this replica leads.
-    pub engine: std::sync::OnceLock<Arc<crate::engine::Engine>>,
     /// The webhook's serving certificate, once the webhook runs on this replica.
     pub webhook_certs: std::sync::OnceLock<Arc<crate::webhook::server::CertStore>>,
     /// The audit store's connection, as last checked.
     pub storage: Arc<crate::storage::Health>,
-    recorder: Recorder,
+    pub events: crate::events::Events,
     leading: watch::Receiver<bool>,
 }
 
@@ -32,20 +30,15 @@ impl Context {
         metrics: Arc<Metrics>,
         leading: watch::Receiver<bool>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: agentmesh_api::names::FIELD_MANAGER.into(),
-            instance: Some(config.args.holder_identity()),
-        };
         Self {
             storage: Arc::new(crate::storage::Health::new(crate::storage::Remote::of(
                 &config,
             ))),
-            recorder: Recorder::new(client.clone(), reporter),
+            events: crate::events::Events::new(client.clone(), config.args.holder_identity()),
             client,
             config,
             metrics,
             probes: ProbeRegistry::default(),
-            engine: std::sync::OnceLock::new(),
             webhook_certs: std::sync::OnceLock::new(),
             leading,
         }
@@ -88,15 +81,8 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, object).await {
-            tracing::warn!(%error, reason, "could not publish an Event");
-        }
+        self.events
+            .publish(object, type_, reason, action, note)
+            .await;
     }
 }

@@ -9,23 +9,20 @@
 pub mod conditions;
 pub mod config;
 pub mod context;
-pub mod crd_check;
+pub mod controllers;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod governance;
-pub mod http;
-pub mod identity;
-pub mod leader;
-pub mod logging;
-pub mod meshlogic;
+pub mod index;
 pub mod metrics;
-pub mod policy;
 pub mod probes;
+pub mod runtime;
 pub mod storage;
 pub mod trust_api;
 pub mod webhook;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -33,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::context::Context;
+use crate::runtime::{crd_check, http, leader, logging, shutdown_signal};
 
 /// Runs the operator until a termination signal, or until leadership is lost.
 pub async fn run() -> anyhow::Result<()> {
@@ -75,7 +73,12 @@ pub async fn run() -> anyhow::Result<()> {
             )
         }
     }));
-    tokio::spawn(trust_api::serve(trust_listener, ctx.clone()));
+    let engine_slot = Arc::new(OnceLock::new());
+    tokio::spawn(trust_api::serve(
+        trust_listener,
+        ctx.clone(),
+        engine_slot.clone(),
+    ));
     tokio::spawn(storage::run(ctx.storage.clone(), metrics.clone()));
     // Every replica serves the webhook; only the leader writes its certificate and configuration.
     if config.args.webhook_enabled {
@@ -101,9 +104,29 @@ pub async fn run() -> anyhow::Result<()> {
     metrics.is_leader.set(1);
     tracing::info!("leading: starting the reconcilers");
     let mut controllers = tokio::task::JoinSet::new();
-    let engine = engine::Engine::start(ctx.clone(), &mut controllers).await;
-    let _ = ctx.engine.set(engine);
-    start_controllers(ctx.clone(), &mut controllers);
+    let indexes = index::Indexes::start(
+        &ctx.client,
+        config.args.watch_namespace.as_deref(),
+        &mut controllers,
+    )
+    .await;
+    let writer = engine::StatusWriter::new(ctx.client.clone(), metrics.clone(), ctx.events.clone());
+    let engine = engine::Engine::new(
+        engine::EngineConfig::of(&config),
+        &indexes,
+        writer,
+        metrics.clone(),
+    );
+    engine.run(&mut controllers);
+    let _ = engine_slot.set(engine.clone());
+    controllers::start(
+        Arc::new(controllers::Reconcilers {
+            ctx: ctx.clone(),
+            engine,
+            indexes,
+        }),
+        &mut controllers,
+    );
 
     tokio::select! {
         _ = shutdown_signal() => {
@@ -115,21 +138,5 @@ pub async fn run() -> anyhow::Result<()> {
             controllers.abort_all();
             anyhow::bail!("lost leadership; exiting so that a fresh start rejoins as a candidate")
         }
-    }
-}
-
-/// Starts every reconciler; they run until aborted.
-fn start_controllers(ctx: Arc<Context>, tasks: &mut tokio::task::JoinSet<()>) {
-    tasks.spawn(identity::run(ctx.clone()));
-    tasks.spawn(policy::run(ctx.clone()));
-    tasks.spawn(meshlogic::run(ctx.clone()));
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

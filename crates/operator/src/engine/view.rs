@@ -33,7 +33,7 @@ impl Engine {
             let (policy, name) = self.policy_of(&k);
             let spec = match name.as_deref().and_then(|n| self.policy_object(n)) {
                 Some(object) => object.spec.clone(),
-                None => crate::governance::default_policy_spec(&self.ctx.config.settings),
+                None => crate::governance::default_policy_spec(&self.config.settings),
             };
             if spec.mode != PolicyMode::Enforce {
                 continue;
@@ -114,7 +114,7 @@ impl Engine {
         let (_, policy_name) = self.policy_of(identity_key);
         let policy = match policy_name.as_deref().and_then(|n| self.policy_object(n)) {
             Some(object) => object.spec.clone(),
-            None => crate::governance::default_policy_spec(&self.ctx.config.settings),
+            None => crate::governance::default_policy_spec(&self.config.settings),
         };
         let mut peers: Vec<RegistryEntry> = self
             .identities
@@ -188,7 +188,7 @@ impl Engine {
 /// host (its Service's cluster IP in a cluster) and the nameservers of `/etc/resolv.conf`
 /// (port 53), which pods of the default DNS policy share with the operator.
 pub async fn refresh_quarantine_exits(engine: std::sync::Arc<Engine>) {
-    let url = engine.ctx.config.args.trust_api_url.clone();
+    let url = engine.config.trust_api_url.clone();
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
         interval.tick().await;

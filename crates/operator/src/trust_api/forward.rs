@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
 use crate::context::Context;
-use crate::http::Body;
+use crate::runtime::http::Body;
 
 /// Set on a forwarded request; a replica never forwards a request that carries it.
 pub const FORWARDED_HEADER: &str = "x-agentmesh-forwarded-by";

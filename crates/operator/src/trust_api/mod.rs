@@ -6,7 +6,7 @@
 mod auth;
 mod forward;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use agentmesh_api::meshlogic::NodeProbeStatus;
@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 
 use crate::context::Context;
 use crate::engine::Engine;
-use crate::http::{self, Body};
 use crate::metrics::{ReasonLabels, RequestLabels};
+use crate::runtime::http::{self, Body};
 use auth::{Authenticator, Caller, Refusal};
 use forward::Forwarder;
 
@@ -32,13 +32,16 @@ const LONG_POLL: Duration = Duration::from_secs(30);
 
 struct Server {
     ctx: Arc<Context>,
+    /// The trust engine, once this replica leads.
+    engine: Arc<OnceLock<Arc<Engine>>>,
     auth: Authenticator,
     forwarder: Forwarder,
 }
 
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, engine: Arc<OnceLock<Arc<Engine>>>) {
     let server = Arc::new(Server {
         ctx,
+        engine,
         auth: Authenticator::default(),
         forwarder: Forwarder::default(),
     });
@@ -130,7 +133,7 @@ impl Server {
 
     /// The engine, when this replica leads.
     fn engine(&self) -> Result<Arc<Engine>, Refusal> {
-        match self.ctx.engine.get() {
+        match self.engine.get() {
             Some(engine) if self.ctx.is_leader() => Ok(engine.clone()),
             _ => Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -443,7 +446,7 @@ fn is_batch_id(id: &str) -> bool {
 
 fn sidecar_refusal(refusal: crate::engine::SidecarRefusal) -> Refusal {
     use crate::engine::SidecarRefusal;
-    use crate::engine::replay::ReplayError;
+    use agentmesh_trust::replay::ReplayError;
     let message = refusal.to_string();
     match refusal {
         SidecarRefusal::UnknownIdentity => {

@@ -9,8 +9,6 @@ use kube::ResourceExt;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
-use crate::context::Context;
-
 /// What the engine needs of a pod.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodInfo {
@@ -54,13 +52,9 @@ impl PodIndex {
         let _ = ready.wait_for(|r| *r).await;
     }
 
-    /// Follows the watched pods for ever.
-    pub async fn run(self, ctx: Arc<Context>) {
-        let stream = watcher(
-            ctx.watched_api::<Pod>(),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff();
+    /// Follows the pods of `api` for ever.
+    pub async fn run(self, api: kube::Api<Pod>) {
+        let stream = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
         futures::pin_mut!(stream);
         let mut fresh: Option<HashMap<String, PodInfo>> = None;
         while let Some(event) = stream.next().await {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agentmesh_api::identity::{AgentIdentity, SignedDelegationLink};
 use agentmesh_api::names::{self, conditions as types, objects};
@@ -14,7 +14,6 @@ use agentmesh_identity::delegation::{self, DelegationLink};
 use agentmesh_identity::keys::{self, Did};
 use agentmesh_identity::registry::MemoryRegistry;
 use agentmesh_identity::{SigningKey, VerifyingKey};
-use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -25,52 +24,49 @@ use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::Reconcilers;
 use crate::conditions::condition;
 use crate::context::Context;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 
 const CONTROLLER: &str = "agentidentity";
 
-pub async fn run(ctx: Arc<Context>) {
-    let identities = ctx.watched_api::<AgentIdentity>();
-    Controller::new(identities, watcher::Config::default().any_semantic())
-        .owns(
-            ctx.watched_api::<Secret>(),
-            // Only the key Secrets this operator made, not every Secret some tool manages.
-            watcher::Config::default().labels(&format!(
-                "{}={}",
-                names::labels::APP_MANAGED_BY,
-                names::labels::MANAGED_BY_VALUE
-            )),
-        )
-        .watches(
-            ctx.watched_api::<Pod>(),
-            watcher::Config::default().labels(names::labels::IDENTITY),
-            |pod: Pod| {
-                let name = pod.labels().get(names::labels::IDENTITY)?.clone();
-                Some(kube::runtime::reflector::ObjectRef::new(&name).within(&pod.namespace()?))
-            },
-        )
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+pub async fn run(shared: Arc<Reconcilers>) {
+    let ctx = &shared.ctx;
+    let controller = Controller::new(
+        ctx.watched_api::<AgentIdentity>(),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        ctx.watched_api::<Secret>(),
+        // Only the key Secrets this operator made, not every Secret some tool manages.
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            names::labels::APP_MANAGED_BY,
+            names::labels::MANAGED_BY_VALUE
+        )),
+    )
+    .watches(
+        ctx.watched_api::<Pod>(),
+        watcher::Config::default().labels(names::labels::IDENTITY),
+        |pod: Pod| {
+            let name = pod.labels().get(names::labels::IDENTITY)?.clone();
+            Some(kube::runtime::reflector::ObjectRef::new(&name).within(&pod.namespace()?))
+        },
+    );
+    super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
 }
 
-fn error_policy(_identity: Arc<AgentIdentity>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_error(CONTROLLER, error.metric_label());
-    tracing::warn!(%error, "AgentIdentity reconcile failed");
-    Action::requeue(Duration::from_secs(10))
+async fn reconcile(identity: Arc<AgentIdentity>, shared: Arc<Reconcilers>) -> Result<Action> {
+    reconcile_inner(&identity, &shared.ctx, &shared.engine).await
 }
 
-async fn reconcile(identity: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = reconcile_inner(&identity, &ctx).await;
-    ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed());
-    result
-}
-
-async fn reconcile_inner(identity: &AgentIdentity, ctx: &Context) -> Result<Action> {
+async fn reconcile_inner(
+    identity: &AgentIdentity,
+    ctx: &Context,
+    engine: &Engine,
+) -> Result<Action> {
     let namespace = identity
         .namespace()
         .ok_or(Error::NoNamespace("AgentIdentity"))?;
@@ -138,7 +134,7 @@ async fn reconcile_inner(identity: &AgentIdentity, ctx: &Context) -> Result<Acti
             &own.did,
             &identities,
             ctx,
-            max_depth(ctx, identity),
+            max_depth(engine, identity),
         )
         .await
         {
@@ -354,15 +350,13 @@ async fn ensure_key(
     }
 }
 
-fn max_depth(ctx: &Context, identity: &AgentIdentity) -> usize {
+/// The delegation depth allowed by the policy governing `identity`.
+fn max_depth(engine: &Engine, identity: &AgentIdentity) -> usize {
     let k = crate::engine::key(
         &identity.namespace().unwrap_or_default(),
         &identity.name_any(),
     );
-    match ctx.engine.get() {
-        Some(engine) => engine.policy_of(&k).0.max_delegation_depth(),
-        None => ctx.config.settings.delegation_max_depth as usize,
-    }
+    engine.policy_of(&k).0.max_delegation_depth()
 }
 
 /// Builds the chain root → … → parent → this identity, signing the last link with the

@@ -3,73 +3,63 @@
 //! Violation counts belong to the trust engine (its own field manager).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agentmesh_api::identity::AgentIdentity;
 use agentmesh_api::names::{self, conditions as types};
 use agentmesh_api::policy::TrustPolicy;
-use futures::StreamExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::Reconcilers;
 use crate::conditions::condition;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::governance;
+use crate::index::Indexes;
 
 const CONTROLLER: &str = "trustpolicy";
 
-pub async fn run(ctx: Arc<Context>) {
-    Controller::new(
-        ctx.watched_api::<TrustPolicy>(),
+pub async fn run(shared: Arc<Reconcilers>) {
+    let controller = Controller::new(
+        shared.ctx.watched_api::<TrustPolicy>(),
         watcher::Config::default().any_semantic(),
-    )
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    );
+    super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
 }
 
-fn error_policy(_policy: Arc<TrustPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_error(CONTROLLER, error.metric_label());
-    tracing::warn!(%error, "TrustPolicy reconcile failed");
-    Action::requeue(Duration::from_secs(10))
+async fn reconcile(policy: Arc<TrustPolicy>, shared: Arc<Reconcilers>) -> Result<Action> {
+    reconcile_inner(&policy, &shared.ctx, &shared.indexes).await
 }
 
-async fn reconcile(policy: Arc<TrustPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = reconcile_inner(&policy, &ctx).await;
-    ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed());
-    result
-}
-
-/// Every `K` of `namespace`.
-async fn list_in<K>(ctx: &Context, namespace: &str) -> Result<Vec<Arc<K>>>
+/// Every `K` of `namespace` in `store`.
+fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
 where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    let items = Api::<K>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    Ok(items.into_iter().map(Arc::new).collect())
+    store
+        .state()
+        .into_iter()
+        .filter(|object| object.namespace().as_deref() == Some(namespace))
+        .collect()
 }
 
-async fn reconcile_inner(policy: &TrustPolicy, ctx: &Context) -> Result<Action> {
+async fn reconcile_inner(policy: &TrustPolicy, ctx: &Context, indexes: &Indexes) -> Result<Action> {
     let namespace = policy
         .namespace()
         .ok_or(Error::NoNamespace("TrustPolicy"))?;
     let name = policy.name_any();
-    let policies: Vec<Arc<TrustPolicy>> = list_in(ctx, &namespace).await?;
-    let identities: Vec<Arc<AgentIdentity>> = list_in(ctx, &namespace).await?;
+    let mut policies = in_namespace(&indexes.policies, &namespace);
+    // The index may not have seen this policy yet (the controller's watch is its own).
+    if !policies.iter().any(|p| p.name_any() == name) {
+        policies.push(Arc::new(policy.clone()));
+    }
+    let identities = in_namespace(&indexes.identities, &namespace);
     let governance = governance::evaluate(&policies, &identities);
     let verdict = governance
         .policies

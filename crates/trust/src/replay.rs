@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use agentmesh_trust::Timestamp;
+use crate::Timestamp;
 
 /// Largest distance between a batch's `sentAtMs` and the operator's clock.
 pub const MAX_SKEW_MS: i64 = 60_000;

@@ -19,12 +19,11 @@ pub mod status;
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agentmesh_api::MeshLogicAgent;
 use agentmesh_api::common::find_condition;
 use agentmesh_api::names::{self, annotations, conditions, labels};
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -40,10 +39,10 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::Instrument;
 
 use self::resources::{Agent, OperatorSettings};
 use self::status::Rollout;
+use super::Reconcilers;
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -52,14 +51,13 @@ pub const CONTROLLER: &str = "meshlogicagent";
 /// How often an agent is looked at again without a change, so that what probes report
 /// reaches its status.
 const RESYNC: Duration = Duration::from_secs(30);
-/// How soon a failed reconciliation is retried.
-const RETRY: Duration = Duration::from_secs(10);
 
 /// Runs the reconciler until the process is told to stop.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(shared: Arc<Reconcilers>) {
+    let ctx = &shared.ctx;
     let managed = format!("{}={}", labels::APP_MANAGED_BY, labels::MANAGED_BY_VALUE);
     let owned = || watcher::Config::default().labels(&managed);
-    Controller::new(
+    let controller = Controller::new(
         ctx.watched_api::<MeshLogicAgent>(),
         watcher::Config::default().any_semantic(),
     )
@@ -78,16 +76,8 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<ClusterRoleBinding>::all(ctx.client.clone()),
         owned(),
         agent_of(ctx.config.args.watch_namespace.clone()),
-    )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((agent, _)) => tracing::debug!(%agent, "reconciled"),
-            Err(error) => tracing::debug!(%error, "reconcile stream"),
-        }
-    })
-    .await;
+    );
+    super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
 }
 
 /// Maps a cluster-scoped object made for an agent back to that agent (from its
@@ -105,39 +95,20 @@ fn agent_of<K: Resource>(
     }
 }
 
-async fn reconcile(agent: Arc<MeshLogicAgent>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
+async fn reconcile(agent: Arc<MeshLogicAgent>, shared: Arc<Reconcilers>) -> Result<Action> {
+    let ctx = &shared.ctx;
     let namespace = agent
         .namespace()
         .ok_or(Error::NoNamespace("MeshLogicAgent"))?;
     let api: Api<MeshLogicAgent> = Api::namespaced(ctx.client.clone(), &namespace);
-    let span = tracing::info_span!(
-        "reconcile",
-        controller = CONTROLLER,
-        agent = %format!("{namespace}/{}", agent.name_any())
-    );
-    let result = finalizer(&api, names::MESHLOGIC_FINALIZER, agent, |event| async {
+    finalizer(&api, names::MESHLOGIC_FINALIZER, agent, |event| async {
         match event {
-            Event::Apply(agent) => apply(&agent, &ctx).await,
-            Event::Cleanup(agent) => cleanup(&agent, &ctx).await,
+            Event::Apply(agent) => apply(&agent, ctx).await,
+            Event::Cleanup(agent) => cleanup(&agent, ctx).await,
         }
     })
-    .instrument(span)
     .await
-    .map_err(from_finalizer);
-    ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed());
-    result
-}
-
-fn error_policy(agent: Arc<MeshLogicAgent>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_error(CONTROLLER, error.metric_label());
-    tracing::warn!(
-        agent = %format!("{}/{}", agent.namespace().unwrap_or_default(), agent.name_any()),
-        %error,
-        "reconcile failed; retrying"
-    );
-    Action::requeue(RETRY)
+    .map_err(from_finalizer)
 }
 
 fn from_finalizer(error: finalizer::Error<Error>) -> Error {
