@@ -94,6 +94,7 @@ async fn serve_on<R: Reviewer>(reviewer: R) -> (u16, String) {
         listener,
         server::acceptor(store).unwrap(),
         Arc::new(reviewer),
+        std::future::pending(),
     ));
     (port, ca)
 }

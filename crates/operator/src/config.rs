@@ -246,16 +246,6 @@ impl Args {
         Duration::from_secs(self.status_interval_seconds)
     }
 
-    /// The sidecar's resources (the seed's unless configured).
-    pub fn sidecar_resources(&self) -> crate::webhook::inject::Resources {
-        crate::webhook::inject::Resources {
-            requests_cpu: self.sidecar_cpu_request.clone(),
-            requests_memory: self.sidecar_memory_request.clone(),
-            limits_cpu: self.sidecar_cpu_limit.clone(),
-            limits_memory: self.sidecar_memory_limit.clone(),
-        }
-    }
-
     /// The leader-election identity: the pod name, else the host name and process id.
     pub fn holder_identity(&self) -> String {
         self.pod_name.clone().unwrap_or_else(|| {

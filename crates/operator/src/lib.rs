@@ -63,7 +63,8 @@ pub async fn run() -> anyhow::Result<()> {
         "meshlogic-operator starting"
     );
     let registry = Arc::new(registry);
-    tokio::spawn(http::serve(metrics_listener, move |_request| {
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(http::serve("metrics", metrics_listener, move |_request| {
         let body = metrics::encode(&registry);
         async move {
             http::text(
@@ -74,15 +75,20 @@ pub async fn run() -> anyhow::Result<()> {
         }
     }));
     let engine_slot = Arc::new(OnceLock::new());
-    tokio::spawn(trust_api::serve(
+    servers.spawn(trust_api::serve(
         trust_listener,
         ctx.clone(),
         engine_slot.clone(),
     ));
     tokio::spawn(storage::run(ctx.storage.clone(), metrics.clone()));
     // Every replica serves the webhook; only the leader writes its certificate and configuration.
+    let identities = index::Indexes::identities(
+        &client,
+        config.args.watch_namespace.as_deref(),
+        metrics.clone(),
+    );
     if config.args.webhook_enabled {
-        webhook::start(ctx.clone()).await?;
+        webhook::start(ctx.clone(), identities.store.clone(), &mut servers).await?;
     } else {
         tracing::info!("sidecar injection disabled (MESHLOGIC_WEBHOOK_ENABLED=false)");
     }
@@ -98,15 +104,20 @@ pub async fn run() -> anyhow::Result<()> {
 
     let mut leading = leading_rx;
     tokio::select! {
-        _ = shutdown_signal() => return Ok(()),
+        _ = shutdown_signal() => {
+            drain(servers).await;
+            return Ok(());
+        }
         changed = leading.wait_for(|leads| *leads) => { changed?; }
     }
     metrics.is_leader.set(1);
     tracing::info!("leading: starting the reconcilers");
     let mut controllers = tokio::task::JoinSet::new();
-    let indexes = index::Indexes::start(
+    let indexes = index::Indexes::lead(
+        identities,
         &ctx.client,
         config.args.watch_namespace.as_deref(),
+        metrics.clone(),
         &mut controllers,
     )
     .await;
@@ -132,6 +143,7 @@ pub async fn run() -> anyhow::Result<()> {
         _ = shutdown_signal() => {
             tracing::info!("terminating");
             controllers.abort_all();
+            drain(servers).await;
             Ok(())
         }
         _ = leading.wait_for(|leads| !*leads) => {
@@ -139,4 +151,14 @@ pub async fn run() -> anyhow::Result<()> {
             anyhow::bail!("lost leadership; exiting so that a fresh start rejoins as a candidate")
         }
     }
+}
+
+/// Waits for the servers to finish what is in flight (each stops on SIGTERM and drains), at
+/// most their drain period.
+async fn drain(mut servers: tokio::task::JoinSet<()>) {
+    let period = agentmesh_runtime::Limits::default().drain + std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(period, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
 }

@@ -45,6 +45,11 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -57,6 +62,7 @@ pub struct Metrics {
     pub trust_score: Family<IdentityLabels, Gauge>,
     pub policy_violations: Family<ViolationLabels, ExactCount>,
     pub registry_size: Gauge,
+    pub undecodable_objects: Family<KindLabels, Counter>,
     pub api_request_duration: Family<RequestLabels, Histogram>,
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -81,6 +87,7 @@ impl Metrics {
             trust_score: Family::default(),
             policy_violations: Family::default(),
             registry_size: Gauge::default(),
+            undecodable_objects: Family::default(),
             api_request_duration: Family::new_with_constructor(latency_histogram),
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
@@ -158,6 +165,11 @@ impl Metrics {
             metrics.admissions.clone(),
         );
         registry.register(
+            "meshlogic_operator_undecodable_objects",
+            "Watched objects left out because they do not decode, by kind (the rest of the watch goes on)",
+            metrics.undecodable_objects.clone(),
+        );
+        registry.register(
             "meshlogic_operator_leader",
             "1 while this replica is the leader",
             metrics.is_leader.clone(),
@@ -178,6 +190,14 @@ impl Metrics {
         self.reconcile_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    pub fn undecodable_object(&self, kind: &str) {
+        self.undecodable_objects
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     pub fn reconcile_error(&self, controller: &str, error: &str) {

@@ -24,23 +24,14 @@ use agentmesh_identity::SigningKey;
 use agentmesh_identity::keyfile::{KeyLoadError, private_key_from_env_value};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tracing_subscriber::EnvFilter;
 
 use config::Config;
 
 pub use agentmesh_api::convert::now;
 
-/// Logs: `tracing`, JSON when `AGENTMESH_LOG_FORMAT=json`, level from `AGENTMESH_LOG_LEVEL`.
+/// Logs: see [`agentmesh_runtime::logging`].
 pub fn init_logging(settings: &Settings) {
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(settings.log_level.as_directive()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    agentmesh_runtime::logging::init(settings.log_level, settings.log_format);
 }
 
 /// Loads the key named by `AGENTMESH_AGENT_PRIVATE_KEY`: the PEM itself, or a file path. A
@@ -75,36 +66,31 @@ async fn serve_metrics(
     listener: TcpListener,
     registry: Arc<prometheus_client::registry::Registry>,
 ) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    let registry = registry.clone();
-                    async move {
-                        let response = match request.uri().path() {
-                            agentmesh_api::names::paths::METRICS => hyper::Response::builder()
-                                .header(
-                                    "content-type",
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )
-                                .body(proxy::full_body(metrics::encode(&registry))),
-                            _ => hyper::Response::builder()
-                                .status(404)
-                                .body(proxy::full_body("not found: try /metrics")),
-                        };
-                        Ok::<_, std::convert::Infallible>(response.expect("valid response"))
-                    }
-                },
-            );
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    agentmesh_runtime::serve(
+        "metrics",
+        listener,
+        agentmesh_runtime::Plain,
+        agentmesh_runtime::Limits::default(),
+        move |request: hyper::Request<hyper::body::Incoming>, _peer| {
+            let registry = registry.clone();
+            async move {
+                let response = match request.uri().path() {
+                    agentmesh_api::names::paths::METRICS => hyper::Response::builder()
+                        .header(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(proxy::full_body(metrics::encode(&registry))),
+                    _ => hyper::Response::builder()
+                        .status(404)
+                        .body(proxy::full_body("not found: try /metrics")),
+                };
+                response.expect("valid response")
+            }
+        },
+        shutdown_signal(),
+    )
+    .await;
 }
 
 async fn shutdown_signal() {

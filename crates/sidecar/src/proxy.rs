@@ -255,8 +255,10 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
         connector.set_nodelay(true);
+        // Shorter than the servers' idle timeout (agentmesh_runtime::Limits): a pooled
+        // connection is never reused just as the server closes it.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let peers = Arc::new(Peers::new(
             options.namespace,
@@ -1201,51 +1203,29 @@ fn endpoint(target: &Target, data: &str) -> (String, String) {
 }
 
 /// Serves the proxy on `listener` until `shutdown` resolves; in-flight requests then get
-/// `drain` to finish.
+/// `drain` to finish ([`agentmesh_runtime::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     proxy: Arc<Proxy>,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        continue;
-                    }
-                };
-                let proxy = proxy.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?drain, "calls still in flight after the drain period");
-    }
+    agentmesh_runtime::serve(
+        "proxy",
+        listener,
+        agentmesh_runtime::Plain,
+        agentmesh_runtime::Limits {
+            header_timeout: Duration::from_secs(60),
+            drain,
+            ..agentmesh_runtime::Limits::default()
+        },
+        move |request, peer| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(request, peer).await }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -15,11 +15,13 @@ use agentmesh_identity::keys::{self, Did};
 use agentmesh_identity::registry::MemoryRegistry;
 use agentmesh_identity::{SigningKey, VerifyingKey};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::core::SelectorExt;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -28,45 +30,43 @@ use super::Reconcilers;
 use crate::conditions::condition;
 use crate::context::Context;
 use crate::engine::Engine;
+use crate::index::{Indexes, PodIndex};
 use crate::error::{Error, Result};
 
 const CONTROLLER: &str = "agentidentity";
 
 pub async fn run(shared: Arc<Reconcilers>) {
     let ctx = &shared.ctx;
-    let controller = Controller::new(
-        ctx.watched_api::<AgentIdentity>(),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(
-        ctx.watched_api::<Secret>(),
-        // Only the key Secrets this operator made, not every Secret some tool manages.
-        watcher::Config::default().labels(&format!(
-            "{}={}",
-            names::labels::APP_MANAGED_BY,
-            names::labels::MANAGED_BY_VALUE
-        )),
-    )
-    .watches(
-        ctx.watched_api::<Pod>(),
-        watcher::Config::default().labels(names::labels::IDENTITY),
-        |pod: Pod| {
-            let name = pod.labels().get(names::labels::IDENTITY)?.clone();
-            Some(kube::runtime::reflector::ObjectRef::new(&name).within(&pod.namespace()?))
-        },
-    );
+    let identities = &shared.indexes.identities;
+    // A pod labelled with an identity's name changes how many pods it matches.
+    let pods = shared.indexes.pods.changes().filter_map(|pod| async move {
+        let name = pod.labels.get(names::labels::IDENTITY)?;
+        Some(ObjectRef::new(name).within(&pod.namespace))
+    });
+    let controller = Controller::for_shared_stream(identities.changes(), identities.store.clone())
+        .owns(
+            ctx.watched_api::<Secret>(),
+            // Only the key Secrets this operator made, not every Secret some tool manages.
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                names::labels::APP_MANAGED_BY,
+                names::labels::MANAGED_BY_VALUE
+            )),
+        )
+        .reconcile_on(pods);
     super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
 }
 
 async fn reconcile(identity: Arc<AgentIdentity>, shared: Arc<Reconcilers>) -> Result<Action> {
-    reconcile_inner(&identity, &shared.ctx, &shared.engine).await
+    reconcile_inner(&identity, &shared).await
 }
 
-async fn reconcile_inner(
-    identity: &AgentIdentity,
-    ctx: &Context,
-    engine: &Engine,
-) -> Result<Action> {
+async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Result<Action> {
+    let Reconcilers {
+        ctx,
+        engine,
+        indexes,
+    } = shared;
     let namespace = identity
         .namespace()
         .ok_or(Error::NoNamespace("AgentIdentity"))?;
@@ -101,11 +101,7 @@ async fn reconcile_inner(
         ),
     };
 
-    let identities: Vec<AgentIdentity> =
-        Api::<AgentIdentity>::namespaced(ctx.client.clone(), &namespace)
-            .list(&ListParams::default())
-            .await?
-            .items;
+    let identities = Indexes::in_namespace(&indexes.identities.store, &namespace);
     let (chain, delegation_condition) = match (&identity.spec.delegation, &key) {
         (None, _) => (
             Vec::new(),
@@ -170,7 +166,7 @@ async fn reconcile_inner(
         },
     };
 
-    let pods_matched = count_pods(identity, &namespace, ctx).await?;
+    let pods_matched = count_pods(identity, &namespace, &indexes.pods)?;
     let (did, public_key, secret) = match &key {
         Ok(key) => (
             Some(key.did.to_string()),
@@ -364,7 +360,7 @@ fn max_depth(engine: &Engine, identity: &AgentIdentity) -> usize {
 async fn delegation_chain(
     identity: &AgentIdentity,
     own_did: &Did,
-    identities: &[AgentIdentity],
+    identities: &[Arc<AgentIdentity>],
     ctx: &Context,
     max_depth: usize,
 ) -> std::result::Result<Vec<SignedDelegationLink>, (&'static str, String)> {
@@ -535,25 +531,24 @@ fn reason_of(error: &delegation::DelegationError) -> &'static str {
 }
 
 /// Running pods of the identity: its selector, else the `agentmesh.io/identity` label.
-async fn count_pods(identity: &AgentIdentity, namespace: &str, ctx: &Context) -> Result<i32> {
-    let selector = match &identity.spec.selector {
-        Some(selector) => kube::core::Selector::try_from(selector.clone())
-            .map_err(|e| Error::Invalid(format!("spec.selector: {e}")))?
-            .to_string(),
-        None => format!("{}={}", names::labels::IDENTITY, identity.name_any()),
-    };
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await?;
+fn count_pods(identity: &AgentIdentity, namespace: &str, pods: &PodIndex) -> Result<i32> {
+    let selector = identity
+        .spec
+        .selector
+        .as_ref()
+        .map(|selector| {
+            kube::core::Selector::try_from(selector.clone())
+                .map_err(|e| Error::Invalid(format!("spec.selector: {e}")))
+        })
+        .transpose()?;
+    let name = identity.name_any();
     let running = pods
-        .items
+        .in_namespace(namespace)
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            !matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            )
+        .filter(|pod| pod.running)
+        .filter(|pod| match &selector {
+            Some(selector) => selector.matches(&pod.labels),
+            None => pod.labels.get(names::labels::IDENTITY) == Some(&name),
         })
         .count();
     Ok(running as i32)

@@ -10,8 +10,7 @@ use agentmesh_api::policy::TrustPolicy;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::Store;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::Controller;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -25,10 +24,8 @@ use crate::index::Indexes;
 const CONTROLLER: &str = "trustpolicy";
 
 pub async fn run(shared: Arc<Reconcilers>) {
-    let controller = Controller::new(
-        shared.ctx.watched_api::<TrustPolicy>(),
-        watcher::Config::default().any_semantic(),
-    );
+    let policies = &shared.indexes.policies;
+    let controller = Controller::for_shared_stream(policies.changes(), policies.store.clone());
     super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
 }
 
@@ -36,30 +33,17 @@ async fn reconcile(policy: Arc<TrustPolicy>, shared: Arc<Reconcilers>) -> Result
     reconcile_inner(&policy, &shared.ctx, &shared.indexes).await
 }
 
-/// Every `K` of `namespace` in `store`.
-fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store
-        .state()
-        .into_iter()
-        .filter(|object| object.namespace().as_deref() == Some(namespace))
-        .collect()
-}
-
 async fn reconcile_inner(policy: &TrustPolicy, ctx: &Context, indexes: &Indexes) -> Result<Action> {
     let namespace = policy
         .namespace()
         .ok_or(Error::NoNamespace("TrustPolicy"))?;
     let name = policy.name_any();
-    let mut policies = in_namespace(&indexes.policies, &namespace);
+    let mut policies = Indexes::in_namespace(&indexes.policies.store, &namespace);
     // The index may not have seen this policy yet (the controller's watch is its own).
     if !policies.iter().any(|p| p.name_any() == name) {
         policies.push(Arc::new(policy.clone()));
     }
-    let identities = in_namespace(&indexes.identities, &namespace);
+    let identities = Indexes::in_namespace(&indexes.identities.store, &namespace);
     let governance = governance::evaluate(&policies, &identities);
     let verdict = governance
         .policies

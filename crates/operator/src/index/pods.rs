@@ -7,7 +7,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::{WatchStreamExt, watcher};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// What the engine needs of a pod.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,12 +16,16 @@ pub struct PodInfo {
     pub name: String,
     pub node: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Neither being deleted nor finished (`Succeeded`, `Failed`).
+    pub running: bool,
 }
 
 #[derive(Clone)]
 pub struct PodIndex {
     pods: Arc<RwLock<HashMap<String, PodInfo>>>,
     ready: watch::Sender<bool>,
+    /// Pods that changed what the index keeps of them (before and after), for whoever listens.
+    changes: broadcast::Sender<PodInfo>,
 }
 
 impl Default for PodIndex {
@@ -29,6 +33,7 @@ impl Default for PodIndex {
         Self {
             pods: Arc::default(),
             ready: watch::channel(false).0,
+            changes: broadcast::channel(1024).0,
         }
     }
 }
@@ -45,6 +50,38 @@ impl PodIndex {
             .filter(|(_, p)| p.node.as_deref() == Some(node))
             .map(|(u, p)| (u.clone(), p.clone()))
             .collect()
+    }
+
+    /// The pods of `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<PodInfo> {
+        let pods = self.pods.read().expect("pod index lock");
+        pods.values()
+            .filter(|p| p.namespace == namespace)
+            .cloned()
+            .collect()
+    }
+
+    /// Pods as they change (each change once as it was and once as it is). A reader that
+    /// falls behind misses changes: fine for triggers of reconcilers that also resync.
+    pub fn changes(&self) -> impl futures::Stream<Item = PodInfo> + Send + 'static {
+        futures::stream::unfold(self.changes.subscribe(), |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(pod) => return Some((pod, receiver)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
+    fn changed(&self, before: Option<PodInfo>, after: Option<&PodInfo>) {
+        if before.as_ref() == after {
+            return;
+        }
+        for pod in before.into_iter().chain(after.cloned()) {
+            let _ = self.changes.send(pod);
+        }
     }
 
     pub async fn wait_until_ready(&self) {
@@ -80,12 +117,18 @@ impl PodIndex {
                 }
                 watcher::Event::Apply(pod) => {
                     if let Some((uid, info)) = info(&pod) {
-                        self.pods.write().expect("pod index lock").insert(uid, info);
+                        let before = self
+                            .pods
+                            .write()
+                            .expect("pod index lock")
+                            .insert(uid, info.clone());
+                        self.changed(before, Some(&info));
                     }
                 }
                 watcher::Event::Delete(pod) => {
                     if let Some(uid) = pod.uid() {
-                        self.pods.write().expect("pod index lock").remove(&uid);
+                        let before = self.pods.write().expect("pod index lock").remove(&uid);
+                        self.changed(before, None);
                     }
                 }
             }
@@ -101,6 +144,11 @@ fn info(pod: &Pod) -> Option<(String, PodInfo)> {
             name: pod.name_any(),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             labels: pod.labels().clone(),
+            running: pod.metadata.deletion_timestamp.is_none()
+                && !matches!(
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                ),
         },
     ))
 }

@@ -1,8 +1,6 @@
-//! Plain HTTP/1 serving over hyper, shared by the trust API and the metrics endpoint.
+//! Plain HTTP/1 serving for the trust API and the metrics endpoint, and their responses.
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -11,36 +9,22 @@ use tokio::net::TcpListener;
 
 pub type Body = Full<Bytes>;
 
-/// Serves every connection accepted on `listener` with `handler`, until the task is dropped.
-pub async fn serve<H, F>(listener: TcpListener, handler: H)
+/// Serves plain HTTP on `listener` with `handler` until SIGTERM, then drains
+/// ([`agentmesh_runtime::serve`]: header and idle timeout, connection cap, a span per request).
+pub async fn serve<H, F>(name: &'static str, listener: TcpListener, handler: H)
 where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let handler = Arc::new(handler);
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                continue;
-            }
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = handler(request);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
-    }
+    agentmesh_runtime::serve(
+        name,
+        listener,
+        agentmesh_runtime::Plain,
+        agentmesh_runtime::Limits::default(),
+        move |request, _peer| handler(request),
+        super::shutdown_signal(),
+    )
+    .await;
 }
 
 /// A JSON response.

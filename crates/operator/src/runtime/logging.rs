@@ -1,21 +1,7 @@
-//! Logs: `tracing`, JSON when `AGENTMESH_LOG_FORMAT=json`, level from `AGENTMESH_LOG_LEVEL`
-//! (`RUST_LOG` refines it when set).
+//! Logs: see [`agentmesh_runtime::logging`] (one initialiser for every component).
 
-use agentmesh_api::settings::{LogFormat, Settings};
-use tracing_subscriber::EnvFilter;
+use agentmesh_api::settings::Settings;
 
 pub fn init(settings: &Settings) {
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(settings.log_level.as_directive()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
+    agentmesh_runtime::logging::init(settings.log_level, settings.log_format);
 }

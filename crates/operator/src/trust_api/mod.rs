@@ -45,7 +45,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, engine: Arc<OnceLoc
         auth: Authenticator::default(),
         forwarder: Forwarder::default(),
     });
-    http::serve(listener, move |request| server.clone().route(request)).await;
+    http::serve("trust-api", listener, move |request| {
+        server.clone().route(request)
+    })
+    .await;
 }
 
 impl Server {

@@ -28,8 +28,7 @@ use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::net::TcpListener;
 
 use crate::context::Context;
@@ -77,24 +76,11 @@ impl Identities {
         }
     }
 
-    /// Identities from the API, cached by a reflector over the watched namespaces.
-    pub fn watched(ctx: &Context) -> Self {
-        let (reader, writer) = reflector::store();
-        let api: Api<AgentIdentity> = ctx.watched_api();
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-        tokio::spawn(async move {
-            stream
-                .for_each(|event| async move {
-                    if let Err(error) = event {
-                        tracing::debug!(%error, "webhook: AgentIdentity watch");
-                    }
-                })
-                .await;
-        });
+    /// Identities from the shared index ([`crate::index`]), and the API for what it does not
+    /// hold yet.
+    pub fn watched(ctx: &Context, store: Store<AgentIdentity>) -> Self {
         Self {
-            store: Some(reader),
+            store: Some(store),
             client: Some(ctx.client.clone()),
             fixed: HashMap::new(),
             auto_create: ctx.config.args.auto_create_identities,
@@ -419,7 +405,11 @@ pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
 
 /// Binds the webhook's port and starts, on this replica, the HTTPS server, the certificate and
 /// configuration manager, and the AgentIdentity cache.
-pub async fn start(ctx: Arc<Context>) -> anyhow::Result<()> {
+pub async fn start(
+    ctx: Arc<Context>,
+    identities: Store<AgentIdentity>,
+    servers: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
     let args = &ctx.config.args;
     let version = ctx
         .client
@@ -430,7 +420,12 @@ pub async fn start(ctx: Arc<Context>) -> anyhow::Result<()> {
     let settings = Settings {
         image: args.sidecar_image.clone(),
         native_sidecar,
-        resources: args.sidecar_resources(),
+        resources: inject::Resources {
+            requests_cpu: args.sidecar_cpu_request.clone(),
+            requests_memory: args.sidecar_memory_request.clone(),
+            limits_cpu: args.sidecar_cpu_limit.clone(),
+            limits_memory: args.sidecar_memory_limit.clone(),
+        },
         trust_api_url: args.trust_api_url.clone(),
         operator_namespace: args.namespace.clone(),
     };
@@ -480,11 +475,16 @@ pub async fn start(ctx: Arc<Context>) -> anyhow::Result<()> {
     let acceptor = server::acceptor(store.clone())?;
     let injector = Arc::new(Injector::new(
         settings,
-        Identities::watched(&ctx),
+        Identities::watched(&ctx, identities),
         ctx.metrics.clone(),
         Some(ctx.clone()),
     ));
-    tokio::spawn(server::serve(listener, acceptor, injector));
+    servers.spawn(server::serve(
+        listener,
+        acceptor,
+        injector,
+        crate::runtime::shutdown_signal(),
+    ));
     let manager = certs::Manager {
         ctx: ctx.clone(),
         store,

@@ -24,8 +24,6 @@ use super::review::BadRequest;
 pub const PATH: &str = "/inject";
 /// Largest body accepted: the API server's own request limit is 3 MiB.
 pub const MAX_BODY: usize = 6 * 1024 * 1024;
-/// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The serving certificate in force, read at every handshake.
 #[derive(Debug, Default)]
@@ -157,38 +155,36 @@ pub async fn handle<R: Reviewer>(reviewer: &R, request: Request<Incoming>) -> Re
     }
 }
 
-/// Serves every connection accepted on `listener` until the task is dropped.
-pub async fn serve<R: Reviewer>(listener: TcpListener, acceptor: TlsAcceptor, reviewer: Arc<R>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "webhook: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+/// TLS with the webhook's certificate (re-read for each connection).
+#[derive(Clone)]
+struct Tls(TlsAcceptor);
+
+impl agentmesh_runtime::Accept for Tls {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    async fn accept(&self, stream: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
         let _ = stream.set_nodelay(true);
-        let (acceptor, reviewer) = (acceptor.clone(), reviewer.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, "webhook: TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = hyper::service::service_fn(move |request| {
-                let reviewer = reviewer.clone();
-                async move { Ok::<_, Infallible>(handle(&*reviewer, request).await) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%error, "webhook: connection ended with an error");
-            }
-        });
+        self.0.accept(stream).await
     }
+}
+
+/// Serves AdmissionReviews over TLS on `listener` until `shutdown`, then drains
+/// ([`agentmesh_runtime::serve`]; a TLS handshake must end within the header timeout).
+pub async fn serve<R: Reviewer>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    reviewer: Arc<R>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    agentmesh_runtime::serve(
+        "webhook",
+        listener,
+        Tls(acceptor),
+        agentmesh_runtime::Limits::default(),
+        move |request, _peer| {
+            let reviewer = reviewer.clone();
+            async move { handle(&*reviewer, request).await }
+        },
+        shutdown,
+    )
+    .await;
 }

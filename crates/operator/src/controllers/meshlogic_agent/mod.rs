@@ -14,7 +14,12 @@
 //!
 //! Deleting the namespaced objects is the garbage collector's work, not the operator's.
 
-pub mod resources;
+pub mod agent;
+pub mod daemon_set;
+pub mod monitoring;
+pub mod rbac;
+#[cfg(test)]
+mod tests;
 pub mod status;
 
 use std::fmt::Debug;
@@ -40,7 +45,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use self::resources::{Agent, OperatorSettings};
+use self::agent::{Agent, OperatorSettings};
 use self::status::Rollout;
 use super::Reconcilers;
 use crate::context::Context;
@@ -148,41 +153,41 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     // removes it with the agent (the operator holds no right to delete ServiceAccounts).
     let account_name = agent.service_account_name();
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    if resources::creates_service_account(&agent) {
+    if rbac::creates_service_account(&agent) {
         server_side_apply(
             &accounts,
             &account_name,
-            &resources::service_account(&agent),
+            &rbac::service_account(&agent),
         )
         .await?;
     }
     server_side_apply(
         &Api::all(client.clone()),
         &rbac_name,
-        &resources::cluster_role(&agent),
+        &rbac::cluster_role(&agent),
     )
     .await?;
     server_side_apply(
         &Api::all(client.clone()),
         &rbac_name,
-        &resources::cluster_role_binding(&agent),
+        &rbac::cluster_role_binding(&agent),
     )
     .await?;
-    let config = resources::config_json(&agent)?;
+    let config = daemon_set::config_json(&agent)?;
     server_side_apply(
         &Api::namespaced(client.clone(), namespace),
         &agent.config_map_name(),
-        &resources::config_map(&agent, &config),
+        &daemon_set::config_map(&agent, &config),
     )
     .await?;
 
-    let desired = resources::daemon_set(&agent, &settings, &config)?;
+    let desired = daemon_set::daemon_set(&agent, &settings, &config)?;
     let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
     let before = daemon_sets.get_opt(&probe_name).await?;
     let applied = server_side_apply(&daemon_sets, &probe_name, &desired).await?;
     let reference = resource.object_ref(&());
-    let new_hash = resources::template_hash(&desired).unwrap_or_default();
-    match before.as_ref().map(resources::template_hash) {
+    let new_hash = daemon_set::template_hash(&desired).unwrap_or_default();
+    match before.as_ref().map(daemon_set::template_hash) {
         None => {
             ctx.event(
                 &reference,
@@ -212,122 +217,11 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
         Some(_) => {}
     }
 
-    reconcile_service_monitor(&agent, ctx).await?;
+    monitoring::reconcile(&agent, ctx).await?;
 
     let rollout = Rollout::of(Some(&applied));
     write_status(resource, &agent, &rollout, ctx).await?;
     Ok(Action::requeue(RESYNC))
-}
-
-/// The Prometheus Operator's ServiceMonitors in `namespace`.
-fn service_monitors(ctx: &Context, namespace: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(
-        resources::SERVICE_MONITOR_GROUP,
-        resources::SERVICE_MONITOR_VERSION,
-        "ServiceMonitor",
-    );
-    let monitor_type = ApiResource::from_gvk_with_plural(&gvk, resources::SERVICE_MONITOR_PLURAL);
-    Api::namespaced_with(ctx.client.clone(), namespace, &monitor_type)
-}
-
-/// Deletes the ServiceMonitor the agent `namespace/name` (`uid`) has in `monitor_namespace`, if
-/// it made one there: owned by it beside it, annotated with it elsewhere. A cluster without the
-/// ServiceMonitor CRD has none to delete.
-async fn delete_service_monitor(
-    ctx: &Context,
-    (namespace, name, uid): (&str, &str, &str),
-    monitor_namespace: &str,
-) -> Result<bool> {
-    let monitors = service_monitors(ctx, monitor_namespace);
-    let monitor_name = resources::service_monitor_name(namespace, name, monitor_namespace);
-    let deleted = if monitor_namespace == namespace {
-        delete_controlled(&monitors, &monitor_name, uid).await
-    } else {
-        delete_owned(&monitors, &monitor_name, &format!("{namespace}/{name}")).await
-    };
-    match deleted {
-        Err(Error::Kube(kube::Error::Api(response))) if response.code == 404 => Ok(false),
-        other => other,
-    }
-}
-
-/// Where the agent's ServiceMonitor was last put, as its metrics Service (if this agent made
-/// it) remembers: the annotated namespace, else the agent's own; `None` without the Service.
-fn previous_monitor_namespace(
-    service: Option<&Service>,
-    agent_namespace: &str,
-    uid: &str,
-) -> Option<String> {
-    let service = service.filter(|service| {
-        service
-            .owner_references()
-            .iter()
-            .any(|owner| owner.controller == Some(true) && owner.uid == uid)
-    })?;
-    Some(
-        service
-            .annotations()
-            .get(annotations::SERVICE_MONITOR_NAMESPACE)
-            .cloned()
-            .unwrap_or_else(|| agent_namespace.to_owned()),
-    )
-}
-
-/// The metrics Service and ServiceMonitor, when `metrics.serviceMonitor.enabled` (and
-/// metrics are on); removed when no longer asked for, and the monitor moved when its namespace
-/// changes. Without the Prometheus Operator's CRD the agent gets a Warning Event and the rest
-/// of it proceeds.
-async fn reconcile_service_monitor(agent: &Agent<'_>, ctx: &Context) -> Result<()> {
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), agent.namespace);
-    let service_name = agent.metrics_service_name();
-    let uid = agent.resource.metadata.uid.as_deref().unwrap_or_default();
-    let owner = (agent.namespace, agent.name, uid);
-    // The Service and the monitor are made together; one GET tells whether there is a monitor,
-    // and where.
-    let service = services.get_opt(&service_name).await?;
-    let previous = previous_monitor_namespace(service.as_ref(), agent.namespace, uid);
-
-    if !resources::wants_service_monitor(agent) {
-        if let Some(previous) = previous {
-            delete_service_monitor(ctx, owner, &previous).await?;
-            delete_controlled(&services, &service_name, uid).await?;
-        }
-        return Ok(());
-    }
-    let monitor_namespace = agent.service_monitor_namespace();
-    if let Some(previous) = previous.filter(|previous| previous != monitor_namespace) {
-        delete_service_monitor(ctx, owner, &previous).await?;
-    }
-    server_side_apply(&services, &service_name, &resources::metrics_service(agent)).await?;
-    let params = PatchParams::apply(names::FIELD_MANAGER).force();
-    let monitor = resources::service_monitor(agent);
-    let monitor_name = resources::service_monitor_name_of(agent);
-    match service_monitors(ctx, monitor_namespace)
-        .patch(&monitor_name, &params, &Patch::Apply(&monitor))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(response)) if response.code == 404 => {
-            ctx.event(
-                &agent.resource.object_ref(&()),
-                EventType::Warning,
-                "ServiceMonitorUnavailable",
-                "Apply",
-                // Not found: the ServiceMonitor type, or the namespace asked for.
-                format!(
-                    "metrics.serviceMonitor.enabled is true but ServiceMonitor \
-                     {monitor_namespace}/{monitor_name} cannot be made: {} (does the cluster \
-                     serve monitoring.coreos.com/v1 ServiceMonitors, from the Prometheus \
-                     Operator, and is there such a namespace?); the probe pods keep their \
-                     prometheus.io annotations",
-                    response.message
-                ),
-            )
-            .await;
-            Ok(())
-        }
-        Err(error) => Err(error.into()),
-    }
 }
 
 /// Deletes `name` if it exists and this agent (`uid`) is its controller; whether it did.
@@ -447,21 +341,21 @@ async fn cleanup(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     // (foreground deletion removes it first): the spec is then all there is to go by.
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
     let service = services
-        .get_opt(&resources::metrics_service_name(&name))
+        .get_opt(&agent::metrics_service_name(&name))
         .await?;
     let mut monitor_namespaces: Vec<String> =
-        previous_monitor_namespace(service.as_ref(), &namespace, uid)
+        monitoring::previous_monitor_namespace(service.as_ref(), &namespace, uid)
             .into_iter()
             .collect();
     monitor_namespaces.extend(resource.spec.metrics.service_monitor.namespace.clone());
     monitor_namespaces.retain(|monitor_namespace| *monitor_namespace != namespace);
     monitor_namespaces.dedup();
     for monitor_namespace in &monitor_namespaces {
-        if delete_service_monitor(ctx, (&namespace, &name, uid), monitor_namespace).await? {
+        if monitoring::delete_service_monitor(ctx, (&namespace, &name, uid), monitor_namespace).await? {
             tracing::info!(agent = %owner, namespace = %monitor_namespace, "deleted ServiceMonitor");
         }
     }
-    let rbac_name = resources::cluster_rbac_name(&namespace, &name);
+    let rbac_name = agent::cluster_rbac_name(&namespace, &name);
     let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
     let roles: Api<ClusterRole> = Api::all(ctx.client.clone());
     let deleted_binding = delete_owned(&bindings, &rbac_name, &owner).await?;
@@ -479,48 +373,4 @@ async fn cleanup(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     }
     tracing::info!(agent = %owner, "cleaned up cluster-scoped RBAC");
     Ok(Action::await_change())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-
-    fn service(uid: &str, monitor_namespace: Option<&str>) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                owner_references: Some(vec![OwnerReference {
-                    uid: uid.into(),
-                    controller: Some(true),
-                    ..Default::default()
-                }]),
-                annotations: monitor_namespace.map(|namespace| {
-                    [(
-                        annotations::SERVICE_MONITOR_NAMESPACE.to_owned(),
-                        namespace.to_owned(),
-                    )]
-                    .into()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn the_metrics_service_tells_where_the_monitor_was_put() {
-        let previous =
-            |service: Option<&Service>| previous_monitor_namespace(service, "team", "uid-1");
-        assert_eq!(previous(None), None);
-        assert_eq!(
-            previous(Some(&service("uid-1", None))).as_deref(),
-            Some("team")
-        );
-        assert_eq!(
-            previous(Some(&service("uid-1", Some("monitoring")))).as_deref(),
-            Some("monitoring")
-        );
-        // A Service this agent does not control says nothing.
-        assert_eq!(previous(Some(&service("uid-2", Some("monitoring")))), None);
-    }
 }

@@ -1,0 +1,210 @@
+//! One MeshLogicAgent, checked once (name, namespace, owner reference), and the names and
+//! labels of everything made for it. The objects themselves are built, as pure functions of the
+//! agent and the operator's settings, in [`super::rbac`], [`super::daemon_set`] and
+//! [`super::monitoring`]; the reconciler applies them.
+
+use std::collections::BTreeMap;
+
+use agentmesh_api::MeshLogicAgent;
+use agentmesh_api::meshlogic::{HealthSettings, PullPolicy};
+use agentmesh_api::names::{self, annotations, labels, paths, probe_env};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Name of the probe container.
+pub const CONTAINER: &str = "meshlogic-agent";
+/// Name of the container port of `/metrics` and the health endpoints.
+pub const METRICS_PORT_NAME: &str = "metrics";
+
+/// What the built objects need from the operator's own configuration.
+#[derive(Clone, Debug)]
+pub struct OperatorSettings {
+    /// Image tag when the MeshLogicAgent names none (the operator's version).
+    pub default_image_tag: String,
+    /// URL at which probes reach the trust API.
+    pub trust_api_url: String,
+}
+
+/// The identity of one MeshLogicAgent, checked once: name, namespace, and the owner reference
+/// its namespaced objects carry.
+#[derive(Clone, Debug)]
+pub struct Agent<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub resource: &'a MeshLogicAgent,
+    owner: OwnerReference,
+}
+
+impl<'a> Agent<'a> {
+    pub fn new(resource: &'a MeshLogicAgent) -> Result<Self> {
+        let name = resource
+            .metadata
+            .name
+            .as_deref()
+            .ok_or_else(|| Error::Invalid("MeshLogicAgent without a name".into()))?;
+        let namespace = resource
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or(Error::NoNamespace("MeshLogicAgent"))?;
+        let owner = resource.controller_owner_ref(&()).ok_or_else(|| {
+            Error::Invalid(format!("MeshLogicAgent {namespace}/{name} has no uid yet"))
+        })?;
+        Ok(Self {
+            name,
+            namespace,
+            resource,
+            owner,
+        })
+    }
+
+    /// `namespace/name`, as probes name their agent in reports.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Name of the DaemonSet, and of the ServiceAccount unless `serviceAccount.name` says
+    /// otherwise.
+    pub fn probe_name(&self) -> String {
+        format!("{}-probe", self.name)
+    }
+
+    /// Name of the probe's ServiceAccount: `serviceAccount.name`, else [`Self::probe_name`].
+    pub fn service_account_name(&self) -> String {
+        self.resource
+            .spec
+            .service_account
+            .name
+            .clone()
+            .unwrap_or_else(|| self.probe_name())
+    }
+
+    /// Namespace of the ServiceMonitor: `metrics.serviceMonitor.namespace`, else the agent's.
+    pub fn service_monitor_namespace(&self) -> &str {
+        self.resource
+            .spec
+            .metrics
+            .service_monitor
+            .namespace
+            .as_deref()
+            .unwrap_or(self.namespace)
+    }
+
+    /// Name of the headless Service of the probes' `/metrics` (for a ServiceMonitor).
+    pub fn metrics_service_name(&self) -> String {
+        metrics_service_name(self.name)
+    }
+
+    /// Name of the ConfigMap.
+    pub fn config_map_name(&self) -> String {
+        format!("{}-probe-config", self.name)
+    }
+
+    /// Name of the ClusterRole and ClusterRoleBinding: cluster-wide, so it names the
+    /// namespace too. A namespace holds no `:`, so two agents never share one.
+    pub fn cluster_rbac_name(&self) -> String {
+        cluster_rbac_name(self.namespace, self.name)
+    }
+
+    /// Labels of every object made for this agent.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut all = self.selector_labels();
+        all.insert(labels::APP_PART_OF.into(), labels::PART_OF_VALUE.into());
+        all.insert(
+            labels::APP_MANAGED_BY.into(),
+            labels::MANAGED_BY_VALUE.into(),
+        );
+        all.insert(labels::APP_COMPONENT.into(), labels::PROBE_COMPONENT.into());
+        all
+    }
+
+    /// The DaemonSet's selector (immutable once created): the seed's name label and the
+    /// instance.
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::APP_NAME.into(), labels::PROBE_APP_NAME.into()),
+            (labels::APP_INSTANCE.into(), label_value(self.name)),
+        ])
+    }
+
+    fn namespaced_meta(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_owned()),
+            labels: Some(self.labels()),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..Default::default()
+        }
+    }
+
+    fn cluster_meta(&self) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.cluster_rbac_name()),
+            labels: Some(self.labels()),
+            annotations: Some(BTreeMap::from([(annotations::OWNER.into(), self.key())])),
+            ..Default::default()
+        }
+    }
+}
+
+/// Name of the ClusterRole and ClusterRoleBinding of the agent `namespace/name`.
+pub fn cluster_rbac_name(namespace: &str, name: &str) -> String {
+    format!("meshlogic-probe:{namespace}:{name}")
+}
+
+/// Name of the metrics Service of the agent `name`.
+pub fn metrics_service_name(name: &str) -> String {
+    format!("{name}-probe-metrics")
+}
+
+/// Name of the ServiceMonitor of the agent `namespace/name` when it lives in `monitor_namespace`:
+/// `<name>-probe` beside the agent; elsewhere `<namespace>.<name>-probe`, so that agents of two
+/// namespaces never share one (a namespace holds no `.`), shortened with a hash past 253
+/// characters.
+pub fn service_monitor_name(namespace: &str, name: &str, monitor_namespace: &str) -> String {
+    if monitor_namespace == namespace {
+        return format!("{name}-probe");
+    }
+    let full = format!("{namespace}.{name}-probe");
+    if full.len() <= 253 {
+        return full;
+    }
+    let digest = hex(&Sha256::digest(full.as_bytes()));
+    let prefix: String = full.chars().take(240).collect();
+    format!("{}-{}", prefix.trim_end_matches(['-', '.']), &digest[..10])
+}
+
+/// A label value for `name`: itself when it fits in 63 characters, else a prefix and a hash,
+/// so that every name gets a distinct, valid value.
+pub fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_owned();
+    }
+    let digest = hex(&Sha256::digest(name.as_bytes()));
+    let prefix: String = name.chars().take(52).collect();
+    format!(
+        "{}-{}",
+        prefix.trim_end_matches(['-', '.', '_']),
+        &digest[..10]
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether the operator makes the probe's ServiceAccount (`serviceAccount.create`), rather than
+/// use an existing one.
