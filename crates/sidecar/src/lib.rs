@@ -19,7 +19,7 @@ pub mod sse;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_api::settings::{LogFormat, Settings};
+use agentmesh_api::settings::Settings;
 use agentmesh_identity::SigningKey;
 use agentmesh_identity::keyfile::{KeyLoadError, private_key_from_env_value};
 use tokio::net::TcpListener;

@@ -14,13 +14,14 @@ use agentmesh_identity::delegation::{self, DelegationLink};
 use agentmesh_identity::keys::{self, Did};
 use agentmesh_identity::registry::MemoryRegistry;
 use agentmesh_identity::{SigningKey, VerifyingKey};
+use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::SelectorExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::core::SelectorExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
@@ -30,8 +31,8 @@ use super::Reconcilers;
 use crate::conditions::condition;
 use crate::context::Context;
 use crate::engine::Engine;
-use crate::index::{Indexes, PodIndex};
 use crate::error::{Error, Result};
+use crate::index::{Indexes, PodIndex};
 
 const CONTROLLER: &str = "agentidentity";
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use agentmesh_api::names::{self, conditions as types};
 use agentmesh_api::policy::TrustPolicy;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::Controller;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 

@@ -62,7 +62,7 @@ where
 {
     /// Starts the watch of `api` (for as long as the process runs); returns at once.
     pub fn start(api: kube::Api<DeserializeGuard<K>>, metrics: Arc<Metrics>) -> Self {
-        let (store, mut writer) = reflector::store_shared(CHANGES_BUFFER);
+        let (store, writer) = reflector::store_shared(CHANGES_BUFFER);
         let subscriber = writer.subscribe().expect("shared stores have subscribers");
         let (changes, _) = broadcast::channel(CHANGES_BUFFER);
         // Read at once, whether anyone listens or not, so the watch never waits on a reader.

@@ -23,7 +23,6 @@ use std::time::Duration;
 use agentmesh_api::identity::{AgentIdentity, AgentIdentitySpec};
 use agentmesh_api::names::{FIELD_MANAGER, labels, objects};
 use anyhow::Context as _;
-use futures::StreamExt;
 use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, ObjectMeta, PostParams};

@@ -3,10 +3,8 @@
 //! manager updates on rotation: a new certificate is in use from the next connection, without a
 //! restart; connections already open keep the one they were made with.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};

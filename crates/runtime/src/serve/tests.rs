@@ -70,7 +70,11 @@ async fn a_silent_or_idle_connection_is_closed_after_the_header_timeout() {
     // Says nothing: closed.
     let mut silent = TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
-    assert!(read_all(&mut silent, Duration::from_secs(5)).await.is_some());
+    assert!(
+        read_all(&mut silent, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
     assert!(started.elapsed() >= Duration::from_millis(250));
     // Half a head, then nothing: closed.
     let mut slow = TcpStream::connect(addr).await.unwrap();
@@ -79,7 +83,11 @@ async fn a_silent_or_idle_connection_is_closed_after_the_header_timeout() {
     // A served keep-alive connection left idle: closed too.
     let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(GET).await.unwrap();
-    assert!(read_response(&mut idle, Duration::from_secs(5)).await.is_some());
+    assert!(
+        read_response(&mut idle, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
     assert!(read_all(&mut idle, Duration::from_secs(5)).await.is_some());
 }
 
@@ -92,7 +100,11 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
     let (addr, _stop) = start(limits, Duration::ZERO).await;
     let mut first = TcpStream::connect(addr).await.unwrap();
     first.write_all(GET).await.unwrap();
-    assert!(read_response(&mut first, Duration::from_secs(5)).await.is_some());
+    assert!(
+        read_response(&mut first, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
     // The first is still open (keep-alive): the second is not served.
     let mut second = TcpStream::connect(addr).await.unwrap();
     second.write_all(GET).await.unwrap();
@@ -116,7 +128,9 @@ async fn shutdown_lets_the_request_in_flight_finish_and_takes_no_new_one() {
     in_flight.write_all(GET).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.send(()).unwrap();
-    let answered = read_all(&mut in_flight, Duration::from_secs(5)).await.unwrap();
+    let answered = read_all(&mut in_flight, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(answered.contains("hello 127.0.0.1"), "{answered}");
     // The listener is closed.
     tokio::time::sleep(Duration::from_millis(100)).await;

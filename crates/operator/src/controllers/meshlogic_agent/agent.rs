@@ -6,20 +6,9 @@
 use std::collections::BTreeMap;
 
 use agentmesh_api::MeshLogicAgent;
-use agentmesh_api::meshlogic::{HealthSettings, PullPolicy};
-use agentmesh_api::names::{self, annotations, labels, paths, probe_env};
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
-};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use agentmesh_api::names::{annotations, labels};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -140,7 +129,7 @@ impl<'a> Agent<'a> {
         ])
     }
 
-    fn namespaced_meta(&self, name: String) -> ObjectMeta {
+    pub(super) fn namespaced_meta(&self, name: String) -> ObjectMeta {
         ObjectMeta {
             name: Some(name),
             namespace: Some(self.namespace.to_owned()),
@@ -150,7 +139,7 @@ impl<'a> Agent<'a> {
         }
     }
 
-    fn cluster_meta(&self) -> ObjectMeta {
+    pub(super) fn cluster_meta(&self) -> ObjectMeta {
         ObjectMeta {
             name: Some(self.cluster_rbac_name()),
             labels: Some(self.labels()),
@@ -202,9 +191,6 @@ pub fn label_value(name: &str) -> String {
     )
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-
-/// Whether the operator makes the probe's ServiceAccount (`serviceAccount.create`), rather than
-/// use an existing one.

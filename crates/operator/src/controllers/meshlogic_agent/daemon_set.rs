@@ -3,27 +3,26 @@
 
 use std::collections::BTreeMap;
 
-use agentmesh_api::MeshLogicAgent;
 use agentmesh_api::meshlogic::{HealthSettings, PullPolicy};
-use agentmesh_api::names::{self, annotations, labels, paths, probe_env};
+use agentmesh_api::names::{annotations, paths, probe_env};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 use super::agent::*;
 
+/// The probe's configuration file: `{"agent": "<namespace>/<name>", "spec": <the spec>}`, the
+/// format `meshlogic-probe --config` reads. Deterministic: the same spec gives the same bytes.
 pub fn config_json(agent: &Agent) -> Result<String> {
     Ok(serde_json::to_string(&json!({
         "agent": agent.key(),
@@ -58,7 +57,7 @@ fn pull_policy(policy: PullPolicy) -> &'static str {
     }
 }
 
-fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+pub(super) fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -189,7 +188,7 @@ fn security_context(privileged: bool, extra_capabilities: &[String]) -> Security
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -393,4 +392,3 @@ pub fn template_hash(daemon_set: &DaemonSet) -> Option<&str> {
         .get(annotations::CONFIG_HASH)
         .map(String::as_str)
 }
-

@@ -18,9 +18,9 @@ pub mod agent;
 pub mod daemon_set;
 pub mod monitoring;
 pub mod rbac;
+pub mod status;
 #[cfg(test)]
 mod tests;
-pub mod status;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -33,9 +33,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
-};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event, finalizer};
@@ -154,12 +152,7 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     let account_name = agent.service_account_name();
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     if rbac::creates_service_account(&agent) {
-        server_side_apply(
-            &accounts,
-            &account_name,
-            &rbac::service_account(&agent),
-        )
-        .await?;
+        server_side_apply(&accounts, &account_name, &rbac::service_account(&agent)).await?;
     }
     server_side_apply(
         &Api::all(client.clone()),
@@ -351,7 +344,9 @@ async fn cleanup(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     monitor_namespaces.retain(|monitor_namespace| *monitor_namespace != namespace);
     monitor_namespaces.dedup();
     for monitor_namespace in &monitor_namespaces {
-        if monitoring::delete_service_monitor(ctx, (&namespace, &name, uid), monitor_namespace).await? {
+        if monitoring::delete_service_monitor(ctx, (&namespace, &name, uid), monitor_namespace)
+            .await?
+        {
             tracing::info!(agent = %owner, namespace = %monitor_namespace, "deleted ServiceMonitor");
         }
     }

@@ -3,33 +3,23 @@
 
 use std::collections::BTreeMap;
 
-use agentmesh_api::MeshLogicAgent;
-use agentmesh_api::meshlogic::{HealthSettings, PullPolicy};
-use agentmesh_api::names::{self, annotations, labels, paths, probe_env};
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
-};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use agentmesh_api::names::{self, annotations, labels, paths};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::runtime::events::EventType;
 use kube::ResourceExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::events::EventType;
 
 use super::agent::*;
-use super::{delete_controlled, server_side_apply};
+use super::{delete_controlled, delete_owned, server_side_apply};
 use crate::context::Context;
 
+/// Whether the spec asks for a Prometheus Operator ServiceMonitor (and metrics are on).
 pub fn wants_service_monitor(agent: &Agent) -> bool {
     let metrics = &agent.resource.spec.metrics;
     metrics.enabled && metrics.service_monitor.enabled
@@ -115,9 +105,6 @@ pub fn service_monitor(agent: &Agent) -> serde_json::Value {
         },
     })
 }
-
-/// The probe's configuration file: `{"agent": "<namespace>/<name>", "spec": <the spec>}`, the
-/// format `meshlogic-probe --config` reads. Deterministic: the same spec gives the same bytes.
 
 /// The Prometheus Operator's ServiceMonitors in `namespace`.
 pub(super) fn service_monitors(ctx: &Context, namespace: &str) -> Api<DynamicObject> {

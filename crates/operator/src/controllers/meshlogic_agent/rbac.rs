@@ -1,29 +1,14 @@
 //! The probe's ServiceAccount (unless the agent names an existing one), and the ClusterRole and
 //! ClusterRoleBinding that let it read pods and create reports.
 
-use std::collections::BTreeMap;
-
-use agentmesh_api::MeshLogicAgent;
-use agentmesh_api::meshlogic::{HealthSettings, PullPolicy};
-use agentmesh_api::names::{self, annotations, labels, paths, probe_env};
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
-};
+use agentmesh_api::names::{self};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
-use serde_json::json;
-use sha2::{Digest, Sha256};
-
-use crate::error::{Error, Result};
 
 use super::agent::*;
 
+/// Whether the operator makes the probe's ServiceAccount (`serviceAccount.create`), rather than
+/// use an existing one.
 pub fn creates_service_account(agent: &Agent) -> bool {
     agent.resource.spec.service_account.create
 }
@@ -83,5 +68,3 @@ pub fn cluster_role_binding(agent: &Agent) -> ClusterRoleBinding {
         }]),
     }
 }
-
-/// Whether the spec asks for a Prometheus Operator ServiceMonitor (and metrics are on).

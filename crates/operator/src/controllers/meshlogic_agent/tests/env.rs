@@ -92,8 +92,7 @@ fn resources_default_to_the_seed_values_and_follow_the_spec() {
     assert_eq!(get(&resources.limits, "memory"), "256Mi");
 
     // A spec parsed without `resources` gets the same defaults.
-    let spec: MeshLogicAgentSpec =
-        serde_json::from_value(json!({"customerId": "acme"})).unwrap();
+    let spec: MeshLogicAgentSpec = serde_json::from_value(json!({"customerId": "acme"})).unwrap();
     let ds = built(&resource(spec));
     assert_eq!(pod_spec(&ds).containers[0].resources, Some(resources));
 

@@ -3,7 +3,7 @@
 
 mod env;
 mod monitoring;
-mod names;
+mod naming;
 mod pod;
 mod rbac;
 
@@ -13,7 +13,18 @@ use super::agent::*;
 use super::daemon_set::*;
 use super::monitoring::*;
 use super::rbac::*;
-use agentmesh_api::MeshLogicAgentSpec;
+use agentmesh_api::meshlogic::PullPolicy;
+use agentmesh_api::names::{annotations, probe_env};
+use agentmesh_api::{MeshLogicAgent, MeshLogicAgentSpec};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, LocalObjectReference, PodSpec, Probe, Service, Volume,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
 use agentmesh_api::meshlogic::{LogLevel, LoggingSettings};
 use k8s_openapi::api::apps::v1::{DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{

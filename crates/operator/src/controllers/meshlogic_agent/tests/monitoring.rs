@@ -135,8 +135,7 @@ fn service(uid: &str, monitor_namespace: Option<&str>) -> Service {
 
 #[test]
 fn the_metrics_service_tells_where_the_monitor_was_put() {
-    let previous =
-        |service: Option<&Service>| previous_monitor_namespace(service, "team", "uid-1");
+    let previous = |service: Option<&Service>| previous_monitor_namespace(service, "team", "uid-1");
     assert_eq!(previous(None), None);
     assert_eq!(
         previous(Some(&service("uid-1", None))).as_deref(),
