@@ -50,10 +50,7 @@ impl Context {
         K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
         K::DynamicType: Default,
     {
-        match &self.config.args.watch_namespace {
-            Some(namespace) => kube::Api::namespaced(self.client.clone(), namespace),
-            None => kube::Api::all(self.client.clone()),
-        }
+        crate::index::api(&self.client, self.config.args.watch_namespace.as_deref())
     }
 
     /// Why this replica must not get traffic yet, if it must not: a webhook without its
@@ -70,19 +67,5 @@ impl Context {
     /// Whether this replica leads: only the leader writes status and ingests reports.
     pub fn is_leader(&self) -> bool {
         *self.leading.borrow()
-    }
-
-    /// Publishes a Kubernetes Event about `object`; a failure is logged, never fatal.
-    pub async fn event(
-        &self,
-        object: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        self.events
-            .publish(object, type_, reason, action, note)
-            .await;
     }
 }

@@ -109,6 +109,38 @@ pub async fn run<K, F, Fut>(
         .await;
 }
 
+/// Writes `desired`, the status fields a reconciler owns, with server-side apply under the
+/// operator's field manager, unless `current` (the same fields as status holds them) already
+/// equals it; whether it wrote. Conditions keep their transition time while their status holds
+/// ([`crate::conditions::condition`]), so an unchanged status compares equal and is never
+/// rewritten: a reconciler is not woken by its own writes.
+pub async fn apply_status<K, S>(
+    api: &kube::Api<K>,
+    name: &str,
+    current: Option<&S>,
+    desired: &S,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(desired) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": desired,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(agentmesh_api::names::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
 fn key_of<K: Resource>(object: &K) -> String {
     match object.namespace() {
         Some(namespace) => format!("{namespace}/{}", object.name_any()),

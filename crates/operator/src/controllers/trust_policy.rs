@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_api::names::{self, conditions as types};
-use agentmesh_api::policy::TrustPolicy;
+use agentmesh_api::common::find_condition;
+use agentmesh_api::policy::{TrustPolicy, TrustPolicyStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use serde::Serialize;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::Reconcilers;
 use crate::conditions::condition;
@@ -62,38 +64,19 @@ async fn reconcile_inner(policy: &TrustPolicy, ctx: &Context, indexes: &Indexes)
     let version =
         agentmesh_trust::policy::policy_version(&agentmesh_api::convert::policy_spec(&policy.spec));
     let matched = verdict.governs.len() as i32;
-    let unchanged = current.observed_generation == policy.metadata.generation
-        && current.identities_matched == matched
-        && current.policy_version.as_deref() == Some(version.as_str())
-        && current.conditions.iter().any(|c| {
-            c.type_ == accepted.type_
-                && c.status == accepted.status
-                && c.reason == accepted.reason
-                && c.message == accepted.message
-        });
-    if !unchanged {
-        let patch = json!({
-            "apiVersion": "agentmesh.io/v1alpha1",
-            "kind": "TrustPolicy",
-            "status": {
-                "observedGeneration": policy.metadata.generation,
-                "policyVersion": version,
-                "identitiesMatched": matched,
-                "conditions": [accepted],
-            }
-        });
-        Api::<TrustPolicy>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::apply(names::FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+    let desired = Owned {
+        observed_generation: policy.metadata.generation,
+        policy_version: Some(version),
+        identities_matched: matched,
+        conditions: vec![accepted],
+    };
+    let api = Api::<TrustPolicy>::namespaced(ctx.client.clone(), &namespace);
+    if super::apply_status(&api, &name, Some(&Owned::of(&current)), &desired).await? {
         let was_refused = current.conditions.iter().any(|c| {
             c.type_ == types::ACCEPTED && c.status == "False" && c.reason == verdict.reason
         });
         if !verdict.accepted && !was_refused {
-            ctx.event(
+            ctx.events.publish(
                 &policy.object_ref(&()),
                 EventType::Warning,
                 "PolicyRefused",
@@ -105,4 +88,30 @@ async fn reconcile_inner(policy: &TrustPolicy, ctx: &Context, indexes: &Indexes)
     }
     // Identities come and go without touching the policy: look again soon.
     Ok(Action::requeue(Duration::from_secs(10)))
+}
+
+/// The status fields this reconciler owns (violations are the trust engine's), compared typed
+/// with what status holds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Owned {
+    observed_generation: Option<i64>,
+    policy_version: Option<String>,
+    identities_matched: i32,
+    /// `Accepted`.
+    conditions: Vec<Condition>,
+}
+
+impl Owned {
+    fn of(status: &TrustPolicyStatus) -> Self {
+        Self {
+            observed_generation: status.observed_generation,
+            policy_version: status.policy_version.clone(),
+            identities_matched: status.identities_matched,
+            conditions: find_condition(&status.conditions, types::ACCEPTED)
+                .cloned()
+                .into_iter()
+                .collect(),
+        }
+    }
 }

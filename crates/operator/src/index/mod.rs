@@ -229,3 +229,44 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(json: serde_json::Value) -> DeserializeGuard<AgentIdentity> {
+        serde_json::from_value(json).expect("a guard always decodes")
+    }
+
+    fn identity(name: &str, spec: serde_json::Value) -> DeserializeGuard<AgentIdentity> {
+        guard(serde_json::json!({
+            "apiVersion": "agentmesh.io/v1alpha1",
+            "kind": "AgentIdentity",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": spec,
+        }))
+    }
+
+    #[test]
+    fn an_object_that_does_not_decode_is_left_out_and_counted_and_the_rest_go_on() {
+        let (metrics, registry) = Metrics::new();
+        let good = identity("good", serde_json::json!({"capabilities": ["read:docs"]}));
+        let bad = identity("bad", serde_json::json!({"capabilities": "not-a-list"}));
+        assert!(bad.0.is_err(), "the fixture must not decode");
+
+        let kept = decoded(watcher::Event::InitApply(good), "AgentIdentity", &metrics);
+        assert!(matches!(kept, Some(watcher::Event::InitApply(i)) if i.metadata.name.as_deref() == Some("good")));
+        assert!(decoded(watcher::Event::InitApply(bad.clone()), "AgentIdentity", &metrics).is_none());
+        assert!(decoded(watcher::Event::Apply(bad), "AgentIdentity", &metrics).is_none());
+        // Markers of the watch pass through whatever the objects were.
+        assert!(matches!(
+            decoded::<AgentIdentity>(watcher::Event::InitDone, "AgentIdentity", &metrics),
+            Some(watcher::Event::InitDone)
+        ));
+        let text = crate::metrics::encode(&registry);
+        assert!(
+            text.contains("meshlogic_operator_undecodable_objects_total{kind=\"AgentIdentity\"} 2"),
+            "{text}"
+        );
+    }
+}

@@ -196,13 +196,7 @@ impl Standing {
     fn call(&mut self, policy: &Policy, decided: Effect, now: Timestamp) {
         self.window.counts.tool_call(decided != Effect::Allow);
         if decided == Effect::Allow {
-            self.trust.apply_capped(
-                policy.trust(),
-                Signal::CompliantActivity,
-                &CreditCap::default(),
-                &mut self.credit,
-                now,
-            );
+            self.credit(policy, Signal::CompliantActivity, now);
         } else {
             self.trust.apply(policy.trust(), Signal::DeniedCall, now);
         }
@@ -211,17 +205,22 @@ impl Standing {
     /// A handshake: a success earns capped credit, a failure is a violation.
     fn handshake(&mut self, policy: &Policy, succeeded: bool, now: Timestamp) {
         if succeeded {
-            self.trust.apply_capped(
-                policy.trust(),
-                Signal::HandshakeSucceeded,
-                &CreditCap::default(),
-                &mut self.credit,
-                now,
-            );
+            self.credit(policy, Signal::HandshakeSucceeded, now);
         } else {
             self.window.counts.violation();
             self.trust
                 .apply(policy.trust(), Signal::HandshakeFailed, now);
         }
+    }
+
+    /// A reward, within what the sidecar cap still allows ([`CreditCap::default`]).
+    fn credit(&mut self, policy: &Policy, signal: Signal, now: Timestamp) {
+        self.trust.apply_capped(
+            policy.trust(),
+            signal,
+            &CreditCap::default(),
+            &mut self.credit,
+            now,
+        );
     }
 }

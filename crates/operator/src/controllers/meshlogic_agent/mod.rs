@@ -182,7 +182,7 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     let new_hash = daemon_set::template_hash(&desired).unwrap_or_default();
     match before.as_ref().map(daemon_set::template_hash) {
         None => {
-            ctx.event(
+            ctx.events.publish(
                 &reference,
                 EventType::Normal,
                 "Created",
@@ -195,7 +195,7 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
             .await;
         }
         Some(old_hash) if old_hash != Some(new_hash) => {
-            ctx.event(
+            ctx.events.publish(
                 &reference,
                 EventType::Normal,
                 "ConfigChanged",
@@ -258,18 +258,10 @@ async fn write_status(
         previous,
         &now,
     );
-    if previous == Some(&next) {
+    let api: Api<MeshLogicAgent> = Api::namespaced(ctx.client.clone(), agent.namespace);
+    if !super::apply_status(&api, agent.name, previous, &next).await? {
         return Ok(());
     }
-    let api: Api<MeshLogicAgent> = Api::namespaced(ctx.client.clone(), agent.namespace);
-    let patch = serde_json::json!({
-        "apiVersion": MeshLogicAgent::api_version(&()),
-        "kind": MeshLogicAgent::kind(&()),
-        "status": next,
-    });
-    let params = PatchParams::apply(names::FIELD_MANAGER).force();
-    api.patch_status(agent.name, &params, &Patch::Apply(&patch))
-        .await?;
     tracing::debug!(
         desired = next.desired_nodes,
         ready = next.ready_nodes,
@@ -284,7 +276,7 @@ async fn write_status(
         && degraded.status == "True"
         && was != Some((degraded.status.clone(), degraded.message.clone()))
     {
-        ctx.event(
+        ctx.events.publish(
             &resource.object_ref(&()),
             EventType::Warning,
             &degraded.reason,
@@ -357,7 +349,7 @@ async fn cleanup(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     let deleted_role = delete_owned(&roles, &rbac_name, &owner).await?;
     ctx.probes.forget(&owner);
     if deleted_binding || deleted_role {
-        ctx.event(
+        ctx.events.publish(
             &resource.object_ref(&()),
             EventType::Normal,
             "Deleted",

@@ -195,7 +195,7 @@ pub(super) async fn reconcile(agent: &Agent<'_>, ctx: &Context) -> Result<()> {
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(response)) if response.code == 404 => {
-            ctx.event(
+            ctx.events.publish(
                 &agent.resource.object_ref(&()),
                 EventType::Warning,
                 "ServiceMonitorUnavailable",

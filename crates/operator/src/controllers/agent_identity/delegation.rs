@@ -1,0 +1,208 @@
+//! The delegation chain of an identity: root → … → parent → this identity, the last link signed
+//! with the parent's key, and the whole chain verified as a peer would verify it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_api::identity::{AgentIdentity, SignedDelegationLink};
+use agentmesh_api::names::{self, conditions as types, objects};
+use agentmesh_identity::capability::{self, Capability};
+use agentmesh_identity::delegation::{self, DelegationLink};
+use agentmesh_identity::keys::{self, Did};
+use agentmesh_identity::registry::MemoryRegistry;
+use agentmesh_identity::{SigningKey, VerifyingKey};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::SelectorExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::Reconcilers;
+use crate::conditions::condition;
+use crate::context::Context;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::index::{Indexes, PodIndex};
+
+/// The delegation depth allowed by the policy governing `identity`.
+pub(super) fn max_depth(engine: &Engine, identity: &AgentIdentity) -> usize {
+    let k = crate::engine::key(
+        &identity.namespace().unwrap_or_default(),
+        &identity.name_any(),
+    );
+    engine.policy_of(&k).0.max_delegation_depth()
+}
+
+/// Builds the chain root → … → parent → this identity, signing the last link with the
+/// parent's key, and verifies it link by link. Errors: (condition reason, message).
+pub(super) async fn chain(
+    identity: &AgentIdentity,
+    own_did: &Did,
+    identities: &[Arc<AgentIdentity>],
+    ctx: &Context,
+    max_depth: usize,
+) -> std::result::Result<Vec<SignedDelegationLink>, (&'static str, String)> {
+    let delegation = identity
+        .spec
+        .delegation
+        .as_ref()
+        .expect("called for delegated identities");
+    let namespace = identity.namespace().unwrap_or_default();
+    let parent = identities
+        .iter()
+        .find(|i| i.name_any() == delegation.parent)
+        .ok_or((
+            "ParentNotFound",
+            format!("AgentIdentity {} does not exist", delegation.parent),
+        ))?;
+    let parent_status = parent.status.clone().unwrap_or_default();
+    let parent_did = parent_status
+        .did
+        .as_deref()
+        .and_then(|d| Did::parse(d).ok())
+        .ok_or((
+            "ParentNotReady",
+            format!("AgentIdentity {} has no DID yet", delegation.parent),
+        ))?;
+    // What the parent may delegate: its own capabilities, or what its chain granted it.
+    let (mut links, root_did, parent_grants) = match &parent.spec.delegation {
+        None => (
+            Vec::new(),
+            parent_did.clone(),
+            parent.spec.capabilities.clone(),
+        ),
+        Some(parent_delegation) => {
+            let links: Vec<DelegationLink> = parent_status
+                .delegation_chain
+                .iter()
+                .enumerate()
+                .map(|(i, l)| agentmesh_api::convert::delegation_link(l, i))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| ("ParentChainInvalid", e.to_string()))?;
+            let root = links.first().map(|l| l.issuer.clone()).ok_or((
+                "ParentChainInvalid",
+                format!(
+                    "the parent {} has no verified delegation chain",
+                    delegation.parent
+                ),
+            ))?;
+            (links, root, parent_delegation.capabilities.clone())
+        }
+    };
+    let parent_grants =
+        capability::parse_all(&parent_grants).map_err(|e| ("InvalidCapability", e.to_string()))?;
+    let signing = parent_signing_key(parent, &namespace, ctx).await?;
+    let expires_at = delegation
+        .expires_at
+        .as_ref()
+        .map(agentmesh_api::convert::timestamp);
+    let link = DelegationLink::create(
+        &signing,
+        &parent_grants,
+        own_did.clone(),
+        delegation.capabilities.clone(),
+        expires_at,
+    )
+    .map_err(|e| {
+        (
+            reason_of(&e),
+            format!("link {} → {}: {e}", delegation.parent, identity.name_any()),
+        )
+    })?;
+    links.push(link);
+
+    // Verify the whole chain as a peer would: keys from the registry, never from the links.
+    let mut registry = MemoryRegistry::new();
+    for other in identities {
+        if let Some(key) = other
+            .status
+            .as_ref()
+            .and_then(|s| s.public_key.as_deref())
+            .and_then(|k| keys::public_key_from_text(k).ok())
+        {
+            registry.insert(
+                key,
+                other
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.trust_score)
+                    .unwrap_or(0),
+            );
+        }
+    }
+    let root = identities
+        .iter()
+        .find(|i| i.status.as_ref().and_then(|s| s.did.as_deref()) == Some(root_did.as_str()));
+    let root_grants: Vec<Capability> = root
+        .map(|r| capability::parse_all(&r.spec.capabilities))
+        .transpose()
+        .map_err(|e| ("InvalidCapability", e.to_string()))?
+        .ok_or((
+            "RootNotFound",
+            format!("no AgentIdentity has the root DID {root_did}"),
+        ))?;
+    delegation::verify_chain(
+        &links,
+        &root_did,
+        &root_grants,
+        &registry,
+        crate::engine::now(),
+        max_depth,
+    )
+    .map_err(|e| (reason_of(&e), e.to_string()))?;
+    links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            agentmesh_api::convert::signed_delegation_link(l, i)
+                .map_err(|e| ("Invalid", e.to_string()))
+        })
+        .collect()
+}
+
+async fn parent_signing_key(
+    parent: &AgentIdentity,
+    namespace: &str,
+    ctx: &Context,
+) -> std::result::Result<SigningKey, (&'static str, String)> {
+    if parent.spec.public_key.is_some() {
+        return Err((
+            "ParentKeyNotManaged",
+            format!(
+                "the parent {} holds its own key: the operator cannot sign for it",
+                parent.name_any()
+            ),
+        ));
+    }
+    let name = objects::key_secret_name(&parent.name_any());
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&name)
+        .await
+        .map_err(|e| ("ParentNotReady", e.to_string()))?
+        .ok_or((
+            "ParentNotReady",
+            format!("the parent's key Secret {name} does not exist yet"),
+        ))?;
+    keys::private_key_from_pem(&super::key::private_key_pem(&secret))
+        .map_err(|e| ("ParentNotReady", format!("Secret {name}: {e}")))
+}
+
+fn reason_of(error: &delegation::DelegationError) -> &'static str {
+    use delegation::DelegationError as E;
+    match error {
+        E::Widened { .. } => "CapabilitiesWidened",
+        E::DepthExceeded { .. } => "DepthExceeded",
+        E::Expired { .. } => "Expired",
+        E::Cycle { .. } => "Cycle",
+        _ => "InvalidChain",
+    }
+}
+

@@ -1,0 +1,279 @@
+//! The AgentIdentity reconciler: the key Secret, DID and public key, the delegation chain
+//! (signed with the parent's key, verified link by link), the pods matched, and the conditions
+//! `KeyReady` and `DelegationValid`. Score fields and `Trusted`/`Quarantined` belong to the
+//! trust engine (its own field manager).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_api::common::find_condition;
+use agentmesh_api::identity::{AgentIdentity, AgentIdentityStatus, SignedDelegationLink};
+use agentmesh_api::names::{self, conditions as types, objects};
+use agentmesh_identity::capability::{self, Capability};
+use agentmesh_identity::delegation::{self, DelegationLink};
+use agentmesh_identity::keys::{self, Did};
+use agentmesh_identity::registry::MemoryRegistry;
+use agentmesh_identity::{SigningKey, VerifyingKey};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::SelectorExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+
+mod delegation;
+mod key;
+
+use super::Reconcilers;
+use crate::conditions::condition;
+use crate::context::Context;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::index::{Indexes, PodIndex};
+
+const CONTROLLER: &str = "agentidentity";
+
+pub async fn run(shared: Arc<Reconcilers>) {
+    let ctx = &shared.ctx;
+    let identities = &shared.indexes.identities;
+    // A pod labelled with an identity's name changes how many pods it matches.
+    let pods = shared.indexes.pods.changes().filter_map(|pod| async move {
+        let name = pod.labels.get(names::labels::IDENTITY)?;
+        Some(ObjectRef::new(name).within(&pod.namespace))
+    });
+    let controller = Controller::for_shared_stream(identities.changes(), identities.store.clone())
+        .owns(
+            ctx.watched_api::<Secret>(),
+            // Only the key Secrets this operator made, not every Secret some tool manages.
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                names::labels::APP_MANAGED_BY,
+                names::labels::MANAGED_BY_VALUE
+            )),
+        )
+        .reconcile_on(pods);
+    super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
+}
+
+async fn reconcile(identity: Arc<AgentIdentity>, shared: Arc<Reconcilers>) -> Result<Action> {
+    reconcile_inner(&identity, &shared).await
+}
+
+async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Result<Action> {
+    let Reconcilers {
+        ctx,
+        engine,
+        indexes,
+    } = shared;
+    let namespace = identity
+        .namespace()
+        .ok_or(Error::NoNamespace("AgentIdentity"))?;
+    let name = identity.name_any();
+    let generation = identity.metadata.generation;
+    let current = identity.status.clone().unwrap_or_default();
+
+    let key = key::ensure(identity, &namespace, ctx).await?;
+    let key_condition = match &key {
+        Ok(key) => condition(
+            &current.conditions,
+            types::KEY_READY,
+            true,
+            if key.secret.is_some() {
+                "SecretReady"
+            } else {
+                "OwnKey"
+            },
+            match &key.secret {
+                Some(secret) => format!("private key in Secret {secret}"),
+                None => "the agent holds its own private key (spec.publicKey)".into(),
+            },
+            generation,
+        ),
+        Err(message) => condition(
+            &current.conditions,
+            types::KEY_READY,
+            false,
+            "InvalidKey",
+            message.clone(),
+            generation,
+        ),
+    };
+
+    let identities = Indexes::in_namespace(&indexes.identities.store, &namespace);
+    let (chain, delegation_condition) = match (&identity.spec.delegation, &key) {
+        (None, _) => (
+            Vec::new(),
+            condition(
+                &current.conditions,
+                types::DELEGATION_VALID,
+                true,
+                "NoDelegation",
+                "not delegated".into(),
+                generation,
+            ),
+        ),
+        (Some(_), Err(_)) => (
+            Vec::new(),
+            condition(
+                &current.conditions,
+                types::DELEGATION_VALID,
+                false,
+                "KeyNotReady",
+                "the identity has no valid key".into(),
+                generation,
+            ),
+        ),
+        (Some(_), Ok(own)) => match delegation::chain(
+            identity,
+            &own.did,
+            &identities,
+            ctx,
+            delegation::max_depth(engine, identity),
+        )
+        .await
+        {
+            Ok(chain) => {
+                let message = format!(
+                    "verified chain of {} link(s) from {}",
+                    chain.len(),
+                    chain[0].issuer
+                );
+                (
+                    chain,
+                    condition(
+                        &current.conditions,
+                        types::DELEGATION_VALID,
+                        true,
+                        "ChainVerified",
+                        message,
+                        generation,
+                    ),
+                )
+            }
+            Err((reason, message)) => (
+                Vec::new(),
+                condition(
+                    &current.conditions,
+                    types::DELEGATION_VALID,
+                    false,
+                    reason,
+                    message,
+                    generation,
+                ),
+            ),
+        },
+    };
+
+    let pods_matched = count_pods(identity, &namespace, &indexes.pods)?;
+    let (did, public_key, secret) = match &key {
+        Ok(key) => (
+            Some(key.did.to_string()),
+            Some(keys::public_key_to_text(&key.public_key)),
+            key.secret.clone(),
+        ),
+        Err(_) => (None, None, None),
+    };
+    let desired = Owned {
+        observed_generation: generation,
+        did,
+        public_key,
+        key_secret_name: secret,
+        delegation_depth: Some(
+            identity
+                .spec
+                .delegation
+                .as_ref()
+                .map_or(0, |_| chain.len() as i32),
+        ),
+        delegation_chain: chain,
+        pods_matched,
+        conditions: vec![key_condition, delegation_condition.clone()],
+    };
+    let api = Api::<AgentIdentity>::namespaced(ctx.client.clone(), &namespace);
+    if super::apply_status(&api, &name, Some(&Owned::of(&current)), &desired).await? {
+        let was_valid = current
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::DELEGATION_VALID)
+            .map(|c| c.status == "True");
+        if identity.spec.delegation.is_some()
+            && delegation_condition.status == "False"
+            && was_valid != Some(false)
+        {
+            ctx.events.publish(
+                &identity.object_ref(&()),
+                EventType::Warning,
+                &delegation_condition.reason,
+                "VerifyDelegation",
+                delegation_condition.message.clone(),
+            )
+            .await;
+        }
+    }
+    // Delegations expire and pods come and go without touching this object: look again soon.
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// The status fields this reconciler owns, compared typed with what status holds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Owned {
+    observed_generation: Option<i64>,
+    did: Option<String>,
+    public_key: Option<String>,
+    key_secret_name: Option<String>,
+    delegation_depth: Option<i32>,
+    delegation_chain: Vec<SignedDelegationLink>,
+    pods_matched: i32,
+    /// `KeyReady`, `DelegationValid`.
+    conditions: Vec<Condition>,
+}
+
+impl Owned {
+    fn of(status: &AgentIdentityStatus) -> Self {
+        Self {
+            observed_generation: status.observed_generation,
+            did: status.did.clone(),
+            public_key: status.public_key.clone(),
+            key_secret_name: status.key_secret_name.clone(),
+            delegation_depth: status.delegation_depth,
+            delegation_chain: status.delegation_chain.clone(),
+            pods_matched: status.pods_matched,
+            conditions: [types::KEY_READY, types::DELEGATION_VALID]
+                .iter()
+                .filter_map(|type_| find_condition(&status.conditions, type_).cloned())
+                .collect(),
+        }
+    }
+}
+
+/// Running pods of the identity: its selector, else the `agentmesh.io/identity` label.
+fn count_pods(identity: &AgentIdentity, namespace: &str, pods: &PodIndex) -> Result<i32> {
+    let selector = identity
+        .spec
+        .selector
+        .as_ref()
+        .map(|selector| {
+            kube::core::Selector::try_from(selector.clone())
+                .map_err(|e| Error::Invalid(format!("spec.selector: {e}")))
+        })
+        .transpose()?;
+    let name = identity.name_any();
+    let running = pods
+        .in_namespace(namespace)
+        .iter()
+        .filter(|pod| pod.running)
+        .filter(|pod| match &selector {
+            Some(selector) => selector.matches(&pod.labels),
+            None => pod.labels.get(names::labels::IDENTITY) == Some(&name),
+        })
+        .count();
+    Ok(running as i32)
+}

@@ -1,0 +1,122 @@
+//! What probes and sidecars long-poll: a node's enforcement set, an identity's sidecar
+//! configuration.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use agentmesh_api::meshlogic::NodeProbeStatus;
+use agentmesh_api::names::paths;
+use agentmesh_api::wire::{self, ReportBatch, ReportSource};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::context::Context;
+use crate::engine::Engine;
+use crate::metrics::{ReasonLabels, RequestLabels};
+use crate::runtime::http::{self, Body};
+use auth::{Authenticator, Caller, Refusal};
+use forward::Forwarder;
+
+use super::{LONG_POLL, Server, query};
+
+impl Server {
+    pub(super) async fn enforcement(&self, request: Request<Incoming>) -> Response<Body> {
+        let result = async {
+            let caller = self.caller(&request).await?;
+            self.auth.may_report(&self.ctx, &caller).await?;
+            let query = query(request.uri().query());
+            let node = query.get("node").cloned().ok_or_else(|| {
+                Refusal::new(StatusCode::BAD_REQUEST, "malformed", "?node= is required")
+            })?;
+            let since = query.get("since").cloned().unwrap_or_default();
+            let engine = self.engine()?;
+            let set = long_poll(
+                &engine,
+                &since,
+                |e| Some(e.enforcement_for(&node)),
+                |s| s.version.clone(),
+            )
+            .await;
+            Ok(http::json(
+                StatusCode::OK,
+                &serde_json::to_value(set).expect("serializes"),
+            ))
+        }
+        .await;
+        result.unwrap_or_else(|refusal| self.refuse(refusal))
+    }
+
+    pub(super) async fn sidecar_config(&self, request: Request<Incoming>) -> Response<Body> {
+        let result = async {
+            let caller = self.caller(&request).await?;
+            let engine = self.engine()?;
+            let uid = caller.pod_uid.clone().ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "a pod-bound ServiceAccount token is required",
+                )
+            })?;
+            let (identity, pod) = engine.identity_of_pod(&uid).ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_pod",
+                    "the calling pod has no AgentIdentity",
+                )
+            })?;
+            let k = crate::engine::key(
+                &pod.namespace,
+                &kube::ResourceExt::name_any(identity.as_ref()),
+            );
+            let since = query(request.uri().query())
+                .get("since")
+                .cloned()
+                .unwrap_or_default();
+            let config = long_poll(
+                &engine,
+                &since,
+                |e| e.sidecar_config(&k),
+                |c| c.version.clone(),
+            )
+            .await;
+            match config {
+                Some(config) => Ok(http::json(
+                    StatusCode::OK,
+                    &serde_json::to_value(config).expect("serializes"),
+                )),
+                None => Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "the identity has no score yet; retry",
+                )),
+            }
+        }
+        .await;
+        result.unwrap_or_else(|refusal| self.refuse(refusal))
+    }
+}
+
+/// (the engine ticks every second) for up to [`LONG_POLL`].
+async fn long_poll<T>(
+    engine: &Engine,
+    since: &str,
+    view: impl Fn(&Engine) -> Option<T>,
+    version: impl Fn(&T) -> String,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + LONG_POLL;
+    loop {
+        let notified = engine.changed.notified();
+        let current = view(engine);
+        let changed = current.as_ref().is_some_and(|v| version(v) != since);
+        if changed || since.is_empty() || tokio::time::Instant::now() >= deadline {
+            return current;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return view(engine);
+        }
+    }
+}
+

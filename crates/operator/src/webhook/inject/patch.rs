@@ -1,0 +1,261 @@
+//! The JSON patch that adds the sidecar, its key volume and the proxy variables to a pod.
+
+use std::collections::BTreeMap;
+use agentmesh_api::names::{
+    NEVER_INJECTED_NAMESPACES, annotations, env, labels, objects, paths, ports,
+};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use serde_json::{Value, json};
+
+use super::*;
+
+/// A JSON pointer segment (RFC 6901): `~` and `/` escaped.
+fn pointer_segment(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+fn has_env(container: &Container, name: &str) -> bool {
+    container
+        .env
+        .iter()
+        .flatten()
+        .any(|variable| variable.name == name)
+}
+
+/// Operations adding `AGENTMESH_PROXY_URL` to every agent container that lacks it. Alone, this
+/// is what a re-invocation of an injected pod gets (another webhook may have added a container).
+pub fn proxy_env_ops(spec: &PodSpec) -> Vec<Value> {
+    let variable = json!({"name": env::PROXY_URL, "value": objects::PROXY_URL});
+    spec.containers
+        .iter()
+        .enumerate()
+        .filter(|(_, container)| {
+            container.name != objects::SIDECAR_CONTAINER && !has_env(container, env::PROXY_URL)
+        })
+        .map(|(index, container)| match container.env {
+            None => json!({"op": "add", "path": format!("/spec/containers/{index}/env"), "value": [variable]}),
+            Some(_) => json!({"op": "add", "path": format!("/spec/containers/{index}/env/-"), "value": variable}),
+        })
+        .collect()
+}
+
+/// Names of the agent containers, in order (every container but the sidecar).
+fn agent_containers(spec: &PodSpec) -> Vec<&str> {
+    spec.containers
+        .iter()
+        .map(|container| container.name.as_str())
+        .filter(|name| *name != objects::SIDECAR_CONTAINER)
+        .collect()
+}
+
+/// The sidecar container.
+pub fn sidecar_container(settings: &Settings, identity: &str, inbound_port: Option<u16>) -> Value {
+    let resources = &settings.resources;
+    let mut container = json!({
+        "name": objects::SIDECAR_CONTAINER,
+        "image": settings.image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [
+            {"name": "proxy", "containerPort": ports::SIDECAR_PROXY, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": ports::SIDECAR_METRICS, "protocol": "TCP"},
+        ],
+        "envFrom": [{"configMapRef": {"name": objects::CONFIG_MAP, "optional": true}}],
+        "env": [
+            {"name": env::AGENT_PRIVATE_KEY, "value": KEY_PATH},
+            {"name": ENV_IDENTITY, "value": identity},
+            {"name": ENV_TRUST_API_URL, "value": settings.trust_api_url},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        "resources": {
+            "requests": {"cpu": resources.requests_cpu, "memory": resources.requests_memory},
+            "limits": {"cpu": resources.limits_cpu, "memory": resources.limits_memory},
+        },
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": SIDECAR_UID,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "livenessProbe": {
+            "exec": {"command": ["cat", paths::SIDECAR_HEALTHY_FILE]},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 15,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": paths::HEALTH, "port": "proxy"},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": [
+            {"name": HEALTH_VOLUME, "mountPath": paths::SIDECAR_HEALTH_DIR},
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": true},
+        ],
+    });
+    if settings.native_sidecar {
+        container["restartPolicy"] = "Always".into();
+    }
+    if let (Some(port), Some(env)) = (inbound_port, container["env"].as_array_mut()) {
+        env.push(
+            json!({"name": ENV_INBOUND_UPSTREAM, "value": format!("http://127.0.0.1:{port}")}),
+        );
+    }
+    container
+}
+
+/// The key Secret's volume. With [`Key::Managed`] the kubelet waits for the Secret the
+/// AgentIdentity reconciler makes; with [`Key::UserSupplied`] it is optional.
+pub fn key_volume(identity: &str, key: &Key) -> Value {
+    let mut secret = json!({
+        "secretName": objects::key_secret_name(identity),
+        "items": [{"key": objects::PRIVATE_KEY_KEY, "path": objects::PRIVATE_KEY_KEY, "mode": KEY_FILE_MODE}],
+        "defaultMode": KEY_FILE_MODE,
+    });
+    if *key == Key::UserSupplied {
+        secret["optional"] = true.into();
+    }
+    json!({"name": KEY_VOLUME, "secret": secret})
+}
+
+/// The pod's `fsGroup`, and whether the injector adds it (the pod has none).
+fn fs_group(spec: &PodSpec) -> (i64, bool) {
+    match spec.security_context.as_ref().and_then(|sc| sc.fs_group) {
+        Some(group) => (group, false),
+        None => (SIDECAR_UID, true),
+    }
+}
+
+/// The value of the `agentmesh.io/sidecar-status` annotation: what was injected.
+pub fn status_annotation(settings: &Settings, identity: &str, key: &Key, spec: &PodSpec) -> String {
+    let (fs_group, fs_group_added) = fs_group(spec);
+    json!({
+        "version": STATUS_VERSION,
+        "container": objects::SIDECAR_CONTAINER,
+        "mode": if settings.native_sidecar { "native-sidecar" } else { "container" },
+        "image": settings.image,
+        "identity": identity,
+        "keySecret": objects::key_secret_name(identity),
+        "keySource": match key { Key::Managed => "operator", Key::UserSupplied => "user" },
+        "volumes": [HEALTH_VOLUME, TMP_VOLUME, KEY_VOLUME],
+        "keyPath": KEY_PATH,
+        "fsGroup": fs_group,
+        "fsGroupAdded": fs_group_added,
+        "proxyEnv": agent_containers(spec),
+    })
+    .to_string()
+}
+
+/// The JSON patch that injects the sidecar into `pod` as `identity`. The caller has checked
+/// [`skip_reason`] and [`already_injected`]; `spec` is the pod's spec.
+pub fn patch(
+    pod: &Pod,
+    spec: &PodSpec,
+    settings: &Settings,
+    identity: &str,
+    key: &Key,
+) -> Vec<Value> {
+    let mut ops = Vec::with_capacity(12);
+
+    // Annotations: what was injected, and Prometheus scraping of the sidecar unless the pod
+    // already declares its own scraping (any prometheus.io/* annotation).
+    let mut new_annotations: BTreeMap<&str, String> = BTreeMap::new();
+    new_annotations.insert(
+        annotations::SIDECAR_STATUS,
+        status_annotation(settings, identity, key, spec),
+    );
+    let existing = pod.metadata.annotations.as_ref();
+    let scraped = existing.is_some_and(|annotations| {
+        annotations
+            .keys()
+            .any(|key| key.starts_with("prometheus.io/"))
+    });
+    if !scraped {
+        new_annotations.insert(annotations::PROMETHEUS_SCRAPE, "true".into());
+        new_annotations.insert(
+            annotations::PROMETHEUS_PORT,
+            ports::SIDECAR_METRICS.to_string(),
+        );
+        new_annotations.insert(annotations::PROMETHEUS_PATH, paths::METRICS.into());
+    }
+    match existing {
+        None => ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": new_annotations})),
+        Some(_) => ops.extend(new_annotations.into_iter().map(|(key, value)| {
+            json!({"op": "add", "path": format!("/metadata/annotations/{}", pointer_segment(key)), "value": value})
+        })),
+    }
+
+    // The identity label, so that the AgentIdentity's default selector matches the pod.
+    match pod.metadata.labels.as_ref() {
+        None => ops.push(
+            json!({"op": "add", "path": "/metadata/labels", "value": {labels::IDENTITY: identity}}),
+        ),
+        Some(existing) if !existing.contains_key(labels::IDENTITY) => ops.push(json!({
+            "op": "add",
+            "path": format!("/metadata/labels/{}", pointer_segment(labels::IDENTITY)),
+            "value": identity,
+        })),
+        Some(_) => {}
+    }
+
+    // Volumes.
+    let volumes = [
+        json!({"name": HEALTH_VOLUME, "emptyDir": {}}),
+        json!({"name": TMP_VOLUME, "emptyDir": {}}),
+        key_volume(identity, key),
+    ];
+    match spec.volumes {
+        None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),
+        Some(_) => ops.extend(
+            volumes
+                .into_iter()
+                .map(|volume| json!({"op": "add", "path": "/spec/volumes/-", "value": volume})),
+        ),
+    }
+
+    // The sidecar: first of the init containers when native (so that it runs before the other
+    // init containers and for the whole life of the pod), else last of the containers (so that
+    // `kubectl logs` and `kubectl exec` still default to the agent).
+    // The fsGroup through which the sidecar (uid 1000) reads the root-owned key file.
+    if fs_group(spec).1 {
+        match spec.security_context.as_ref() {
+            None => ops.push(
+                json!({"op": "add", "path": "/spec/securityContext", "value": {
+                    "fsGroup": SIDECAR_UID,
+                    "fsGroupChangePolicy": "OnRootMismatch",
+                }}),
+            ),
+            Some(context) => {
+                ops.push(json!({"op": "add", "path": "/spec/securityContext/fsGroup", "value": SIDECAR_UID}));
+                if context.fs_group_change_policy.is_none() {
+                    ops.push(json!({"op": "add", "path": "/spec/securityContext/fsGroupChangePolicy", "value": "OnRootMismatch"}));
+                }
+            }
+        }
+    }
+
+    let sidecar = sidecar_container(settings, identity, inbound_port(pod).ok().flatten());
+    if settings.native_sidecar {
+        match spec.init_containers {
+            None => {
+                ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}))
+            }
+            Some(_) => {
+                ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}))
+            }
+        }
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar}));
+    }
+
+    ops.extend(proxy_env_ops(spec));
+    ops
+}
+
+#[cfg(test)]
+mod tests;

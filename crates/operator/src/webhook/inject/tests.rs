@@ -1,0 +1,75 @@
+use super::*;
+
+#[test]
+fn the_inbound_port_annotation_is_a_port_or_an_error_naming_it() {
+    let pod = |value: &str| {
+        let mut pod = Pod::default();
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            annotations::INBOUND_PORT.to_owned(),
+            value.to_owned(),
+        )]));
+        pod
+    };
+    assert_eq!(inbound_port(&Pod::default()), Ok(None));
+    assert_eq!(inbound_port(&pod("3000")), Ok(Some(3000)));
+    for bad in ["0", "70000", "http", "-1", ""] {
+        let error = inbound_port(&pod(bad)).unwrap_err();
+        assert!(
+            error.starts_with("annotation agentmesh.io/inbound-port:"),
+            "{error}"
+        );
+    }
+    let container = sidecar_container(&Settings::seed("agentmesh", true), "a", Some(3000));
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == ENV_INBOUND_UPSTREAM && e["value"] == "http://127.0.0.1:3000")
+    );
+}
+
+fn pod(value: Value) -> Pod {
+    serde_json::from_value(value).unwrap()
+}
+
+#[test]
+fn the_identity_is_the_label_else_the_service_account() {
+    let labelled = pod(json!({
+        "metadata": {"labels": {"agentmesh.io/identity": "researcher"}},
+        "spec": {"serviceAccountName": "sa", "containers": []}
+    }));
+    assert_eq!(identity_of(&labelled), "researcher");
+    let by_sa = pod(json!({"spec": {"serviceAccountName": "sa", "containers": []}}));
+    assert_eq!(identity_of(&by_sa), "sa");
+    assert_eq!(identity_of(&pod(json!({}))), "default");
+}
+
+#[test]
+fn namespaces_come_before_the_pod_in_the_skip_order() {
+    let settings = Settings::seed("agentmesh", true);
+    let opted_out = pod(json!({"metadata": {"annotations": {"agentmesh.io/inject": "false"}}}));
+    assert_eq!(
+        skip_reason(&opted_out, "kube-system", &settings),
+        Some(Skip::SystemNamespace)
+    );
+    assert_eq!(
+        skip_reason(&opted_out, "agentmesh", &settings),
+        Some(Skip::OperatorNamespace)
+    );
+    assert_eq!(
+        skip_reason(&opted_out, "team", &settings),
+        Some(Skip::OptedOut)
+    );
+    let opted_in = pod(json!({"metadata": {"annotations": {"agentmesh.io/inject": "true"}}}));
+    assert_eq!(skip_reason(&opted_in, "team", &settings), None);
+}
+
+#[test]
+fn pointer_segments_are_escaped() {
+    assert_eq!(
+        pointer_segment("agentmesh.io/identity"),
+        "agentmesh.io~1identity"
+    );
+    assert_eq!(pointer_segment("a~b"), "a~0b");
+}
