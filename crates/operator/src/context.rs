@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::EventType;
 use tokio::sync::watch;
 
 use crate::config::Config;

@@ -5,16 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_api::names::{self, conditions as types};
 use agentmesh_api::common::find_condition;
+use agentmesh_api::names::conditions as types;
 use agentmesh_api::policy::{TrustPolicy, TrustPolicyStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use serde::Serialize;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 
 use super::Reconcilers;
 use crate::conditions::condition;
@@ -76,14 +76,15 @@ async fn reconcile_inner(policy: &TrustPolicy, ctx: &Context, indexes: &Indexes)
             c.type_ == types::ACCEPTED && c.status == "False" && c.reason == verdict.reason
         });
         if !verdict.accepted && !was_refused {
-            ctx.events.publish(
-                &policy.object_ref(&()),
-                EventType::Warning,
-                "PolicyRefused",
-                "Accept",
-                verdict.message.clone(),
-            )
-            .await;
+            ctx.events
+                .publish(
+                    &policy.object_ref(&()),
+                    EventType::Warning,
+                    "PolicyRefused",
+                    "Accept",
+                    verdict.message.clone(),
+                )
+                .await;
         }
     }
     // Identities come and go without touching the policy: look again soon.

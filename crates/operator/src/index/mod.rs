@@ -255,8 +255,17 @@ mod tests {
         assert!(bad.0.is_err(), "the fixture must not decode");
 
         let kept = decoded(watcher::Event::InitApply(good), "AgentIdentity", &metrics);
-        assert!(matches!(kept, Some(watcher::Event::InitApply(i)) if i.metadata.name.as_deref() == Some("good")));
-        assert!(decoded(watcher::Event::InitApply(bad.clone()), "AgentIdentity", &metrics).is_none());
+        assert!(
+            matches!(kept, Some(watcher::Event::InitApply(i)) if i.metadata.name.as_deref() == Some("good"))
+        );
+        assert!(
+            decoded(
+                watcher::Event::InitApply(bad.clone()),
+                "AgentIdentity",
+                &metrics
+            )
+            .is_none()
+        );
         assert!(decoded(watcher::Event::Apply(bad), "AgentIdentity", &metrics).is_none());
         // Markers of the watch pass through whatever the objects were.
         assert!(matches!(

@@ -11,10 +11,8 @@ mod views;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use agentmesh_api::meshlogic::NodeProbeStatus;
 use agentmesh_api::names::paths;
-use agentmesh_api::wire::{self, ReportBatch, ReportSource};
-use http_body_util::{BodyExt, Limited};
+use agentmesh_api::wire::{self};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -178,7 +176,6 @@ impl Server {
             .and_then(|h| h.to_str().ok());
         self.auth.authenticate(&self.ctx, header).await
     }
-
 }
 
 fn query(query: Option<&str>) -> std::collections::HashMap<String, String> {
@@ -189,4 +186,3 @@ fn query(query: Option<&str>) -> std::collections::HashMap<String, String> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
-

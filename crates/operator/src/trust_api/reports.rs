@@ -1,24 +1,14 @@
 //! `POST /v1/reports`: probes' per-pod windows and sidecars' signed batches, authenticated,
 //! checked and handed to the engine.
 
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-
 use agentmesh_api::meshlogic::NodeProbeStatus;
-use agentmesh_api::names::paths;
 use agentmesh_api::wire::{self, ReportBatch, ReportSource};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use serde_json::json;
-use tokio::net::TcpListener;
+use hyper::{Request, Response, StatusCode};
 
-use crate::context::Context;
-use crate::engine::Engine;
-use crate::metrics::{ReasonLabels, RequestLabels};
+use super::auth::Refusal;
 use crate::runtime::http::{self, Body};
-use auth::{Authenticator, Caller, Refusal};
-use forward::Forwarder;
 
 use super::{MAX_BODY, Server};
 
@@ -29,7 +19,6 @@ impl Server {
             Err(refusal) => self.refuse(refusal),
         }
     }
-
 
     async fn try_reports(&self, request: Request<Incoming>) -> Result<Response<Body>, Refusal> {
         // Leadership, then authentication, before reading the body: a request that will be
@@ -147,9 +136,7 @@ impl Server {
             &serde_json::to_value(ack).expect("ack serializes"),
         ))
     }
-
 }
-
 
 /// Checks the batch's signature (the header's value) over the raw body with the identity's
 /// registered public key (`status.publicKey`).
@@ -351,4 +338,3 @@ mod tests {
         }
     }
 }
-

@@ -1,24 +1,12 @@
 //! What probes and sidecars long-poll: a node's enforcement set, an identity's sidecar
 //! configuration.
 
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-
-use agentmesh_api::meshlogic::NodeProbeStatus;
-use agentmesh_api::names::paths;
-use agentmesh_api::wire::{self, ReportBatch, ReportSource};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use serde_json::json;
-use tokio::net::TcpListener;
+use hyper::{Request, Response, StatusCode};
 
-use crate::context::Context;
+use super::auth::Refusal;
 use crate::engine::Engine;
-use crate::metrics::{ReasonLabels, RequestLabels};
 use crate::runtime::http::{self, Body};
-use auth::{Authenticator, Caller, Refusal};
-use forward::Forwarder;
 
 use super::{LONG_POLL, Server, query};
 
@@ -119,4 +107,3 @@ async fn long_poll<T>(
         }
     }
 }
-

@@ -1,22 +1,13 @@
 //! Where the webhook finds a pod's AgentIdentity: the shared index, else the API; missing
 //! ones created when `auto_create_identities` is on.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-use agentmesh_api::identity::{AgentIdentity, AgentIdentitySpec};
-use agentmesh_api::names::{FIELD_MANAGER, labels, objects};
-use anyhow::Context as _;
-use hyper::body::Bytes;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
-use tokio::net::TcpListener;
+use super::inject::Key;
 use crate::context::Context;
-use crate::metrics::{Metrics, ReasonLabels};
-use inject::{Key, Settings, Skip};
-use review::{Answer, BadRequest, Decoded, PodRequest};
+use agentmesh_api::identity::{AgentIdentity, AgentIdentitySpec};
+use agentmesh_api::names::{FIELD_MANAGER, labels};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::collections::HashMap;
 
 /// Where AgentIdentities are looked up, and whether missing ones are created.
 pub struct Identities {

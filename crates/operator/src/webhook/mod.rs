@@ -17,18 +17,16 @@ pub mod inject;
 pub mod review;
 pub mod server;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_api::identity::{AgentIdentity, AgentIdentitySpec};
-use agentmesh_api::names::{FIELD_MANAGER, labels, objects};
+use agentmesh_api::identity::AgentIdentity;
+use agentmesh_api::names::objects;
 use anyhow::Context as _;
 use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use tokio::net::TcpListener;
 
 use crate::context::Context;
@@ -37,7 +35,6 @@ use inject::{Key, Settings, Skip};
 use review::{Answer, BadRequest, Decoded, PodRequest};
 
 pub use identities::{Identities, Resolved};
-
 
 /// Answers AdmissionReviews: decides, injects, counts and explains.
 pub struct Injector {
@@ -225,7 +222,8 @@ impl Injector {
         };
         let reference = event_reference(&request.pod, &request.namespace);
         tokio::spawn(async move {
-            ctx.events.publish(&reference, note.type_, note.reason, note.action, note.text)
+            ctx.events
+                .publish(&reference, note.type_, note.reason, note.action, note.text)
                 .await;
         });
     }

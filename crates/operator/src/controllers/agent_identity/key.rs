@@ -2,35 +2,19 @@
 //! and keeps in a Secret it owns.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
-use agentmesh_api::identity::{AgentIdentity, SignedDelegationLink};
-use agentmesh_api::names::{self, conditions as types, objects};
-use agentmesh_identity::capability::{self, Capability};
-use agentmesh_identity::delegation::{self, DelegationLink};
+use agentmesh_api::identity::AgentIdentity;
+use agentmesh_api::names::{self, objects};
+use agentmesh_identity::VerifyingKey;
 use agentmesh_identity::keys::{self, Did};
-use agentmesh_identity::registry::MemoryRegistry;
-use agentmesh_identity::{SigningKey, VerifyingKey};
-use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::core::SelectorExt;
-use kube::runtime::controller::Action;
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use super::Reconcilers;
-use crate::conditions::condition;
 use crate::context::Context;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::index::{Indexes, PodIndex};
 
 /// The identity's key in force.
 pub(super) struct Key {
@@ -116,14 +100,15 @@ pub(super) async fn ensure(
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => {
             let did = Did::from_public_key(&public_key);
-            ctx.events.publish(
-                &identity.object_ref(&()),
-                EventType::Normal,
-                "KeyCreated",
-                "CreateKey",
-                format!("created Secret {secret_name} for {did}"),
-            )
-            .await;
+            ctx.events
+                .publish(
+                    &identity.object_ref(&()),
+                    EventType::Normal,
+                    "KeyCreated",
+                    "CreateKey",
+                    format!("created Secret {secret_name} for {did}"),
+                )
+                .await;
             Ok(Ok(Key {
                 did,
                 public_key,

@@ -3,23 +3,17 @@
 //! `KeyReady` and `DelegationValid`. Score fields and `Trusted`/`Quarantined` belong to the
 //! trust engine (its own field manager).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_api::common::find_condition;
 use agentmesh_api::identity::{AgentIdentity, AgentIdentityStatus, SignedDelegationLink};
-use agentmesh_api::names::{self, conditions as types, objects};
-use agentmesh_identity::capability::{self, Capability};
-use agentmesh_identity::delegation::{self, DelegationLink};
-use agentmesh_identity::keys::{self, Did};
-use agentmesh_identity::registry::MemoryRegistry;
-use agentmesh_identity::{SigningKey, VerifyingKey};
+use agentmesh_api::names::{self, conditions as types};
+use agentmesh_identity::keys::{self};
 use futures::StreamExt;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::Api;
 use kube::core::SelectorExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -28,13 +22,11 @@ use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
-mod delegation;
+mod chain;
 mod key;
 
 use super::Reconcilers;
 use crate::conditions::condition;
-use crate::context::Context;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::index::{Indexes, PodIndex};
 
@@ -130,12 +122,12 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
                 generation,
             ),
         ),
-        (Some(_), Ok(own)) => match delegation::chain(
+        (Some(_), Ok(own)) => match chain::build(
             identity,
             &own.did,
             &identities,
             ctx,
-            delegation::max_depth(engine, identity),
+            chain::max_depth(engine, identity),
         )
         .await
         {
@@ -207,14 +199,15 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
             && delegation_condition.status == "False"
             && was_valid != Some(false)
         {
-            ctx.events.publish(
-                &identity.object_ref(&()),
-                EventType::Warning,
-                &delegation_condition.reason,
-                "VerifyDelegation",
-                delegation_condition.message.clone(),
-            )
-            .await;
+            ctx.events
+                .publish(
+                    &identity.object_ref(&()),
+                    EventType::Warning,
+                    &delegation_condition.reason,
+                    "VerifyDelegation",
+                    delegation_condition.message.clone(),
+                )
+                .await;
         }
     }
     // Delegations expire and pods come and go without touching this object: look again soon.

@@ -195,17 +195,18 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
             .await;
         }
         Some(old_hash) if old_hash != Some(new_hash) => {
-            ctx.events.publish(
-                &reference,
-                EventType::Normal,
-                "ConfigChanged",
-                "Apply",
-                format!(
-                    "rolling DaemonSet {probe_name}: configuration hash {} -> {new_hash}",
-                    old_hash.unwrap_or("none")
-                ),
-            )
-            .await;
+            ctx.events
+                .publish(
+                    &reference,
+                    EventType::Normal,
+                    "ConfigChanged",
+                    "Apply",
+                    format!(
+                        "rolling DaemonSet {probe_name}: configuration hash {} -> {new_hash}",
+                        old_hash.unwrap_or("none")
+                    ),
+                )
+                .await;
         }
         Some(_) => {}
     }
@@ -276,14 +277,15 @@ async fn write_status(
         && degraded.status == "True"
         && was != Some((degraded.status.clone(), degraded.message.clone()))
     {
-        ctx.events.publish(
-            &resource.object_ref(&()),
-            EventType::Warning,
-            &degraded.reason,
-            "Status",
-            degraded.message.clone(),
-        )
-        .await;
+        ctx.events
+            .publish(
+                &resource.object_ref(&()),
+                EventType::Warning,
+                &degraded.reason,
+                "Status",
+                degraded.message.clone(),
+            )
+            .await;
     }
     Ok(())
 }
@@ -349,14 +351,15 @@ async fn cleanup(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     let deleted_role = delete_owned(&roles, &rbac_name, &owner).await?;
     ctx.probes.forget(&owner);
     if deleted_binding || deleted_role {
-        ctx.events.publish(
-            &resource.object_ref(&()),
-            EventType::Normal,
-            "Deleted",
-            "Cleanup",
-            format!("deleted ClusterRole and ClusterRoleBinding {rbac_name}"),
-        )
-        .await;
+        ctx.events
+            .publish(
+                &resource.object_ref(&()),
+                EventType::Normal,
+                "Deleted",
+                "Cleanup",
+                format!("deleted ClusterRole and ClusterRoleBinding {rbac_name}"),
+            )
+            .await;
     }
     tracing::info!(agent = %owner, "cleaned up cluster-scoped RBAC");
     Ok(Action::await_change())

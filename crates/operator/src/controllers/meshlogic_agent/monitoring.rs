@@ -195,22 +195,23 @@ pub(super) async fn reconcile(agent: &Agent<'_>, ctx: &Context) -> Result<()> {
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(response)) if response.code == 404 => {
-            ctx.events.publish(
-                &agent.resource.object_ref(&()),
-                EventType::Warning,
-                "ServiceMonitorUnavailable",
-                "Apply",
-                // Not found: the ServiceMonitor type, or the namespace asked for.
-                format!(
-                    "metrics.serviceMonitor.enabled is true but ServiceMonitor \
+            ctx.events
+                .publish(
+                    &agent.resource.object_ref(&()),
+                    EventType::Warning,
+                    "ServiceMonitorUnavailable",
+                    "Apply",
+                    // Not found: the ServiceMonitor type, or the namespace asked for.
+                    format!(
+                        "metrics.serviceMonitor.enabled is true but ServiceMonitor \
                      {monitor_namespace}/{monitor_name} cannot be made: {} (does the cluster \
                      serve monitoring.coreos.com/v1 ServiceMonitors, from the Prometheus \
                      Operator, and is there such a namespace?); the probe pods keep their \
                      prometheus.io annotations",
-                    response.message
-                ),
-            )
-            .await;
+                        response.message
+                    ),
+                )
+                .await;
             Ok(())
         }
         Err(error) => Err(error.into()),

@@ -1,8 +1,8 @@
 //! The loop that keeps the serving certificate and the webhook configuration current.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use crate::context::Context;
+use crate::webhook::config;
+use crate::webhook::server::CertStore;
 use anyhow::Context as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -10,14 +10,10 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-use crate::webhook::config;
-use crate::webhook::server::CertStore;
-use crate::context::Context;
 
 use super::*;
 
@@ -249,6 +245,3 @@ impl Manager {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use super::*;
 
 const DAY: Duration = Duration::from_secs(86_400);

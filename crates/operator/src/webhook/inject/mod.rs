@@ -18,13 +18,8 @@
 //! `fsGroupChangePolicy: OnRootMismatch`, so large volumes are not re-chowned at every
 //! start); a pod with its own `fsGroup` keeps it. The file is never world-readable.
 
-use std::collections::BTreeMap;
-
-use agentmesh_api::names::{
-    NEVER_INJECTED_NAMESPACES, annotations, env, labels, objects, paths, ports,
-};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use serde_json::{Value, json};
+use agentmesh_api::names::{NEVER_INJECTED_NAMESPACES, annotations, labels, objects};
+use k8s_openapi::api::core::v1::Pod;
 
 /// The sidecar's health volume (seed: `agentmesh-health`, an emptyDir at `/var/run/agentmesh`).
 pub const HEALTH_VOLUME: &str = "agentmesh-health";
@@ -239,3 +234,6 @@ pub fn already_injected(pod: &Pod) -> bool {
 mod patch;
 
 pub use patch::*;
+
+#[cfg(test)]
+mod tests;

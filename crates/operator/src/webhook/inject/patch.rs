@@ -1,16 +1,14 @@
 //! The JSON patch that adds the sidecar, its key volume and the proxy variables to a pod.
 
-use std::collections::BTreeMap;
-use agentmesh_api::names::{
-    NEVER_INJECTED_NAMESPACES, annotations, env, labels, objects, paths, ports,
-};
+use agentmesh_api::names::{annotations, env, labels, objects, paths, ports};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use super::*;
 
 /// A JSON pointer segment (RFC 6901): `~` and `/` escaped.
-fn pointer_segment(segment: &str) -> String {
+pub(super) fn pointer_segment(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
@@ -256,6 +254,3 @@ pub fn patch(
     ops.extend(proxy_env_ops(spec));
     ops
 }
-
-#[cfg(test)]
-mod tests;

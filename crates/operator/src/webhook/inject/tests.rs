@@ -1,3 +1,8 @@
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::patch::pointer_segment;
 use super::*;
 
 #[test]

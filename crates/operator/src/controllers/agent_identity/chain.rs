@@ -1,36 +1,21 @@
 //! The delegation chain of an identity: root → … → parent → this identity, the last link signed
 //! with the parent's key, and the whole chain verified as a peer would verify it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use agentmesh_api::identity::{AgentIdentity, SignedDelegationLink};
-use agentmesh_api::names::{self, conditions as types, objects};
+use agentmesh_api::names::objects;
+use agentmesh_identity::SigningKey;
 use agentmesh_identity::capability::{self, Capability};
 use agentmesh_identity::delegation::{self, DelegationLink};
 use agentmesh_identity::keys::{self, Did};
 use agentmesh_identity::registry::MemoryRegistry;
-use agentmesh_identity::{SigningKey, VerifyingKey};
-use futures::StreamExt;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::core::SelectorExt;
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
-use kube::{Resource, ResourceExt};
-use serde_json::json;
+use kube::ResourceExt;
+use kube::api::Api;
 
-use super::Reconcilers;
-use crate::conditions::condition;
 use crate::context::Context;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::index::{Indexes, PodIndex};
 
 /// The delegation depth allowed by the policy governing `identity`.
 pub(super) fn max_depth(engine: &Engine, identity: &AgentIdentity) -> usize {
@@ -43,7 +28,7 @@ pub(super) fn max_depth(engine: &Engine, identity: &AgentIdentity) -> usize {
 
 /// Builds the chain root → … → parent → this identity, signing the last link with the
 /// parent's key, and verifies it link by link. Errors: (condition reason, message).
-pub(super) async fn chain(
+pub(super) async fn build(
     identity: &AgentIdentity,
     own_did: &Did,
     identities: &[Arc<AgentIdentity>],
@@ -205,4 +190,3 @@ fn reason_of(error: &delegation::DelegationError) -> &'static str {
         _ => "InvalidChain",
     }
 }
-
