@@ -32,6 +32,7 @@ use agentmesh_api::policy::TrustPolicy;
 use agentmesh_api::wire::Destination;
 use agentmesh_trust::audit::AuditLog;
 use agentmesh_trust::{Policy, Standing, Timestamp, TrustState};
+use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Notify;
@@ -46,6 +47,8 @@ pub use status::StatusWriter;
 
 /// Field manager of the engine's status fields.
 pub const STATUS_MANAGER: &str = "meshlogic-operator-trust";
+/// Status writes in flight at once.
+const CONCURRENT_WRITES: usize = 16;
 /// Most audit entries kept in memory, whatever the retention (about 40 MB).
 pub const MAX_AUDIT_ENTRIES: usize = 100_000;
 
@@ -230,12 +233,16 @@ impl Engine {
             state.audit.keep_newest(MAX_AUDIT_ENTRIES);
             (writes, policy_writes)
         };
-        for write in identity_writes {
-            self.writer.identity(write).await;
-        }
-        for write in policy_writes {
-            self.writer.policy_violations(write).await;
-        }
+        // Many identities appear at once (an apply of thousands, a new leader): write side by
+        // side, a bounded number at a time.
+        futures::stream::iter(identity_writes)
+            .for_each_concurrent(CONCURRENT_WRITES, |write| self.writer.identity(write))
+            .await;
+        futures::stream::iter(policy_writes)
+            .for_each_concurrent(CONCURRENT_WRITES, |write| {
+                self.writer.policy_violations(write)
+            })
+            .await;
         self.changed.notify_waiters();
     }
 
@@ -249,16 +256,8 @@ impl Engine {
     pub fn identity_of_pod(&self, uid: &str) -> Option<(Arc<AgentIdentity>, PodInfo)> {
         let pod = self.pods.get(uid)?;
         let identities = self.identities.state();
-        let in_namespace = identities
-            .iter()
-            .filter(|i| i.namespace().as_deref() == Some(pod.namespace.as_str()));
-        let by_label = pod.labels.get(agentmesh_api::names::labels::IDENTITY);
-        let mut candidates: Vec<&Arc<AgentIdentity>> = in_namespace
-            .filter(|identity| match &identity.spec.selector {
-                Some(selector) => crate::governance::selects(Some(selector), &pod.labels),
-                None => by_label == Some(&identity.name_any()),
-            })
-            .collect();
+        let mut candidates: Vec<&Arc<AgentIdentity>> =
+            identities.iter().filter(|i| pod.is_of(i)).collect();
         candidates.sort_by_key(|i| i.name_any());
         candidates
             .first()

@@ -3,7 +3,8 @@
 //! - AgentIdentities: watched from start-up on every replica (the webhook resolves identities
 //!   with it); the leader's trust engine, trust API and AgentIdentity reconciler read the same
 //!   store, and the reconciler is driven by its changes ([`Shared::changes`]).
-//! - TrustPolicies and pods: watched once this replica leads (only the leader needs them).
+//! - TrustPolicies, pods and the operator's key Secrets: watched once this replica leads (only
+//!   the leader needs them).
 //!
 //! Objects are decoded with [`DeserializeGuard`]: one that does not decode (a CRD served at a
 //! version whose schema this build does not know, a field edited by hand) is logged, counted
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use agentmesh_api::identity::AgentIdentity;
 use agentmesh_api::policy::TrustPolicy;
 use futures::{Stream, StreamExt, stream};
+use k8s_openapi::api::core::v1::Secret;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -62,6 +64,15 @@ where
 {
     /// Starts the watch of `api` (for as long as the process runs); returns at once.
     pub fn start(api: kube::Api<DeserializeGuard<K>>, metrics: Arc<Metrics>) -> Self {
+        Self::start_with(api, watcher::Config::default(), metrics)
+    }
+
+    /// [`Shared::start`] with a watch configuration (a label selector).
+    pub fn start_with(
+        api: kube::Api<DeserializeGuard<K>>,
+        config: watcher::Config,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (store, writer) = reflector::store_shared(CHANGES_BUFFER);
         let subscriber = writer.subscribe().expect("shared stores have subscribers");
         let (changes, _) = broadcast::channel(CHANGES_BUFFER);
@@ -71,7 +82,7 @@ where
             let _ = forward.send(object);
             async {}
         }));
-        tokio::spawn(drain(guarded(api, writer, metrics)));
+        tokio::spawn(drain(guarded(api, config, writer, metrics)));
         Self { store, changes }
     }
 
@@ -101,6 +112,9 @@ pub struct Indexes {
     pub identities: Shared<AgentIdentity>,
     pub policies: Shared<TrustPolicy>,
     pub pods: PodIndex,
+    /// The key Secrets this operator made (`app.kubernetes.io/managed-by=meshlogic-operator`),
+    /// not every Secret of the cluster.
+    pub key_secrets: Shared<Secret>,
 }
 
 impl Indexes {
@@ -122,16 +136,27 @@ impl Indexes {
         metrics: Arc<Metrics>,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Self {
-        let policies = Shared::start(api(client, watch_namespace), metrics);
+        let policies = Shared::start(api(client, watch_namespace), metrics.clone());
+        let key_secrets = Shared::start_with(
+            api(client, watch_namespace),
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                agentmesh_api::names::labels::APP_MANAGED_BY,
+                agentmesh_api::names::labels::MANAGED_BY_VALUE
+            )),
+            metrics,
+        );
         let pods = PodIndex::default();
         tasks.spawn(pods.clone().run(api(client, watch_namespace)));
         let _ = identities.store.wait_until_ready().await;
         let _ = policies.store.wait_until_ready().await;
+        let _ = key_secrets.store.wait_until_ready().await;
         pods.wait_until_ready().await;
         Self {
             identities,
             policies,
             pods,
+            key_secrets,
         }
     }
 
@@ -165,6 +190,7 @@ where
 /// decode.
 fn guarded<K>(
     api: kube::Api<DeserializeGuard<K>>,
+    config: watcher::Config,
     writer: Writer<K>,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send
@@ -173,7 +199,7 @@ where
     K::DynamicType: Eq + Hash + Clone + Default,
 {
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    watcher(api, watcher::Config::default().any_semantic())
+    watcher(api, config.any_semantic())
         .default_backoff()
         .map(move |event| event.map(|event| decoded(event, &kind, &metrics)))
         .filter_map(|event| async move {

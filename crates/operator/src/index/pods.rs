@@ -20,6 +20,21 @@ pub struct PodInfo {
     pub running: bool,
 }
 
+impl PodInfo {
+    /// Whether `identity` counts this pod as one of its own: by its selector, else by the pod's
+    /// `agentmesh.io/identity` label. (Pods in other namespaces never are.)
+    pub fn is_of(&self, identity: &agentmesh_api::identity::AgentIdentity) -> bool {
+        identity.namespace().as_deref() == Some(self.namespace.as_str())
+            && match &identity.spec.selector {
+                Some(selector) => crate::governance::selects(Some(selector), &self.labels),
+                None => {
+                    self.labels.get(agentmesh_api::names::labels::IDENTITY)
+                        == Some(&identity.name_any())
+                }
+            }
+    }
+}
+
 #[derive(Clone)]
 pub struct PodIndex {
     pods: Arc<RwLock<HashMap<String, PodInfo>>>,
@@ -52,13 +67,12 @@ impl PodIndex {
             .collect()
     }
 
-    /// The pods of `namespace`.
-    pub fn in_namespace(&self, namespace: &str) -> Vec<PodInfo> {
+    /// How many pods of `namespace` satisfy `predicate`.
+    pub fn count_in(&self, namespace: &str, predicate: impl Fn(&PodInfo) -> bool) -> usize {
         let pods = self.pods.read().expect("pod index lock");
         pods.values()
-            .filter(|p| p.namespace == namespace)
-            .cloned()
-            .collect()
+            .filter(|p| p.namespace == namespace && predicate(p))
+            .count()
     }
 
     /// Pods as they change (each change once as it was and once as it is). A reader that

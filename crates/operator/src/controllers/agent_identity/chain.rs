@@ -13,6 +13,7 @@ use agentmesh_identity::registry::MemoryRegistry;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::reflector::Store;
 
 use crate::context::Context;
 use crate::engine::Engine;
@@ -33,6 +34,7 @@ pub(super) async fn build(
     own_did: &Did,
     identities: &[Arc<AgentIdentity>],
     ctx: &Context,
+    secrets: &Store<Secret>,
     max_depth: usize,
 ) -> std::result::Result<Vec<SignedDelegationLink>, (&'static str, String)> {
     let delegation = identity
@@ -84,7 +86,7 @@ pub(super) async fn build(
     };
     let parent_grants =
         capability::parse_all(&parent_grants).map_err(|e| ("InvalidCapability", e.to_string()))?;
-    let signing = parent_signing_key(parent, &namespace, ctx).await?;
+    let signing = parent_signing_key(parent, &namespace, ctx, secrets).await?;
     let expires_at = delegation
         .expires_at
         .as_ref()
@@ -157,6 +159,7 @@ async fn parent_signing_key(
     parent: &AgentIdentity,
     namespace: &str,
     ctx: &Context,
+    secrets: &Store<Secret>,
 ) -> std::result::Result<SigningKey, (&'static str, String)> {
     if parent.spec.public_key.is_some() {
         return Err((
@@ -168,8 +171,8 @@ async fn parent_signing_key(
         ));
     }
     let name = objects::key_secret_name(&parent.name_any());
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(&name)
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
+    let secret = super::key::find(secrets, &api, namespace, &name)
         .await
         .map_err(|e| ("ParentNotReady", e.to_string()))?
         .ok_or((

@@ -2,6 +2,7 @@
 //! and keeps in a Secret it owns.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use agentmesh_api::identity::AgentIdentity;
 use agentmesh_api::names::{self, objects};
@@ -11,6 +12,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::context::Context;
@@ -30,6 +32,7 @@ pub(super) async fn ensure(
     identity: &AgentIdentity,
     namespace: &str,
     ctx: &Context,
+    secrets: &Store<Secret>,
 ) -> Result<Result<Key, String>> {
     if let Some(text) = &identity.spec.public_key {
         return Ok(match keys::public_key_from_text(text) {
@@ -45,7 +48,7 @@ pub(super) async fn ensure(
     }
     let secret_name = objects::key_secret_name(&identity.name_any());
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    if let Some(secret) = api.get_opt(&secret_name).await? {
+    if let Some(secret) = find(secrets, &api, namespace, &secret_name).await? {
         return Ok(
             match keys::private_key_from_pem(&private_key_pem(&secret)) {
                 Ok(signing) => {
@@ -120,6 +123,20 @@ pub(super) async fn ensure(
         ))),
         Err(error) => Err(error.into()),
     }
+}
+
+/// The key Secret `name`: from the index of the operator's Secrets, else (just made, and the
+/// index has not seen it yet) from the API.
+pub(super) async fn find(
+    secrets: &Store<Secret>,
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<Secret>>> {
+    if let Some(secret) = secrets.get(&ObjectRef::new(name).within(namespace)) {
+        return Ok(Some(secret));
+    }
+    Ok(api.get_opt(name).await?.map(Arc::new))
 }
 
 /// The PEM under `private-key` in a key Secret (empty when absent, which then fails to parse).

@@ -8,17 +8,15 @@ use std::time::Duration;
 
 use agentmesh_api::common::find_condition;
 use agentmesh_api::identity::{AgentIdentity, AgentIdentityStatus, SignedDelegationLink};
-use agentmesh_api::names::{self, conditions as types};
-use agentmesh_identity::keys::{self};
+use agentmesh_api::names::conditions as types;
+use agentmesh_identity::keys;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
-use kube::core::SelectorExt;
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
@@ -28,28 +26,22 @@ mod key;
 use super::Reconcilers;
 use crate::conditions::condition;
 use crate::error::{Error, Result};
-use crate::index::{Indexes, PodIndex};
+use crate::index::{Indexes, PodIndex, PodInfo};
 
 const CONTROLLER: &str = "agentidentity";
 
 pub async fn run(shared: Arc<Reconcilers>) {
-    let ctx = &shared.ctx;
     let identities = &shared.indexes.identities;
-    // A pod labelled with an identity's name changes how many pods it matches.
-    let pods = shared.indexes.pods.changes().filter_map(|pod| async move {
-        let name = pod.labels.get(names::labels::IDENTITY)?;
-        Some(ObjectRef::new(name).within(&pod.namespace))
-    });
+    // A pod that changes changes how many pods the identities matching it match: those it is
+    // labelled with, and those whose selector selects it.
+    let store = identities.store.clone();
+    let pods = shared
+        .indexes
+        .pods
+        .changes()
+        .flat_map(move |pod| futures::stream::iter(matching(&store, &pod)));
     let controller = Controller::for_shared_stream(identities.changes(), identities.store.clone())
-        .owns(
-            ctx.watched_api::<Secret>(),
-            // Only the key Secrets this operator made, not every Secret some tool manages.
-            watcher::Config::default().labels(&format!(
-                "{}={}",
-                names::labels::APP_MANAGED_BY,
-                names::labels::MANAGED_BY_VALUE
-            )),
-        )
+        .owns_shared_stream(shared.indexes.key_secrets.changes())
         .reconcile_on(pods);
     super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
 }
@@ -71,7 +63,7 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
     let generation = identity.metadata.generation;
     let current = identity.status.clone().unwrap_or_default();
 
-    let key = key::ensure(identity, &namespace, ctx).await?;
+    let key = key::ensure(identity, &namespace, ctx, &indexes.key_secrets.store).await?;
     let key_condition = match &key {
         Ok(key) => condition(
             &current.conditions,
@@ -127,6 +119,7 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
             &own.did,
             &identities,
             ctx,
+            &indexes.key_secrets.store,
             chain::max_depth(engine, identity),
         )
         .await
@@ -210,8 +203,14 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
                 .await;
         }
     }
-    // Delegations expire and pods come and go without touching this object: look again soon.
-    Ok(Action::requeue(Duration::from_secs(30)))
+    // A delegated identity depends on its parent's status and its link expires, neither of
+    // which touches this object: look again soon. Others change only with what triggers them
+    // (the identity, its Secret, its pods); a slow resync covers the rest.
+    Ok(Action::requeue(if identity.spec.delegation.is_some() {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(300)
+    }))
 }
 
 /// The status fields this reconciler owns, compared typed with what status holds.
@@ -247,26 +246,21 @@ impl Owned {
     }
 }
 
+/// The identities in the pod's namespace that count it: by their selector, else by the pod's
+/// `agentmesh.io/identity` label.
+fn matching(identities: &Store<AgentIdentity>, pod: &PodInfo) -> Vec<ObjectRef<AgentIdentity>> {
+    Indexes::in_namespace(identities, &pod.namespace)
+        .iter()
+        .filter(|identity| pod.is_of(identity))
+        .map(|identity| ObjectRef::from_obj(&**identity))
+        .collect()
+}
+
 /// Running pods of the identity: its selector, else the `agentmesh.io/identity` label.
 fn count_pods(identity: &AgentIdentity, namespace: &str, pods: &PodIndex) -> Result<i32> {
-    let selector = identity
-        .spec
-        .selector
-        .as_ref()
-        .map(|selector| {
-            kube::core::Selector::try_from(selector.clone())
-                .map_err(|e| Error::Invalid(format!("spec.selector: {e}")))
-        })
-        .transpose()?;
-    let name = identity.name_any();
-    let running = pods
-        .in_namespace(namespace)
-        .iter()
-        .filter(|pod| pod.running)
-        .filter(|pod| match &selector {
-            Some(selector) => selector.matches(&pod.labels),
-            None => pod.labels.get(names::labels::IDENTITY) == Some(&name),
-        })
-        .count();
-    Ok(running as i32)
+    if let Some(selector) = &identity.spec.selector {
+        kube::core::Selector::try_from(selector.clone())
+            .map_err(|e| Error::Invalid(format!("spec.selector: {e}")))?;
+    }
+    Ok(pods.count_in(namespace, |pod| pod.running && pod.is_of(identity)) as i32)
 }
