@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use agentmesh_api::wire::{BlockedAction, DeniedNetwork, EnforcementSet, PodEnforcement};
 use common::{Layout, TestPod, TrustServer, config, require_root};
-use meshlogic_probe::kernel::event::{
-    C_CONNECT, C_EXEC, C_MUTED, C_OPEN, C_OPEN_REPEATED, C_RUNTIME_SETUP,
-};
+use meshlogic_probe::kernel::event::Counter;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -114,7 +112,7 @@ async fn muted_paths_never_reach_user_space() {
     };
     let pod = TestPod::new(Layout::Cgroupfs);
     common::wait_watched(&probe, &[&pod]).await;
-    let muted_before = probe.kernel_counters().unwrap().get(C_MUTED);
+    let muted_before = probe.kernel_counters().unwrap().get(Counter::C_MUTED);
     assert!(pod
         .run("cat /proc/self/status /sys/kernel/btf/vmlinux /dev/null > /dev/null; cat /etc/hostname > /dev/null")
         .success());
@@ -124,7 +122,7 @@ async fn muted_paths_never_reach_user_space() {
         })
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let muted = probe.kernel_counters().unwrap().get(C_MUTED) - muted_before;
+    let muted = probe.kernel_counters().unwrap().get(Counter::C_MUTED) - muted_before;
     assert!(muted >= 3, "the kernel counted {muted} muted opens");
     let leaked: Vec<&String> = seen
         .all_paths()
@@ -180,8 +178,14 @@ async fn disabling_a_category_stops_its_events() {
         "{seen:#?}"
     );
     let counters = probe.kernel_counters().unwrap();
-    assert_eq!((counters.get(C_OPEN), counters.get(C_CONNECT)), (0, 0));
-    assert!(counters.get(C_EXEC) >= 1);
+    assert_eq!(
+        (
+            counters.get(Counter::C_OPEN),
+            counters.get(Counter::C_CONNECT)
+        ),
+        (0, 0)
+    );
+    assert!(counters.get(Counter::C_EXEC) >= 1);
     probe.shutdown();
     drop(pod);
 
@@ -206,7 +210,7 @@ async fn disabling_a_category_stops_its_events() {
         .await;
     assert_eq!((seen.execs, seen.exits), (0, 0), "{seen:#?}");
     assert!(seen.executables.is_empty());
-    assert_eq!(probe.kernel_counters().unwrap().get(C_EXEC), 0);
+    assert_eq!(probe.kernel_counters().unwrap().get(Counter::C_EXEC), 0);
     probe.shutdown();
 }
 
@@ -383,7 +387,7 @@ async fn ring_buffer_drops_are_counted_and_reported() {
         let drops = probe
             .kernel_counters()
             .unwrap()
-            .get(meshlogic_probe::kernel::event::C_RINGBUF_DROPS);
+            .get(Counter::C_RINGBUF_DROPS);
         if drops > 0 || start.elapsed() > WAIT {
             break drops;
         }
@@ -465,9 +469,9 @@ async fn repeated_opens_are_counted_in_the_kernel_and_listed_once_per_window() {
         .await;
     let counters = probe.kernel_counters().unwrap();
     assert!(
-        counters.get(C_OPEN_REPEATED) >= 1900,
+        counters.get(Counter::C_OPEN_REPEATED) >= 1900,
         "repeats were sent as events: {} folded, {seen:#?}",
-        counters.get(C_OPEN_REPEATED)
+        counters.get(Counter::C_OPEN_REPEATED)
     );
     let windows = server.pod_windows(&pod.uid);
     let listing = windows
@@ -517,7 +521,10 @@ async fn opens_at_the_runtimes_root_are_not_the_pods() {
     };
     let pod = TestPod::new(Layout::Systemd);
     common::wait_watched(&probe, &[&pod]).await;
-    let skipped_before = probe.kernel_counters().unwrap().get(C_RUNTIME_SETUP);
+    let skipped_before = probe
+        .kernel_counters()
+        .unwrap()
+        .get(Counter::C_RUNTIME_SETUP);
 
     // A root of the pod's own: busybox (static) in a directory.
     let rootfs = std::env::temp_dir().join(format!("meshlogic-rootfs-{}", pod.uid));
@@ -541,7 +548,11 @@ async fn opens_at_the_runtimes_root_are_not_the_pods() {
         !seen.written_paths.contains(&runtime_path),
         "the runtime's write was counted as the pod's: {seen:#?}"
     );
-    let skipped = probe.kernel_counters().unwrap().get(C_RUNTIME_SETUP) - skipped_before;
+    let skipped = probe
+        .kernel_counters()
+        .unwrap()
+        .get(Counter::C_RUNTIME_SETUP)
+        - skipped_before;
     assert!(skipped >= 1, "the runtime's opens are counted as skipped");
     let _ = std::fs::remove_dir_all(&rootfs);
     probe.shutdown();
