@@ -79,10 +79,8 @@ static __always_inline int handle_connect(__u32 family, const void *addr, __u32 
 {
 	__u32 flags = 0;
 	__u64 pod = find_pod(&flags);
-	if (filter_pods && !pod) {
-		count(C_UNWATCHED);
+	if (unwatched(pod))
 		return 1;
-	}
 	if (connect_refused(pod, flags, family, addr, len, port)) {
 		count(C_BLOCKED_CONNECT);
 		connect_event(EV_BLOCKED_CONNECT, pod, family, addr, len, port, NO_COUNTER);

@@ -19,10 +19,8 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 {
 	__u32 flags = 0;
 	__u64 pod = find_pod(&flags);
-	if (filter_pods && !pod) {
-		count(C_UNWATCHED);
+	if (unwatched(pod))
 		return 0;
-	}
 	struct scratch *s = new_event(EV_EXEC, pod);
 	if (!s)
 		return 0;
@@ -67,10 +65,8 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 		return 0; /* a thread, not the process */
 	__u32 flags = 0;
 	__u64 pod = find_pod(&flags);
-	if (filter_pods && !pod) {
-		count(C_UNWATCHED);
+	if (unwatched(pod))
 		return 0;
-	}
 	struct scratch *s = new_event(EV_EXIT, pod);
 	if (!s)
 		return 0;

@@ -17,10 +17,8 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 	__u32 flags = 0;
 	struct pod_of *entry = 0;
 	__u64 pod = find_pod_entry(&flags, &entry);
-	if (filter_pods && !pod) {
-		count(C_UNWATCHED);
+	if (unwatched(pod))
 		return 0;
-	}
 	if (skip_runtime_opens && runtime_root) {
 		struct task_struct *task = bpf_get_current_task_btf();
 		if ((__u64)BPF_CORE_READ(task, fs, root.dentry) == runtime_root) {

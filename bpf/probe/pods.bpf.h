@@ -64,6 +64,16 @@ static __always_inline __u64 find_pod(__u32 *flags)
 	return find_pod_entry(flags, &entry);
 }
 
+/* Whether the current task's event is left out, outside every watched pod (and counted). */
+static __always_inline bool unwatched(__u64 pod)
+{
+	if (filter_pods && !pod) {
+		count(C_UNWATCHED);
+		return true;
+	}
+	return false;
+}
+
 /* Whether bytes [at, at + len) of name (n bytes with its NUL) equal word. */
 static __always_inline bool bytes_at(const char *name, long at, const char *word, int len)
 {
