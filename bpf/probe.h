@@ -1,16 +1,21 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The event and map layouts shared by bpf/probe.bpf.c and crates/probe/src/kernel/event.rs.
- * Change both together; a Rust test checks the sizes and offsets against the skeleton's BTF. */
+/* The layouts shared by the BPF programs and user space: the event, its kinds, the kernel
+ * counters, the pod flags and every map key and value user space reads or writes. Declared
+ * here only: the Rust side uses the types libbpf-cargo generates from the skeleton's BTF
+ * (`crates/probe/src/kernel/skel.rs`, module `types`), so the numbers below are enums, which
+ * BTF keeps, rather than macros, which it does not. */
 #ifndef MESHLOGIC_PROBE_H
 #define MESHLOGIC_PROBE_H
 
-#define PATH_LEN 256      /* bytes of a path carried by an event (with its NUL) */
-#define COMM_LEN 16
-#define EXEC_KEY_PATH 240 /* bytes of an executable path in a deny key (LPM data max is 256) */
-#define MAX_PORTS 16      /* ports in one denied-network rule */
-#define MAX_CGROUP_LEVEL 16
-#define CGROUP_NAME_LEN 96 /* bytes of a cgroup directory name compared in the kernel */
-#define RESOLVE_DEPTH 32    /* path components (and mount crossings) walked to resolve a file */
+enum probe_limit {
+	PATH_LEN = 256,      /* bytes of a path carried by an event (with its NUL) */
+	COMM_LEN = 16,
+	EXEC_KEY_PATH = 240, /* bytes of an executable path in a deny key (LPM data max is 256) */
+	MAX_PORTS = 16,      /* ports in one denied-network rule */
+	MAX_CGROUP_LEVEL = 16,
+	CGROUP_NAME_LEN = 96, /* bytes of a cgroup directory name compared in the kernel */
+	RESOLVE_DEPTH = 32,   /* path components (and mount crossings) walked to resolve a file */
+};
 
 enum event_kind {
 	EV_EXEC = 1,
@@ -39,16 +44,19 @@ enum counter {
 };
 
 /* Flags of a watched pod cgroup (value of the pod_cgroups map). */
-#define POD_WATCHED 1u
-#define POD_ENFORCED 2u
-#define POD_QUARANTINED 4u
+enum pod_flag {
+	POD_WATCHED = 1,
+	POD_ENFORCED = 2,
+	POD_QUARANTINED = 4,
+};
 
-struct event {
+/* What every event carries; the path follows it, path_len bytes. */
+struct event_header {
 	__u64 pod_cgroup_id; /* the watched ancestor cgroup (the pod's), 0 when none */
 	__u32 pid;
 	__u32 tgid;
 	__u32 ppid;
-	__u32 kind;
+	enum event_kind kind;
 	__s32 flags; /* open flags; exit code for EV_EXIT */
 	__u16 family; /* AF_INET or AF_INET6 for connects */
 	__u16 port;   /* host byte order */
@@ -56,6 +64,11 @@ struct event {
 	char comm[COMM_LEN];
 	__u32 path_len;      /* bytes of path sent, with the NUL; 0 when none */
 	__u32 reserved;      /* zero; keeps path 8-byte aligned */
+};
+
+/* An event as sent on the ring buffer, cut after path_len bytes of its path. */
+struct event {
+	struct event_header header;
 	char path[PATH_LEN];
 };
 
@@ -105,6 +118,18 @@ struct dest_key {
 	__u8 addr[16];
 	__u32 family;
 	__u32 port;
+};
+
+/* A task's cgroup -> its pod cgroup (0: none) and that pod's flags, as found under
+ * pods_generation (value of the cgroup_pod map). A cgroup's ancestry never changes and ids are
+ * never reused, so an entry stays true until pod_cgroups changes; it saves the walk up the
+ * hierarchy on every event. */
+struct pod_of {
+	__u64 pod;
+	__u64 generation;
+	__u32 flags;
+	__u32 pad;
+	__u64 repeated_opens; /* opens of this cgroup counted here instead of sent (cumulative) */
 };
 
 #endif

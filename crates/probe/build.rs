@@ -1,5 +1,6 @@
-//! Compiles `bpf/probe.bpf.c` and `bpf/floor.bpf.c` (CO-RE, against the vendored
-//! `bpf/vmlinux.h`) and generates their libbpf-rs skeletons into `OUT_DIR/<name>.skel.rs`.
+//! Compiles `bpf/probe.bpf.c` (with its headers: `bpf/probe.h`, shared with user space, and
+//! `bpf/probe/`) and `bpf/floor.bpf.c` (CO-RE, against the vendored `bpf/vmlinux.h`) and
+//! generates their libbpf-rs skeletons into `OUT_DIR/<name>.skel.rs`.
 
 use std::env;
 use std::path::PathBuf;
@@ -33,7 +34,6 @@ fn main() {
             .build_and_generate(out_dir.join(format!("{name}.skel.rs")))
             .unwrap_or_else(|error| panic!("compiling {}: {error:#}", source.display()));
     }
-    for file in ["probe.bpf.c", "floor.bpf.c", "probe.h", "vmlinux.h"] {
-        println!("cargo:rerun-if-changed={}", bpf_dir.join(file).display());
-    }
+    // The directory: cargo then watches every file under it (probe.bpf.c's headers in probe/).
+    println!("cargo:rerun-if-changed={}", bpf_dir.display());
 }

@@ -9,6 +9,7 @@
 
 use std::net::IpAddr;
 
+pub use agentmesh_trust::policy::{Cidr, CidrError};
 use serde::{Deserialize, Serialize};
 
 /// `POST`: a [`ReportBatch`]. Answers 202 with a [`ReportAck`].
@@ -266,10 +267,18 @@ pub struct PodEnforcement {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DeniedNetwork {
-    /// CIDR, IPv4 or IPv6.
+    /// CIDR, IPv4 or IPv6, as the policy wrote it; read it with [`DeniedNetwork::network`].
     pub cidr: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+}
+
+impl DeniedNetwork {
+    /// The network, parsed as the trust rules parse it (one [`Cidr`] type for the policy, the
+    /// wire and the kernel maps): a text the policy refuses is refused here too.
+    pub fn network(&self) -> Result<Cidr, CidrError> {
+        self.cidr.parse()
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,21 @@
 use std::time::Duration;
 
 use agentmesh_api::wire::{ENFORCEMENT_PATH, EnforcementSet};
+use backon::Retryable;
 use hyper::Method;
 use tokio::sync::watch;
 
-use crate::http::JsonClient;
-use crate::report::Backoff;
+use crate::http::{HttpError, JsonClient};
+use crate::retry::Backoff;
+
+/// Why one poll gave no enforcement set.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error("enforcement poll failed: {0}")]
+    Http(#[from] HttpError),
+    #[error("enforcement set does not parse: {0}")]
+    Parse(#[from] serde_json::Error),
+}
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters pass).
 fn encode(value: &str) -> String {
@@ -31,7 +41,7 @@ pub fn url(trust_api: &str, node: &str, since: &str) -> String {
     )
 }
 
-/// Polls forever; each new version is sent on `sets`.
+/// Polls forever, retrying failed polls with backoff; each new version is sent on `sets`.
 pub async fn run(
     client: JsonClient,
     trust_api: String,
@@ -40,34 +50,28 @@ pub async fn run(
     backoff: Backoff,
 ) {
     let mut version = String::new();
-    let mut attempt = 0u32;
     loop {
         let url = url(&trust_api, &node, &version);
-        // The server holds the request up to 30 s when nothing changed.
-        match client
-            .send(Method::GET, &url, None, Duration::from_secs(45))
-            .await
-        {
-            Ok((_, body)) => match serde_json::from_slice::<EnforcementSet>(&body) {
-                Ok(set) => {
-                    attempt = 0;
-                    if set.version != version || sets.borrow().is_none() {
-                        tracing::info!(version = %set.version, pods = set.pods.len(), "enforcement set received");
-                        version = set.version.clone();
-                        sets.send_replace(Some(set));
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "enforcement set does not parse");
-                    tokio::time::sleep(backoff.delay(attempt)).await;
-                    attempt = attempt.saturating_add(1);
-                }
-            },
-            Err(error) => {
-                tracing::warn!(%error, %url, "enforcement poll failed");
-                tokio::time::sleep(backoff.delay(attempt)).await;
-                attempt = attempt.saturating_add(1);
-            }
+        let poll = || async {
+            // The server holds the request up to 30 s when nothing changed.
+            let (_, body) = client
+                .send(Method::GET, &url, None, Duration::from_secs(45))
+                .await?;
+            Ok::<_, PollError>(serde_json::from_slice::<EnforcementSet>(&body)?)
+        };
+        let polled = poll
+            .retry(backoff.schedule())
+            .notify(
+                |error, delay| tracing::warn!(%error, %url, retry_in = ?delay, "enforcement poll"),
+            )
+            .await;
+        let Ok(set) = polled else {
+            continue;
+        };
+        if set.version != version || sets.borrow().is_none() {
+            tracing::info!(version = %set.version, pods = set.pods.len(), "enforcement set received");
+            version = set.version.clone();
+            sets.send_replace(Some(set));
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod cgroup;
 pub mod config;
+pub mod counters;
 pub mod enforce;
 pub mod http;
 pub mod kernel;
@@ -13,7 +14,9 @@ pub mod metrics;
 pub mod pods;
 pub mod privacy;
 pub mod report;
+pub mod retry;
 pub mod run;
+pub mod shared;
 pub mod status;
 pub mod telemetry;
 pub mod usermode;

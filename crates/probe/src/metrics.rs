@@ -1,43 +1,21 @@
 //! Prometheus metrics of the probe (`/metrics` on `metrics.port`, 9090 by default).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::kernel::KernelCounters;
-use crate::kernel::event::{
-    C_BLOCKED_CONNECT, C_BLOCKED_EXEC, C_MUTED, C_OPEN_REPEATED, C_RINGBUF_DROPS, C_RUNTIME_SETUP,
-};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
-}
-
-const KINDS: [&str; 6] = [
-    "exec",
-    "exit",
-    "open",
-    "connect",
-    "blocked_connect",
-    "blocked_exec",
-];
+use crate::counters::SensorCounters;
 
 /// Every metric of the probe.
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
-    events: [Counter; 6],
-    pub ring_buffer_drops: Counter,
-    pub muted: Counter,
-    pub repeated_opens: Counter,
-    pub runtime_setup_opens: Counter,
-    pub kernel_blocked: Family<KindLabel, Counter>,
+    /// What the kernel's consumer and the `/proc` poller advance.
+    pub sensors: Arc<SensorCounters>,
     pub report_drops: Counter,
     pub reports_sent: Counter,
     pub report_failures: Counter,
@@ -49,31 +27,19 @@ pub struct Metrics {
     pub epsilon_spent: Counter<f64, AtomicU64>,
     pub telemetry_exports: Counter,
     pub telemetry_drops: Counter,
-    pub unattributed: Counter,
-    last_drops: AtomicU64,
-    last_muted: AtomicU64,
-    last_repeated: AtomicU64,
-    last_runtime_setup: AtomicU64,
-    last_blocked: [AtomicU64; 2],
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("meshlogic_probe");
-        let events_family = Family::<KindLabel, Counter>::default();
-        let events = KINDS.map(|kind| events_family.get_or_create(&KindLabel { kind }).clone());
+        let sensors = Arc::new(SensorCounters::default());
         registry.register(
             "events",
             "Kernel or /proc events received in user space, by kind",
-            events_family,
+            sensors.events.by_kind.clone(),
         );
+        let kernel = &sensors.kernel;
         let metrics = Self {
-            events,
-            ring_buffer_drops: Counter::default(),
-            muted: Counter::default(),
-            repeated_opens: Counter::default(),
-            runtime_setup_opens: Counter::default(),
-            kernel_blocked: Family::default(),
             report_drops: Counter::default(),
             reports_sent: Counter::default(),
             report_failures: Counter::default(),
@@ -85,39 +51,34 @@ impl Metrics {
             epsilon_spent: Counter::default(),
             telemetry_exports: Counter::default(),
             telemetry_drops: Counter::default(),
-            unattributed: Counter::default(),
-            last_drops: AtomicU64::new(0),
-            last_muted: AtomicU64::new(0),
-            last_repeated: AtomicU64::new(0),
-            last_runtime_setup: AtomicU64::new(0),
-            last_blocked: [AtomicU64::new(0), AtomicU64::new(0)],
             registry: Registry::default(),
+            sensors: sensors.clone(),
         };
         registry.register(
             "ring_buffer_drops",
             "Events lost in the kernel because the ring buffer was full",
-            metrics.ring_buffer_drops.clone(),
+            kernel.ring_buffer_drops.counter.clone(),
         );
         registry.register(
             "muted_events",
             "File opens dropped in the kernel by a mute path",
-            metrics.muted.clone(),
+            kernel.muted.counter.clone(),
         );
         registry.register(
             "repeated_opens",
             "File opens counted in the kernel without an event: the same pod, path and flags again \
              in one report window (counted in the reports, not listed twice)",
-            metrics.repeated_opens.clone(),
+            kernel.repeated_opens.counter.clone(),
         );
         registry.register(
             "runtime_setup_opens",
             "File opens in pod cgroups by tasks at the root of whoever creates cgroups outside pods (the container runtime setting a container up), not counted as the pod's",
-            metrics.runtime_setup_opens.clone(),
+            kernel.runtime_setup_opens.counter.clone(),
         );
         registry.register(
             "kernel_blocked",
             "Connects refused and execs killed in the kernel (tier 3), by kind",
-            metrics.kernel_blocked.clone(),
+            kernel.blocked.clone(),
         );
         registry.register(
             "report_drops",
@@ -178,7 +139,7 @@ impl Metrics {
         registry.register(
             "unattributed_events",
             "Kernel events whose pod cgroup was no longer known in user space",
-            metrics.unattributed.clone(),
+            sensors.events.unattributed.clone(),
         );
         Self {
             registry,
@@ -186,54 +147,8 @@ impl Metrics {
         }
     }
 
-    /// One event of `kind` received.
-    pub fn event(&self, kind: &str) {
-        if let Some(index) = KINDS.iter().position(|k| *k == kind) {
-            self.events[index].inc();
-        }
-    }
-
     pub fn events_of(&self, kind: &str) -> u64 {
-        KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .map_or(0, |index| self.events[index].get())
-    }
-
-    /// Mirrors the kernel's running totals into the counters.
-    pub fn kernel_counters(&self, counters: &KernelCounters) {
-        let advance = |counter: &Counter, last: &AtomicU64, now: u64| {
-            let before = last.swap(now, Ordering::Relaxed);
-            if now > before {
-                counter.inc_by(now - before);
-            }
-        };
-        advance(
-            &self.ring_buffer_drops,
-            &self.last_drops,
-            counters.get(C_RINGBUF_DROPS),
-        );
-        advance(&self.muted, &self.last_muted, counters.get(C_MUTED));
-        advance(
-            &self.repeated_opens,
-            &self.last_repeated,
-            counters.get(C_OPEN_REPEATED),
-        );
-        advance(
-            &self.runtime_setup_opens,
-            &self.last_runtime_setup,
-            counters.get(C_RUNTIME_SETUP),
-        );
-        for (i, (kind, index)) in [("connect", C_BLOCKED_CONNECT), ("exec", C_BLOCKED_EXEC)]
-            .into_iter()
-            .enumerate()
-        {
-            let counter = self
-                .kernel_blocked
-                .get_or_create(&KindLabel { kind })
-                .clone();
-            advance(&counter, &self.last_blocked[i], counters.get(index));
-        }
+        self.sensors.events.of(kind)
     }
 
     pub fn encode(&self) -> String {

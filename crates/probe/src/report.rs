@@ -1,41 +1,19 @@
 //! Reports to the operator's trust API: one batch per window, queued in a bounded queue (the
 //! oldest batch is dropped, and counted, when it is full), POSTed with the ServiceAccount token,
-//! retried with exponential backoff.
+//! retried with exponential backoff and jitter ([`Backoff`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentmesh_api::wire::{REPORTS_PATH, ReportBatch};
+use backon::Retryable;
 use hyper::Method;
 use tokio::sync::Notify;
 
-use crate::http::JsonClient;
+use crate::http::{HttpError, JsonClient};
 use crate::metrics::Metrics;
-
-/// Backoff of retries: doubles from `initial` up to `max`.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    pub fn delay(&self, attempt: u32) -> Duration {
-        self.initial
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.max)
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::retry::Backoff;
 
 /// The bounded queue of batches waiting to be sent.
 #[derive(Debug)]
@@ -96,7 +74,8 @@ impl ReportQueue {
         }
     }
 
-    /// Sends batches in order, forever.
+    /// Sends batches in order, forever; each is retried until it is delivered, refused for
+    /// good, or dropped from the queue meanwhile.
     pub async fn run_sender(
         self: Arc<Self>,
         client: JsonClient,
@@ -104,48 +83,57 @@ impl ReportQueue {
         backoff: Backoff,
     ) {
         let url = format!("{trust_api}{REPORTS_PATH}");
-        let mut attempt = 0u32;
         loop {
-            let Some(batch) = self.front() else {
+            if self.is_empty() {
                 self.ready.notified().await;
                 continue;
-            };
-            let body = match serde_json::to_vec(&batch) {
-                Ok(body) => body,
-                Err(error) => {
-                    tracing::error!(%error, "report batch not serializable; dropped");
-                    self.pop_sent(&batch);
-                    self.metrics.report_drops.inc();
-                    continue;
-                }
-            };
-            let started = Instant::now();
-            let sent = client
-                .send(Method::POST, &url, Some(body), Duration::from_secs(10))
-                .await;
-            match sent {
-                Ok(_) => {
-                    self.metrics
-                        .report_latency
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.reports_sent.inc();
-                    self.pop_sent(&batch);
-                    attempt = 0;
-                }
-                Err(error) if error.is_permanent() => {
-                    tracing::error!(%error, %url, "trust API refused a report batch; dropped");
-                    self.metrics.report_drops.inc();
-                    self.pop_sent(&batch);
-                    attempt = 0;
-                }
-                Err(error) => {
-                    self.metrics.report_failures.inc();
-                    let delay = backoff.delay(attempt);
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(%error, %url, retry_in = ?delay, "report not delivered");
-                    tokio::time::sleep(delay).await;
-                }
             }
+            let _ = (|| self.send_front(&client, &url))
+                .retry(backoff.schedule())
+                .notify(|error, delay| {
+                    self.metrics.report_failures.inc();
+                    tracing::warn!(%error, %url, retry_in = ?delay, "report not delivered");
+                })
+                .await;
+        }
+    }
+
+    /// One attempt at the batch at the front of the queue (whichever it is by now). Fails only
+    /// when sending it again may succeed: a batch that cannot be serialized or that the trust
+    /// API refuses for good is dropped and counted.
+    async fn send_front(&self, client: &JsonClient, url: &str) -> Result<(), HttpError> {
+        let Some(batch) = self.front() else {
+            return Ok(());
+        };
+        let body = match serde_json::to_vec(&batch) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::error!(%error, "report batch not serializable; dropped");
+                self.pop_sent(&batch);
+                self.metrics.report_drops.inc();
+                return Ok(());
+            }
+        };
+        let started = Instant::now();
+        match client
+            .send(Method::POST, url, Some(body), Duration::from_secs(10))
+            .await
+        {
+            Ok(_) => {
+                self.metrics
+                    .report_latency
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.reports_sent.inc();
+                self.pop_sent(&batch);
+                Ok(())
+            }
+            Err(error) if error.is_permanent() => {
+                tracing::error!(%error, %url, "trust API refused a report batch; dropped");
+                self.metrics.report_drops.inc();
+                self.pop_sent(&batch);
+                Ok(())
+            }
+            Err(error) => Err(error),
         }
     }
 }
@@ -181,16 +169,5 @@ mod tests {
         assert_eq!(queue.len(), 2);
         assert_eq!(metrics.report_drops.get(), 3);
         assert_eq!(queue.front(), Some(batch(3)));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_ceiling() {
-        let backoff = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        let delays: Vec<u128> = (0..6).map(|a| backoff.delay(a).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(backoff.delay(u32::MAX), Duration::from_secs(1));
     }
 }

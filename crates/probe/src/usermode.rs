@@ -14,8 +14,8 @@ use agentmesh_api::meshlogic::CgroupDriver;
 
 use crate::aggregate::{Observation, open_flags_write};
 use crate::cgroup::{cgroup_path_of_process, pod_uid_of_path};
-use crate::kernel::Shared;
-use crate::metrics::Metrics;
+use crate::counters::EventCounters;
+use crate::shared::{Shared, lock};
 
 #[derive(Debug, Clone)]
 pub struct UserModeOptions {
@@ -59,7 +59,7 @@ impl UserModePoller {
     }
 
     /// One pass over `/proc`, recorded into the aggregator.
-    pub fn poll(&mut self, shared: &Mutex<Shared>, metrics: &Metrics) {
+    pub fn poll(&mut self, shared: &Mutex<Shared>, counters: &EventCounters) {
         let mut seen: Vec<(String, Seen)> = Vec::new();
         let mut alive = HashSet::new();
         let Ok(entries) = std::fs::read_dir(&self.options.proc_root) else {
@@ -124,7 +124,7 @@ impl UserModePoller {
                 seen.push((process.pod_uid, Seen::Exit));
             }
         }
-        let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shared = lock(shared);
         for (uid, event) in &seen {
             let observation = match event {
                 Seen::Exec(path) => Observation::Exec { path },
@@ -138,7 +138,7 @@ impl UserModePoller {
                     port: *port,
                 },
             };
-            metrics.event(observation.kind());
+            counters.event(observation.kind());
             shared.aggregator.record(uid, observation);
         }
     }

@@ -12,6 +12,18 @@
 
 include!(concat!(env!("OUT_DIR"), "/probe.skel.rs"));
 
+// SAFETY: the types of `bpf/probe.h` that are read from or written to the kernel as bytes:
+// repr(C) structs of integers, byte arrays and transparent integer enums, their padding
+// explicit, so that every bit pattern is a valid value.
+unsafe impl plain::Plain for types::event_header {}
+unsafe impl plain::Plain for types::path_key {}
+unsafe impl plain::Plain for types::exec_key {}
+unsafe impl plain::Plain for types::net4_key {}
+unsafe impl plain::Plain for types::net6_key {}
+unsafe impl plain::Plain for types::net_rule {}
+unsafe impl plain::Plain for types::dest_key {}
+unsafe impl plain::Plain for types::pod_of {}
+
 /// The skeleton of `bpf/floor.bpf.c` (see [`super::floor`]).
 pub mod floor {
     include!(concat!(env!("OUT_DIR"), "/floor.skel.rs"));

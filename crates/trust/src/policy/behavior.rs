@@ -5,18 +5,26 @@
 //! beats one that does not at equal prefix). Among equally specific rules the strictest
 //! action wins (`deny` over `alert` over `allow`).
 
+use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
 
 use super::pattern::Glob;
 use super::spec::{BehaviorAction, FileAccess};
 
-/// An IPv4 or IPv6 network. IPv4-mapped IPv6 addresses match IPv4 networks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    v6: bool,
-    network: u128,
-    prefix_len: u8,
-}
+/// An IPv4 or IPv6 network, the one CIDR type of the trust rules, the wire (enforcement sets)
+/// and the probe's kernel maps. IPv4-mapped IPv6 addresses match IPv4 networks.
+///
+/// Parsed strictly, the same everywhere: `address/prefix`, nothing around it; the address as
+/// the standard library reads it (no leading zeros in IPv4 octets, which other parsers read as
+/// octal); the prefix 1 to 3 decimal digits, no sign; host bits cleared (`10.1.2.3/8` is
+/// `10.0.0.0/8`). A bare address is not a network, and an IPv4-mapped IPv6 network
+/// (`::ffff:10.0.0.0/104`) is refused: it would match nothing here (mapped destinations are
+/// IPv4) while the kernel would refuse connects to it; write the IPv4 network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr(IpNet);
 
 impl Cidr {
     pub fn parse(text: &str) -> Option<Self> {
@@ -25,23 +33,22 @@ impl Cidr {
         if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        let prefix_len: u8 = len.parse().ok()?;
-        let (v6, bits, max) = match addr {
-            IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
-            IpAddr::V6(a) => (true, u128::from(a), 128),
-        };
-        if prefix_len > max {
+        if let IpAddr::V6(v6) = addr
+            && v6.to_ipv4_mapped().is_some()
+        {
             return None;
         }
-        Some(Self {
-            v6,
-            network: bits & mask(prefix_len, max),
-            prefix_len,
-        })
+        let net = IpNet::new(addr, len.parse().ok()?).ok()?;
+        Some(Self(net.trunc()))
+    }
+
+    /// The network (host bits cleared).
+    pub fn net(&self) -> IpNet {
+        self.0
     }
 
     pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
+        self.0.prefix_len()
     }
 
     #[inline]
@@ -50,26 +57,33 @@ impl Cidr {
             IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
             v4 => v4,
         };
-        let (v6, bits, max) = match ip {
-            IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
-            IpAddr::V6(a) => (true, u128::from(a), 128),
-        };
-        v6 == self.v6 && bits & mask(self.prefix_len, max) == self.network
+        self.0.contains(&ip)
+    }
+
+    /// Whether every address of `other` is in this network.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.0.contains(&other.0)
     }
 }
 
-fn mask(prefix_len: u8, max: u8) -> u128 {
-    if prefix_len == 0 {
-        0
-    } else {
-        let full: u128 = if max == 32 {
-            u128::from(u32::MAX)
-        } else {
-            u128::MAX
-        };
-        full & !((1u128 << (max - prefix_len)) - 1)
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text).ok_or_else(|| CidrError(text.to_owned()))
     }
 }
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A text that is not a [`Cidr`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an IPv4 or IPv6 CIDR such as 10.0.0.0/8")]
+pub struct CidrError(pub String);
 
 /// Which kind of rule decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -229,6 +243,36 @@ mod tests {
         ] {
             assert!(Cidr::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    /// The cases where this parser and the probe's old one disagreed, and the neighbours
+    /// where lax parsers differ (leading zeros, signs, spaces, mapped addresses).
+    #[test]
+    fn cidrs_are_parsed_strictly_and_canonically() {
+        let canonical = |text: &str| Cidr::parse(text).map(|c| c.to_string());
+        assert_eq!(canonical("10.1.2.3/8").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(canonical("fd12::1/8").as_deref(), Some("fd00::/8"));
+        assert_eq!(canonical("10.0.0.0/008").as_deref(), Some("10.0.0.0/8"));
+        for bad in [
+            "10.0.0.1",
+            "fd00::1",
+            "10.0.0.0/+8",
+            "10.0.0.0/-8",
+            "10.0.0.0/0008",
+            "010.0.0.0/8",
+            " 10.0.0.0/8",
+            "10.0.0.0/8 ",
+            "10.0.0.0/ 8",
+            "10.0.0.0 /8",
+            "::ffff:10.0.0.0/104",
+            "::ffff:0:0/96",
+        ] {
+            assert_eq!(Cidr::parse(bad), None, "{bad}");
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let wide = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(wide.covers(&Cidr::parse("10.1.0.0/16").unwrap()));
+        assert!(!Cidr::parse("10.1.0.0/16").unwrap().covers(&wide));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use agentmesh_identity::Timestamp;
 use sha2::{Digest, Sha256};
 
-pub use behavior::{Cidr, RuleKind};
+pub use behavior::{Cidr, CidrError, RuleKind};
 pub use names::canonical_name;
 pub use pattern::{Glob, GlobSet};
 pub use rate::RateState;

@@ -1,17 +1,15 @@
 //! On the real kernel, as root: the tier 2/3 programs attribute events to pods, filter in the
 //! kernel, and enforce at tier 3. Needs root and BPF (this machine and CI have both).
 
+#[path = "../common/mod.rs"]
 mod common;
+mod tier3;
 
 use std::net::TcpListener;
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use agentmesh_api::wire::{BlockedAction, DeniedNetwork, EnforcementSet, PodEnforcement};
 use common::{Layout, TestPod, TrustServer, config, require_root};
-use meshlogic_probe::kernel::event::{
-    C_CONNECT, C_EXEC, C_MUTED, C_OPEN, C_OPEN_REPEATED, C_RUNTIME_SETUP,
-};
+use meshlogic_probe::kernel::event::Counter;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -114,7 +112,7 @@ async fn muted_paths_never_reach_user_space() {
     };
     let pod = TestPod::new(Layout::Cgroupfs);
     common::wait_watched(&probe, &[&pod]).await;
-    let muted_before = probe.kernel_counters().unwrap().get(C_MUTED);
+    let muted_before = probe.kernel_counters().unwrap().get(Counter::C_MUTED);
     assert!(pod
         .run("cat /proc/self/status /sys/kernel/btf/vmlinux /dev/null > /dev/null; cat /etc/hostname > /dev/null")
         .success());
@@ -124,7 +122,7 @@ async fn muted_paths_never_reach_user_space() {
         })
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let muted = probe.kernel_counters().unwrap().get(C_MUTED) - muted_before;
+    let muted = probe.kernel_counters().unwrap().get(Counter::C_MUTED) - muted_before;
     assert!(muted >= 3, "the kernel counted {muted} muted opens");
     let leaked: Vec<&String> = seen
         .all_paths()
@@ -180,8 +178,14 @@ async fn disabling_a_category_stops_its_events() {
         "{seen:#?}"
     );
     let counters = probe.kernel_counters().unwrap();
-    assert_eq!((counters.get(C_OPEN), counters.get(C_CONNECT)), (0, 0));
-    assert!(counters.get(C_EXEC) >= 1);
+    assert_eq!(
+        (
+            counters.get(Counter::C_OPEN),
+            counters.get(Counter::C_CONNECT)
+        ),
+        (0, 0)
+    );
+    assert!(counters.get(Counter::C_EXEC) >= 1);
     probe.shutdown();
     drop(pod);
 
@@ -206,160 +210,8 @@ async fn disabling_a_category_stops_its_events() {
         .await;
     assert_eq!((seen.execs, seen.exits), (0, 0), "{seen:#?}");
     assert!(seen.executables.is_empty());
-    assert_eq!(probe.kernel_counters().unwrap().get(C_EXEC), 0);
+    assert_eq!(probe.kernel_counters().unwrap().get(Counter::C_EXEC), 0);
     probe.shutdown();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
-    let Some((server, probe)) = common::root_probe(json!({"safetyTier": 3})).await else {
-        return;
-    };
-    assert_eq!(
-        probe.status.tier(),
-        3,
-        "{:?}",
-        probe.status.fallback_reason()
-    );
-    assert_eq!(probe.status.programs_loaded(), 6);
-    let pod = TestPod::new(Layout::Cgroupfs);
-    let bystander = TestPod::new(Layout::Systemd);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
-    common::wait_watched(&probe, &[&pod, &bystander]).await;
-
-    // Nothing enforced yet.
-    assert!(pod.run(&connect).success());
-    assert!(pod.run("/bin/true").success());
-
-    server.set_enforcement(EnforcementSet {
-        version: "1".into(),
-        pods: vec![PodEnforcement {
-            pod_uid: pod.uid.clone(),
-            denied_networks: vec![DeniedNetwork {
-                cidr: "127.0.0.0/8".into(),
-                ports: vec![port],
-            }],
-            denied_executables: vec!["/bin/true".into()],
-            ..Default::default()
-        }],
-    });
-    wait_for_version(&probe, "1").await;
-
-    assert!(
-        !pod.run(&connect).success(),
-        "a denied connect went through"
-    );
-    let killed = pod.run("/bin/true");
-    assert_eq!(killed.signal(), Some(libc::SIGKILL), "{killed:?}");
-    // Other ports, other binaries and other pods are untouched.
-    assert!(pod.run("/bin/echo ok").success());
-    assert!(bystander.run(&connect).success());
-    assert!(bystander.run("/bin/true").success());
-
-    let seen = server
-        .wait_for_pod(&pod.uid, WAIT, |m| m.blocked.len() >= 2)
-        .await;
-    assert!(
-        seen.blocked.contains(&BlockedAction::Exec {
-            path: "/bin/true".into()
-        }),
-        "{seen:#?}"
-    );
-    assert!(
-        seen.blocked
-            .iter()
-            .any(|b| matches!(b, BlockedAction::Connect { port: p, .. } if *p == port))
-    );
-
-    // A rule names the file as it resolves: reaching it through a symbolic link or a relative
-    // name is killed as well.
-    let real = std::fs::canonicalize("/bin/true").unwrap();
-    let link = std::env::temp_dir().join(format!("meshlogic-true-{}", pod.uid));
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&real, &link).unwrap();
-    server.set_enforcement(EnforcementSet {
-        version: "1b".into(),
-        pods: vec![PodEnforcement {
-            pod_uid: pod.uid.clone(),
-            denied_executables: vec![real.display().to_string()],
-            ..Default::default()
-        }],
-    });
-    wait_for_version(&probe, "1b").await;
-    for script in [
-        link.display().to_string(),
-        format!(
-            "cd {} && ./{}",
-            real.parent().unwrap().display(),
-            real.file_name().unwrap().to_str().unwrap()
-        ),
-    ] {
-        let killed = pod.run(&script);
-        assert_eq!(killed.signal(), Some(libc::SIGKILL), "{script}: {killed:?}");
-    }
-    assert!(pod.run("/bin/echo ok").success());
-    let _ = std::fs::remove_file(&link);
-
-    // Quarantine: every connect refused but the allowed destinations.
-    let other_listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let allowed_port = other_listener.local_addr().unwrap().port();
-    server.set_enforcement(EnforcementSet {
-        version: "2".into(),
-        pods: vec![PodEnforcement {
-            pod_uid: pod.uid.clone(),
-            quarantined: true,
-            allowed_destinations: vec![agentmesh_api::wire::Destination {
-                ip: "127.0.0.1".parse().unwrap(),
-                port: allowed_port,
-            }],
-            ..Default::default()
-        }],
-    });
-    wait_for_version(&probe, "2").await;
-    assert!(!pod.run(&connect).success(), "a quarantined pod connected");
-    assert!(
-        pod.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{allowed_port}"))
-            .success()
-    );
-    assert!(
-        pod.run("/bin/true").success(),
-        "the exec rule was lifted with version 2"
-    );
-
-    // Lifted: everything goes through again.
-    server.set_enforcement(EnforcementSet {
-        version: "3".into(),
-        pods: vec![],
-    });
-    wait_for_version(&probe, "3").await;
-    assert!(pod.run(&connect).success());
-    assert!(pod.run("/bin/true").success());
-    assert!(connect_error(&pod, "::1", port).contains("Connection refused"));
-    drop(listener);
-    probe.shutdown();
-}
-
-/// What bash says when it cannot connect to [ip]:port from the pod.
-fn connect_error(pod: &TestPod, ip: &str, port: u16) -> String {
-    let output = pod
-        .command(&format!("exec 3<>/dev/tcp/{ip}/{port}"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-async fn wait_for_version(probe: &meshlogic_probe::run::ProbeHandle, version: &str) {
-    let start = std::time::Instant::now();
-    while probe.status.enforcement_version().as_deref() != Some(version) {
-        assert!(
-            start.elapsed() < WAIT,
-            "enforcement version {version} never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A one-page ring buffer flooded by a burst of opens: the losses are counted in the kernel,
@@ -383,7 +235,7 @@ async fn ring_buffer_drops_are_counted_and_reported() {
         let drops = probe
             .kernel_counters()
             .unwrap()
-            .get(meshlogic_probe::kernel::event::C_RINGBUF_DROPS);
+            .get(Counter::C_RINGBUF_DROPS);
         if drops > 0 || start.elapsed() > WAIT {
             break drops;
         }
@@ -465,9 +317,9 @@ async fn repeated_opens_are_counted_in_the_kernel_and_listed_once_per_window() {
         .await;
     let counters = probe.kernel_counters().unwrap();
     assert!(
-        counters.get(C_OPEN_REPEATED) >= 1900,
+        counters.get(Counter::C_OPEN_REPEATED) >= 1900,
         "repeats were sent as events: {} folded, {seen:#?}",
-        counters.get(C_OPEN_REPEATED)
+        counters.get(Counter::C_OPEN_REPEATED)
     );
     let windows = server.pod_windows(&pod.uid);
     let listing = windows
@@ -517,7 +369,10 @@ async fn opens_at_the_runtimes_root_are_not_the_pods() {
     };
     let pod = TestPod::new(Layout::Systemd);
     common::wait_watched(&probe, &[&pod]).await;
-    let skipped_before = probe.kernel_counters().unwrap().get(C_RUNTIME_SETUP);
+    let skipped_before = probe
+        .kernel_counters()
+        .unwrap()
+        .get(Counter::C_RUNTIME_SETUP);
 
     // A root of the pod's own: busybox (static) in a directory.
     let rootfs = std::env::temp_dir().join(format!("meshlogic-rootfs-{}", pod.uid));
@@ -541,7 +396,11 @@ async fn opens_at_the_runtimes_root_are_not_the_pods() {
         !seen.written_paths.contains(&runtime_path),
         "the runtime's write was counted as the pod's: {seen:#?}"
     );
-    let skipped = probe.kernel_counters().unwrap().get(C_RUNTIME_SETUP) - skipped_before;
+    let skipped = probe
+        .kernel_counters()
+        .unwrap()
+        .get(Counter::C_RUNTIME_SETUP)
+        - skipped_before;
     assert!(skipped >= 1, "the runtime's opens are counted as skipped");
     let _ = std::fs::remove_dir_all(&rootfs);
     probe.shutdown();

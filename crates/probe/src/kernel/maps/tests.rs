@@ -1,0 +1,157 @@
+use std::net::IpAddr;
+
+use agentmesh_api::wire::{Cidr, DeniedNetwork, Destination, PodEnforcement};
+use agentmesh_trust::policy::{BehaviorAction, Effect, NetworkRuleSpec, Policy, PolicySpec};
+
+use super::*;
+
+const WATCHED: u32 = PodFlag::POD_WATCHED.0;
+const ENFORCED: u32 = PodFlag::POD_ENFORCED.0;
+const QUARANTINED: u32 = PodFlag::POD_QUARANTINED.0;
+
+fn pods() -> PodCgroups {
+    PodCgroups {
+        by_id: [(11, "a".to_string()), (22, "b".to_string())]
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn enforcing(denied_networks: Vec<DeniedNetwork>) -> EnforcementSet {
+    EnforcementSet {
+        version: "1".into(),
+        pods: vec![PodEnforcement {
+            pod_uid: "a".into(),
+            quarantined: false,
+            denied_networks,
+            denied_executables: vec![],
+            allowed_destinations: vec![],
+        }],
+    }
+}
+
+fn denied(cidr: &str, ports: Vec<u16>) -> DeniedNetwork {
+    DeniedNetwork {
+        cidr: cidr.into(),
+        ports,
+    }
+}
+
+#[test]
+fn enforcement_marks_the_pod_and_narrow_rules_keep_wide_ports() {
+    let mut set = enforcing(vec![
+        denied("10.0.0.0/8", vec![22]),
+        denied("10.1.0.0/16", vec![443]),
+        denied("fd00::/8", vec![]),
+    ]);
+    let pod = &mut set.pods[0];
+    pod.quarantined = true;
+    pod.denied_executables = vec!["/usr/bin/curl".into(), "bad".into()];
+    pod.allowed_destinations = vec![Destination {
+        ip: "10.0.0.1".parse().unwrap(),
+        port: 8080,
+    }];
+    let (state, warnings) = build(&pods(), Some(&set));
+    assert_eq!(state.pods[&11], WATCHED | ENFORCED | QUARANTINED);
+    assert_eq!(state.pods[&22], WATCHED);
+    assert_eq!(state.deny_exec.len(), 1);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(state.deny_net4.len(), 2);
+    let narrow = &state.deny_net4[&net_key(11, "10.1.0.0/16".parse().unwrap())];
+    assert_eq!(u32::from_ne_bytes(narrow[..4].try_into().unwrap()), 2);
+    // fd00::/8, and the IPv4-mapped forms of both IPv4 networks.
+    assert_eq!(state.deny_net6.len(), 3);
+    assert_eq!(state.allowed.len(), 1);
+    let (plain, _) = build(&pods(), None);
+    assert!(plain.deny_exec.is_empty() && plain.pods.values().all(|f| *f == WATCHED));
+}
+
+/// Whether the kernel refuses a connect of pod 11 to `ip:port` under `state`: the longest
+/// prefix of the trie of the connect's family (connect4 for IPv4, connect6 for IPv6, mapped
+/// addresses included), then its ports, as bpf/probe/connect.bpf.h looks them up.
+fn kernel_refuses(state: &KernelState, ip: IpAddr, port: u16) -> bool {
+    let (trie, bits) = match ip {
+        IpAddr::V4(_) => (&state.deny_net4, 32),
+        IpAddr::V6(_) => (&state.deny_net6, 128),
+    };
+    let longest = (0..=bits).rev().find_map(|len| {
+        let net = IpNet::new(ip, len).unwrap().trunc();
+        trie.get(&net_key(11, net))
+    });
+    longest.is_some_and(|rule| {
+        let nports = u32::from_ne_bytes(rule[..4].try_into().unwrap()) as usize;
+        nports == 0
+            || (0..nports)
+                .any(|i| u16::from_ne_bytes(rule[4 + 2 * i..6 + 2 * i].try_into().unwrap()) == port)
+    })
+}
+
+/// The trust rules and the probe read a CIDR alike (one parser: host bits, signs, leading zeros,
+/// spaces, mapped forms), and the kernel refuses exactly the connects the trust rules deny,
+/// for IPv4, IPv6 and IPv4-mapped IPv6 destinations. The old probe parser took `10.0.0.1` as
+/// `10.0.0.1/32` and `10.0.0.0/+8` as `/8`, which the policy refuses, and a dual-stack socket's
+/// connect to `::ffff:10.0.0.1` escaped a `10.0.0.0/8` rule in the kernel while it counted as
+/// denied in the trust rules.
+#[test]
+fn the_probe_and_the_trust_rules_agree_on_cidrs() {
+    let texts = [
+        "10.0.0.1/8",
+        "10.1.2.3/16",
+        "10.0.0.0/008",
+        "fd12::1/8",
+        "0.0.0.0/0",
+        "10.0.0.1",
+        "10.0.0.0/+8",
+        "010.0.0.0/8",
+        " 10.0.0.0/8",
+        "10.0.0.0/8 ",
+        "::ffff:10.0.0.0/104",
+        "10.0.0.0/33",
+    ];
+    let destinations: Vec<IpAddr> = [
+        "10.0.0.1",
+        "10.1.2.3",
+        "11.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:11.0.0.1",
+        "fd00::1",
+        "fe80::1",
+    ]
+    .iter()
+    .map(|ip| ip.parse().unwrap())
+    .collect();
+    for text in texts {
+        let mut spec = PolicySpec::default();
+        spec.behavior.network.push(NetworkRuleSpec {
+            cidr: text.into(),
+            ports: vec![443],
+            action: BehaviorAction::Deny,
+            penalty: 10,
+        });
+        let policy = Policy::compile(spec);
+        let (state, warnings) = build(&pods(), Some(&enforcing(vec![denied(text, vec![443])])));
+        assert_eq!(
+            policy.is_ok(),
+            warnings.is_empty(),
+            "{text:?}: policy {:?}, probe {warnings:?}",
+            policy.as_ref().err()
+        );
+        assert_eq!(
+            text.parse::<Cidr>().is_ok(),
+            warnings.is_empty(),
+            "{text:?}"
+        );
+        let Ok(policy) = policy else {
+            continue;
+        };
+        for ip in &destinations {
+            for port in [443, 80] {
+                assert_eq!(
+                    kernel_refuses(&state, *ip, port),
+                    policy.decide_connect(*ip, port, 1000).effect != Effect::Allow,
+                    "{text} {ip} {port}"
+                );
+            }
+        }
+    }
+}

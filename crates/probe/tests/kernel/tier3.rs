@@ -1,0 +1,163 @@
+//! Tier 3: denied connects refused and denied execs killed in the kernel, until lifted.
+
+use std::net::TcpListener;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use agentmesh_api::wire::{BlockedAction, DeniedNetwork, EnforcementSet, PodEnforcement};
+use serde_json::json;
+
+use super::WAIT;
+use crate::common::{self, Layout, TestPod};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
+    let Some((server, probe)) = common::root_probe(json!({"safetyTier": 3})).await else {
+        return;
+    };
+    assert_eq!(
+        probe.status.tier(),
+        3,
+        "{:?}",
+        probe.status.fallback_reason()
+    );
+    assert_eq!(probe.status.programs_loaded(), 6);
+    let pod = TestPod::new(Layout::Cgroupfs);
+    let bystander = TestPod::new(Layout::Systemd);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+    common::wait_watched(&probe, &[&pod, &bystander]).await;
+
+    // Nothing enforced yet.
+    assert!(pod.run(&connect).success());
+    assert!(pod.run("/bin/true").success());
+
+    server.set_enforcement(EnforcementSet {
+        version: "1".into(),
+        pods: vec![PodEnforcement {
+            pod_uid: pod.uid.clone(),
+            denied_networks: vec![DeniedNetwork {
+                cidr: "127.0.0.0/8".into(),
+                ports: vec![port],
+            }],
+            denied_executables: vec!["/bin/true".into()],
+            ..Default::default()
+        }],
+    });
+    wait_for_version(&probe, "1").await;
+
+    assert!(
+        !pod.run(&connect).success(),
+        "a denied connect went through"
+    );
+    let killed = pod.run("/bin/true");
+    assert_eq!(killed.signal(), Some(libc::SIGKILL), "{killed:?}");
+    // Other ports, other binaries and other pods are untouched.
+    assert!(pod.run("/bin/echo ok").success());
+    assert!(bystander.run(&connect).success());
+    assert!(bystander.run("/bin/true").success());
+
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| m.blocked.len() >= 2)
+        .await;
+    assert!(
+        seen.blocked.contains(&BlockedAction::Exec {
+            path: "/bin/true".into()
+        }),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.blocked
+            .iter()
+            .any(|b| matches!(b, BlockedAction::Connect { port: p, .. } if *p == port))
+    );
+
+    // A rule names the file as it resolves: reaching it through a symbolic link or a relative
+    // name is killed as well.
+    let real = std::fs::canonicalize("/bin/true").unwrap();
+    let link = std::env::temp_dir().join(format!("meshlogic-true-{}", pod.uid));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    server.set_enforcement(EnforcementSet {
+        version: "1b".into(),
+        pods: vec![PodEnforcement {
+            pod_uid: pod.uid.clone(),
+            denied_executables: vec![real.display().to_string()],
+            ..Default::default()
+        }],
+    });
+    wait_for_version(&probe, "1b").await;
+    for script in [
+        link.display().to_string(),
+        format!(
+            "cd {} && ./{}",
+            real.parent().unwrap().display(),
+            real.file_name().unwrap().to_str().unwrap()
+        ),
+    ] {
+        let killed = pod.run(&script);
+        assert_eq!(killed.signal(), Some(libc::SIGKILL), "{script}: {killed:?}");
+    }
+    assert!(pod.run("/bin/echo ok").success());
+    let _ = std::fs::remove_file(&link);
+
+    // Quarantine: every connect refused but the allowed destinations.
+    let other_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let allowed_port = other_listener.local_addr().unwrap().port();
+    server.set_enforcement(EnforcementSet {
+        version: "2".into(),
+        pods: vec![PodEnforcement {
+            pod_uid: pod.uid.clone(),
+            quarantined: true,
+            allowed_destinations: vec![agentmesh_api::wire::Destination {
+                ip: "127.0.0.1".parse().unwrap(),
+                port: allowed_port,
+            }],
+            ..Default::default()
+        }],
+    });
+    wait_for_version(&probe, "2").await;
+    assert!(!pod.run(&connect).success(), "a quarantined pod connected");
+    assert!(
+        pod.run(&format!("exec 3<>/dev/tcp/127.0.0.1/{allowed_port}"))
+            .success()
+    );
+    assert!(
+        pod.run("/bin/true").success(),
+        "the exec rule was lifted with version 2"
+    );
+
+    // Lifted: everything goes through again.
+    server.set_enforcement(EnforcementSet {
+        version: "3".into(),
+        pods: vec![],
+    });
+    wait_for_version(&probe, "3").await;
+    assert!(pod.run(&connect).success());
+    assert!(pod.run("/bin/true").success());
+    assert!(connect_error(&pod, "::1", port).contains("Connection refused"));
+    drop(listener);
+    probe.shutdown();
+}
+
+/// What bash says when it cannot connect to [ip]:port from the pod.
+fn connect_error(pod: &TestPod, ip: &str, port: u16) -> String {
+    let output = pod
+        .command(&format!("exec 3<>/dev/tcp/{ip}/{port}"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn wait_for_version(probe: &meshlogic_probe::run::ProbeHandle, version: &str) {
+    let start = std::time::Instant::now();
+    while probe.status.enforcement_version().as_deref() != Some(version) {
+        assert!(
+            start.elapsed() < WAIT,
+            "enforcement version {version} never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
