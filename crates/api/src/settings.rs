@@ -136,6 +136,15 @@ impl Settings {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// `AGENTMESH_LOG_LEVEL` and `AGENTMESH_LOG_FORMAT` alone, parsed as [`Settings`] parses
+    /// them (same defaults: `info`, `json`): for the probe, which reads no other setting.
+    pub fn logging_from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(LogLevel, LogFormat), SettingsError> {
+        let vars = Vars(&lookup);
+        Ok((vars.log_level()?, vars.log_format()?))
+    }
+
     /// Reads every variable through `lookup` (`None`: unset).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let vars = Vars(&lookup);
@@ -165,23 +174,8 @@ impl Settings {
                 90,
                 1..=3650,
             )?,
-            log_level: vars.choice(
-                env::LOG_LEVEL,
-                "info",
-                &[
-                    ("trace", LogLevel::Trace),
-                    ("debug", LogLevel::Debug),
-                    ("info", LogLevel::Info),
-                    ("warn", LogLevel::Warn),
-                    ("warning", LogLevel::Warn),
-                    ("error", LogLevel::Error),
-                ],
-            )?,
-            log_format: vars.choice(
-                env::LOG_FORMAT,
-                "json",
-                &[("json", LogFormat::Json), ("text", LogFormat::Text)],
-            )?,
+            log_level: vars.log_level()?,
+            log_format: vars.log_format()?,
             otel_enabled: vars.boolean(env::OTEL_ENABLED, false)?,
             otel_endpoint: vars.url(env::OTEL_ENDPOINT, "http://otel-collector:4317")?,
             policy: vars.preset(env::POLICY, "standard")?,
@@ -259,6 +253,29 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
                 "an http:// or https:// URL with a host",
             )),
         }
+    }
+
+    fn log_level(&self) -> Result<LogLevel, SettingsError> {
+        self.choice(
+            env::LOG_LEVEL,
+            "info",
+            &[
+                ("trace", LogLevel::Trace),
+                ("debug", LogLevel::Debug),
+                ("info", LogLevel::Info),
+                ("warn", LogLevel::Warn),
+                ("warning", LogLevel::Warn),
+                ("error", LogLevel::Error),
+            ],
+        )
+    }
+
+    fn log_format(&self) -> Result<LogFormat, SettingsError> {
+        self.choice(
+            env::LOG_FORMAT,
+            "json",
+            &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+        )
     }
 
     fn choice<T: Copy>(

@@ -1,7 +1,6 @@
 //! HTTP plumbing: a small JSON client for the trust API and telemetry sink, and the server of
 //! `/metrics`, `/health` and `/ready`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 
 use crate::metrics::Metrics;
 use crate::status::Status;
@@ -58,7 +57,10 @@ impl JsonClient {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            // Shorter than the servers' idle timeout (agentmesh_runtime::Limits).
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
             token_file,
         }
     }
@@ -112,29 +114,36 @@ impl JsonClient {
     }
 }
 
-/// Serves `/metrics`, `/health` and `/ready` on `addr` until the task is dropped.
+/// Serves `/metrics`, `/health` and `/ready` until SIGTERM ([`agentmesh_runtime::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
     serve_metrics: bool,
 ) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        let status = status.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let metrics = metrics.clone();
-                let status = status.clone();
-                async move { Ok::<_, Infallible>(route(&request, &metrics, &status, serve_metrics)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+    agentmesh_runtime::serve(
+        "probe",
+        listener,
+        agentmesh_runtime::Plain,
+        agentmesh_runtime::Limits::default(),
+        move |request: Request<Incoming>, _peer| {
+            let response = route(&request, &metrics, &status, serve_metrics);
+            async move { response }
+        },
+        shutdown_signal(),
+    )
+    .await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 

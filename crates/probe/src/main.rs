@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agentmesh_api::names::{env, paths};
+use agentmesh_api::names::paths;
 use clap::Parser;
 use meshlogic_probe::config::{DEFAULT_TOKEN_FILE, KubeAccess, Overrides, ProbeConfig};
 
@@ -48,32 +48,13 @@ struct Args {
     report_queue: usize,
 }
 
+/// Logs as every AgentMesh component logs ([`agentmesh_runtime::logging`]); a bad
+/// `AGENTMESH_LOG_LEVEL` or `AGENTMESH_LOG_FORMAT` stops start-up naming the variable.
 fn init_logging() -> Result<(), String> {
-    let level = std::env::var(env::LOG_LEVEL).unwrap_or_else(|_| "info".into());
-    let level = match level.to_ascii_lowercase().as_str() {
-        "trace" | "debug" | "info" | "warn" | "error" => level.to_ascii_lowercase(),
-        "warning" => "warn".into(),
-        _ => {
-            return Err(format!(
-                "{}: must be one of trace, debug, info, warn, error; got {level:?}",
-                env::LOG_LEVEL
-            ));
-        }
-    };
-    let format = std::env::var(env::LOG_FORMAT).unwrap_or_else(|_| "text".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-        .with_writer(std::io::stderr);
-    match format.as_str() {
-        "json" => builder.json().init(),
-        "text" => builder.init(),
-        other => {
-            return Err(format!(
-                "{}: must be json or text; got {other:?}",
-                env::LOG_FORMAT
-            ));
-        }
-    }
+    let (level, format) =
+        agentmesh_api::settings::Settings::logging_from_lookup(|name| std::env::var(name).ok())
+            .map_err(|error| error.to_string())?;
+    agentmesh_runtime::logging::init(level, format);
     Ok(())
 }
 
