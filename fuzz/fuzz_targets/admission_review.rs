@@ -5,7 +5,7 @@
 
 // The operator's pure modules, compiled as they are (they use serde, k8s-openapi and the
 // names of agentmesh-api only), so the fuzzer does not build tokio, kube or rustls.
-#[path = "../../crates/operator/src/webhook/inject.rs"]
+#[path = "../../crates/operator/src/webhook/inject/mod.rs"]
 #[allow(dead_code)]
 mod inject;
 #[path = "../../crates/operator/src/webhook/review.rs"]
