@@ -176,8 +176,10 @@ AUDIT_FLAGS=()
 if [[ -n "${AGENTMESH_AUDIT_POLICY:-}" ]]; then
   [[ -r "$AGENTMESH_AUDIT_POLICY" ]] || die "AGENTMESH_AUDIT_POLICY=$AGENTMESH_AUDIT_POLICY is not readable"
   cp "$AGENTMESH_AUDIT_POLICY" "$DIR/config/audit-policy.yaml"
+  # The log is never rotated (lumberjack's size 0 means 100 MB, not unlimited): readers follow it
+  # by offset.
   AUDIT_FLAGS=(--audit-policy-file="$DIR/config/audit-policy.yaml" --audit-log-path="$DIR/logs/audit.log"
-    --audit-log-format=json --audit-log-maxsize=0 --audit-log-mode=blocking)
+    --audit-log-format=json --audit-log-maxsize=1000000 --audit-log-mode=blocking)
 fi
 start kube-apiserver "$BIN/kube-apiserver" \
   --bind-address="$BIND" \

@@ -75,6 +75,8 @@ struct Settings {
     concurrency: usize,
     timeout: Duration,
     settle: Duration,
+    /// The operator is stopped when its RSS exceeds this (KiB): the machine is shared.
+    max_rss_kib: u64,
     audit_log: Option<PathBuf>,
     work: PathBuf,
 }
@@ -97,6 +99,7 @@ impl Settings {
             concurrency: env_number("BENCH_SCALE_CONCURRENCY", 32)?.max(1) as usize,
             timeout: Duration::from_secs(env_number("BENCH_SCALE_TIMEOUT", 600)?),
             settle: Duration::from_secs(env_number("BENCH_SCALE_SETTLE", 30)?),
+            max_rss_kib: env_number("BENCH_SCALE_MAX_RSS_MIB", 8192)? * 1024,
             audit_log: std::env::var_os("BENCH_SCALE_AUDIT_LOG").map(PathBuf::from),
             work: std::env::var_os("BENCH_SCALE_WORK")
                 .map_or_else(std::env::temp_dir, PathBuf::from),
@@ -155,6 +158,12 @@ impl AuditReader {
     /// The user's requests logged since the last call (whole lines only).
     fn take(&mut self) -> anyhow::Result<Requests> {
         let mut file = std::fs::File::open(&self.path)?;
+        if file.metadata()?.len() < self.offset {
+            bail!(
+                "{} is shorter than where it was read last: rotated? (up.sh keeps one file)",
+                self.path.display()
+            );
+        }
         file.seek(SeekFrom::Start(self.offset))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
@@ -433,7 +442,8 @@ async fn create_all(
 struct Figures {
     label: String,
     objects: usize,
-    create: Duration,
+    /// `None`: stopped before every object was created.
+    create: Option<Duration>,
     converge: Option<Duration>,
     reconciled: Option<Duration>,
     scored: Option<Duration>,
@@ -447,7 +457,8 @@ struct Figures {
     rss_converged: Option<u64>,
     rss_peak: Option<u64>,
     rss_before: Option<u64>,
-    operator_exited: bool,
+    /// Why the operator was stopped before convergence, if it was.
+    stopped: Option<String>,
     /// The 1-minute load average before the apply and at convergence.
     load: (String, String),
 }
@@ -640,21 +651,37 @@ fn run(
         namespaces.len()
     ));
     let started = Instant::now();
-    let create = runtime.block_on(create_all(client.clone(), plan, settings.concurrency))?;
-    log(format!("created in {:.1} s", create.as_secs_f64()));
+    let mut creating = Some(runtime.spawn(create_all(client.clone(), plan, settings.concurrency)));
+    let mut create = None;
 
     let mut last_report = Instant::now();
-    let mut operator_exited = false;
+    let mut stopped: Option<String> = None;
     loop {
+        if creating.as_ref().is_some_and(|task| task.is_finished()) {
+            let took = runtime.block_on(creating.take().expect("checked"))??;
+            log(format!("created in {:.1} s", took.as_secs_f64()));
+            create = Some(took);
+        }
         let (done, counts) = {
             let p = progress.lock().unwrap();
             (p.converged_at.is_some(), (p.reconciled, p.scored, p.both))
         };
-        if done {
+        if done && create.is_some() {
+            break;
+        }
+        if let Some((_, rss)) = memory_kib(operator.pid())
+            && rss > settings.max_rss_kib
+        {
+            stopped = Some(format!(
+                "its RSS reached {:.0} MiB, over BENCH_SCALE_MAX_RSS_MIB ({:.0} MiB)",
+                mib(rss),
+                mib(settings.max_rss_kib)
+            ));
+            log(format!("operator STOPPED: {}", stopped.as_deref().unwrap()));
             break;
         }
         if !operator.is_running() {
-            operator_exited = true;
+            stopped = Some("it exited".into());
             log(format!(
                 "the operator EXITED before convergence; its log:\n{}",
                 operator.logs()
@@ -676,6 +703,9 @@ fn run(
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(task) = creating.take() {
+        task.abort();
     }
     let requests = audit.as_mut().map(AuditReader::take).transpose()?;
     let window = started.elapsed();
@@ -755,7 +785,7 @@ fn run(
         rss_converged,
         rss_peak,
         rss_before,
-        operator_exited,
+        stopped,
         load: (load_before, load_converged),
     })
 }
@@ -767,13 +797,16 @@ fn seconds(duration: Option<Duration>) -> String {
 fn print_figures(f: &Figures, settings: &Settings) {
     let n = settings.identities;
     let l = &f.label;
-    println!(
-        "[{l}] create: {} objects in {:.1} s = {:.0} objects/s ({} parallel creates)",
-        f.objects,
-        f.create.as_secs_f64(),
-        f.objects as f64 / f.create.as_secs_f64(),
-        settings.concurrency
-    );
+    match f.create {
+        Some(create) => println!(
+            "[{l}] create: {} objects in {:.1} s = {:.0} objects/s ({} parallel creates, the operator running)",
+            f.objects,
+            create.as_secs_f64(),
+            f.objects as f64 / create.as_secs_f64(),
+            settings.concurrency
+        ),
+        None => println!("[{l}] create: NOT FINISHED when the run stopped"),
+    }
     match f.converge {
         Some(converge) => println!(
             "[{l}] converge: {:.1} s from the start of the apply to every status written \
@@ -789,11 +822,11 @@ fn print_figures(f: &Figures, settings: &Settings) {
         ),
         None => println!(
             "[{l}] converge: NOT CONVERGED {} ({} s): reconciler's part {}/{n}, engine's score {}/{n}, both {}/{n}",
-            if f.operator_exited {
-                "(the operator exited)"
-            } else {
-                "within the timeout"
-            },
+            f.stopped
+                .as_ref()
+                .map_or("within the timeout".into(), |why| format!(
+                    "(the operator was stopped: {why})"
+                )),
             settings.timeout.as_secs(),
             f.counts.0,
             f.counts.1,
@@ -819,13 +852,18 @@ fn print_figures(f: &Figures, settings: &Settings) {
     }
     let show = |kib: Option<u64>| kib.map_or("-".into(), |k| format!("{:.1} MiB", mib(k)));
     println!(
-        "[{l}] peak RSS: {} (VmHWM; {} at convergence, {} RSS before the apply)",
+        "[{l}] peak RSS: {} (VmHWM; {} at {}, {} RSS before the apply)",
         show(f.rss_peak),
         show(f.rss_converged),
+        if f.converge.is_some() {
+            "convergence"
+        } else {
+            "the end of the wait"
+        },
         show(f.rss_before)
     );
     println!(
-        "[{l}] machine: load average {} before the apply, {} at convergence, {} CPUs",
+        "[{l}] machine: load average {} before the apply, {} at the end of the wait, {} CPUs",
         f.load.0,
         f.load.1,
         std::thread::available_parallelism().map_or(0, |n| n.get())
