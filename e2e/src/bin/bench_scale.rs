@@ -821,13 +821,12 @@ fn print_figures(f: &Figures, settings: &Settings) {
             }
         ),
         None => println!(
-            "[{l}] converge: NOT CONVERGED {} ({} s): reconciler's part {}/{n}, engine's score {}/{n}, both {}/{n}",
-            f.stopped
-                .as_ref()
-                .map_or("within the timeout".into(), |why| format!(
-                    "(the operator was stopped: {why})"
-                )),
-            settings.timeout.as_secs(),
+            "[{l}] converge: NOT CONVERGED {} after {:.1} s: reconciler's part {}/{n}, engine's score {}/{n}, both {}/{n}",
+            f.stopped.as_ref().map_or_else(
+                || format!("within the timeout ({} s)", settings.timeout.as_secs()),
+                |why| format!("(the operator was stopped: {why})")
+            ),
+            f.window.as_secs_f64(),
             f.counts.0,
             f.counts.1,
             f.counts.2
