@@ -963,7 +963,8 @@ fn main() -> anyhow::Result<()> {
         print_ratios(&all[0], &all[all.len() - 1]);
     }
     if all.iter().any(|f| f.converge.is_none()) {
-        bail!("a run did not converge (see NOT CONVERGED above)");
+        eprintln!("bench-scale: a run did not converge (NOT CONVERGED above)");
+        std::process::exit(1);
     }
     Ok(())
 }
