@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(AGENTMESH_CACHE)/target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-probe bench-sidecar bench-webhook demo demo-check cluster-up cluster-down clean
+.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-scale bench-probe bench-sidecar bench-webhook demo demo-check cluster-up cluster-down clean
 .PHONY: images images-push images-test chart-test
 
 help: ## List the targets
@@ -78,6 +78,9 @@ bench: ## Every benchmark; each prints ratios against baselines measured in the 
 
 bench-operator: ## Trust API ingest throughput and status writes per identity under load (real API server)
 	CARGO=$(CARGO) e2e/run.sh --bench
+
+bench-scale: ## Operator at scale on kwok nodes: 5,000 identities + pods, converge time, API req/s, peak RSS (BENCH_SCALE_BASELINE=<ref>: before/after)
+	CARGO=$(CARGO) e2e/bench-scale.sh
 
 bench-probe: setup ## Probe overhead (exec/open/connect with vs without), zero-drop event rate, peak RSS (root)
 	$(CARGO) build --release --locked -p meshlogic-probe --bins

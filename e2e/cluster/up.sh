@@ -25,6 +25,8 @@
 #   AGENTMESH_KWOK_NODES        number of kwok fake nodes     (0 with a real node, else 2;
 #                               AGENTMESH_NODES is the old name)
 #   AGENTMESH_UP_TIMEOUT        seconds to wait for readiness (120)
+#   AGENTMESH_AUDIT_POLICY      an audit policy file: the API server then writes its audit log
+#                               to $AGENTMESH_CLUSTER_DIR/logs/audit.log (make bench-scale)
 #   AGENTMESH_BUILD=0           don't call build.sh when binaries are missing
 set -euo pipefail
 
@@ -170,6 +172,15 @@ start etcd "$BIN/etcd" \
 wait_for "etcd healthy" 30 "$BIN/etcdctl" --endpoints="http://127.0.0.1:$ETCD_PORT" endpoint health
 
 # ------------------------------------------------------------------ kube-apiserver
+AUDIT_FLAGS=()
+if [[ -n "${AGENTMESH_AUDIT_POLICY:-}" ]]; then
+  [[ -r "$AGENTMESH_AUDIT_POLICY" ]] || die "AGENTMESH_AUDIT_POLICY=$AGENTMESH_AUDIT_POLICY is not readable"
+  cp "$AGENTMESH_AUDIT_POLICY" "$DIR/config/audit-policy.yaml"
+  # The log is never rotated (lumberjack's size 0 means 100 MB, not unlimited): readers follow it
+  # by offset.
+  AUDIT_FLAGS=(--audit-policy-file="$DIR/config/audit-policy.yaml" --audit-log-path="$DIR/logs/audit.log"
+    --audit-log-format=json --audit-log-maxsize=1000000 --audit-log-mode=blocking)
+fi
 start kube-apiserver "$BIN/kube-apiserver" \
   --bind-address="$BIND" \
   --advertise-address="$BIND" \
@@ -198,6 +209,7 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --allow-privileged=true \
   --enable-admission-plugins=NodeRestriction \
   --profiling=false \
+  "${AUDIT_FLAGS[@]}" \
   --v=1
 wait_for "kube-apiserver /readyz" 90 "$KUBECTL" --kubeconfig="$KUBECONFIG_ADMIN" --request-timeout=5s get --raw /readyz
 

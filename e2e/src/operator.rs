@@ -43,7 +43,18 @@ impl OperatorProcess {
     /// Starts an operator replica named `name` watching `namespace` (its own namespace too),
     /// with extra environment, and waits for `/health`.
     pub fn start(namespace: &str, name: &str, env: &[(&str, &str)]) -> Self {
-        let binary = operator_binary();
+        Self::start_binary(&operator_binary(), namespace, Some(namespace), name, env)
+    }
+
+    /// [`Self::start`] of the given binary (a benchmark compares two), in `namespace`, watching
+    /// `watch`: every namespace when `None`, as a cluster-wide installation does.
+    pub fn start_binary(
+        binary: &std::path::Path,
+        namespace: &str,
+        watch: Option<&str>,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         assert!(
             binary.exists(),
             "{} is not built: run `cargo build -p meshlogic-operator` (make e2e does)",
@@ -54,12 +65,11 @@ impl OperatorProcess {
             (addr(free_port()), addr(free_port()), addr(free_port()));
         let log = std::env::temp_dir().join(format!("agentmesh-e2e-{namespace}-{name}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(&binary);
+        let mut command = Command::new(binary);
         command
             .env("KUBECONFIG", &cluster().kubeconfig)
             .env("POD_NAMESPACE", namespace)
             .env("POD_NAME", name)
-            .env("MESHLOGIC_WATCH_NAMESPACE", namespace)
             .env("MESHLOGIC_TRUST_API_ADDR", trust_api.to_string())
             .env("MESHLOGIC_METRICS_ADDR", metrics.to_string())
             .env("MESHLOGIC_WEBHOOK_ADDR", webhook.to_string())
@@ -72,6 +82,10 @@ impl OperatorProcess {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file);
+        match watch {
+            Some(watch) => command.env("MESHLOGIC_WATCH_NAMESPACE", watch),
+            None => command.env_remove("MESHLOGIC_WATCH_NAMESPACE"),
+        };
         for (key, value) in env {
             command.env(key, value);
         }
@@ -121,6 +135,11 @@ impl OperatorProcess {
     /// The process's output so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process still runs.
