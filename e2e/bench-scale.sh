@@ -18,7 +18,8 @@
 #
 # Environment: BENCH_SCALE_BASELINE (none), BENCH_SCALE_N (5000), BENCH_SCALE_NAMESPACES (5),
 # BENCH_SCALE_KWOK_NODES (10), BENCH_SCALE_TIMEOUT (600 s to converge), BENCH_SCALE_SETTLE (30 s
-# idle after convergence), BENCH_SCALE_CONCURRENCY (32 parallel creates).
+# idle after convergence), BENCH_SCALE_CONCURRENCY (32 parallel creates), BENCH_SCALE_MAX_RSS_MIB
+# (8192: an operator above it is stopped and its run reported as not converged).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD

@@ -894,6 +894,12 @@ fn print_ratios(before: &Figures, after: &Figures) {
         before.rss_peak.map(mib),
         after.rss_peak.map(mib),
     );
+    if before.converge.is_none() || after.converge.is_none() {
+        println!(
+            "ratio note: a run did not converge, so its figures cover a different stretch (up to \
+             the timeout or the RSS cap): these ratios do not compare like with like"
+        );
+    }
 }
 
 fn main() -> anyhow::Result<()> {
