@@ -41,7 +41,8 @@ async fn reconcile_inner(policy: &TrustPolicy, ctx: &Context, indexes: &Indexes)
         .ok_or(Error::NoNamespace("TrustPolicy"))?;
     let name = policy.name_any();
     let mut policies = Indexes::in_namespace(&indexes.policies.store, &namespace);
-    // The index may not have seen this policy yet (the controller's watch is its own).
+    // The controller runs on this index, so the policy is normally in it; a policy deleted
+    // since its trigger is answered from the object itself.
     if !policies.iter().any(|p| p.name_any() == name) {
         policies.push(Arc::new(policy.clone()));
     }
