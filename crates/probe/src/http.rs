@@ -130,21 +130,9 @@ pub async fn serve(
             let response = route(&request, &metrics, &status, serve_metrics);
             async move { response }
         },
-        shutdown_signal(),
+        agentmesh_runtime::shutdown_signal(),
     )
     .await;
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 fn route(

@@ -109,18 +109,9 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(addr = %probe.listen_addr, tier = probe.status.tier(), "serving /metrics and /health");
-        wait_for_signal().await;
+        agentmesh_runtime::shutdown_signal().await;
         tracing::info!("shutting down");
         probe.shutdown();
         ExitCode::SUCCESS
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

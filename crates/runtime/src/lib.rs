@@ -6,3 +6,13 @@ pub mod logging;
 pub mod serve;
 
 pub use serve::{Accept, Limits, Plain, serve};
+
+/// Resolves on SIGTERM or Ctrl-C: what every component stops on.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

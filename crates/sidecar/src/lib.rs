@@ -93,14 +93,7 @@ async fn serve_metrics(
     .await;
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
+use agentmesh_runtime::shutdown_signal;
 
 /// Runs the sidecar until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
