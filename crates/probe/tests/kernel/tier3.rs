@@ -27,10 +27,13 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+    // The same destination spelled as an IPv4-mapped IPv6 address, from an IPv6 socket.
+    let mapped = format!("exec 3<>/dev/tcp/::ffff:127.0.0.1/{port}");
     common::wait_watched(&probe, &[&pod, &bystander]).await;
 
     // Nothing enforced yet.
     assert!(pod.run(&connect).success());
+    assert!(pod.run(&mapped).success(), "a mapped connect works here");
     assert!(pod.run("/bin/true").success());
 
     server.set_enforcement(EnforcementSet {
@@ -50,6 +53,10 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     assert!(
         !pod.run(&connect).success(),
         "a denied connect went through"
+    );
+    assert!(
+        !pod.run(&mapped).success(),
+        "a denied connect went through spelled as ::ffff:127.0.0.1"
     );
     let killed = pod.run("/bin/true");
     assert_eq!(killed.signal(), Some(libc::SIGKILL), "{killed:?}");
