@@ -250,15 +250,20 @@ struct Judged {
     batch: bool,
 }
 
+/// How long an idle upstream connection is kept for reuse (see [`Proxy::new`]).
+const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(4);
+
 impl Proxy {
     pub fn new(options: ProxyOptions) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
         connector.set_nodelay(true);
-        // Shorter than the servers' idle timeout (agentmesh_runtime::Limits): a pooled
-        // connection is never reused just as the server closes it.
+        // Shorter than the keep-alive of the MCP servers behind it (Node's http server and
+        // uvicorn close an idle connection after 5 s; agentmesh_runtime's after 60 s): a pooled
+        // connection is not reused just as the server closes it, which would fail a call that
+        // was already sent (a 502 the agent cannot tell from a real upstream failure).
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(UPSTREAM_POOL_IDLE)
             .build(connector);
         let peers = Arc::new(Peers::new(
             options.namespace,

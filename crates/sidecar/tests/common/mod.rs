@@ -42,17 +42,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A child process killed when dropped.
 pub struct Running(pub Child);
 
@@ -63,10 +52,60 @@ impl Drop for Running {
     }
 }
 
+/// Whether process `pid` itself holds a listening TCP socket on each of `ports` (a connect
+/// alone cannot tell: between `free_port` and the bind, another test's server may take the
+/// port, and the connect then reaches that server while ours has exited).
+fn listens(pid: u32, ports: &[u16]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut listening = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == "0A"
+                && inodes.contains(*inode)
+                && let Some(port) = port
+            {
+                listening.insert(port);
+            }
+        }
+    }
+    ports.iter().all(|p| listening.contains(p))
+}
+
 /// Starts a server on a free port, waiting until it listens. A server that exits first (its
 /// port taken in between by another test's server) is started again on another port; one that
 /// never listens fails the test with its log.
 fn spawn_listening(name: &str, command: impl Fn(u16) -> Command) -> (Running, u16) {
+    let (running, port, _) = spawn_listening_on(name, |port| (command(port), Vec::new()));
+    (running, port)
+}
+
+/// [`spawn_listening`] for a server that also listens on the `extra` ports its command names
+/// (each attempt picks its own).
+fn spawn_listening_on(
+    name: &str,
+    command: impl Fn(u16) -> (Command, Vec<u16>),
+) -> (Running, u16, Vec<u16>) {
     let log = std::env::temp_dir().join(format!(
         "agentmesh-sidecar-test-{name}-{}-{}.log",
         std::process::id(),
@@ -74,15 +113,16 @@ fn spawn_listening(name: &str, command: impl Fn(u16) -> Command) -> (Running, u1
     ));
     for _ in 0..3 {
         let port = free_port();
-        let mut child = command(port)
+        let (mut command, extra) = command(port);
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (Running(child), port);
+            if listens(child.id(), &[&[port], extra.as_slice()].concat()) {
+                return (Running(child), port, extra);
             }
             if child.try_wait().unwrap().is_some() {
                 break; // exited: try another port
@@ -174,8 +214,8 @@ pub fn sidecar(upstreams: &str, policy_yaml: Option<&str>, extra_env: &[(&str, &
     if let Some(policy) = policy_yaml {
         std::fs::write(dir.join("policy.yaml"), policy).unwrap();
     }
-    let metrics_port = free_port();
-    let (process, port) = spawn_listening("agentmesh-sidecar", |port| {
+    let (process, port, extra) = spawn_listening_on("agentmesh-sidecar", |port| {
+        let metrics_port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_agentmesh-sidecar"));
         command
             .env_clear()
@@ -196,9 +236,9 @@ pub fn sidecar(upstreams: &str, policy_yaml: Option<&str>, extra_env: &[(&str, &
         for (k, v) in extra_env {
             command.env(k, v);
         }
-        command
+        (command, vec![metrics_port])
     });
-    wait_port(metrics_port);
+    let metrics_port = extra[0];
     Sidecar {
         process,
         port,
@@ -357,8 +397,9 @@ pub fn post_streaming(
 pub fn open_session(port: u16, path: &str, version: &str) -> String {
     let init = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
-    let (status, head, _) = post_streaming(port, path, &[], &init.to_string(), "\"result\"");
-    assert_eq!(status, 200, "{head}");
+    let (status, head, chunks) = post_streaming(port, path, &[], &init.to_string(), "\"result\"");
+    let body: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(status, 200, "{head}\n{body}");
     let session = head
         .lines()
         .find_map(|l| {
