@@ -1222,6 +1222,7 @@ pub async fn serve(
         agentmesh_runtime::Limits {
             header_timeout: Duration::from_secs(60),
             drain,
+            request_span: tracing::Level::DEBUG,
             ..agentmesh_runtime::Limits::default()
         },
         move |request, peer| {

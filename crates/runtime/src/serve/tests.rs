@@ -136,3 +136,60 @@ async fn shutdown_lets_the_request_in_flight_finish_and_takes_no_new_one() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+/// Counts the `request` spans created and keeps the path of the last.
+#[derive(Clone, Default)]
+struct RequestSpans(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RequestSpans {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Path(String);
+        impl tracing::field::Visit for Path {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "path" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if attrs.metadata().name() == "request" {
+            let mut path = Path(String::new());
+            attrs.record(&mut path);
+            self.0.lock().unwrap().push(path.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_span_exists_at_its_level_and_not_below_the_log_level() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = RequestSpans::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(spans.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    for (level, expected) in [(tracing::Level::INFO, 1), (tracing::Level::DEBUG, 0)] {
+        spans.0.lock().unwrap().clear();
+        let limits = Limits {
+            request_span: level,
+            ..Limits::default()
+        };
+        let (addr, _stop) = start(limits, Duration::ZERO).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(GET).await.unwrap();
+        assert!(
+            read_response(&mut client, Duration::from_secs(5))
+                .await
+                .is_some()
+        );
+        let seen = spans.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), expected, "{level}: {seen:?}");
+        if expected == 1 {
+            assert_eq!(seen[0], "/x");
+        }
+    }
+}
