@@ -11,12 +11,14 @@
 # 2. Takes the shared cluster lock ($AGENTMESH_CLUSTER_LOCK, /tmp/agentmesh-cluster.lock; waits
 #    for it), starts the local cluster without a real node, with BENCH_SCALE_KWOK_NODES kwok nodes
 #    and an audit policy that records the operators' requests only.
-# 3. Runs the scenario for the baseline ("before"), then for this tree ("after", or "current"
-#    without a baseline), one after the other in the same cluster, the namespaces of one run
-#    deleted before the next; prints both and `ratio (after/before)` lines.
+# 3. Runs the apply alone, with no operator ("apply-only": the floor under any operator's
+#    convergence on this machine, BENCH_SCALE_APPLY_ONLY=0 skips it), then the scenario for the
+#    baseline ("before"), then for this tree ("after", or "current" without a baseline), one
+#    after the other in the same cluster, the namespaces of one run deleted before the next;
+#    prints them all, `ratio (after/before)` lines and each converge time over the apply alone.
 # 4. Brings the cluster down and releases the lock, on failure and Ctrl-C too.
 #
-# Environment: BENCH_SCALE_BASELINE (none), BENCH_SCALE_N (5000), BENCH_SCALE_NAMESPACES (5),
+# Environment: BENCH_SCALE_BASELINE (none), BENCH_SCALE_APPLY_ONLY (1), BENCH_SCALE_N (5000), BENCH_SCALE_NAMESPACES (5),
 # BENCH_SCALE_KWOK_NODES (10), BENCH_SCALE_TIMEOUT (600 s to converge), BENCH_SCALE_SETTLE (30 s
 # idle after convergence), BENCH_SCALE_CONCURRENCY (32 parallel creates), BENCH_SCALE_MAX_RSS_MIB
 # (8192: an operator above it is stopped and its run reported as not converged).
@@ -70,6 +72,7 @@ log "building the operator and the driver (release)"
 cp "$TARGET/release/meshlogic-operator" "$work/meshlogic-operator-current"
 cp "$TARGET/release/bench_scale" "$work/bench_scale"
 runs=()
+if [[ ${BENCH_SCALE_APPLY_ONLY:-1} != 0 ]]; then runs+=(--apply-only); fi
 current_label=current
 if [[ -n $BASELINE ]]; then
   if ! sha=$(git rev-parse --verify --quiet "$BASELINE^{commit}"); then

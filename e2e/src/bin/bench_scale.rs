@@ -441,6 +441,8 @@ async fn create_all(
 /// The figures of one run.
 struct Figures {
     label: String,
+    /// Whether an operator ran (not: the apply alone).
+    with_operator: bool,
     objects: usize,
     /// `None`: stopped before every object was created.
     create: Option<Duration>,
@@ -545,12 +547,14 @@ fn operator_kubeconfig(label: &str, work: &Path) -> anyhow::Result<(PathBuf, Str
     ))
 }
 
+/// One run of the scenario with the operator `binary`, or with none (`None`: the apply alone,
+/// the floor any operator's convergence sits on).
 fn run(
     runtime: &tokio::runtime::Runtime,
     client: &kube::Client,
     settings: &Settings,
     label: &str,
-    binary: &Path,
+    binary: Option<&Path>,
 ) -> anyhow::Result<Figures> {
     let log = |message: String| eprintln!("bench-scale [{label}]: {message}");
     let system = format!("bench-scale-{label}-system");
@@ -578,46 +582,39 @@ fn run(
             "spec": {}}),
         );
     }
-    let (kubeconfig, user) = operator_kubeconfig(label, &settings.work)?;
-    let kubeconfig = kubeconfig.display().to_string();
-    let mut operator = OperatorProcess::start_binary(
-        binary,
-        &system,
-        None,
-        "bench-scale",
-        &[
-            ("KUBECONFIG", &kubeconfig),
-            ("AGENTMESH_LOG_LEVEL", "warn"),
-            ("RUST_LOG", "warn"),
-        ],
-    );
     let pidfile = settings.work.join("operator.pid");
-    std::fs::write(&pidfile, operator.pid().to_string())?;
-    log(format!(
-        "operator {} (pid {}), log {}",
-        binary.display(),
-        operator.pid(),
-        operator.log.display()
-    ));
-    operator.wait_until(Duration::from_secs(60), "leadership", |o| o.is_leader());
-    let selector = format!("{RUN_LABEL}={label}");
-    operator.wait_until(
-        Duration::from_secs(60),
-        "every TrustPolicy's status (the reconcilers run)",
-        |_| {
-            let out = cluster().kubectl_ok(&[
-                "get",
-                "trustpolicies",
-                "-A",
-                "-l",
-                &selector,
-                "-o",
-                "jsonpath={range .items[*]}{.status.conditions[0].type}{\"\\n\"}{end}",
-            ]);
-            out.lines().filter(|l| !l.trim().is_empty()).count() == namespaces.len()
-        },
-    );
-
+    let mut user = String::new();
+    let mut operator = None;
+    if let Some(binary) = binary {
+        let (kubeconfig, operator_user) = operator_kubeconfig(label, &settings.work)?;
+        user = operator_user;
+        let kubeconfig = kubeconfig.display().to_string();
+        let started = OperatorProcess::start_binary(
+            binary,
+            &system,
+            None,
+            "bench-scale",
+            &[
+                ("KUBECONFIG", &kubeconfig),
+                ("AGENTMESH_LOG_LEVEL", "warn"),
+                ("RUST_LOG", "warn"),
+            ],
+        );
+        std::fs::write(&pidfile, started.pid().to_string())?;
+        log(format!(
+            "operator {} (pid {}), log {}",
+            binary.display(),
+            started.pid(),
+            started.log.display()
+        ));
+        operator = Some(started);
+    } else {
+        log("no operator: the apply alone".into());
+    }
+    if let Some(operator) = &mut operator {
+        wait_for_operator(operator, label, namespaces.len());
+    }
+    let pid = operator.as_ref().map(OperatorProcess::pid);
     let progress = Arc::new(Mutex::new(Progress::default()));
     let watch = runtime.spawn(watch_identities(
         client.clone(),
@@ -631,11 +628,12 @@ fn run(
     let mut audit = settings
         .audit_log
         .as_deref()
+        .filter(|_| operator.is_some())
         .and_then(|path| AuditReader::open(path, &user));
-    if audit.is_none() {
+    if audit.is_none() && operator.is_some() {
         log("no audit log (BENCH_SCALE_AUDIT_LOG): API requests are not counted".into());
     }
-    let rss_before = memory_kib(operator.pid()).map(|(_, rss)| rss);
+    let rss_before = pid.and_then(memory_kib).map(|(_, rss)| rss);
     let load_before = load_average();
 
     // The clock starts with the first create.
@@ -666,10 +664,10 @@ fn run(
             let p = progress.lock().unwrap();
             (p.converged_at.is_some(), (p.reconciled, p.scored, p.both))
         };
-        if done && create.is_some() {
+        if (done || operator.is_none()) && create.is_some() {
             break;
         }
-        if let Some((_, rss)) = memory_kib(operator.pid())
+        if let Some((_, rss)) = pid.and_then(memory_kib)
             && rss > settings.max_rss_kib
         {
             stopped = Some(format!(
@@ -680,7 +678,9 @@ fn run(
             log(format!("operator STOPPED: {}", stopped.as_deref().unwrap()));
             break;
         }
-        if !operator.is_running() {
+        if let Some(operator) = &mut operator
+            && !operator.is_running()
+        {
             stopped = Some("it exited".into());
             log(format!(
                 "the operator EXITED before convergence; its log:\n{}",
@@ -709,7 +709,7 @@ fn run(
     }
     let requests = audit.as_mut().map(AuditReader::take).transpose()?;
     let window = started.elapsed();
-    let rss_converged = memory_kib(operator.pid()).map(|(hwm, _)| hwm);
+    let rss_converged = pid.and_then(memory_kib).map(|(hwm, _)| hwm);
     let load_converged = load_average();
     let (converge, reconciled, scored, counts) = {
         let p = progress.lock().unwrap();
@@ -722,6 +722,7 @@ fn run(
         )
     };
     match converge {
+        _ if operator.is_none() => {}
         Some(converge) => log(format!(
             "converged in {:.1} s; idle for {} s",
             converge.as_secs_f64(),
@@ -741,8 +742,11 @@ fn run(
     } else {
         None
     };
-    let rss_peak = memory_kib(operator.pid()).map(|(hwm, _)| hwm);
-    operator.kill();
+    let rss_peak = pid.and_then(memory_kib).map(|(hwm, _)| hwm);
+    let with_operator = operator.is_some();
+    if let Some(mut operator) = operator {
+        operator.kill();
+    }
     let _ = std::fs::remove_file(&pidfile);
     watch.abort();
 
@@ -773,6 +777,7 @@ fn run(
     ));
     Ok(Figures {
         label: label.to_owned(),
+        with_operator,
         objects: settings.identities * 2,
         create,
         converge,
@@ -790,6 +795,28 @@ fn run(
     })
 }
 
+/// Waits until `operator` leads and has written the status of every TrustPolicy of the run.
+fn wait_for_operator(operator: &mut OperatorProcess, label: &str, namespaces: usize) {
+    operator.wait_until(Duration::from_secs(60), "leadership", |o| o.is_leader());
+    let selector = format!("{RUN_LABEL}={label}");
+    operator.wait_until(
+        Duration::from_secs(60),
+        "every TrustPolicy's status (the reconcilers run)",
+        |_| {
+            let out = cluster().kubectl_ok(&[
+                "get",
+                "trustpolicies",
+                "-A",
+                "-l",
+                &selector,
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[0].type}{\"\\n\"}{end}",
+            ]);
+            out.lines().filter(|l| !l.trim().is_empty()).count() == namespaces
+        },
+    );
+}
+
 fn seconds(duration: Option<Duration>) -> String {
     duration.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
@@ -797,6 +824,20 @@ fn seconds(duration: Option<Duration>) -> String {
 fn print_figures(f: &Figures, settings: &Settings) {
     let n = settings.identities;
     let l = &f.label;
+    if !f.with_operator {
+        match f.create {
+            Some(create) => println!(
+                "[{l}] create: {} objects in {:.1} s = {:.0} objects/s ({} parallel creates, no \
+                 operator: the floor under any operator's convergence on this machine)",
+                f.objects,
+                create.as_secs_f64(),
+                f.objects as f64 / create.as_secs_f64(),
+                settings.concurrency
+            ),
+            None => println!("[{l}] create: NOT FINISHED"),
+        }
+        return;
+    }
     match f.create {
         Some(create) => println!(
             "[{l}] create: {} objects in {:.1} s = {:.0} objects/s ({} parallel creates, the operator running)",
@@ -908,9 +949,13 @@ fn main() -> anyhow::Result<()> {
         print!("{}", audit_policy());
         return Ok(());
     }
-    let mut runs = Vec::new();
+    let mut runs: Vec<(String, Option<PathBuf>)> = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
+        if arg == "--apply-only" {
+            runs.push(("apply-only".into(), None));
+            continue;
+        }
         let value = match arg.as_str() {
             "--run" => args.next().context("--run needs LABEL=PATH")?.as_str(),
             other => other.strip_prefix("--run=").with_context(|| {
@@ -927,10 +972,12 @@ fn main() -> anyhow::Result<()> {
         {
             bail!("--run {value}: the label must be lowercase letters, digits and '-'");
         }
-        runs.push((label.to_owned(), PathBuf::from(path)));
+        runs.push((label.to_owned(), Some(PathBuf::from(path))));
     }
-    if runs.is_empty() {
-        bail!("usage: bench_scale --run LABEL=PATH [--run LABEL=PATH] (make bench-scale)");
+    if !runs.iter().any(|(_, binary)| binary.is_some()) {
+        bail!(
+            "usage: bench_scale [--apply-only] --run LABEL=PATH [--run LABEL=PATH] (make bench-scale)"
+        );
     }
     let settings = Settings::from_env()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -951,22 +998,54 @@ fn main() -> anyhow::Result<()> {
         n = settings.identities
     );
     let mut all = Vec::new();
+    let mut floor = None;
     for (label, binary) in &runs {
-        println!("[{label}] operator: {}", binary.display());
-        let figures = run(&runtime, &client, &settings, label, binary)?;
+        match binary {
+            Some(binary) => println!("[{label}] operator: {}", binary.display()),
+            None => println!("[{label}] no operator: the apply alone"),
+        }
+        let figures = run(&runtime, &client, &settings, label, binary.as_deref())?;
         print_figures(&figures, &settings);
-        all.push(figures);
+        if figures.with_operator {
+            all.push(figures);
+        } else {
+            floor = Some(figures);
+        }
     }
-    if all.len() >= 2 {
+    if all.len() >= 2 || floor.is_some() {
         println!(
-            "== {} vs {} (same cluster, same run) ==",
-            all[all.len() - 1].label,
-            all[0].label
+            "== {} (same cluster, same run) ==",
+            all.iter()
+                .rev()
+                .chain(&floor)
+                .map(|f| f.label.as_str())
+                .collect::<Vec<_>>()
+                .join(" vs ")
         );
-        for f in &all {
+        for f in floor.iter().chain(&all) {
             print_figures(f, &settings);
         }
-        print_ratios(&all[0], &all[all.len() - 1]);
+        if all.len() >= 2 {
+            print_ratios(&all[0], &all[all.len() - 1]);
+        }
+        if let Some(floor) = &floor {
+            for f in &all {
+                match (f.converge, floor.create) {
+                    (Some(converge), Some(create)) => println!(
+                        "ratio ({}/{}) converge time / the apply alone: {:.3} ({:.1} / {:.1})",
+                        f.label,
+                        floor.label,
+                        converge.as_secs_f64() / create.as_secs_f64(),
+                        converge.as_secs_f64(),
+                        create.as_secs_f64()
+                    ),
+                    _ => println!(
+                        "ratio ({}/{}) converge time / the apply alone: - (not measured)",
+                        f.label, floor.label
+                    ),
+                }
+            }
+        }
     }
     if all.iter().any(|f| f.converge.is_none()) {
         eprintln!("bench-scale: a run did not converge (NOT CONVERGED above)");

@@ -48,23 +48,11 @@ pub(super) async fn ensure(
     }
     let secret_name = objects::key_secret_name(&identity.name_any());
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    if let Some(secret) = find(secrets, &api, namespace, &secret_name).await? {
-        return Ok(
-            match keys::private_key_from_pem(&private_key_pem(&secret)) {
-                Ok(signing) => {
-                    let public_key = signing.verifying_key();
-                    Ok(Key {
-                        did: Did::from_public_key(&public_key),
-                        public_key,
-                        secret: Some(secret_name),
-                    })
-                }
-                Err(error) => Err(format!(
-                    "Secret {secret_name} key {} is not a PKCS#8 Ed25519 key: {error}",
-                    objects::PRIVATE_KEY_KEY
-                )),
-            },
-        );
+    // The index of the operator's Secrets first; when it has none (a new identity, or a
+    // Secret the index has not seen yet) create one, and read the API only if that conflicts:
+    // one request for a new identity, not a read and then a create.
+    if let Some(secret) = secrets.get(&ObjectRef::new(&secret_name).within(namespace)) {
+        return Ok(key_in(&secret, secret_name));
     }
     let signing = keys::generate(&mut rand_core::OsRng);
     let public_key = signing.verifying_key();
@@ -118,10 +106,32 @@ pub(super) async fn ensure(
                 secret: Some(secret_name),
             }))
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Invalid(format!(
-            "Secret {secret_name} appeared concurrently; retrying"
-        ))),
+        // It exists (made by an earlier reconcile the index has not caught up with): its key.
+        Err(kube::Error::Api(e)) if e.code == 409 => match api.get_opt(&secret_name).await? {
+            Some(existing) => Ok(key_in(&existing, secret_name)),
+            None => Err(Error::Invalid(format!(
+                "Secret {secret_name} was deleted while being created; retrying"
+            ))),
+        },
         Err(error) => Err(error.into()),
+    }
+}
+
+/// The key held by the key Secret `secret_name`, or why it holds none.
+fn key_in(secret: &Secret, secret_name: String) -> Result<Key, String> {
+    match keys::private_key_from_pem(&private_key_pem(secret)) {
+        Ok(signing) => {
+            let public_key = signing.verifying_key();
+            Ok(Key {
+                did: Did::from_public_key(&public_key),
+                public_key,
+                secret: Some(secret_name),
+            })
+        }
+        Err(error) => Err(format!(
+            "Secret {secret_name} key {} is not a PKCS#8 Ed25519 key: {error}",
+            objects::PRIVATE_KEY_KEY
+        )),
     }
 }
 
