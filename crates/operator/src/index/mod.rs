@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
+use kube::Resource;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
@@ -169,7 +169,7 @@ impl Indexes {
         store
             .state()
             .into_iter()
-            .filter(|object| object.namespace().as_deref() == Some(namespace))
+            .filter(|object| object.meta().namespace.as_deref() == Some(namespace))
             .collect()
     }
 }

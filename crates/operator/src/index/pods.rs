@@ -23,13 +23,16 @@ pub struct PodInfo {
 impl PodInfo {
     /// Whether `identity` counts this pod as one of its own: by its selector, else by the pod's
     /// `agentmesh.io/identity` label. (Pods in other namespaces never are.)
+    /// Allocates nothing: it runs for every identity of a namespace on each pod change.
     pub fn is_of(&self, identity: &agentmesh_api::identity::AgentIdentity) -> bool {
-        identity.namespace().as_deref() == Some(self.namespace.as_str())
+        identity.metadata.namespace.as_deref() == Some(self.namespace.as_str())
             && match &identity.spec.selector {
                 Some(selector) => crate::governance::selects(Some(selector), &self.labels),
                 None => {
-                    self.labels.get(agentmesh_api::names::labels::IDENTITY)
-                        == Some(&identity.name_any())
+                    self.labels
+                        .get(agentmesh_api::names::labels::IDENTITY)
+                        .map(String::as_str)
+                        == identity.metadata.name.as_deref()
                 }
             }
     }

@@ -90,7 +90,6 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
         ),
     };
 
-    let identities = Indexes::in_namespace(&indexes.identities.store, &namespace);
     let (chain, delegation_condition) = match (&identity.spec.delegation, &key) {
         (None, _) => (
             Vec::new(),
@@ -114,10 +113,11 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
                 generation,
             ),
         ),
+        // Only a delegated identity reads the others of its namespace (a scan of the index).
         (Some(_), Ok(own)) => match chain::build(
             identity,
             &own.did,
-            &identities,
+            &Indexes::in_namespace(&indexes.identities.store, &namespace),
             ctx,
             &indexes.key_secrets.store,
             chain::max_depth(engine, identity),
