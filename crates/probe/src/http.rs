@@ -12,7 +12,6 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::metrics::Metrics;
 use crate::status::Status;
@@ -53,14 +52,11 @@ pub struct JsonClient {
 
 impl JsonClient {
     pub fn new(token_file: Option<PathBuf>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
         Self {
-            // Shorter than the servers' idle timeout (agentmesh_runtime::Limits).
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
+            client: agentmesh_runtime::client::client(
+                Duration::from_secs(5),
+                agentmesh_runtime::client::OWN_SERVERS_POOL_IDLE,
+            ),
             token_file,
         }
     }

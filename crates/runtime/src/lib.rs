@@ -1,7 +1,8 @@
 //! What every AgentMesh server shares: [`serve`] (HTTP/1 with a header and idle timeout, a
-//! connection cap, graceful shutdown and a span per request) and [`logging`] (one initialiser,
-//! one default format).
+//! connection cap, graceful shutdown and a span per request), [`client`] (the HTTP client of a
+//! component) and [`logging`] (one initialiser, one default format).
 
+pub mod client;
 pub mod logging;
 pub mod serve;
 

@@ -21,7 +21,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rand::RngCore;
 use tokio::sync::Notify;
 
@@ -38,13 +37,11 @@ pub struct TrustApi {
 
 impl TrustApi {
     pub fn new(base: String, token_file: PathBuf) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
         Self {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
+            client: agentmesh_runtime::client::client(
+                Duration::from_secs(5),
+                agentmesh_runtime::client::OWN_SERVERS_POOL_IDLE,
+            ),
             base,
             token_file,
         }

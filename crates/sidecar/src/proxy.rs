@@ -39,7 +39,6 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -255,16 +254,11 @@ const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(4);
 
 impl Proxy {
     pub fn new(options: ProxyOptions) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        connector.set_nodelay(true);
         // Shorter than the keep-alive of the MCP servers behind it (Node's http server and
         // uvicorn close an idle connection after 5 s; agentmesh_runtime's after 60 s): a pooled
         // connection is not reused just as the server closes it, which would fail a call that
         // was already sent (a 502 the agent cannot tell from a real upstream failure).
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(UPSTREAM_POOL_IDLE)
-            .build(connector);
+        let client = agentmesh_runtime::client::client(Duration::from_secs(10), UPSTREAM_POOL_IDLE);
         let peers = Arc::new(Peers::new(
             options.namespace,
             options.session_ttl,

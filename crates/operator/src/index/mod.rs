@@ -21,10 +21,10 @@ use agentmesh_api::identity::AgentIdentity;
 use agentmesh_api::policy::TrustPolicy;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
+use kube::Resource;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::Resource;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
