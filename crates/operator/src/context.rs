@@ -18,6 +18,8 @@ pub struct Context {
     /// The audit store's connection, as last checked.
     pub storage: Arc<crate::storage::Health>,
     pub events: crate::events::Events,
+    /// The reconcilers' last status writes ([`crate::controllers::apply_status`]).
+    pub status_writes: crate::controllers::StatusWrites,
     leading: watch::Receiver<bool>,
 }
 
@@ -38,6 +40,7 @@ impl Context {
             metrics,
             probes: ProbeRegistry::default(),
             webhook_certs: std::sync::OnceLock::new(),
+            status_writes: Default::default(),
             leading,
         }
     }

@@ -72,7 +72,15 @@ async fn reconcile_inner(policy: &TrustPolicy, ctx: &Context, indexes: &Indexes)
         conditions: vec![accepted],
     };
     let api = Api::<TrustPolicy>::namespaced(ctx.client.clone(), &namespace);
-    if super::apply_status(&api, &name, Some(&Owned::of(&current)), &desired).await? {
+    if super::apply_status(
+        &api,
+        policy,
+        Some(&Owned::of(&current)),
+        &desired,
+        &ctx.status_writes,
+    )
+    .await?
+    {
         let was_refused = current.conditions.iter().any(|c| {
             c.type_ == types::ACCEPTED && c.status == "False" && c.reason == verdict.reason
         });

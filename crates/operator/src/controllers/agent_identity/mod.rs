@@ -59,7 +59,6 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
     let namespace = identity
         .namespace()
         .ok_or(Error::NoNamespace("AgentIdentity"))?;
-    let name = identity.name_any();
     let generation = identity.metadata.generation;
     let current = identity.status.clone().unwrap_or_default();
 
@@ -182,7 +181,15 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
         conditions: vec![key_condition, delegation_condition.clone()],
     };
     let api = Api::<AgentIdentity>::namespaced(ctx.client.clone(), &namespace);
-    if super::apply_status(&api, &name, Some(&Owned::of(&current)), &desired).await? {
+    if super::apply_status(
+        &api,
+        identity,
+        Some(&Owned::of(&current)),
+        &desired,
+        &ctx.status_writes,
+    )
+    .await?
+    {
         let was_valid = current
             .conditions
             .iter()

@@ -260,7 +260,7 @@ async fn write_status(
         &now,
     );
     let api: Api<MeshLogicAgent> = Api::namespaced(ctx.client.clone(), agent.namespace);
-    if !super::apply_status(&api, agent.name, previous, &next).await? {
+    if !super::apply_status(&api, resource, previous, &next, &ctx.status_writes).await? {
         return Ok(());
     }
     tracing::debug!(
