@@ -2,12 +2,14 @@
 //! `ConflictingMode`; see `governance`), the identities governed and the policy version.
 //! Violation counts belong to the trust engine (its own field manager).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_api::common::find_condition;
 use agentmesh_api::names::conditions as types;
 use agentmesh_api::policy::{TrustPolicy, TrustPolicyStatus};
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::Controller;
@@ -27,7 +29,17 @@ const CONTROLLER: &str = "trustpolicy";
 
 pub async fn run(shared: Arc<Reconcilers>) {
     let policies = &shared.indexes.policies;
-    let controller = Controller::for_shared_stream(policies.changes(), policies.store.clone());
+    // Triggered by a new spec (a new generation), not by status writes: its own write of
+    // `identitiesMatched` would otherwise wake it again while identities keep arriving. What
+    // it decides also depends on the namespace's identities, which the 10 s requeue follows.
+    let mut generations = HashMap::new();
+    let changes = policies.changes().filter(move |policy| {
+        let meta = &policy.metadata;
+        let key = meta.uid.clone().unwrap_or_default();
+        let new = generations.insert(key, meta.generation) != Some(meta.generation);
+        std::future::ready(new)
+    });
+    let controller = Controller::for_shared_stream(changes, policies.store.clone());
     super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
 }
 
