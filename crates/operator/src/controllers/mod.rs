@@ -36,7 +36,7 @@ pub struct Reconcilers {
 
 /// How long a reconcile request waits for more of the same object (trailing edge): a new
 /// AgentIdentity, its pod and its key Secret arrive within milliseconds of each other and are
-/// then reconciled once, not three times, each a status write (`make bench-scale`: about 5,000
+/// then reconciled once rather than up to three times (`make bench-scale`: about 2,000 status
 /// writes fewer for 5,000 identities). Short, so that a change still takes effect at once to a
 /// person, and no object here changes often enough to be held back by it.
 const DEBOUNCE: Duration = Duration::from_millis(500);
@@ -48,12 +48,12 @@ pub fn start(shared: Arc<Reconcilers>, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(meshlogic_agent::run(shared));
 }
 
-/// Runs `controller` until SIGTERM, its requests debounced ([`DEBOUNCE`]): each reconcile of an object in a span named after the
-/// controller and the object, timed and counted (`reconcile_*` metrics, label `name`); an
-/// error is counted by its label and the object retried after a delay that doubles with each
-/// consecutive failure of that object (1 s up to 5 min, each plus up to as much again at
-/// random), from 1 s again once it
-/// succeeds. `Ok` actions are the reconciler's own.
+/// Runs `controller` until SIGTERM, its requests debounced ([`DEBOUNCE`]): each reconcile of
+/// an object in a span named after the controller and the object, timed and counted
+/// (`reconcile_*` metrics, label `name`); an error is counted by its label and the object
+/// retried after a delay that doubles with each consecutive failure of that object (1 s up to
+/// 5 min, each plus up to as much again at random), from 1 s again once it succeeds. `Ok`
+/// actions are the reconciler's own.
 pub async fn run<K, F, Fut>(
     name: &'static str,
     controller: Controller<K>,
