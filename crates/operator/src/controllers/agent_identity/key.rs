@@ -107,12 +107,14 @@ pub(super) async fn ensure(
             }))
         }
         // It exists (made by an earlier reconcile the index has not caught up with): its key.
-        Err(kube::Error::Api(e)) if e.code == 409 => match api.get_opt(&secret_name).await? {
-            Some(existing) => Ok(key_in(&existing, secret_name)),
-            None => Err(Error::Invalid(format!(
-                "Secret {secret_name} was deleted while being created; retrying"
-            ))),
-        },
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            match find(secrets, &api, namespace, &secret_name).await? {
+                Some(existing) => Ok(key_in(&existing, secret_name)),
+                None => Err(Error::Invalid(format!(
+                    "Secret {secret_name} was deleted while being created; retrying"
+                ))),
+            }
+        }
         Err(error) => Err(error.into()),
     }
 }
