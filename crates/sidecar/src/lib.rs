@@ -22,6 +22,7 @@ use std::time::Duration;
 use agentmesh_api::settings::Settings;
 use agentmesh_identity::SigningKey;
 use agentmesh_identity::keyfile::{KeyLoadError, private_key_from_env_value};
+use agentmesh_runtime::shutdown_signal;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -92,8 +93,6 @@ async fn serve_metrics(
     )
     .await;
 }
-
-use agentmesh_runtime::shutdown_signal;
 
 /// Runs the sidecar until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
