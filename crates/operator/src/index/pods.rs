@@ -169,3 +169,54 @@ fn info(pod: &Pod) -> Option<(String, PodInfo)> {
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_api::identity::AgentIdentity;
+
+    use super::*;
+
+    fn identity(namespace: &str, name: &str, selector: Option<&str>) -> AgentIdentity {
+        let mut spec = serde_json::json!({});
+        if let Some(team) = selector {
+            spec["selector"] = serde_json::json!({"matchLabels": {"team": team}});
+        }
+        let mut identity = AgentIdentity::new(name, serde_json::from_value(spec).unwrap());
+        identity.metadata.namespace = Some(namespace.into());
+        identity
+    }
+
+    fn pod(namespace: &str, labels: &[(&str, &str)]) -> PodInfo {
+        PodInfo {
+            namespace: namespace.into(),
+            name: "p".into(),
+            node: None,
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            running: true,
+        }
+    }
+
+    #[test]
+    fn a_pod_is_of_an_identity_only_by_its_exact_label_or_the_selector_in_its_namespace() {
+        let label = agentmesh_api::names::labels::IDENTITY;
+        let agent = identity("team-a", "agent", None);
+        assert!(pod("team-a", &[(label, "agent")]).is_of(&agent));
+        // Forged: the same label from another namespace, spelling variants, no label.
+        assert!(!pod("team-b", &[(label, "agent")]).is_of(&agent));
+        for variant in ["Agent", "agent ", "agent-", "agen", ""] {
+            assert!(
+                !pod("team-a", &[(label, variant)]).is_of(&agent),
+                "{variant:?}"
+            );
+        }
+        assert!(!pod("team-a", &[]).is_of(&agent));
+        // An identity with a selector counts the pods it selects, not those naming it.
+        let selecting = identity("team-a", "selecting", Some("x"));
+        assert!(pod("team-a", &[("team", "x")]).is_of(&selecting));
+        assert!(!pod("team-a", &[(label, "selecting")]).is_of(&selecting));
+        assert!(!pod("team-b", &[("team", "x")]).is_of(&selecting));
+    }
+}
