@@ -73,7 +73,7 @@ fn identities_get_a_key_secret_a_did_a_score_and_verified_delegations() {
         ns,
         identity(
             "parent",
-            json!({"capabilities": ["read:documents", "tools:search:*"]}),
+            json!({"capabilities": ["read:documents", "tools:search:*"], "delegates": ["narrow", "wide"]}),
         ),
     );
     let parent = wait_for(
@@ -159,6 +159,74 @@ fn identities_get_a_key_secret_a_did_a_score_and_verified_delegations() {
             .contains("write:everything"),
         "{refused}"
     );
+    delegation_needs_the_parents_consent(&mut operator, ns, &narrow);
+}
+
+fn no_links(identity: &Value) -> bool {
+    identity["status"]["delegationChain"]
+        .as_array()
+        .is_none_or(|links| links.is_empty())
+}
+
+/// The attack: anyone who may create an AgentIdentity names a parent and gets a link signed
+/// with the parent's key. Without the parent's consent (`spec.delegates`) nothing is signed,
+/// and taking a name off the list revokes the link its holder has.
+fn delegation_needs_the_parents_consent(operator: &mut OperatorProcess, ns: &str, narrow: &Value) {
+    apply(
+        ns,
+        identity(
+            "uninvited",
+            json!({"delegation": {"parent": "parent", "capabilities": ["tools:search:web"]}}),
+        ),
+    );
+    let uninvited = wait_for(
+        operator,
+        "agentidentity",
+        "uninvited",
+        ns,
+        "DelegationValid=False",
+        |o| condition_is(o, "DelegationValid", "False"),
+    );
+    let refused = condition(&uninvited, "DelegationValid").unwrap();
+    assert_eq!(refused["reason"], "NotConsented", "{refused}");
+    assert!(no_links(&uninvited), "no link signed for it: {uninvited}");
+
+    // The link carries its issue time, which stays as it is while the link does.
+    let issued = narrow["status"]["delegationChain"][0]["issuedAt"].clone();
+    assert!(issued.is_string(), "{narrow}");
+
+    // The parent withdraws its consent: the held link is revoked at once (the parent's change
+    // wakes its children), well before the child's own 30 s requeue.
+    cluster().kubectl_ok(&[
+        "patch",
+        "agentidentity",
+        "parent",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"delegates":["wide"]}}"#,
+    ]);
+    let started = std::time::Instant::now();
+    let revoked = wait_for(
+        operator,
+        "agentidentity",
+        "narrow",
+        ns,
+        "DelegationValid=False after the consent is withdrawn",
+        |o| condition_is(o, "DelegationValid", "False"),
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "revocation took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        condition(&revoked, "DelegationValid").unwrap()["reason"],
+        "NotConsented"
+    );
+    assert!(no_links(&revoked), "{revoked}");
+    assert_eq!(revoked["status"]["delegationDepth"], 0);
 }
 
 /// A ServiceAccount allowed to post reports (as the MeshLogicAgent's RBAC allows its probe),

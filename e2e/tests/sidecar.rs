@@ -659,7 +659,7 @@ fn a_widened_delegation_is_refused_by_peers() {
     apply(
         ns,
         json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": "researcher"},
-               "spec": {"capabilities": ["read:documents"]}}),
+               "spec": {"capabilities": ["read:documents"], "delegates": ["helper"]}}),
     );
     apply(
         ns,

@@ -12,8 +12,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(links) = serde_json::from_slice::<Vec<DelegationLink>>(data) else { return };
     let root = SigningKey::from_bytes(&[1; 32]);
     let mut registry = MemoryRegistry::new();
-    for seed in 1..4u8 {
-        registry.insert(SigningKey::from_bytes(&[seed; 32]).verifying_key(), 800);
+    let dids: Vec<Did> = (1..4u8)
+        .map(|seed| registry.insert(SigningKey::from_bytes(&[seed; 32]).verifying_key(), 800))
+        .collect();
+    // Each consents to the next, so inputs reach the checks past consent.
+    for pair in dids.windows(2) {
+        registry.allow_delegation(&pair[0], pair[1].clone());
     }
     let grants = parse_all(&["*"]).unwrap();
     let root_did = Did::from_public_key(&root.verifying_key());

@@ -11,11 +11,15 @@ pub const DID_PATTERN: &str = r"^did:mesh:[0-9a-f]{32}$";
 /// key bytes, 44 characters.
 pub const PUBLIC_KEY_PATTERN: &str = r"^[A-Za-z0-9+/]{43}=$";
 
-/// A capability: `*`, `action:*`, `action:resource`, `action:resource:*` or
-/// `action:resource:qualifier`. A trailing `*` in a segment matches any suffix
-/// (`read:docs/*`).
-pub const CAPABILITY_PATTERN: &str =
-    r"^(\*|[a-z][a-z0-9_-]*:(\*|[A-Za-z0-9_./-]+\*?)(:(\*|[A-Za-z0-9_./=-]+\*?))?)$";
+/// A capability: `*`, or `action:resource[:qualifier]`, each of resource and qualifier `*` or a
+/// `/`-separated path with an optional trailing `*` (a prefix on segment boundaries:
+/// `read:docs/*`, `read:docs*`). No path segment is empty, `.` or `..`. The grammar of
+/// `agentmesh_identity::capability`, which the test below holds this to.
+pub const CAPABILITY_PATTERN: &str = concat!(
+    r"^(\*|[a-z][a-z0-9_-]*:",
+    r"(\*|(\.{0,2}[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.{3}[A-Za-z0-9_.-]*)(/(\.{0,2}[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.{3}[A-Za-z0-9_.-]*))*(/?\*)?)",
+    r"(:(\*|(\.{0,2}[A-Za-z0-9_=-][A-Za-z0-9_.=-]*|\.{3}[A-Za-z0-9_.=-]*)(/(\.{0,2}[A-Za-z0-9_=-][A-Za-z0-9_.=-]*|\.{3}[A-Za-z0-9_.=-]*))*(/?\*)?))?)$"
+);
 
 /// A name pattern with `*` wildcards: an MCP tool name, a peer, an executable.
 pub const NAME_PATTERN: &str = r"^[A-Za-z0-9_.:/@*-]+$";
@@ -68,4 +72,52 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
 /// Whether the condition of this type is present with status `True`.
 pub fn is_condition_true(conditions: &[Condition], type_: &str) -> bool {
     find_condition(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CAPABILITY_PATTERN;
+    use agentmesh_identity::capability::Capability;
+
+    fn schema_accepts(text: &str) -> bool {
+        regex::Regex::new(CAPABILITY_PATTERN)
+            .unwrap()
+            .is_match(text)
+    }
+
+    #[test]
+    fn the_schema_and_the_parser_agree_on_traversal_and_empty_segments() {
+        for text in [
+            "read:docs/../secret",
+            "read:..",
+            "read:docs/./a",
+            "read:docs/..*",
+            "read:docs//a",
+            "read:/etc",
+            "tools:search:../x",
+            "read:docs/*",
+            "read:docs*",
+            "read:.hidden/a..b/...",
+            "a:b:c=d/e*",
+        ] {
+            assert_eq!(
+                schema_accepts(text),
+                Capability::parse(text).is_ok(),
+                "{text}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        // The CRD refuses exactly what the operator's parser refuses, so a capability the API
+        // server stores is one the operator understands, and the other way round.
+        #[test]
+        fn the_schema_is_the_parser(text in "\\*|[ab]{1,2}:[a./*=-]{0,6}(:[a./*=-]{0,5})?") {
+            proptest::prop_assert_eq!(
+                schema_accepts(&text),
+                Capability::parse(&text).is_ok(),
+                "{}", text
+            );
+        }
+    }
 }

@@ -28,6 +28,8 @@ pub enum ConvertError {
     Did { field: String, source: KeyError },
     #[error("{field}: instant out of range")]
     Time { field: String },
+    #[error("{field}: missing")]
+    Missing { field: String },
 }
 
 /// The current time as the trust model's timestamp (the binaries' clock; the pure crates take
@@ -322,6 +324,13 @@ pub fn delegation_link(
         issuer: did(&link.issuer, "issuer")?,
         subject: did(&link.subject, "subject")?,
         capabilities: link.capabilities.clone(),
+        issued_at: link
+            .issued_at
+            .as_ref()
+            .map(timestamp)
+            .ok_or_else(|| ConvertError::Missing {
+                field: format!("status.delegationChain[{index}].issuedAt"),
+            })?,
         expires_at: link.expires_at.as_ref().map(timestamp),
         signature: link.signature.clone(),
     })
@@ -336,6 +345,10 @@ pub fn signed_delegation_link(
         issuer: link.issuer.to_string(),
         subject: link.subject.to_string(),
         capabilities: link.capabilities.clone(),
+        issued_at: Some(time(
+            link.issued_at,
+            &format!("status.delegationChain[{index}].issuedAt"),
+        )?),
         expires_at: link
             .expires_at
             .map(|t| time(t, &format!("status.delegationChain[{index}].expiresAt")))
@@ -422,6 +435,7 @@ mod tests {
             &grants,
             subject,
             vec!["read:documents".into()],
+            Timestamp::from_secs(1_800_000_000),
             Some(Timestamp::from_secs(1_900_000_000)),
         )
         .unwrap();

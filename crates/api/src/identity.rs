@@ -53,9 +53,25 @@ pub struct AgentIdentitySpec {
     pub capabilities: Vec<String>,
 
     /// Delegation from a parent identity in the same namespace: this agent acts on the parent's
-    /// behalf with a subset of the parent's capabilities, until the delegation expires.
+    /// behalf with a subset of the parent's capabilities, until the delegation expires. The
+    /// parent must list this identity in its `delegates`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegation: Option<Delegation>,
+
+    /// The AgentIdentities of this namespace that may name this one as their
+    /// `delegation.parent`. No other identity gets a link signed with this identity's key, and
+    /// taking a name off the list revokes the link that identity holds. Empty or absent: this
+    /// identity delegates to no one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+            length(min = 1, max = 253)
+        ),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub delegates: Vec<String>,
 
     /// The agent's own Ed25519 public key (base64 of the 32 key bytes). When set, the operator
     /// creates no key Secret: the agent holds its private key itself. When absent, the operator
@@ -164,8 +180,8 @@ pub struct AgentIdentityStatus {
     pub conditions: Conditions,
 }
 
-/// One link of a delegation chain: the issuer grants the subject these capabilities until the
-/// expiry, signed with the issuer's key.
+/// One link of a delegation chain: the issuer, at `issuedAt`, grants the subject these
+/// capabilities until the expiry, signed with the issuer's key.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignedDelegationLink {
@@ -178,6 +194,9 @@ pub struct SignedDelegationLink {
     /// Capabilities granted by this link.
     #[schemars(length(max = 64), inner(length(max = 253)))]
     pub capabilities: Vec<String>,
+    /// When the issuer signed the link (RFC 3339). Kept while the link stays the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<Time>,
     /// Expiry of the link (RFC 3339), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,

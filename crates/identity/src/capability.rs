@@ -1,14 +1,23 @@
 //! Capabilities and the "covers" relation that delegation narrowing and authorisation use.
 //!
 //! Grammar (the CRD's `CAPABILITY_PATTERN`): `*`, or `action:resource[:qualifier]` where the
-//! action is `[a-z][a-z0-9_-]*` and each of resource and qualifier is `*` or a name with an
-//! optional trailing `*` (prefix match: `read:docs/*` matches `read:docs/a`).
+//! action is `[a-z][a-z0-9_-]*` and each of resource and qualifier is `*` or a `/`-separated
+//! path of non-empty segments, none of them `.` or `..`, with an optional trailing `*`.
+//!
+//! A trailing `*` matches **whole segments only** (like Envoy's `path_separated_prefix`):
+//! - `docs/*` matches every name under `docs/` (`docs/a`, `docs/a/b`), not `docs` itself;
+//! - `docs*` matches `docs` and every name under `docs/`, but not `docs-secret` or `docsx`:
+//!   a grant of `read:docs*` never reaches a sibling that merely starts with the same letters;
+//! - `*` alone matches everything.
+//!
+//! `.` and `..` segments and empty segments (`a//b`) are refused when parsed, so no spelling
+//! of a name can climb out of the prefix that granted it (`read:docs/../secret`).
 //!
 //! `p` **covers** `c` when every concrete capability `c` grants is also granted by `p`:
 //! - `*` covers everything; only `*` covers `*`;
 //! - the actions are equal;
-//! - the resource of `p` is equal to `c`'s, or is a prefix pattern that `c`'s resource (or
-//!   `c`'s own prefix) starts with;
+//! - the resource of `p` is equal to `c`'s, or is a prefix pattern that matches `c`'s resource
+//!   (a concrete name, or the name before `c`'s own `*`: `read:docs*` covers `read:docs/a*`);
 //! - a `p` without qualifier covers every qualifier: `read:docs` covers `read:docs:summary`
 //!   (a qualifier only narrows). So does a `p` whose resource is a prefix pattern without
 //!   qualifier (`read:*` covers `read:docs:summary`). A `p` with a qualifier covers a `c` only
@@ -31,7 +40,8 @@ pub struct CapabilityError {
 pub enum Segment {
     /// Matches exactly this text.
     Exact(String),
-    /// Matches any text starting with this (`*` alone is `Prefix("")`).
+    /// The text before a trailing `*` (`*` alone is `Prefix("")`): matches whole `/`-segments
+    /// only, see the module docs.
     Prefix(String),
 }
 
@@ -47,6 +57,21 @@ impl Segment {
         if !body.bytes().all(allowed) {
             return Err("character not allowed in segment");
         }
+        if !body.is_empty() {
+            // `docs/*`: the empty name after the last `/` is the prefix's, not a segment.
+            let path = if prefix {
+                body.strip_suffix('/').unwrap_or(body)
+            } else {
+                body
+            };
+            for segment in path.split('/') {
+                match segment {
+                    "" => return Err("empty path segment (a leading, trailing or double /)"),
+                    "." | ".." => return Err("a . or .. path segment"),
+                    _ => {}
+                }
+            }
+        }
         Ok(if prefix {
             Self::Prefix(body.to_owned())
         } else {
@@ -54,11 +79,30 @@ impl Segment {
         })
     }
 
+    /// Whether this segment matches the name `name` (for a prefix `other`, the text before its
+    /// `*`: a name the prefix matches and then extends segment by segment).
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Self::Exact(a) => a == name,
+            Self::Prefix(a) if a.is_empty() || a.ends_with('/') => name.starts_with(a.as_str()),
+            Self::Prefix(a) => {
+                name == a
+                    || name
+                        .strip_prefix(a.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            }
+        }
+    }
+
     fn covers(&self, other: &Segment) -> bool {
         match (self, other) {
-            (Self::Exact(a), Self::Exact(b)) => a == b,
+            (_, Self::Exact(b)) => self.matches(b),
             (Self::Exact(_), Self::Prefix(_)) => false,
-            (Self::Prefix(a), Self::Exact(b) | Self::Prefix(b)) => b.starts_with(a.as_str()),
+            // `*` is matched only by `*`; `docs/*` (everything under `docs/`) by what matches
+            // `docs/`; `docs*` (`docs` and everything under it) by what matches `docs`.
+            (Self::Prefix(a), Self::Prefix(b)) => {
+                a.is_empty() || (!b.is_empty() && self.matches(b))
+            }
         }
     }
 }
@@ -216,6 +260,9 @@ mod tests {
             "a:b:c=d",
             "x-y_1:r.s-t/u",
             "read:docs*:q*",
+            "read:docs/*",
+            "read:.hidden/a..b/...",
+            "read:docs/v1.2*",
         ] {
             let parsed = Capability::parse(good).unwrap();
             assert_eq!(parsed.to_string(), good);
@@ -233,6 +280,21 @@ mod tests {
             "**",
             "read:x:y:",
             ":x",
+            // `.`, `..` and empty path segments: no spelling climbs out of a prefix.
+            "read:docs/../secret",
+            "read:docs/..",
+            "read:../secret",
+            "read:..",
+            "read:.",
+            "read:docs/./a",
+            "read:docs/.*",
+            "read:docs/..*",
+            "read:docs//a",
+            "read:/etc",
+            "read:docs/",
+            "read://*",
+            "tools:search:../x",
+            "tools:search:a/..*",
         ] {
             assert!(Capability::parse(bad).is_err(), "{bad}");
         }
@@ -253,7 +315,16 @@ mod tests {
             ("tools:search:*", "tools:search"),
             ("write:notes/*", "write:notes/research/*"),
             ("write:notes/*", "write:notes/a:b"),
-            ("tools:search:we*", "tools:search:web"),
+            ("tools:search:web*", "tools:search:web"),
+            ("tools:search:web*", "tools:search:web/news"),
+            ("read:docs*", "read:docs"),
+            ("read:docs*", "read:docs/a/b"),
+            ("read:docs*", "read:docs/*"),
+            ("read:docs*", "read:docs/a*"),
+            ("read:docs*", "read:docs*"),
+            ("read:docs/*", "read:docs/a*"),
+            ("read:docs/*", "read:docs/a/*"),
+            ("read:docs.v1*", "read:docs.v1/x"),
         ];
         for (p, c) in yes {
             assert!(cap(p).covers(&cap(c)), "{p} should cover {c}");
@@ -269,6 +340,16 @@ mod tests {
             ("tools:search:we*", "tools:search"),
             ("write:notes/research/*", "write:notes/*"),
             ("tools:search:web", "tools:search:webx"),
+            // A prefix stops at segment boundaries: the same letters are not the same name.
+            ("tools:search:we*", "tools:search:web"),
+            ("read:docs*", "read:docs-secret"),
+            ("read:docs*", "read:docsx/a"),
+            ("read:docs*", "read:docs-secret*"),
+            ("read:docs*", "read:docs.bak"),
+            ("read:docs/*", "read:docs"),
+            ("read:docs/*", "read:docs*"),
+            ("read:docs/a*", "read:docs/ab"),
+            ("read:*", "read2:x"),
         ];
         for (p, c) in no {
             assert!(!cap(p).covers(&cap(c)), "{p} should not cover {c}");
@@ -285,11 +366,32 @@ mod tests {
                 proptest::prop_assert!(a.covers(&c), "{a} > {b} > {c}");
             }
         }
+
+        // A prefix grant reaches its own name and what lies under it, never a name that only
+        // starts with the same letters (`read:docs*` and `read:docs-secret`).
+        #[test]
+        fn a_prefix_never_covers_a_longer_sibling(
+            base in "[a-c]{1,3}(/[a-c]{1,3}){0,2}",
+            rest in "[a-c-][a-c/-]{0,4}",
+        ) {
+            let grant = cap(&format!("read:{base}*"));
+            let sibling = format!("read:{base}{rest}");
+            if let Ok(sibling) = Capability::parse(&sibling) {
+                proptest::prop_assert!(!grant.covers(&sibling), "{} covers {}", grant, sibling);
+            }
+            let own = cap(&format!("read:{base}"));
+            proptest::prop_assert!(grant.covers(&own), "{} misses {}", grant, own);
+            if let Ok(under) = Capability::parse(&format!("read:{base}/{rest}")) {
+                proptest::prop_assert!(grant.covers(&under), "{} misses {}", grant, under);
+            }
+        }
     }
 
     fn cap_strategy() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
-        let seg = prop_oneof![Just("*".to_owned()), "[ab]{1,2}\\*?"];
+        // Names of one or two segments over a tiny alphabet, so that prefixes, siblings that
+        // share letters (`a`, `ab`, `a-`) and names under others (`a/b`) all meet.
+        let seg = prop_oneof![Just("*".to_owned()), "[ab-]{1,2}(/[ab]{1,2})?(/?\\*)?"];
         prop_oneof![
             1 => Just("*".to_owned()),
             6 => ("[rw]", seg.clone(), proptest::option::of(seg)).prop_map(|(a, r, q)| match q {

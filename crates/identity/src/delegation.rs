@@ -1,18 +1,21 @@
 //! Delegation links and the verification of whole chains.
 //!
-//! A link says "issuer grants subject these capabilities until this instant", signed with the
-//! issuer's key over its canonical encoding: the prefix `agentmesh-delegation-v1`, issuer DID,
-//! subject DID, the number of capabilities and each capability in order, then the expiry in
-//! whole Unix seconds (or a marker for none). The serde form is the CRD's
-//! `SignedDelegationLink` (`issuer`, `subject`, `capabilities`, `expiresAt` RFC 3339,
-//! `signature` base64), so status can hold links verbatim.
+//! A link says "issuer, at this instant, grants subject these capabilities until that instant",
+//! signed with the issuer's key over its canonical encoding: the prefix
+//! `agentmesh-delegation-v2`, issuer DID, subject DID, the number of capabilities and each
+//! capability in order, the issue time in whole Unix seconds, then the expiry (or a marker for
+//! none). The serde form is the CRD's `SignedDelegationLink` (`issuer`, `subject`,
+//! `capabilities`, `issuedAt` and `expiresAt` RFC 3339, `signature` base64), so status can hold
+//! links verbatim.
 //!
 //! A chain is root first. [`verify_chain`] checks, link by link: depth within the limit; each
 //! issuer is the previous subject (the first one is the root); no identity twice; a signature
-//! present and valid under the issuer's *registered* key; not expired; every capability valid
-//! and covered by what the issuer holds (the root's own capabilities for the first link, the
-//! previous link's grants after that). Expiries are whole seconds: [`DelegationLink::create`]
-//! truncates, since Kubernetes stores instants to the second.
+//! present and valid under the issuer's *registered* key; the issuer's registered consent to
+//! delegate to this subject (a link signed without it, or after it was withdrawn, is refused);
+//! issued no later than now (give or take [`MAX_CLOCK_SKEW_SECS`]) and not expired; every
+//! capability valid and covered by what the issuer holds (the root's own capabilities for the
+//! first link, the previous link's grants after that). Instants are whole seconds:
+//! [`DelegationLink::create`] truncates, since Kubernetes stores instants to the second.
 
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -23,7 +26,10 @@ use crate::keys::{self, Did};
 use crate::registry::Registry;
 use crate::time::Timestamp;
 
-const DOMAIN: &str = "agentmesh-delegation-v1";
+const DOMAIN: &str = "agentmesh-delegation-v2";
+
+/// How far in the future a link's issue time may lie (clocks of issuers and verifiers differ).
+pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
 
 /// Default longest chain (the seed's `AGENTMESH_DELEGATION_MAX_DEPTH`).
 pub const DEFAULT_MAX_DEPTH: usize = 5;
@@ -53,6 +59,16 @@ pub enum DelegationError {
     MalformedSignature { index: usize },
     #[error("link {index}: signature does not verify with the issuer's registered key")]
     BadSignature { index: usize },
+    #[error(
+        "link {index}: {issuer} does not consent to delegate to {subject} (not in its spec.delegates)"
+    )]
+    NotConsented {
+        index: usize,
+        issuer: Did,
+        subject: Did,
+    },
+    #[error("link {index}: issued at {issued_at}, in the future")]
+    IssuedInFuture { index: usize, issued_at: Timestamp },
     #[error("link {index}: expired at {expired_at}")]
     Expired { index: usize, expired_at: Timestamp },
     #[error("link {index}: grants no capability")]
@@ -77,6 +93,8 @@ pub struct DelegationLink {
     pub issuer: Did,
     pub subject: Did,
     pub capabilities: Vec<String>,
+    #[serde(with = "rfc3339")]
+    pub issued_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_opt")]
     pub expires_at: Option<Timestamp>,
     /// Ed25519 signature by the issuer over the canonical encoding, base64; empty when absent.
@@ -94,6 +112,7 @@ impl DelegationLink {
         for capability in &self.capabilities {
             t = t.str(capability);
         }
+        t = t.str("issued").i64(self.issued_at.as_secs_floor());
         match self.expires_at {
             Some(at) => t.str("expires").i64(at.as_secs_floor()),
             None => t.str("never"),
@@ -101,13 +120,16 @@ impl DelegationLink {
         .into_bytes()
     }
 
-    /// Create and sign a link with the issuer's key, refusing any capability the issuer does
-    /// not hold (`issuer_grants`: its own capabilities, or what its own delegation granted).
+    /// Create and sign a link issued at `issued_at` with the issuer's key, refusing any
+    /// capability the issuer does not hold (`issuer_grants`: its own capabilities, or what its
+    /// own delegation granted). Consent is the verifier's to check ([`verify_chain`]): the
+    /// issuer's registry entry, not the signer, says whom it delegates to.
     pub fn create(
         issuer_key: &SigningKey,
         issuer_grants: &[Capability],
         subject: Did,
         capabilities: Vec<String>,
+        issued_at: Timestamp,
         expires_at: Option<Timestamp>,
     ) -> Result<Self, DelegationError> {
         let issuer = Did::from_public_key(&issuer_key.verifying_key());
@@ -122,6 +144,7 @@ impl DelegationLink {
             issuer,
             subject,
             capabilities,
+            issued_at: Timestamp::from_secs(issued_at.as_secs_floor()),
             expires_at: expires_at.map(|t| Timestamp::from_secs(t.as_secs_floor())),
             signature: String::new(),
         };
@@ -222,6 +245,19 @@ pub fn verify_chain(
             .public_key
             .verify_strict(&link.signed_bytes(), &signature)
             .map_err(|_| DelegationError::BadSignature { index })?;
+        if !issuer.delegates.contains(&link.subject) {
+            return Err(DelegationError::NotConsented {
+                index,
+                issuer: link.issuer.clone(),
+                subject: link.subject.clone(),
+            });
+        }
+        if link.issued_at.as_secs_floor() > now.as_secs_floor() + MAX_CLOCK_SKEW_SECS {
+            return Err(DelegationError::IssuedInFuture {
+                index,
+                issued_at: link.issued_at,
+            });
+        }
         if let Some(at) = link.expires_at {
             if now >= at {
                 return Err(DelegationError::Expired {
@@ -242,6 +278,19 @@ pub fn verify_chain(
         capabilities: grants,
         expires_at: earliest,
     })
+}
+
+mod rfc3339 {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.to_rfc3339())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Timestamp::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 mod rfc3339_opt {

@@ -14,6 +14,10 @@ pub struct RegisteredIdentity {
     pub public_key: VerifyingKey,
     /// The current trust score (AgentIdentity `status.trustScore`), 0–1000.
     pub trust_score: i32,
+    /// The identities this one consents to delegate to (AgentIdentity `spec.delegates`, names
+    /// resolved to DIDs). A link it issued to anyone else is refused; empty: no one. Taking an
+    /// identity off the list revokes every link it was issued, wherever the link was copied.
+    pub delegates: Vec<Did>,
 }
 
 /// Lookup of registered identities by DID.
@@ -41,9 +45,24 @@ impl MemoryRegistry {
             RegisteredIdentity {
                 public_key,
                 trust_score,
+                delegates: Vec::new(),
             },
         );
         did
+    }
+
+    /// Record that `issuer` consents to delegate to `subject`; false when `issuer` is not
+    /// registered.
+    pub fn allow_delegation(&mut self, issuer: &Did, subject: Did) -> bool {
+        match self.identities.get_mut(issuer) {
+            Some(entry) => {
+                if !entry.delegates.contains(&subject) {
+                    entry.delegates.push(subject);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn remove(&mut self, did: &Did) {

@@ -7,6 +7,8 @@ use agentmesh_identity::registry::MemoryRegistry;
 use agentmesh_identity::{SigningKey, Timestamp};
 
 const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+/// When the chain's links were issued: an hour before NOW.
+const ISSUED: Timestamp = Timestamp::from_secs(1_799_996_400);
 
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
@@ -31,7 +33,8 @@ struct Chain {
     links: Vec<DelegationLink>,
 }
 
-/// root -> k1 -> ... -> k(n), each link narrowing a little, registered keys.
+/// root -> k1 -> ... -> k(n), each link narrowing a little, registered keys, each issuer
+/// consenting to delegate to its subject.
 fn chain(n: usize) -> Chain {
     let keys: Vec<SigningKey> = (0..=n as u8).map(|i| key(i + 10)).collect();
     let mut registry = MemoryRegistry::new();
@@ -48,9 +51,11 @@ fn chain(n: usize) -> Chain {
             &grants,
             did(&keys[i + 1]),
             granted.clone(),
+            ISSUED,
             Some(Timestamp::from_secs(1_900_000_000)),
         )
         .unwrap();
+        assert!(registry.allow_delegation(&did(&keys[i]), did(&keys[i + 1])));
         grants = parse_all(&granted).unwrap();
         links.push(link);
     }
@@ -101,12 +106,14 @@ fn links_round_trip_as_the_crd_shape() {
         [
             "capabilities",
             "expiresAt",
+            "issuedAt",
             "issuer",
             "signature",
             "subject"
         ]
     );
     assert_eq!(json["expiresAt"], "2030-03-17T17:46:40Z");
+    assert_eq!(json["issuedAt"], "2027-01-15T07:00:00Z");
     let back: DelegationLink = serde_json::from_value(json).unwrap();
     assert_eq!(back, c.links[0]);
 }
@@ -120,6 +127,7 @@ fn widened_capabilities_are_refused() {
         &caps(&["*"]),
         did(&c.keys[2]),
         strings(&["write:documents"]),
+        ISSUED,
         None,
     )
     .unwrap();
@@ -137,6 +145,7 @@ fn widened_capabilities_are_refused() {
         &caps(&["read:documents"]),
         did(&c.keys[1]),
         strings(&["read:*"]),
+        ISSUED,
         None,
     )
     .unwrap_err();
@@ -167,6 +176,7 @@ fn expired_link_is_refused() {
         &caps(&["read:documents"]),
         did(&c.keys[2]),
         strings(&["read:documents"]),
+        ISSUED,
         Some(NOW),
     )
     .unwrap();
@@ -208,8 +218,10 @@ fn bad_signature_is_refused() {
 #[test]
 fn tampered_fields_break_the_signature() {
     let base = chain(2);
-    let tampers: [fn(&mut DelegationLink); 3] = [
+    let tampers: [fn(&mut DelegationLink); 5] = [
         |l| l.capabilities.truncate(1),
+        |l| l.issued_at = NOW,
+        |l| l.issued_at = Timestamp::from_secs(0),
         |l| l.expires_at = None,
         |l| l.expires_at = Some(Timestamp::from_secs(1_900_000_001)),
     ];
@@ -237,6 +249,7 @@ fn signed_by_a_key_other_than_the_issuers_is_refused() {
         &caps(&["*"]),
         did(&c.keys[2]),
         strings(&["read:documents"]),
+        ISSUED,
         None,
     )
     .unwrap();
@@ -273,6 +286,7 @@ fn unregistered_issuer_broken_links_and_cycles_are_refused() {
         &caps(&["read:documents", "tools:search:*"]),
         did(&c.keys[0]),
         strings(&["read:documents"]),
+        ISSUED,
         None,
     )
     .unwrap();
@@ -314,4 +328,147 @@ fn invalid_or_empty_capabilities_are_refused() {
         verify(&c3, 5).unwrap_err(),
         DelegationError::NoCapabilities { index: 0 }
     );
+}
+
+/// A link signed with the parent's key is not enough: the parent must consent to this
+/// subject. The attack: whoever can have a link signed (an AgentIdentity naming the parent,
+/// for the operator that holds the parent's key) gets the parent's capabilities.
+#[test]
+fn a_link_the_issuer_did_not_consent_to_is_refused() {
+    let mut c = chain(2);
+    // A valid signature by the registered issuer, to a subject it never listed.
+    let mallory = key(99);
+    c.registry.insert(mallory.verifying_key(), 800);
+    c.links[1] = DelegationLink::create(
+        &c.keys[1],
+        &caps(&["read:documents"]),
+        did(&mallory),
+        strings(&["read:documents"]),
+        ISSUED,
+        None,
+    )
+    .unwrap();
+    c.links.truncate(2);
+    c.keys[2] = mallory.clone();
+    assert_eq!(
+        verify(&c, 5).unwrap_err(),
+        DelegationError::NotConsented {
+            index: 1,
+            issuer: did(&c.keys[1]),
+            subject: did(&mallory),
+        }
+    );
+    // Consent given: the same link verifies.
+    c.registry.allow_delegation(&did(&c.keys[1]), did(&mallory));
+    assert!(verify(&c, 5).is_ok());
+}
+
+/// Consent withdrawn revokes the links already issued: the verifier reads it from the
+/// registry, so a copy of the old link does not outlive it.
+#[test]
+fn withdrawn_consent_revokes_an_issued_link() {
+    let c = chain(2);
+    assert!(verify(&c, 5).is_ok());
+    let mut registry = agentmesh_identity::registry::MemoryRegistry::new();
+    for (i, k) in c.keys.iter().enumerate() {
+        registry.insert(k.verifying_key(), 800);
+        // The root withdraws its consent to k1; k1's to k2 stands.
+        if i == 1 {
+            registry.allow_delegation(&did(&c.keys[1]), did(&c.keys[2]));
+        }
+    }
+    let c = Chain { registry, ..c };
+    assert_eq!(
+        verify(&c, 5).unwrap_err(),
+        DelegationError::NotConsented {
+            index: 0,
+            issuer: did(&c.keys[0]),
+            subject: did(&c.keys[1]),
+        }
+    );
+}
+
+/// A link dated in the future would outlive a later revocation: refused beyond the skew.
+#[test]
+fn a_link_issued_in_the_future_is_refused() {
+    let mut c = chain(2);
+    let later = Timestamp::from_secs(
+        NOW.as_secs_floor() + agentmesh_identity::delegation::MAX_CLOCK_SKEW_SECS + 1,
+    );
+    c.links[1] = DelegationLink::create(
+        &c.keys[1],
+        &caps(&["read:documents"]),
+        did(&c.keys[2]),
+        strings(&["read:documents"]),
+        later,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        verify(&c, 5).unwrap_err(),
+        DelegationError::IssuedInFuture {
+            index: 1,
+            issued_at: later
+        }
+    );
+    // Within the skew it verifies.
+    c.links[1] = DelegationLink::create(
+        &c.keys[1],
+        &caps(&["read:documents"]),
+        did(&c.keys[2]),
+        strings(&["read:documents"]),
+        Timestamp::from_secs(later.as_secs_floor() - 1),
+        None,
+    )
+    .unwrap();
+    assert!(verify(&c, 5).is_ok());
+}
+
+/// A delegated prefix reaches only whole segments: `read:docs*` cannot be narrowed into
+/// `read:docs-secret`, and no `..` spelling climbs out of it.
+#[test]
+fn a_prefix_grant_cannot_be_stretched_to_a_sibling_or_a_parent() {
+    let c = chain(0);
+    let root = &c.keys[0];
+    let mut registry = c.registry.clone();
+    let child = key(50);
+    registry.insert(child.verifying_key(), 800);
+    registry.allow_delegation(&did(root), did(&child));
+    for (wanted, error) in [
+        ("read:docs-secret", "Widened"),
+        ("read:docsx/a", "Widened"),
+        ("read:docs/../secret", "InvalidCapability"),
+        ("read:docs//x", "InvalidCapability"),
+    ] {
+        let err = DelegationLink::create(
+            root,
+            &caps(&["read:docs*"]),
+            did(&child),
+            strings(&[wanted]),
+            ISSUED,
+            None,
+        )
+        .unwrap_err();
+        assert!(format!("{err:?}").starts_with(error), "{wanted}: {err:?}");
+    }
+    // What the prefix does reach is granted.
+    let link = DelegationLink::create(
+        root,
+        &caps(&["read:docs*"]),
+        did(&child),
+        strings(&["read:docs", "read:docs/a/b"]),
+        ISSUED,
+        None,
+    )
+    .unwrap();
+    let verified = verify_chain(
+        &[link],
+        &did(root),
+        &caps(&["read:docs*"]),
+        &registry,
+        NOW,
+        5,
+    )
+    .unwrap();
+    assert_eq!(verified.capabilities.len(), 2);
 }

@@ -227,6 +227,58 @@ impl StatusWrites {
     }
 }
 
+/// A trigger filter: lets an object through when the state it is judged by (its generation,
+/// say) differs from the last one seen for it. Objects gone from the index are forgotten once
+/// the memory holds twice as many as the index, so it stays bounded by the objects alive.
+pub struct ChangeFilter<K, S>
+where
+    K: Resource + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    store: kube::runtime::reflector::Store<K>,
+    seen: HashMap<String, S>,
+}
+
+impl<K, S> ChangeFilter<K, S>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+    S: PartialEq,
+{
+    pub fn new(store: kube::runtime::reflector::Store<K>) -> Self {
+        Self {
+            store,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Whether `object`'s state is new; records it.
+    pub fn changed(&mut self, object: &K, state: S) -> bool {
+        let Some(uid) = object.meta().uid.clone() else {
+            return true;
+        };
+        if self.seen.get(&uid) == Some(&state) {
+            return false;
+        }
+        self.seen.insert(uid, state);
+        if self.seen.len() > 2 * self.store.len() + 64 {
+            let alive: std::collections::HashSet<String> = self
+                .store
+                .state()
+                .iter()
+                .filter_map(|o| o.meta().uid.clone())
+                .collect();
+            self.seen.retain(|uid, _| alive.contains(uid));
+        }
+        true
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.seen.len()
+    }
+}
+
 fn key_of<K: Resource>(object: &K) -> String {
     match object.namespace() {
         Some(namespace) => format!("{namespace}/{}", object.name_any()),
@@ -320,5 +372,23 @@ mod tests {
         assert!(backoff.failed("ns/b") < Duration::from_secs(3));
         backoff.succeeded("ns/a");
         assert!(backoff.failed("ns/a") < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_change_filter_lets_through_new_states_and_forgets_objects_gone() {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let alive = identity("alive", "1");
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(alive.clone()));
+        let mut filter = ChangeFilter::new(store);
+        assert!(filter.changed(&alive, 1));
+        assert!(!filter.changed(&alive, 1));
+        assert!(filter.changed(&alive, 2));
+        // Objects seen once and deleted since: the memory stays within twice the index.
+        for i in 0..1000 {
+            assert!(filter.changed(&identity(&format!("gone-{i}"), "1"), 1));
+        }
+        assert!(filter.remembered() <= 2 + 64, "{}", filter.remembered());
+        // The living object is remembered through the pruning.
+        assert!(!filter.changed(&alive, 2));
     }
 }

@@ -2,7 +2,6 @@
 //! `ConflictingMode`; see `governance`), the identities governed and the policy version.
 //! Violation counts belong to the trust engine (its own field manager).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,12 +31,9 @@ pub async fn run(shared: Arc<Reconcilers>) {
     // Triggered by a new spec (a new generation), not by status writes: its own write of
     // `identitiesMatched` would otherwise wake it again while identities keep arriving. What
     // it decides also depends on the namespace's identities, which the 10 s requeue follows.
-    let mut generations = HashMap::new();
+    let mut generations = super::ChangeFilter::new(policies.store.clone());
     let changes = policies.changes().filter(move |policy| {
-        let meta = &policy.metadata;
-        let key = meta.uid.clone().unwrap_or_default();
-        let new = generations.insert(key, meta.generation) != Some(meta.generation);
-        std::future::ready(new)
+        std::future::ready(generations.changed(&**policy, policy.metadata.generation))
     });
     let controller = Controller::for_shared_stream(changes, policies.store.clone());
     super::run(CONTROLLER, controller, reconcile, shared.clone()).await;

@@ -1,5 +1,9 @@
 //! The delegation chain of an identity: root → … → parent → this identity, the last link signed
 //! with the parent's key, and the whole chain verified as a peer would verify it.
+//!
+//! The operator holds the parents' keys, so it signs only with consent: a parent signs a link
+//! for an identity only when its `spec.delegates` names that identity, and the verification
+//! checks every link's consent again from the registry (a withdrawn name revokes the link).
 
 use std::sync::Arc;
 
@@ -50,6 +54,22 @@ pub(super) async fn build(
             "ParentNotFound",
             format!("AgentIdentity {} does not exist", delegation.parent),
         ))?;
+    // Consent first: without it the parent's key signs nothing for this identity.
+    if !parent
+        .spec
+        .delegates
+        .iter()
+        .any(|d| *d == identity.name_any())
+    {
+        return Err((
+            "NotConsented",
+            format!(
+                "AgentIdentity {} does not list {} in spec.delegates",
+                delegation.parent,
+                identity.name_any()
+            ),
+        ));
+    }
     let parent_status = parent.status.clone().unwrap_or_default();
     let parent_did = parent_status
         .did
@@ -91,11 +111,20 @@ pub(super) async fn build(
         .expires_at
         .as_ref()
         .map(agentmesh_api::convert::timestamp);
+    let issued_at = reissued_at(
+        identity,
+        &parent_did,
+        own_did,
+        &delegation.capabilities,
+        expires_at,
+    )
+    .unwrap_or_else(crate::engine::now);
     let link = DelegationLink::create(
         &signing,
         &parent_grants,
         own_did.clone(),
         delegation.capabilities.clone(),
+        issued_at,
         expires_at,
     )
     .map_err(|e| {
@@ -106,25 +135,9 @@ pub(super) async fn build(
     })?;
     links.push(link);
 
-    // Verify the whole chain as a peer would: keys from the registry, never from the links.
-    let mut registry = MemoryRegistry::new();
-    for other in identities {
-        if let Some(key) = other
-            .status
-            .as_ref()
-            .and_then(|s| s.public_key.as_deref())
-            .and_then(|k| keys::public_key_from_text(k).ok())
-        {
-            registry.insert(
-                key,
-                other
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.trust_score)
-                    .unwrap_or(0),
-            );
-        }
-    }
+    // Verify the whole chain as a peer would: keys and consent from the registry, never from
+    // the links.
+    let registry = registry_of(identities);
     let root = identities
         .iter()
         .find(|i| i.status.as_ref().and_then(|s| s.did.as_deref()) == Some(root_did.as_str()));
@@ -153,6 +166,64 @@ pub(super) async fn build(
                 .map_err(|e| ("Invalid", e.to_string()))
         })
         .collect()
+}
+
+/// The registry of the namespace's identities: each key in force and whom it consents to
+/// delegate to (`spec.delegates`, names resolved to DIDs).
+fn registry_of(identities: &[Arc<AgentIdentity>]) -> MemoryRegistry {
+    let did_of = |identity: &AgentIdentity| {
+        identity
+            .status
+            .as_ref()
+            .and_then(|s| s.did.as_deref())
+            .and_then(|d| Did::parse(d).ok())
+    };
+    let mut registry = MemoryRegistry::new();
+    for other in identities {
+        if let Some(key) = other
+            .status
+            .as_ref()
+            .and_then(|s| s.public_key.as_deref())
+            .and_then(|k| keys::public_key_from_text(k).ok())
+        {
+            let did = registry.insert(
+                key,
+                other
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.trust_score)
+                    .unwrap_or(0),
+            );
+            for name in &other.spec.delegates {
+                if let Some(delegate) = identities.iter().find(|i| i.name_any() == *name)
+                    && let Some(delegate_did) = did_of(delegate)
+                {
+                    registry.allow_delegation(&did, delegate_did);
+                }
+            }
+        }
+    }
+    registry
+}
+
+/// The issue time of the link this identity already holds, when the parent would sign the same
+/// link again: the link, and its time, stay as they are while nothing in them changes.
+fn reissued_at(
+    identity: &AgentIdentity,
+    issuer: &Did,
+    subject: &Did,
+    capabilities: &[String],
+    expires_at: Option<agentmesh_identity::Timestamp>,
+) -> Option<agentmesh_identity::Timestamp> {
+    let held = identity.status.as_ref()?.delegation_chain.last()?;
+    let index = identity.status.as_ref()?.delegation_chain.len() - 1;
+    let held = agentmesh_api::convert::delegation_link(held, index).ok()?;
+    let floor = |t: Option<agentmesh_identity::Timestamp>| t.map(|t| t.as_secs_floor());
+    (held.issuer == *issuer
+        && held.subject == *subject
+        && held.capabilities == capabilities
+        && floor(held.expires_at) == floor(expires_at))
+    .then_some(held.issued_at)
 }
 
 async fn parent_signing_key(
@@ -190,6 +261,7 @@ fn reason_of(error: &delegation::DelegationError) -> &'static str {
         E::DepthExceeded { .. } => "DepthExceeded",
         E::Expired { .. } => "Expired",
         E::Cycle { .. } => "Cycle",
+        E::NotConsented { .. } => "NotConsented",
         _ => "InvalidChain",
     }
 }

@@ -40,9 +40,24 @@ pub async fn run(shared: Arc<Reconcilers>) {
         .pods
         .changes()
         .flat_map(move |pod| futures::stream::iter(matching(&store, &pod)));
+    // A parent whose spec (its `delegates`) or key changed: its children verify again now, so a
+    // withdrawn consent revokes their links at once rather than at their next requeue. Status
+    // writes that change neither (scores) wake no one.
+    let store = identities.store.clone();
+    let mut parents = super::ChangeFilter::new(store.clone());
+    let children = identities.changes().flat_map(move |parent| {
+        let did = parent.status.as_ref().and_then(|s| s.did.clone());
+        let changed = parents.changed(&*parent, (parent.metadata.generation, did));
+        futures::stream::iter(if changed {
+            children_of(&store, &parent)
+        } else {
+            Vec::new()
+        })
+    });
     let controller = Controller::for_shared_stream(identities.changes(), identities.store.clone())
         .owns_shared_stream(shared.indexes.key_secrets.changes())
-        .reconcile_on(pods);
+        .reconcile_on(pods)
+        .reconcile_on(children);
     super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
 }
 
@@ -260,6 +275,21 @@ fn matching(identities: &Store<AgentIdentity>, pod: &PodInfo) -> Vec<ObjectRef<A
         .iter()
         .filter(|identity| pod.is_of(identity))
         .map(|identity| ObjectRef::from_obj(&**identity))
+        .collect()
+}
+
+/// The identities of the parent's namespace that name it as their delegation parent.
+fn children_of(
+    identities: &Store<AgentIdentity>,
+    parent: &AgentIdentity,
+) -> Vec<ObjectRef<AgentIdentity>> {
+    let (Some(namespace), name) = (parent.namespace(), parent.name_any()) else {
+        return Vec::new();
+    };
+    Indexes::in_namespace(identities, &namespace)
+        .iter()
+        .filter(|i| i.spec.delegation.as_ref().is_some_and(|d| d.parent == name))
+        .map(|i| ObjectRef::from_obj(&**i))
         .collect()
 }
 
