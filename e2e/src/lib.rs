@@ -178,6 +178,26 @@ impl Cluster {
         self.kubectl_ok(&args).trim().to_owned()
     }
 
+    /// A token of the ServiceAccount `account` as a probe pod on `node` holds it: bound to a pod
+    /// of that account on that node (created, a stand-in that runs nothing), so that the API
+    /// server writes the node into it (`authentication.kubernetes.io/node-name`).
+    pub fn node_token(&self, namespace: &str, account: &str, node: &str) -> String {
+        let pod = format!("{account}-token-{node}");
+        let object = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "labels": {"agentmesh.io/inject": "false"}},
+            "spec": {"nodeName": node, "serviceAccountName": account, "automountServiceAccountToken": false,
+                     "tolerations": fake_node_tolerations(),
+                     "containers": [{"name": "holder", "image": "registry.invalid/holder:1"}]}});
+        self.apply(namespace, &object.to_string());
+        let uid = self
+            .get("pod", &pod, Some(namespace))
+            .expect("the pod exists")["metadata"]["uid"]
+            .as_str()
+            .expect("a uid")
+            .to_owned();
+        self.token(namespace, account, Some((&pod, &uid)))
+    }
+
     /// `kubectl get <kind> <name> [-n namespace] -o json`: `None` when it does not exist; any
     /// other failure panics.
     pub fn get(&self, kind: &str, name: &str, namespace: Option<&str>) -> Option<Value> {

@@ -50,14 +50,19 @@ fn identity(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": name, "labels": {"team": "e2e"}}, "spec": spec})
 }
 
-/// The pod `agent-0` of identity `agent` on the fake nodes; its UID.
+/// The pod `agent-0` of identity `agent` on the fake node kwok-node-0; its UID.
 fn agent_pod(ns: &str) -> String {
+    pod_on(ns, "agent-0", "agent", "kwok-node-0")
+}
+
+/// A pod of identity `identity` on `node`; its UID.
+fn pod_on(ns: &str, name: &str, identity: &str, node: &str) -> String {
     apply(
         ns,
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
-        "spec": {"nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"agentmesh.io/identity": identity}},
+        "spec": {"nodeName": node, "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
     );
-    cluster().get("pod", "agent-0", Some(ns)).unwrap()["metadata"]["uid"]
+    cluster().get("pod", name, Some(ns)).unwrap()["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -229,13 +234,28 @@ fn delegation_needs_the_parents_consent(operator: &mut OperatorProcess, ns: &str
     assert_eq!(revoked["status"]["delegationDepth"], 0);
 }
 
-/// A ServiceAccount allowed to post reports (as the MeshLogicAgent's RBAC allows its probe),
-/// and its token.
+/// The token of a probe on kwok-node-0: with `allowed`, of the ServiceAccount `probe` that
+/// the MeshLogicAgent `probe` runs its probes as (and a ClusterRole that lets it post reports
+/// at once, before the agent's own RBAC is made); else of an account without that right.
 fn reporter_token(namespace: &str, allowed: bool) -> String {
     let name = if allowed { "probe" } else { "intruder" };
+    reporter_account(namespace, name, allowed);
+    if allowed {
+        apply(
+            namespace,
+            json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "MeshLogicAgent", "metadata": {"name": "probe"},
+                   "spec": {"customerId": "e2e", "serviceAccount": {"create": false, "name": "probe"},
+                            "nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations()}}),
+        );
+    }
+    cluster().node_token(namespace, name, "kwok-node-0")
+}
+
+/// The ServiceAccount `name`, allowed to post reports when `allowed`.
+fn reporter_account(namespace: &str, name: &str, allowed: bool) {
     cluster().kubectl_ok(&["create", "serviceaccount", name, "-n", namespace]);
     if allowed {
-        let role = format!("{namespace}-reports");
+        let role = format!("{namespace}-{name}-reports");
         apply(
             namespace,
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
@@ -248,7 +268,6 @@ fn reporter_token(namespace: &str, allowed: bool) -> String {
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
         );
     }
-    cluster().token(namespace, name, None)
 }
 
 fn report(pod_uid: &str, namespace: &str, executables: &[&str]) -> String {
@@ -476,6 +495,123 @@ fn a_policy_conflicting_with_an_older_one_is_refused_with_its_reason() {
 }
 
 /// `GET` on the trust API of `operator`; the status and the JSON body.
+/// The attacks of a principal allowed to create reports: report a pod of another node (to
+/// quarantine it), claim another node, speak for another MeshLogicAgent, present a token bound
+/// to no node, read another node's enforcement set. Each refused, and the scores unmoved; the
+/// probe's own report for its own node's pod counts.
+#[test]
+fn probe_reports_count_only_for_their_own_node_and_their_own_agent() {
+    cluster().ensure_crds();
+    let namespace = TestNamespace::create("binding", &[]);
+    let ns = namespace.name.as_str();
+    let mut operator = OperatorProcess::start(ns, "op", &FAST_LEASE);
+    apply(
+        ns,
+        json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "policy"},
+        "spec": {"trust": {"decayRate": 0},
+                 "behavior": {"exec": [{"path": "/usr/bin/curl", "action": "deny", "penalty": 300}]}}}),
+    );
+    apply(ns, identity("near", json!({})));
+    apply(ns, identity("far", json!({})));
+    let near = pod_on(ns, "near-0", "near", "kwok-node-0");
+    let far = pod_on(ns, "far-0", "far", "kwok-node-1");
+    for name in ["near", "far"] {
+        wait_for(
+            &mut operator,
+            "agentidentity",
+            name,
+            ns,
+            "score 800 and a pod",
+            |o| o["status"]["trustScore"] == 800 && o["status"]["podsMatched"] == 1,
+        );
+    }
+    // The probe of the MeshLogicAgent `probe` on kwok-node-0, and a rogue account that RBAC
+    // also lets create reports, on kwok-node-1.
+    let probe = reporter_token(ns, true);
+    reporter_account(ns, "rogue", true);
+    let rogue = cluster().node_token(ns, "rogue", "kwok-node-1");
+    let unbound = cluster().token(ns, "probe", None);
+    let body = |node: &str, uid: &str| {
+        json!({"source": {"kind": "probe", "node": node, "agent": format!("{ns}/probe"), "tier": 2, "programsLoaded": 7, "ringBufferDrops": 0},
+               "pods": [{"podUid": uid, "windowStartMs": 0, "windowEndMs": 1000,
+                         "counts": {"execs": 1, "exits": 0, "fileOpens": 0, "connects": 0},
+                         "executables": ["/usr/bin/curl"]}]})
+        .to_string()
+    };
+    let mut replicas = [&mut operator];
+
+    // Another node's pod, under the probe's true node: accepted as a batch, the pod refused.
+    let (code, answer) = post_report(&mut replicas, &probe, &body("kwok-node-0", &far));
+    assert_eq!(code, 202, "{answer}");
+    let ack: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        (&ack["accepted"], &ack["foreignPods"]),
+        (&json!(0), &json!(1)),
+        "{ack}"
+    );
+    // Claiming the other node in the body.
+    let (code, answer) = post_report(&mut replicas, &probe, &body("kwok-node-1", &far));
+    assert_eq!(code, 403, "{answer}");
+    assert!(
+        answer.contains("not the node of the caller's token"),
+        "{answer}"
+    );
+    // A token bound to no pod, hence no node.
+    let (code, answer) = post_report(&mut replicas, &unbound, &body("kwok-node-0", &near));
+    assert_eq!(code, 403, "{answer}");
+    // Another account on the far pod's own node, speaking for the agent `probe`.
+    let (code, answer) = post_report(&mut replicas, &rogue, &body("kwok-node-1", &far));
+    assert_eq!(code, 403, "{answer}");
+    assert!(
+        answer.contains("does not run the probes of MeshLogicAgent"),
+        "{answer}"
+    );
+    // Another node's enforcement set.
+    let operator = &mut *replicas[0];
+    let (code, view) = get_view(operator, "/v1/enforcement?node=kwok-node-1", &probe);
+    assert_eq!(code, 403, "{view}");
+    assert_eq!(
+        get_view(operator, "/v1/enforcement?node=kwok-node-0", &probe).0,
+        200
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cluster().get("agentidentity", "far", Some(ns)).unwrap()["status"]["trustScore"],
+        800,
+        "a forged report moved the far pod's score"
+    );
+    let refused = |reason: &str| {
+        operator
+            .metric(&format!(
+                "meshlogic_operator_reports_refused_total{{reason=\"{reason}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        [
+            refused("foreign_pod"),
+            refused("foreign_node"),
+            refused("node_unbound"),
+            refused("foreign_agent")
+        ],
+        [1.0, 2.0, 1.0, 1.0],
+        "{}",
+        operator.metrics_text()
+    );
+
+    // The probe's own node's pod: counted.
+    let mut replicas = [operator];
+    let (code, answer) = post_report(&mut replicas, &probe, &body("kwok-node-0", &near));
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&answer).unwrap()["accepted"],
+        1
+    );
+    wait_for(replicas[0], "agentidentity", "near", ns, "score 500", |o| {
+        o["status"]["trustScore"] == 500
+    });
+}
+
 fn get_view(operator: &OperatorProcess, path: &str, token: &str) -> (u16, Value) {
     let (code, body) =
         http_request(operator.trust_api, "GET", path, Some(token), None).expect("an answer");

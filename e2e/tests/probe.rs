@@ -57,10 +57,10 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
     );
     let apply = |object: Value| cluster().apply(ns, &object.to_string());
 
-    // The probe under test is the host process below, playing the kwok node. The
-    // MeshLogicAgent's DaemonSet goes to the fake nodes only: a probe pod on the real node
-    // would see the same exec in the same kernel and report it too (the operator does not yet
-    // bind a report to its node: the forgery issue), which would count the penalty twice.
+    // The probe under test is the host process below, playing the kwok node with a token
+    // bound to that node. The MeshLogicAgent's DaemonSet goes to the fake nodes only: a probe
+    // pod on the real node would see the same exec in the same kernel (the operator would
+    // refuse its report of a kwok node's pod, but that would be another test).
     apply(
         json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "MeshLogicAgent", "metadata": {"name": "mla"},
         "spec": {"customerId": "e2e", "nodeSelector": agentmesh_e2e::fake_nodes(),
@@ -126,7 +126,7 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
     )
     .unwrap();
     let token = work.join("token");
-    std::fs::write(&token, cluster().token(ns, "mla-probe", None)).unwrap();
+    std::fs::write(&token, cluster().node_token(ns, "mla-probe", NODE)).unwrap();
     let log = work.join("probe.log");
     let probe = Command::new(probe_binary())
         .args(["--config", config.to_str().unwrap(), "--node-name", NODE])

@@ -230,6 +230,10 @@ pub struct ReportAck {
     pub accepted: u32,
     /// Pods the operator does not know (not found, or no identity): ignored.
     pub unknown_pods: u32,
+    /// Pods on another node than the reporting probe's (its token's node): refused, since a
+    /// probe speaks only for the pods of its own node.
+    #[serde(default)]
+    pub foreign_pods: u32,
 }
 
 /// What the probe on one node must enforce at tier 3. Replaces the previous set whole.

@@ -48,7 +48,8 @@ fn main() {
         let identity = json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": format!("agent-{i}")}, "spec": {}});
         cluster().apply(&ns, &identity.to_string());
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("agent-{i}"), "labels": {"agentmesh.io/identity": format!("agent-{i}")}},
-            "spec": {"containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}});
+            "spec": {"nodeName": "kwok-node-0", "tolerations": agentmesh_e2e::fake_node_tolerations(),
+                     "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}});
         cluster().apply(&ns, &pod.to_string());
         let uid = cluster().kubectl_ok(&[
             "get",
@@ -69,7 +70,13 @@ fn main() {
     ] {
         cluster().apply(&ns, &object.to_string());
     }
-    let token = cluster().token(&ns, "probe", None);
+    // The probe of the MeshLogicAgent `probe` on kwok-node-0, whose pods the reports name: the
+    // operator counts a probe's reports only for its own agent and its own node's pods.
+    let agent = json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "MeshLogicAgent", "metadata": {"name": "probe"},
+        "spec": {"customerId": "bench", "serviceAccount": {"create": false, "name": "probe"},
+                 "nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations()}});
+    cluster().apply(&ns, &agent.to_string());
+    let token = cluster().node_token(&ns, "probe", "kwok-node-0");
     // Every identity scored before the clock starts.
     operator.wait_until(
         Duration::from_secs(60),

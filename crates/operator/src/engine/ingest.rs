@@ -32,8 +32,10 @@ pub enum SidecarRefusal {
 }
 
 impl Engine {
-    /// Applies a probe's per-pod reports. Pods without an identity are counted and ignored.
-    pub fn ingest_pods(&self, reports: &[PodBehavior]) -> ReportAck {
+    /// Applies the per-pod reports of the probe on `node` (its token's node). Pods without an
+    /// identity, and pods of other nodes (a probe speaks only for its own node's pods), are
+    /// counted and ignored.
+    pub fn ingest_pods(&self, node: &str, reports: &[PodBehavior]) -> ReportAck {
         let now = now();
         let mut ack = ReportAck::default();
         let mut state = self.state.lock().expect("engine lock");
@@ -42,6 +44,10 @@ impl Engine {
                 ack.unknown_pods += 1;
                 continue;
             };
+            if pod.node.as_deref() != Some(node) {
+                ack.foreign_pods += 1;
+                continue;
+            }
             ack.accepted += 1;
             let k = key(
                 &identity.namespace().unwrap_or_default(),

@@ -19,6 +19,8 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_MAX: usize = 4096;
 /// `user.extra` key of the pod a bound ServiceAccount token was issued for.
 const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+/// `user.extra` key of the node that pod runs on (Kubernetes ≥ 1.30, `ServiceAccountTokenPodNodeInfo`).
+const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
 /// An authenticated caller.
 #[derive(Clone, Debug)]
@@ -27,6 +29,8 @@ pub struct Caller {
     pub groups: Vec<String>,
     /// The pod the token is bound to, for a pod's projected token.
     pub pod_uid: Option<String>,
+    /// The node of that pod, written into the token by the API server when it issued it.
+    pub node: Option<String>,
     extra: BTreeMap<String, Vec<String>>,
 }
 
@@ -189,6 +193,7 @@ async fn review_token(ctx: &Context, token: &str) -> Result<Result<Caller, Strin
         username: user.username.unwrap_or_default(),
         groups: user.groups.unwrap_or_default(),
         pod_uid: extra.get(POD_UID_EXTRA).and_then(|v| v.first().cloned()),
+        node: extra.get(NODE_NAME_EXTRA).and_then(|v| v.first().cloned()),
         extra,
     }))
 }

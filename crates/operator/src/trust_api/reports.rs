@@ -65,6 +65,17 @@ impl Server {
                         "source: node, agent (namespace/name) and tier 1-3 are required",
                     ));
                 }
+                // A probe speaks for its own node (its token's) and its own agent (the
+                // account the agent's probes run as), whatever its body says.
+                let own_node = caller_node(&caller)?;
+                if node != own_node {
+                    return Err(Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        "foreign_node",
+                        format!("source.node {node:?} is not the node of the caller's token"),
+                    ));
+                }
+                self.probe_of(agent, &caller)?;
                 self.ctx.probes.record(
                     agent,
                     NodeProbeStatus {
@@ -77,7 +88,21 @@ impl Server {
                         )),
                     },
                 );
-                engine.ingest_pods(&batch.pods)
+                let ack = engine.ingest_pods(own_node, &batch.pods);
+                if ack.foreign_pods > 0 {
+                    tracing::warn!(
+                        caller = %caller.username, node = own_node, pods = ack.foreign_pods,
+                        "a probe reported pods of another node: ignored"
+                    );
+                    self.ctx
+                        .metrics
+                        .reports_refused
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            reason: "foreign_pod".into(),
+                        })
+                        .inc_by(u64::from(ack.foreign_pods));
+                }
+                ack
             }
             ReportSource::Sidecar {
                 identity,
@@ -126,7 +151,7 @@ impl Server {
                     .map_err(sidecar_refusal)?;
                 wire::ReportAck {
                     accepted: 1,
-                    unknown_pods: 0,
+                    ..Default::default()
                 }
             }
         };
@@ -135,6 +160,48 @@ impl Server {
             StatusCode::ACCEPTED,
             &serde_json::to_value(ack).expect("ack serializes"),
         ))
+    }
+}
+
+/// The node a probe's token is bound to: a probe runs as a pod, whose projected token names
+/// its node.
+pub(super) fn caller_node(caller: &super::auth::Caller) -> Result<&str, Refusal> {
+    caller.node.as_deref().ok_or_else(|| {
+        Refusal::new(
+            StatusCode::FORBIDDEN,
+            "node_unbound",
+            format!(
+                "{}: a probe's token must be the projected ServiceAccount token of its pod, which names the pod's node",
+                caller.username
+            ),
+        )
+    })
+}
+
+impl Server {
+    /// Whether `caller` runs as the probes of the MeshLogicAgent `agent` (`namespace/name`).
+    pub(super) fn probe_of(
+        &self,
+        agent: &str,
+        caller: &super::auth::Caller,
+    ) -> Result<(), Refusal> {
+        use crate::probes::NotBound;
+        match self.ctx.probes.check(agent, &caller.username) {
+            Ok(()) => Ok(()),
+            Err(NotBound::UnknownAgent) => Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unknown_agent",
+                format!("MeshLogicAgent {agent} is not known (yet); retry"),
+            )),
+            Err(NotBound::OtherAccount { .. }) => Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "foreign_agent",
+                format!(
+                    "{} does not run the probes of MeshLogicAgent {agent}",
+                    caller.username
+                ),
+            )),
+        }
     }
 }
 

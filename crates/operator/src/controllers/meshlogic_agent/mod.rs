@@ -150,6 +150,8 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     // it made before `serviceAccount` named another stays, unused, until the garbage collector
     // removes it with the agent (the operator holds no right to delete ServiceAccounts).
     let account_name = agent.service_account_name();
+    // Reports naming this agent count from its probes' account only.
+    ctx.probes.expect(&agent.key(), namespace, &account_name);
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     if rbac::creates_service_account(&agent) {
         server_side_apply(&accounts, &account_name, &rbac::service_account(&agent)).await?;
