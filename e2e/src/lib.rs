@@ -178,6 +178,13 @@ impl Cluster {
         self.kubectl_ok(&args).trim().to_owned()
     }
 
+    /// Makes the ServiceAccount `name` (kept when it exists): an AgentIdentity admits only the
+    /// pods of its account, by default the account of its own name.
+    pub fn service_account(&self, namespace: &str, name: &str) {
+        let object = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+        self.apply(namespace, &object.to_string());
+    }
+
     /// A token of the ServiceAccount `account` as a probe pod on `node` holds it: bound to a pod
     /// of that account on that node (created, a stand-in that runs nothing), so that the API
     /// server writes the node into it (`authentication.kubernetes.io/node-name`).

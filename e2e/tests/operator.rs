@@ -56,11 +56,13 @@ fn agent_pod(ns: &str) -> String {
 }
 
 /// A pod of identity `identity` on `node`; its UID.
+/// It runs as the identity's ServiceAccount (of the identity's name).
 fn pod_on(ns: &str, name: &str, identity: &str, node: &str) -> String {
+    cluster().service_account(ns, identity);
     apply(
         ns,
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"agentmesh.io/identity": identity}},
-        "spec": {"nodeName": node, "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+        "spec": {"nodeName": node, "serviceAccountName": identity, "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
     );
     cluster().get("pod", name, Some(ns)).unwrap()["metadata"]["uid"]
         .as_str()
@@ -612,6 +614,116 @@ fn probe_reports_count_only_for_their_own_node_and_their_own_agent() {
     });
 }
 
+/// The attacks of a pod author and of whoever may create Secrets or AgentIdentities in a
+/// namespace, on the real API server: a pod labelled with another account's identity, a key
+/// Secret made ahead of the operator, a public key copied from another identity. Each is
+/// refused; the identity's own pod counts.
+#[test]
+fn identities_are_bound_by_the_operator_not_chosen_by_the_pod_author() {
+    use base64::Engine;
+    cluster().ensure_crds();
+    let namespace = TestNamespace::create("binding-id", &[]);
+    let ns = namespace.name.as_str();
+    let mut operator = OperatorProcess::start(ns, "op", &FAST_LEASE);
+
+    // A key Secret made by someone else before the identity exists, with a key they know.
+    let known = agentmesh_identity::SigningKey::from_bytes(&[42; 32]);
+    let pem = agentmesh_identity::keys::private_key_to_pem(&known).unwrap();
+    apply(
+        ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "squatted-agentmesh-key",
+               "labels": {"app.kubernetes.io/managed-by": "meshlogic-operator"}},
+               "data": {"private-key": base64::engine::general_purpose::STANDARD.encode(pem)}}),
+    );
+    apply(ns, identity("payments", json!({})));
+    apply(ns, identity("squatted", json!({})));
+    let payments = wait_for(
+        &mut operator,
+        "agentidentity",
+        "payments",
+        ns,
+        "a public key",
+        |o| o["status"]["publicKey"].is_string(),
+    );
+    let squatted = wait_for(
+        &mut operator,
+        "agentidentity",
+        "squatted",
+        ns,
+        "KeyReady=False",
+        |o| condition_is(o, "KeyReady", "False"),
+    );
+    assert_eq!(
+        condition(&squatted, "KeyReady").unwrap()["reason"],
+        "SecretNotOwned",
+        "{squatted}"
+    );
+    assert!(
+        squatted["status"]["did"].is_null(),
+        "the squatter's key was adopted: {squatted}"
+    );
+
+    // The same public key claimed by a newer identity.
+    apply(
+        ns,
+        identity(
+            "copycat",
+            json!({"publicKey": payments["status"]["publicKey"]}),
+        ),
+    );
+    let copycat = wait_for(
+        &mut operator,
+        "agentidentity",
+        "copycat",
+        ns,
+        "KeyReady=False",
+        |o| condition_is(o, "KeyReady", "False"),
+    );
+    assert_eq!(
+        condition(&copycat, "KeyReady").unwrap()["reason"],
+        "DuplicateKey"
+    );
+    assert!(copycat["status"]["did"].is_null(), "{copycat}");
+
+    // A pod labelled `payments` but of the default account: not payments' pod, and its token
+    // gets neither the identity's view nor a say in its score.
+    apply(
+        ns,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "thief", "labels": {"agentmesh.io/identity": "payments"}},
+        "spec": {"nodeName": "kwok-node-0", "tolerations": agentmesh_e2e::fake_node_tolerations(), "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+    );
+    let thief_uid = cluster().get("pod", "thief", Some(ns)).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let own_uid = pod_on(ns, "payments-0", "payments", "kwok-node-0");
+    wait_for(
+        &mut operator,
+        "agentidentity",
+        "payments",
+        ns,
+        "one pod, its own",
+        |o| o["status"]["podsMatched"] == 1,
+    );
+    let thief = cluster().token(ns, "default", Some(("thief", &thief_uid)));
+    let (code, view) = get_view(&operator, "/v1/sidecar/config", &thief);
+    assert_eq!(code, 404, "the thief got payments' view: {view}");
+    let own = cluster().token(ns, "payments", Some(("payments-0", &own_uid)));
+    let (code, view) = get_view(&operator, "/v1/sidecar/config", &own);
+    assert_eq!(
+        (code, &view["identity"]["name"]),
+        (200, &json!("payments")),
+        "{view}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cluster()
+            .get("agentidentity", "payments", Some(ns))
+            .unwrap()["status"]["podsMatched"],
+        1
+    );
+}
+
 fn get_view(operator: &OperatorProcess, path: &str, token: &str) -> (u16, Value) {
     let (code, body) =
         http_request(operator.trust_api, "GET", path, Some(token), None).expect("an answer");
@@ -633,11 +745,7 @@ fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
     );
     apply(ns, identity("agent", json!({"capabilities": ["read:*"]})));
     apply(ns, identity("peer", json!({})));
-    apply(
-        ns,
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
-        "spec": {"nodeName": "kwok-node-0", "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
-    );
+    pod_on(ns, "agent-0", "agent", "kwok-node-0");
     for name in ["agent", "peer"] {
         wait_for(
             &mut operator,
@@ -654,7 +762,7 @@ fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
         .to_owned();
 
     // The sidecar presents its pod's bound token and gets its identity, policy and peers.
-    let bound = cluster().token(ns, "default", Some(("agent-0", &uid)));
+    let bound = cluster().token(ns, "agent", Some(("agent-0", &uid)));
     let (code, config) = get_view(&operator, "/v1/sidecar/config", &bound);
     assert_eq!(code, 200, "{config}");
     assert_eq!(config["identity"]["name"], "agent");
@@ -872,7 +980,7 @@ fn sidecar_reports_count_only_when_signed_by_the_identity_fresh_and_once_and_cre
         "one pod",
         |o| o["status"]["podsMatched"] == 1,
     );
-    let token = cluster().token(ns, "default", Some(("agent-0", &uid)));
+    let token = cluster().token(ns, "agent", Some(("agent-0", &uid)));
     let key = identity_key(ns, "agent");
     let other_key = identity_key(ns, "other");
     let me = format!("{ns}/agent");

@@ -73,9 +73,10 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
     apply(
         json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": "agent"}, "spec": {}}),
     );
+    cluster().service_account(ns, "agent");
     apply(
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-0", "labels": {"agentmesh.io/identity": "agent"}},
-        "spec": {"nodeName": NODE, "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+        "spec": {"nodeName": NODE, "serviceAccountName": "agent", "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
     );
     let uid = cluster()
         .get("pod", "agent-0", Some(ns))

@@ -133,7 +133,8 @@ impl Sidecar {
         dir: &Path,
         port: u16,
     ) -> Self {
-        let token = cluster().token(ns, "default", Some((pod, &pod_uid(ns, pod))));
+        // The pod runs as its identity's ServiceAccount (of the identity's name).
+        let token = cluster().token(ns, identity, Some((pod, &pod_uid(ns, pod))));
         let token_file = dir.join(format!("{pod}.token"));
         std::fs::write(&token_file, token).unwrap();
         let key_file = dir.join(format!("{pod}.key"));
@@ -333,10 +334,11 @@ fn world(prefix: &str, extra_policy: Value) -> World {
             &ns,
             json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": name}, "spec": {}}),
         );
+        cluster().service_account(&ns, name);
         apply(
             &ns,
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("{name}-0"), "labels": {"agentmesh.io/identity": name}},
-            "spec": {"nodeName": "kwok-node-0", "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+            "spec": {"nodeName": "kwok-node-0", "serviceAccountName": name, "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
         );
     }
     for name in ["researcher", "summarizer"] {
@@ -666,10 +668,11 @@ fn a_widened_delegation_is_refused_by_peers() {
         json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": "helper"},
                "spec": {"delegation": {"parent": "researcher", "capabilities": ["read:documents", "write:documents"]}}}),
     );
+    cluster().service_account(ns, "helper");
     apply(
         ns,
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "helper-0", "labels": {"agentmesh.io/identity": "helper"}},
-               "spec": {"nodeName": "kwok-node-0", "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
+               "spec": {"nodeName": "kwok-node-0", "serviceAccountName": "helper", "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}),
     );
     wait_identity(ns, "helper");
     let refused = agentmesh_e2e::wait_until(

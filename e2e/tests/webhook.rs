@@ -301,8 +301,35 @@ fn a_deployment_in_a_labelled_namespace_gets_the_sidecar_and_an_unlabelled_one_d
         assert_eq!(status["mode"], "native-sidecar");
         assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9091");
     }
-    // The identity did not exist: the operator created it.
-    cluster.kubectl_ok(&["get", "agentidentity", "my-agent", "-n", app]);
+    // The identity did not exist: the operator created it, bound to the account of the pods
+    // that asked for it (they run as `default`).
+    let created = cluster
+        .get("agentidentity", "my-agent", Some(app))
+        .expect("created");
+    assert_eq!(
+        created["spec"]["serviceAccountName"], "default",
+        "{created}"
+    );
+
+    // The attack: a pod of another account labels itself with the identity to get its key
+    // mounted. Refused at admission, naming both accounts; nothing is created.
+    cluster.service_account(app, "intruder");
+    let mut thief = pod("thief", &[]);
+    thief["metadata"]["labels"] = json!({"agentmesh.io/identity": "my-agent"});
+    thief["spec"]["serviceAccountName"] = json!("intruder");
+    let refused =
+        cluster.kubectl_with_input(&["apply", "-n", app, "-f", "-"], Some(&thief.to_string()));
+    assert!(
+        !refused.status.success(),
+        "another account's pod got the identity"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("\"intruder\"")
+            && stderr.contains("admits only pods of ServiceAccount \"default\""),
+        "{stderr}"
+    );
+    assert!(cluster.get("pod", "thief", Some(app)).is_none());
 
     // Without the label, the namespace is left alone (the API server's namespace cache lags a
     // label change by a moment: retry with fresh pods until one is created untouched).
@@ -442,6 +469,108 @@ fn with_the_operator_stopped_pod_creation_follows_the_failure_policy() {
             .get("pod", "while-down", Some(&install.app.name))
             .expect("the pod exists")
     ));
+}
+
+/// Posts an AdmissionReview straight to the operator's webhook port, as anyone who reaches the
+/// port can (no client certificate, the server's certificate not checked): a pod of namespace
+/// `namespace` naming the identity `identity`. The decoded response.
+fn forge(operator: &OperatorProcess, namespace: &str, identity: &str) -> Value {
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "f0f0f0f0-0000-0000-0000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("{identity}-pod"), "labels": {"agentmesh.io/identity": identity}},
+                "spec": {"serviceAccountName": identity, "containers": [{"name": "a", "image": "x"}]}},
+            "dryRun": false}});
+    let mut child = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args([
+            "--data-binary",
+            "@-",
+            &format!("https://{}/inject", operator.webhook),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(review.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let answer: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    answer["response"].clone()
+}
+
+/// The attack: post forged AdmissionReviews to the webhook port to have the operator create
+/// AgentIdentities (and key Secrets) with names of one's choice in any namespace. Nothing is
+/// created in a namespace outside the operator's or not labelled for injection, and in a
+/// labelled one creation is bounded (then 429).
+#[test]
+fn forged_admission_reviews_create_nothing_unasked_and_little_at_all() {
+    let install = Installation::start("forged", &[]);
+    let app = &install.app.name;
+    let cluster = cluster();
+    let other = TestNamespace::create("forged-other", &[]);
+
+    // Another namespace, outside the operator's and unlabelled.
+    let answer = forge(&install.operator, &other.name, "planted");
+    assert_eq!(answer["allowed"], true, "{answer}");
+    assert!(answer["patch"].is_null(), "{answer}");
+    // The operator's own namespace, unlabelled a moment ago.
+    cluster.kubectl_ok(&["label", "namespace", app, "agentmesh-inject-"]);
+    let answer = forge(&install.operator, app, "planted");
+    assert_eq!(answer["allowed"], true, "{answer}");
+    assert!(answer["patch"].is_null(), "{answer}");
+    std::thread::sleep(Duration::from_secs(1));
+    for namespace in [other.name.as_str(), app] {
+        assert!(
+            cluster
+                .get("agentidentity", "planted", Some(namespace))
+                .is_none(),
+            "a forged review created an identity in {namespace}"
+        );
+    }
+
+    // Labelled: a flood of new names is cut at the burst (plus what the rate adds meanwhile).
+    cluster.kubectl_ok(&["label", "namespace", app, "agentmesh-inject=enabled"]);
+    let started = Instant::now();
+    let codes: Vec<i64> = (0..40)
+        .map(|i| {
+            let answer = forge(&install.operator, app, &format!("flood-{i}"));
+            if answer["allowed"] == true {
+                200
+            } else {
+                answer["status"]["code"].as_i64().unwrap_or(0)
+            }
+        })
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let created = codes.iter().filter(|c| **c == 200).count();
+    let allowed = 20 + (elapsed * 5.0).ceil() as usize;
+    assert!(
+        created <= allowed,
+        "{created} created in {elapsed:.1} s: {codes:?}"
+    );
+    assert!(codes.contains(&429), "{codes:?}");
+    let identities = cluster.kubectl_ok(&["get", "agentidentities", "-n", app, "-o", "name"]);
+    let flooded = identities.lines().filter(|l| l.contains("flood-")).count();
+    assert_eq!(flooded, created, "{identities}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

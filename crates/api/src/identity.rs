@@ -35,11 +35,25 @@ use crate::common::{Conditions, TrustTier, conditions_schema};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.delegation) || !has(self.capabilities) || size(self.capabilities) == 0").message("a delegated identity takes its capabilities from spec.delegation.capabilities: leave spec.capabilities empty").field_path(".capabilities"))]
+#[x_kube(validation = Rule::new("!has(self.selector) || (has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)").message("spec.selector must select by at least one label or expression (an empty selector would capture every pod of the account)").field_path(".selector"))]
 pub struct AgentIdentitySpec {
-    /// Pods that run as this agent. Defaults to the pods labelled
-    /// `agentmesh.io/identity: <name of this AgentIdentity>`.
+    /// Pods that run as this agent, among the pods of its ServiceAccount. Defaults to the pods
+    /// labelled `agentmesh.io/identity: <name of this AgentIdentity>` (or, without that label,
+    /// whose ServiceAccount has this name). When set, it selects at least by one label or
+    /// expression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+
+    /// The ServiceAccount whose pods may run as this agent: a pod of another account is never
+    /// this agent's, whatever its labels say (the webhook refuses to create it, the operator
+    /// does not count it, its sidecar gets no configuration). Defaults to the name of this
+    /// AgentIdentity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub service_account_name: Option<String>,
 
     /// What the agent may do, each `action:resource[:qualifier]`; `*` alone grants everything and
     /// a trailing `*` matches any suffix (`read:*`, `tools:search:*`). A delegated identity takes
@@ -79,6 +93,18 @@ pub struct AgentIdentitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = crate::common::PUBLIC_KEY_PATTERN))]
     pub public_key: Option<String>,
+}
+
+impl AgentIdentity {
+    /// The ServiceAccount whose pods may run as this identity: `spec.serviceAccountName`, else
+    /// the identity's name.
+    pub fn service_account(&self) -> &str {
+        self.spec
+            .service_account_name
+            .as_deref()
+            .or(self.metadata.name.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 /// A delegation from a parent identity. Verified link by link by the operator; the result is the

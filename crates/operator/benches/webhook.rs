@@ -50,7 +50,10 @@ fn review_body() -> Vec<u8> {
 
 fn injector() -> Injector {
     let mut fixed = HashMap::new();
-    fixed.insert(("my-app".to_owned(), "my-agent".to_owned()), Key::Managed);
+    fixed.insert(
+        ("my-app".to_owned(), "my-agent".to_owned()),
+        (Key::Managed, "my-agent".to_owned()),
+    );
     let (metrics, _registry) = Metrics::new();
     Injector::new(
         Settings::seed("agentmesh", true),

@@ -71,13 +71,19 @@ fn admission_review(namespace: &str, pod: &Value) -> Vec<u8> {
 async fn run(case: &Case, pod: &Value) -> (String, bool, Vec<Value>) {
     let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
     let identity = inject::identity_of(&typed);
+    // The identity admits the pod's account: these cases are about what is injected (the
+    // refusal of another account's pod has its own test).
+    let account = inject::service_account_of(&typed);
     let mut fixed = HashMap::new();
     match case.identity.as_str() {
         "managed" => {
-            fixed.insert((case.namespace.clone(), identity), Key::Managed);
+            fixed.insert((case.namespace.clone(), identity), (Key::Managed, account));
         }
         "user-supplied" => {
-            fixed.insert((case.namespace.clone(), identity), Key::UserSupplied);
+            fixed.insert(
+                (case.namespace.clone(), identity),
+                (Key::UserSupplied, account),
+            );
         }
         "missing" => {}
         other => panic!("unknown identity state {other}"),
@@ -234,4 +240,110 @@ async fn settings_change_the_patch() {
         .expect("the sidecar");
     assert_eq!(sidecar["value"][0]["resources"]["limits"]["memory"], "1Gi");
     assert_eq!(sidecar["value"][0]["restartPolicy"], "Always");
+}
+
+/// The attack: a pod author labels a pod `agentmesh.io/identity: <other>` to get the other
+/// identity's key mounted. A pod of another ServiceAccount than the identity admits is refused,
+/// naming both accounts; the identity's own account, or the account it is bound to, passes.
+#[tokio::test]
+async fn a_pod_of_another_service_account_is_refused_the_identitys_key() {
+    let pod = |account: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "thief", "labels": {"agentmesh.io/identity": "payments"}},
+               "spec": {"serviceAccountName": account, "containers": [{"name": "a", "image": "x"}]}})
+    };
+    let review = |bound_to: &str, account: &str| {
+        let mut fixed = HashMap::new();
+        fixed.insert(
+            ("team-a".to_owned(), "payments".to_owned()),
+            (Key::Managed, bound_to.to_owned()),
+        );
+        let (metrics, registry) = Metrics::new();
+        let injector = Injector::new(
+            Settings::seed(OPERATOR_NAMESPACE, true),
+            Identities::fixed(fixed, true),
+            metrics,
+            None,
+        );
+        let body = admission_review("team-a", &pod(account));
+        async move {
+            let answer = injector.review_body(&body).await.unwrap();
+            let response: Value = serde_json::from_slice(&answer).unwrap();
+            let exposition = meshlogic_operator::metrics::encode(&registry);
+            (response["response"].clone(), exposition)
+        }
+    };
+    for (bound_to, account) in [
+        ("payments", "default"),
+        ("payments", "other"),
+        ("runner", "payments"),
+    ] {
+        let (response, exposition) = review(bound_to, account).await;
+        assert_eq!(
+            response["allowed"], false,
+            "{bound_to}/{account}: {response}"
+        );
+        assert_eq!(response["status"]["code"], 403);
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("ServiceAccount \"{account}\""))
+                && message.contains(&format!("ServiceAccount \"{bound_to}\"")),
+            "{message}"
+        );
+        assert!(
+            exposition.contains(
+                "meshlogic_operator_admissions_total{reason=\"wrong_service_account\"} 1"
+            ),
+            "{exposition}"
+        );
+    }
+    for (bound_to, account) in [("payments", "payments"), ("runner", "runner")] {
+        let (response, _) = review(bound_to, account).await;
+        assert_eq!(
+            response["allowed"], true,
+            "{bound_to}/{account}: {response}"
+        );
+        assert!(response["patch"].is_string(), "injected: {response}");
+    }
+}
+
+/// The attack: post forged AdmissionReviews, each naming a new identity, to have the operator
+/// create AgentIdentities (and key Secrets) without end. Past the burst, creation stops and the
+/// pods are refused with 429 (which the ReplicaSet controller retries).
+#[tokio::test]
+async fn identity_creation_is_bounded() {
+    let (metrics, registry) = Metrics::new();
+    let injector = Injector::new(
+        Settings::seed(OPERATOR_NAMESPACE, true),
+        Identities::fixed(HashMap::new(), true),
+        metrics,
+        None,
+    );
+    let burst = meshlogic_operator::webhook::CREATIONS_BURST as usize;
+    let mut codes = Vec::new();
+    for i in 0..burst + 5 {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": format!("p{i}"), "labels": {"agentmesh.io/identity": format!("forged-{i}")}},
+                         "spec": {"serviceAccountName": format!("forged-{i}"), "containers": [{"name": "a", "image": "x"}]}});
+        let answer = injector
+            .review_body(&admission_review("team-a", &pod))
+            .await
+            .unwrap();
+        let response: Value = serde_json::from_slice(&answer).unwrap();
+        codes.push(if response["response"]["allowed"] == true {
+            200
+        } else {
+            response["response"]["status"]["code"].as_i64().unwrap()
+        });
+    }
+    // A few may be created in the time the loop takes (5 a second): at most one more here.
+    let created = codes.iter().filter(|c| **c == 200).count();
+    assert!((burst..=burst + 1).contains(&created), "{codes:?}");
+    assert!(codes[burst + 1..].iter().all(|c| *c == 429), "{codes:?}");
+    let exposition = meshlogic_operator::metrics::encode(&registry);
+    assert!(
+        exposition
+            .contains("meshlogic_operator_admissions_total{reason=\"identity_rate_limited\"}"),
+        "{exposition}"
+    );
 }

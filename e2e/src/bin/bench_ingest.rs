@@ -45,7 +45,8 @@ fn main() {
     // Identities, a pod each, and a reporter allowed to post.
     let mut uids = Vec::new();
     for i in 0..IDENTITIES {
-        let identity = json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": format!("agent-{i}")}, "spec": {}});
+        // The pods run as `default`, which each identity admits.
+        let identity = json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity", "metadata": {"name": format!("agent-{i}")}, "spec": {"serviceAccountName": "default"}});
         cluster().apply(&ns, &identity.to_string());
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("agent-{i}"), "labels": {"agentmesh.io/identity": format!("agent-{i}")}},
             "spec": {"nodeName": "kwok-node-0", "tolerations": agentmesh_e2e::fake_node_tolerations(),

@@ -357,7 +357,9 @@ impl Plan {
             let identity = json!({
                 "apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity",
                 "metadata": {"name": name, "namespace": namespace, "labels": {RUN_LABEL: self.label}},
-                "spec": {"capabilities": ["read:documents"]},
+                // The pods run as `default`: the identity admits that account's pods (the
+                // binding a user makes with one account for all agents of a namespace).
+                "spec": {"capabilities": ["read:documents"], "serviceAccountName": "default"},
             });
             (
                 ApiResource::erase::<AgentIdentity>(&()),

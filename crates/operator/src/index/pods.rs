@@ -15,26 +15,38 @@ pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub node: Option<String>,
+    /// `spec.serviceAccountName` (`default` when unset, as the API server defaults it).
+    pub service_account: String,
     pub labels: BTreeMap<String, String>,
     /// Neither being deleted nor finished (`Succeeded`, `Failed`).
     pub running: bool,
 }
 
 impl PodInfo {
-    /// Whether `identity` counts this pod as one of its own: by its selector, else by the pod's
-    /// `agentmesh.io/identity` label. (Pods in other namespaces never are.)
-    /// Allocates nothing: it runs for every identity of a namespace on each pod change.
+    /// Whether `identity` counts this pod as one of its own. The pod must run as the
+    /// identity's ServiceAccount (`spec.serviceAccountName`, else the identity's name) in its
+    /// namespace; then it is the identity's when the identity's selector selects it, or, for
+    /// an identity without selector, when the pod claims it (its `agentmesh.io/identity`
+    /// label, else its ServiceAccount's name: the webhook's rule). A label alone never makes a
+    /// pod another account's identity. Allocates nothing: it runs for every identity of a
+    /// namespace on each pod change.
     pub fn is_of(&self, identity: &agentmesh_api::identity::AgentIdentity) -> bool {
         identity.metadata.namespace.as_deref() == Some(self.namespace.as_str())
+            && self.service_account == identity.service_account()
             && match &identity.spec.selector {
                 Some(selector) => crate::governance::selects(Some(selector), &self.labels),
-                None => {
-                    self.labels
-                        .get(agentmesh_api::names::labels::IDENTITY)
-                        .map(String::as_str)
-                        == identity.metadata.name.as_deref()
-                }
+                None => Some(self.claimed_identity()) == identity.metadata.name.as_deref(),
             }
+    }
+
+    /// The identity the pod names: its non-empty `agentmesh.io/identity` label, else its
+    /// ServiceAccount's name.
+    pub fn claimed_identity(&self) -> &str {
+        self.labels
+            .get(agentmesh_api::names::labels::IDENTITY)
+            .map(String::as_str)
+            .filter(|name| !name.is_empty())
+            .unwrap_or(&self.service_account)
     }
 }
 
@@ -160,6 +172,12 @@ fn info(pod: &Pod) -> Option<(String, PodInfo)> {
             namespace: pod.namespace()?,
             name: pod.name_any(),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            service_account: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "default".into()),
             labels: pod.labels().clone(),
             running: pod.metadata.deletion_timestamp.is_none()
                 && !matches!(
@@ -187,10 +205,21 @@ mod tests {
     }
 
     fn pod(namespace: &str, labels: &[(&str, &str)]) -> PodInfo {
+        // Of the account named by its identity label, so that the label rules are what the
+        // first test exercises; the second forges the account.
+        let account = labels
+            .iter()
+            .find(|(k, _)| *k == agentmesh_api::names::labels::IDENTITY)
+            .map_or("default", |(_, v)| *v);
+        pod_as(namespace, account, labels)
+    }
+
+    fn pod_as(namespace: &str, account: &str, labels: &[(&str, &str)]) -> PodInfo {
         PodInfo {
             namespace: namespace.into(),
             name: "p".into(),
             node: None,
+            service_account: account.into(),
             labels: labels
                 .iter()
                 .map(|(k, v)| ((*k).into(), (*v).into()))
@@ -213,10 +242,40 @@ mod tests {
             );
         }
         assert!(!pod("team-a", &[]).is_of(&agent));
-        // An identity with a selector counts the pods it selects, not those naming it.
+        // An identity with a selector counts the pods of its account it selects, not those
+        // naming it.
         let selecting = identity("team-a", "selecting", Some("x"));
-        assert!(pod("team-a", &[("team", "x")]).is_of(&selecting));
-        assert!(!pod("team-a", &[(label, "selecting")]).is_of(&selecting));
-        assert!(!pod("team-b", &[("team", "x")]).is_of(&selecting));
+        assert!(pod_as("team-a", "selecting", &[("team", "x")]).is_of(&selecting));
+        assert!(!pod_as("team-a", "selecting", &[(label, "selecting")]).is_of(&selecting));
+        assert!(!pod_as("team-b", "selecting", &[("team", "x")]).is_of(&selecting));
+    }
+
+    /// The attack: a pod author labels a pod `agentmesh.io/identity: <other>` (or matches
+    /// another identity's selector) to be that identity. Without running as the identity's
+    /// ServiceAccount, the pod is nobody's.
+    #[test]
+    fn a_pod_is_of_an_identity_only_when_it_runs_as_the_identitys_service_account() {
+        let label = agentmesh_api::names::labels::IDENTITY;
+        let agent = identity("team-a", "agent", None);
+        assert!(pod_as("team-a", "agent", &[(label, "agent")]).is_of(&agent));
+        // No label: the account's name is the claim.
+        assert!(pod_as("team-a", "agent", &[]).is_of(&agent));
+        for account in ["default", "other", "Agent", "agent-x"] {
+            assert!(
+                !pod_as("team-a", account, &[(label, "agent")]).is_of(&agent),
+                "{account}"
+            );
+        }
+        // The account of the identity, claiming another identity by label: not this one.
+        assert!(!pod_as("team-a", "agent", &[(label, "other")]).is_of(&agent));
+        // A selector identity: the selected labels are not enough.
+        let selecting = identity("team-a", "selecting", Some("x"));
+        assert!(!pod_as("team-a", "default", &[("team", "x")]).is_of(&selecting));
+        // An identity bound to another account takes that account's pods, and only those.
+        let mut bound = identity("team-a", "bound", None);
+        bound.spec.service_account_name = Some("runner".into());
+        assert!(pod_as("team-a", "runner", &[(label, "bound")]).is_of(&bound));
+        assert!(!pod_as("team-a", "bound", &[(label, "bound")]).is_of(&bound));
+        assert!(!pod_as("team-a", "runner", &[]).is_of(&bound));
     }
 }

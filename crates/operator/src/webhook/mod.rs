@@ -34,7 +34,9 @@ use crate::metrics::{Metrics, ReasonLabels};
 use inject::{Key, Settings, Skip};
 use review::{Answer, BadRequest, Decoded, PodRequest};
 
-pub use identities::{Identities, Resolved};
+pub use identities::{
+    CREATIONS_BURST, CREATIONS_PER_SECOND, Identities, Resolved, injection_enabled,
+};
 
 /// Answers AdmissionReviews: decides, injects, counts and explains.
 pub struct Injector {
@@ -43,7 +45,15 @@ pub struct Injector {
     metrics: Arc<Metrics>,
     /// For Events; none in tests and benchmarks.
     ctx: Option<Arc<Context>>,
+    /// Bounds the Events published about admissions: their text comes from the review, which
+    /// anyone reaching the port can write.
+    events: governor::DefaultDirectRateLimiter,
 }
+
+/// Admission Events published per second at most, per replica (burst [`EVENTS_BURST`]).
+pub const EVENTS_PER_SECOND: u32 = 10;
+/// Admission Events published at once at most, per replica.
+pub const EVENTS_BURST: u32 = 50;
 
 /// An Event to publish about an admission.
 struct Note {
@@ -66,6 +76,12 @@ impl Injector {
             identities,
             metrics,
             ctx,
+            events: governor::RateLimiter::direct(
+                governor::Quota::per_second(
+                    std::num::NonZeroU32::new(EVENTS_PER_SECOND).expect("non-zero"),
+                )
+                .allow_burst(std::num::NonZeroU32::new(EVENTS_BURST).expect("non-zero")),
+            ),
         }
     }
 
@@ -152,12 +168,29 @@ impl Injector {
             return skipped(Skip::AlreadyInjected);
         }
         let identity = inject::identity_of(pod);
+        let account = inject::service_account_of(pod);
         let (key, note) = match self
             .identities
-            .resolve(&request.namespace, &identity, request.dry_run)
+            .resolve(&request.namespace, &identity, &account, request.dry_run)
             .await
         {
-            Ok(Resolved::Found(key)) => (key, None),
+            // A pod of another account names the identity: it would get that identity's key.
+            Ok(Resolved::Found {
+                service_account, ..
+            }) if service_account != account => {
+                return (
+                    Answer::Deny {
+                        code: 403,
+                        message: format!(
+                            "AgentMesh: the pod runs as ServiceAccount {account:?}, but AgentIdentity {}/{identity} admits only pods of ServiceAccount {service_account:?} (its spec.serviceAccountName, by default its own name)",
+                            request.namespace
+                        ),
+                    },
+                    "wrong_service_account",
+                    None,
+                );
+            }
+            Ok(Resolved::Found { key, .. }) => (key, None),
             Ok(Resolved::Created) => (
                 Key::Managed,
                 Some(Note {
@@ -184,6 +217,23 @@ impl Injector {
                     ),
                 }),
             ),
+            // No Event either: the review may be forged, and an Event is an object too.
+            Ok(Resolved::NamespaceNotEnabled) => {
+                return (Answer::Allow, Skip::NamespaceNotEnabled.label(), None);
+            }
+            Ok(Resolved::RateLimited) => {
+                return (
+                    Answer::Deny {
+                        code: 429,
+                        message: format!(
+                            "AgentMesh: more than {} AgentIdentities created per second; the pod's identity {identity} is not created yet: retry",
+                            identities::CREATIONS_PER_SECOND
+                        ),
+                    },
+                    "identity_rate_limited",
+                    None,
+                );
+            }
             Err(error) => {
                 tracing::warn!(%error, namespace = %request.namespace, %identity, "webhook: AgentIdentity lookup failed");
                 return (
@@ -220,6 +270,13 @@ impl Injector {
         let Some(ctx) = self.ctx.clone() else {
             return;
         };
+        if self.events.check().is_err() {
+            tracing::debug!(
+                reason = note.reason,
+                "webhook: admission Event dropped (over the bound)"
+            );
+            return;
+        }
         let reference = event_reference(&request.pod, &request.namespace);
         tokio::spawn(async move {
             ctx.events

@@ -250,6 +250,12 @@ async fn parent_signing_key(
             "ParentNotReady",
             format!("the parent's key Secret {name} does not exist yet"),
         ))?;
+    if !super::key::owned_by(&secret, parent) {
+        return Err((
+            "ParentKeyNotManaged",
+            format!("the parent's key Secret {name} was not made by the operator for it"),
+        ));
+    }
     keys::private_key_from_pem(&super::key::private_key_pem(&secret))
         .map_err(|e| ("ParentNotReady", format!("Secret {name}: {e}")))
 }

@@ -18,6 +18,9 @@ use kube::{Resource, ResourceExt};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
+/// Why an identity has no key: the `KeyReady` condition's reason and message.
+pub(super) type KeyRefusal = (&'static str, String);
+
 /// The identity's key in force.
 pub(super) struct Key {
     pub did: Did,
@@ -27,13 +30,13 @@ pub(super) struct Key {
 }
 
 /// The key of `identity`: its own public key, or the one in its Secret, created when missing.
-/// `Ok(Err(message))`: the identity's own key is not valid.
+/// `Ok(Err((reason, message)))`: the identity has no usable key (the condition's reason).
 pub(super) async fn ensure(
     identity: &AgentIdentity,
     namespace: &str,
     ctx: &Context,
     secrets: &Store<Secret>,
-) -> Result<Result<Key, String>> {
+) -> Result<Result<Key, KeyRefusal>> {
     if let Some(text) = &identity.spec.public_key {
         return Ok(match keys::public_key_from_text(text) {
             Ok(public_key) => Ok(Key {
@@ -41,8 +44,9 @@ pub(super) async fn ensure(
                 public_key,
                 secret: None,
             }),
-            Err(error) => Err(format!(
-                "spec.publicKey is not an Ed25519 public key: {error}"
+            Err(error) => Err((
+                "InvalidKey",
+                format!("spec.publicKey is not an Ed25519 public key: {error}"),
             )),
         });
     }
@@ -52,7 +56,7 @@ pub(super) async fn ensure(
     // Secret the index has not seen yet) create one, and read the API only if that conflicts:
     // one request for a new identity, not a read and then a create.
     if let Some(secret) = secrets.get(&ObjectRef::new(&secret_name).within(namespace)) {
-        return Ok(key_in(&secret, secret_name));
+        return Ok(key_in(&secret, identity, secret_name));
     }
     let signing = keys::generate(&mut rand_core::OsRng);
     let public_key = signing.verifying_key();
@@ -109,7 +113,7 @@ pub(super) async fn ensure(
         // It exists (made by an earlier reconcile the index has not caught up with): its key.
         Err(kube::Error::Api(e)) if e.code == 409 => {
             match find(secrets, &api, namespace, &secret_name).await? {
-                Some(existing) => Ok(key_in(&existing, secret_name)),
+                Some(existing) => Ok(key_in(&existing, identity, secret_name)),
                 None => Err(Error::Invalid(format!(
                     "Secret {secret_name} was deleted while being created; retrying"
                 ))),
@@ -119,8 +123,71 @@ pub(super) async fn ensure(
     }
 }
 
-/// The key held by the key Secret `secret_name`, or why it holds none.
-fn key_in(secret: &Secret, secret_name: String) -> Result<Key, String> {
+/// Another identity holding `public_key` that came first (created earlier, or at the same
+/// second and first by namespace and name), as `namespace/name`.
+pub(super) fn older_holder(
+    identity: &AgentIdentity,
+    public_key: &VerifyingKey,
+    identities: &[Arc<AgentIdentity>],
+) -> Option<String> {
+    let text = keys::public_key_to_text(public_key);
+    let rank = |i: &AgentIdentity| {
+        (
+            i.metadata.creation_timestamp.clone().map(|t| t.0),
+            i.namespace().unwrap_or_default(),
+            i.name_any(),
+        )
+    };
+    let own = rank(identity);
+    identities
+        .iter()
+        .filter(|other| other.metadata.uid != identity.metadata.uid)
+        .filter(|other| {
+            other.spec.public_key.as_deref() == Some(text.as_str())
+                || other.status.as_ref().and_then(|s| s.public_key.as_deref())
+                    == Some(text.as_str())
+        })
+        .filter(|other| rank(other) < own)
+        .map(|other| {
+            format!(
+                "{}/{}",
+                other.namespace().unwrap_or_default(),
+                other.name_any()
+            )
+        })
+        .min()
+}
+
+/// Whether `secret` is the one the operator made for `identity`: its controller is this very
+/// AgentIdentity (by UID, so not a namesake deleted and made again).
+pub(super) fn owned_by(secret: &Secret, identity: &AgentIdentity) -> bool {
+    let Some(uid) = identity.metadata.uid.as_deref() else {
+        return false;
+    };
+    secret.owner_references().iter().any(|owner| {
+        owner.controller == Some(true)
+            && owner.uid == uid
+            && owner.kind == AgentIdentity::kind(&())
+            && owner.api_version == AgentIdentity::api_version(&())
+    })
+}
+
+/// The key held by the key Secret `secret_name` of `identity`, or why it holds none. Only a
+/// Secret the operator made for this identity is adopted: one made by anyone else (who then
+/// knows its private key) would let its maker sign as the identity.
+fn key_in(
+    secret: &Secret,
+    identity: &AgentIdentity,
+    secret_name: String,
+) -> Result<Key, KeyRefusal> {
+    if !owned_by(secret, identity) {
+        return Err((
+            "SecretNotOwned",
+            format!(
+                "Secret {secret_name} exists but was not made by the operator for this AgentIdentity (its controller owner is not this identity's UID): delete it to have a key made, or set spec.publicKey"
+            ),
+        ));
+    }
     match keys::private_key_from_pem(&private_key_pem(secret)) {
         Ok(signing) => {
             let public_key = signing.verifying_key();
@@ -130,9 +197,12 @@ fn key_in(secret: &Secret, secret_name: String) -> Result<Key, String> {
                 secret: Some(secret_name),
             })
         }
-        Err(error) => Err(format!(
-            "Secret {secret_name} key {} is not a PKCS#8 Ed25519 key: {error}",
-            objects::PRIVATE_KEY_KEY
+        Err(error) => Err((
+            "InvalidKey",
+            format!(
+                "Secret {secret_name} key {} is not a PKCS#8 Ed25519 key: {error}",
+                objects::PRIVATE_KEY_KEY
+            ),
         )),
     }
 }
@@ -159,4 +229,113 @@ pub(super) fn private_key_pem(secret: &Secret) -> String {
         .and_then(|d| d.get(objects::PRIVATE_KEY_KEY))
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn identity(uid: &str) -> AgentIdentity {
+        let mut identity = AgentIdentity::new("agent", Default::default());
+        identity.metadata.namespace = Some("ns".into());
+        identity.metadata.uid = Some(uid.into());
+        identity
+    }
+
+    fn secret(owner: Option<OwnerReference>) -> Secret {
+        let pem = keys::private_key_to_pem(&agentmesh_identity::SigningKey::from_bytes(&[7; 32]))
+            .unwrap();
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("agent-agentmesh-key".into()),
+                owner_references: owner.map(|o| vec![o]),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                objects::PRIVATE_KEY_KEY.into(),
+                ByteString(pem.into_bytes()),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    /// The attack: copy another identity's public key (from its status) into
+    /// `spec.publicKey`, so that two identities share a DID and the registry hands one's score
+    /// and capabilities to the other. The newer one is refused; the older keeps its key.
+    #[test]
+    fn a_key_already_held_goes_to_the_older_identity_only() {
+        let key = agentmesh_identity::SigningKey::from_bytes(&[9; 32]).verifying_key();
+        let text = keys::public_key_to_text(&key);
+        let at = |secs: i64| {
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+            ))
+        };
+        let mut victim = identity("uid-victim");
+        victim.metadata.name = Some("victim".into());
+        victim.metadata.creation_timestamp = at(100);
+        victim.status = Some(agentmesh_api::identity::AgentIdentityStatus {
+            public_key: Some(text.clone()),
+            ..Default::default()
+        });
+        let mut thief = identity("uid-thief");
+        thief.metadata.name = Some("thief".into());
+        thief.metadata.namespace = Some("other".into());
+        thief.metadata.creation_timestamp = at(200);
+        thief.spec.public_key = Some(text.clone());
+        let all = vec![Arc::new(victim.clone()), Arc::new(thief.clone())];
+        assert_eq!(
+            older_holder(&thief, &key, &all).as_deref(),
+            Some("ns/victim")
+        );
+        assert_eq!(older_holder(&victim, &key, &all), None);
+        // Created the same second: the order of namespace and name decides, the same way for
+        // both.
+        thief.metadata.creation_timestamp = at(100);
+        let all = vec![Arc::new(victim.clone()), Arc::new(thief.clone())];
+        assert_eq!(older_holder(&victim, &key, &all), None);
+        assert_eq!(
+            older_holder(&thief, &key, &all).as_deref(),
+            Some("ns/victim")
+        );
+        // Another key: no one.
+        let other = agentmesh_identity::SigningKey::from_bytes(&[8; 32]).verifying_key();
+        assert_eq!(older_holder(&thief, &other, &all), None);
+    }
+
+    /// The attack: whoever may create Secrets in the namespace makes `<name>-agentmesh-key`
+    /// with a private key they know, before (or after deleting) the operator's. Adopting it
+    /// would let them sign as the identity.
+    #[test]
+    fn only_a_secret_the_identity_controls_is_adopted() {
+        let agent = identity("uid-1");
+        let own = agent.controller_owner_ref(&()).unwrap();
+        assert!(key_in(&secret(Some(own.clone())), &agent, "s".into()).is_ok());
+        let forged = [
+            None,
+            // Owned, but not as controller.
+            Some(OwnerReference {
+                controller: None,
+                ..own.clone()
+            }),
+            // A namesake identity's (deleted and made again: another UID).
+            Some(OwnerReference {
+                uid: "uid-0".into(),
+                ..own.clone()
+            }),
+            // Another kind with the same UID string.
+            Some(OwnerReference {
+                kind: "ConfigMap".into(),
+                api_version: "v1".into(),
+                ..own.clone()
+            }),
+        ];
+        for owner in forged {
+            let (reason, _) = key_in(&secret(owner.clone()), &agent, "s".into())
+                .err()
+                .unwrap_or_else(|| panic!("adopted with owner {owner:?}"));
+            assert_eq!(reason, "SecretNotOwned");
+        }
+    }
 }

@@ -77,7 +77,24 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
     let generation = identity.metadata.generation;
     let current = identity.status.clone().unwrap_or_default();
 
-    let key = key::ensure(identity, &namespace, ctx, &indexes.key_secrets.store).await?;
+    let key = key::ensure(identity, &namespace, ctx, &indexes.key_secrets.store)
+        .await?
+        .and_then(|key| {
+            // A key of one's choice may be another identity's (public keys are public): the
+            // older identity keeps it, and the newer one gets none, so that a DID is never two
+            // identities' (the registry would hand one's score and capabilities to the other).
+            match identity.spec.public_key.as_ref().and_then(|_| {
+                key::older_holder(identity, &key.public_key, &indexes.identities.store.state())
+            }) {
+                Some(holder) => Err((
+                    "DuplicateKey",
+                    format!(
+                        "spec.publicKey is already the key of AgentIdentity {holder}: each identity needs its own key"
+                    ),
+                )),
+                None => Ok(key),
+            }
+        });
     let key_condition = match &key {
         Ok(key) => condition(
             &current.conditions,
@@ -94,11 +111,11 @@ async fn reconcile_inner(identity: &AgentIdentity, shared: &Reconcilers) -> Resu
             },
             generation,
         ),
-        Err(message) => condition(
+        Err((reason, message)) => condition(
             &current.conditions,
             types::KEY_READY,
             false,
-            "InvalidKey",
+            reason,
             message.clone(),
             generation,
         ),

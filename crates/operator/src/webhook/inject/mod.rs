@@ -128,6 +128,10 @@ pub enum Skip {
     OperatorNamespace,
     /// `kube-system` (and any other of `NEVER_INJECTED_NAMESPACES`).
     SystemNamespace,
+    /// The pod's identity is missing and its namespace is not labelled for injection: the
+    /// review did not come from the API server's namespace selector (a forged review, or a
+    /// label removed a moment ago). Nothing is created, nothing injected.
+    NamespaceNotEnabled,
 }
 
 impl Skip {
@@ -138,6 +142,7 @@ impl Skip {
             Self::AlreadyInjected => "already_injected",
             Self::OperatorNamespace => "operator_namespace",
             Self::SystemNamespace => "system_namespace",
+            Self::NamespaceNotEnabled => "namespace_not_enabled",
         }
     }
 
@@ -150,6 +155,9 @@ impl Skip {
             Self::AlreadyInjected => "the pod already has the agentmesh-sidecar container",
             Self::OperatorNamespace => "pods of the operator's own namespace are never injected",
             Self::SystemNamespace => "pods of kube-system are never injected",
+            Self::NamespaceNotEnabled => {
+                "the namespace is not labelled agentmesh-inject=enabled; no AgentIdentity is created for it"
+            }
         }
     }
 }
@@ -177,6 +185,11 @@ pub fn identity_of(pod: &Pod) -> String {
     {
         return identity.clone();
     }
+    service_account_of(pod)
+}
+
+/// The pod's ServiceAccount (`default` when unset).
+pub fn service_account_of(pod: &Pod) -> String {
     pod.spec
         .as_ref()
         .and_then(|spec| spec.service_account_name.clone())
