@@ -573,6 +573,41 @@ fn forged_admission_reviews_create_nothing_unasked_and_little_at_all() {
     assert_eq!(flooded, created, "{identities}");
 }
 
+/// The slow-loris: with `failurePolicy: Fail`, a webhook whose connections are all held by an
+/// attacker would stall every pod creation of the namespace. 3,000 connections held open (three
+/// times the cap; half silent, half a TLS record never finished) and pods are still admitted
+/// with their sidecar, each within seconds.
+#[test]
+fn a_slow_loris_on_the_webhook_does_not_stall_pod_creation() {
+    use std::io::Write;
+    let install = Installation::start("loris", &[]);
+    let app = &install.app.name;
+    let mut held = Vec::new();
+    for i in 0..3000 {
+        let mut stream = std::net::TcpStream::connect(install.operator.webhook).expect("connect");
+        if i % 2 == 0 {
+            // The start of a TLS ClientHello record, never finished.
+            stream
+                .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .unwrap();
+        }
+        held.push(stream);
+    }
+    for i in 0..3 {
+        let started = Instant::now();
+        let name = format!("under-siege-{i}");
+        cluster().apply(app, &pod(&name, &[]).to_string());
+        let created = cluster().get("pod", &name, Some(app)).expect("created");
+        assert!(is_injected(&created), "{created}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "admission took {:?} with {} connections held",
+            started.elapsed(),
+            held.len()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotation_during_a_stream_of_pod_creations_loses_none() {
     use k8s_openapi::api::core::v1::{Pod, Secret};

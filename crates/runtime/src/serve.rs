@@ -1,9 +1,15 @@
 //! One way to serve HTTP/1: the trust API, the webhook (over TLS), `/metrics` and health
 //! endpoints of every component, and the sidecar's proxy.
 //!
-//! - **Connection cap**: at most [`Limits::max_connections`] connections are served at once;
-//!   beyond that, new connections wait in the listen backlog (the kernel's), never in memory
-//!   here.
+//! - **Connection cap**: at most [`Limits::max_connections`] connections are served at once.
+//!   A new connection beyond the cap takes the place of the connection that has been idle the
+//!   longest (no request in flight, no response body still streaming: a silent or half-sent
+//!   connection, or a keep-alive one between requests), which is closed; only when every
+//!   connection is busy does the new one wait (in memory, one at a time; the rest in the
+//!   kernel's listen backlog). So holding connections open (a slow-loris) cannot lock real
+//!   clients out: theirs are the newest, and a busy connection is never cut.
+//! - **Accept errors** (out of file descriptors, say) are logged and retried after a pause
+//!   that doubles from 10 ms to 1 s, never in a busy loop.
 //! - **Header and idle timeout**: a connection must deliver a complete request head within
 //!   [`Limits::header_timeout`] of the server starting to wait for one, so a slow or silent
 //!   client (the TLS handshake included) and an idle keep-alive connection are both closed
@@ -15,19 +21,22 @@
 //!   logs are recorded; at [`Limits::request_span`] (`INFO` by default, so enabled at the
 //!   default log level).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, oneshot};
 use tracing::Instrument;
 
 /// Bounds of one server.
@@ -96,61 +105,277 @@ pub async fn serve<A, H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let handler = Arc::new(handler);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let tracker = Tracker::new(limits.max_connections.max(1));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let mut pause = ACCEPT_PAUSE_MIN;
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    pause = ACCEPT_PAUSE_MIN;
+                    accepted
+                }
                 Err(error) => {
-                    tracing::warn!(server = name, %error, "accept failed");
+                    tracing::warn!(server = name, %error, ?pause, "accept failed; pausing");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = &mut shutdown => break,
+                    }
+                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
                     continue;
                 }
             },
             _ = &mut shutdown => break,
         };
+        // Room for it: below the cap, or the longest-idle connection closed, or wait until a
+        // connection ends.
+        let (id, evicted) = loop {
+            let freed = tracker.freed.notified();
+            if let Some(admitted) = tracker.admit() {
+                break admitted;
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = &mut shutdown => return drain(name, limits, listener, graceful).await,
+            }
+        };
+        if evicted {
+            tracing::debug!(server = name, %peer, "at the connection cap: the longest-idle connection closed");
+        }
+        let (evict, evicted_rx) = oneshot::channel();
+        tracker.set_evict(id, evict);
         let handler = handler.clone();
         let accept = accept.clone();
         let watcher = graceful.watcher();
+        let tracker = tracker.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let io = match tokio::time::timeout(limits.header_timeout, accept.accept(stream)).await
-            {
-                Ok(Ok(io)) => io,
-                Ok(Err(error)) => {
-                    tracing::debug!(server = name, %peer, %error, "connection refused at accept");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(server = name, %peer, "no handshake in time");
-                    return;
+            let _registered = Registered {
+                tracker: tracker.clone(),
+                id,
+            };
+            let serve = async {
+                let io = match tokio::time::timeout(limits.header_timeout, accept.accept(stream))
+                    .await
+                {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(error)) => {
+                        tracing::debug!(server = name, %peer, %error, "connection refused at accept");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(server = name, %peer, "no handshake in time");
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let span = request_span(limits.request_span, name, &request);
+                    let busy = Busy::start(tracker.clone(), id);
+                    let response = handler(request, peer);
+                    async move {
+                        // Busy until the response body is sent (or dropped).
+                        Ok::<_, Infallible>(
+                            response.await.map(|body| Tracked { body, _busy: busy }),
+                        )
+                    }
+                    .instrument(span)
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .serve_connection(TokioIo::new(io), service);
+                if let Err(error) = watcher.watch(connection).await {
+                    tracing::debug!(server = name, %peer, %error, "connection ended with an error");
                 }
             };
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let span = request_span(limits.request_span, name, &request);
-                let response = handler(request, peer);
-                async move { Ok::<_, Infallible>(response.await) }.instrument(span)
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(io), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(server = name, %peer, %error, "connection ended with an error");
+            tokio::select! {
+                _ = serve => {}
+                _ = evicted_rx => {
+                    tracing::debug!(server = name, %peer, "closed to make room (idle longest at the cap)");
+                }
             }
         });
     }
+    drain(name, limits, listener, graceful).await;
+}
+
+/// The first pause after an accept error; it doubles up to [`ACCEPT_PAUSE_MAX`].
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// Closes the listener and lets the requests in flight finish, for up to [`Limits::drain`].
+async fn drain(
+    name: &'static str,
+    limits: Limits,
+    listener: TcpListener,
+    graceful: GracefulShutdown,
+) {
     drop(listener);
     if tokio::time::timeout(limits.drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(server = name, drain = ?limits.drain, "requests still in flight after the drain period");
+    }
+}
+
+/// The connections being served: which are idle since when, and how to close one.
+struct Tracker {
+    max: usize,
+    state: Mutex<TrackerState>,
+    /// Notified when a connection ends or becomes idle (room for a waiting one).
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct TrackerState {
+    next_id: u64,
+    connections: HashMap<u64, Connection>,
+}
+
+struct Connection {
+    /// Requests whose response is not yet sent.
+    busy: usize,
+    /// When it last had nothing in flight (its accept, or its last response sent).
+    idle_since: Instant,
+    /// Closes it (taken when used).
+    evict: Option<oneshot::Sender<()>>,
+}
+
+impl Tracker {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            state: Mutex::default(),
+            freed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        self.state.lock().expect("connection tracker lock")
+    }
+
+    /// Registers a new connection when there is room, closing the longest-idle one if that is
+    /// what makes room: `(id, whether one was closed)`; `None` when every connection is busy.
+    fn admit(&self) -> Option<(u64, bool)> {
+        let mut state = self.lock();
+        let mut evicted = false;
+        if state.connections.len() >= self.max {
+            let oldest = state
+                .connections
+                .iter()
+                .filter(|(_, c)| c.busy == 0)
+                .min_by_key(|(_, c)| c.idle_since)
+                .map(|(id, _)| *id)?;
+            // Gone from the count now, so that the next one is not taken for it too.
+            if let Some(mut connection) = state.connections.remove(&oldest)
+                && let Some(evict) = connection.evict.take()
+            {
+                let _ = evict.send(());
+            }
+            evicted = true;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.connections.insert(
+            id,
+            Connection {
+                busy: 0,
+                idle_since: Instant::now(),
+                evict: None,
+            },
+        );
+        Some((id, evicted))
+    }
+
+    fn set_evict(&self, id: u64, evict: oneshot::Sender<()>) {
+        if let Some(connection) = self.lock().connections.get_mut(&id) {
+            connection.evict = Some(evict);
+        }
+    }
+
+    fn busy(&self, id: u64, delta: isize) {
+        let idle = match self.lock().connections.get_mut(&id) {
+            Some(connection) => {
+                connection.busy = connection.busy.saturating_add_signed(delta);
+                if connection.busy == 0 {
+                    connection.idle_since = Instant::now();
+                }
+                connection.busy == 0
+            }
+            None => false,
+        };
+        if idle {
+            self.freed.notify_one();
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        if self.lock().connections.remove(&id).is_some() {
+            self.freed.notify_one();
+        }
+    }
+}
+
+/// Removes its connection from the tracker when the connection's task ends.
+struct Registered {
+    tracker: Arc<Tracker>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // An evicted connection was removed already (its slot went to the one that evicted
+        // it): nothing to free then.
+        self.tracker.remove(self.id);
+    }
+}
+
+/// A request in flight on a connection, until its response body is sent or dropped.
+struct Busy {
+    tracker: Arc<Tracker>,
+    id: u64,
+}
+
+impl Busy {
+    fn start(tracker: Arc<Tracker>, id: u64) -> Self {
+        tracker.busy(id, 1);
+        Self { tracker, id }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.tracker.busy(self.id, -1);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its connection busy while it streams.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        _busy: Busy,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

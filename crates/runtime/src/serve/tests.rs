@@ -91,34 +91,114 @@ async fn a_silent_or_idle_connection_is_closed_after_the_header_timeout() {
     assert!(read_all(&mut idle, Duration::from_secs(5)).await.is_some());
 }
 
+/// At the cap, a new connection takes the place of the one idle longest; a busy one (a
+/// request in flight) is never cut, and when all are busy the new one waits for one to end.
 #[tokio::test]
-async fn connections_beyond_the_cap_wait_for_a_free_one() {
+async fn at_the_cap_the_longest_idle_connection_makes_way_and_busy_ones_stay() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let (addr, _stop) = start(limits, Duration::from_millis(1500)).await;
+    // Two silent connections fill the cap.
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A third, with a request: served; the first (idle longest) is closed, the second stays.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third.write_all(GET).await.unwrap();
+    assert!(
+        read_all(&mut first, Duration::from_secs(2)).await.is_some(),
+        "the first was kept"
+    );
+    assert_eq!(
+        read_all(&mut second, Duration::from_millis(200)).await,
+        None,
+        "the second was closed"
+    );
+    // While the third's request is in flight, a fourth closes the second, not the third.
+    let mut fourth = TcpStream::connect(addr).await.unwrap();
+    fourth.write_all(GET).await.unwrap();
+    assert!(
+        read_all(&mut second, Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    assert!(
+        read_response(&mut third, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the busy one was cut"
+    );
+    assert!(
+        read_response(&mut fourth, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+}
+
+/// All busy: a new connection waits (unserved, not refused) until one ends.
+#[tokio::test]
+async fn when_every_connection_is_busy_a_new_one_waits_for_one_to_end() {
     let limits = Limits {
         max_connections: 1,
         ..Limits::default()
     };
-    let (addr, _stop) = start(limits, Duration::ZERO).await;
-    let mut first = TcpStream::connect(addr).await.unwrap();
-    first.write_all(GET).await.unwrap();
+    let (addr, _stop) = start(limits, Duration::from_millis(800)).await;
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(GET).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting.write_all(GET).await.unwrap();
     assert!(
-        read_response(&mut first, Duration::from_secs(5))
+        read_response(&mut busy, Duration::from_secs(5))
             .await
             .is_some()
     );
-    // The first is still open (keep-alive): the second is not served.
-    let mut second = TcpStream::connect(addr).await.unwrap();
-    second.write_all(GET).await.unwrap();
-    assert_eq!(
-        read_response(&mut second, Duration::from_millis(500)).await,
-        None
-    );
-    drop(first);
+    // The busy one is idle now (keep-alive): the waiting one takes its place.
     assert!(
-        read_response(&mut second, Duration::from_secs(5))
+        read_response(&mut waiting, Duration::from_secs(5))
             .await
-            .is_some(),
-        "served once the first connection closed"
+            .is_some()
     );
+}
+
+/// The slow-loris: far more connections held open (silent, or a head never finished) than
+/// the cap. A real client still gets its answer at once, because it is the newest; the
+/// attacker's connections are the ones closed.
+#[tokio::test]
+async fn held_connections_beyond_the_cap_do_not_lock_a_client_out() {
+    let limits = Limits {
+        max_connections: 64,
+        ..Limits::default()
+    };
+    let (addr, _stop) = start(limits, Duration::ZERO).await;
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            stream.write_all(b"GET /x HTTP/1.1\r\nhost:").await.unwrap();
+        }
+        held.push(stream);
+    }
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(GET).await.unwrap();
+        assert!(
+            read_response(&mut client, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "a client was locked out by {} held connections",
+            held.len()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }
 
 #[tokio::test]
