@@ -145,6 +145,22 @@ fn identities_get_a_key_secret_a_did_a_score_and_verified_delegations() {
         |o| condition_is(o, "DelegationValid", "True"),
     );
     assert_eq!(narrow["status"]["delegationDepth"], 1);
+    // Verified at its first reconcile: never refused on the way (its own DID, not yet in its
+    // status then, counts for the parent's consent).
+    let refusals = cluster().kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "involvedObject.name=narrow,reason=NotConsented",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        refusals.trim().is_empty(),
+        "narrow was refused on the way: {refusals}"
+    );
     assert_eq!(
         narrow["status"]["delegationChain"][0]["issuer"],
         parent["status"]["did"]
@@ -496,7 +512,6 @@ fn a_policy_conflicting_with_an_older_one_is_refused_with_its_reason() {
     );
 }
 
-/// `GET` on the trust API of `operator`; the status and the JSON body.
 /// The attacks of a principal allowed to create reports: report a pod of another node (to
 /// quarantine it), claim another node, speak for another MeshLogicAgent, present a token bound
 /// to no node, read another node's enforcement set. Each refused, and the scores unmoved; the
@@ -724,6 +739,7 @@ fn identities_are_bound_by_the_operator_not_chosen_by_the_pod_author() {
     );
 }
 
+/// `GET` on the trust API of `operator`; the status and the JSON body.
 fn get_view(operator: &OperatorProcess, path: &str, token: &str) -> (u16, Value) {
     let (code, body) =
         http_request(operator.trust_api, "GET", path, Some(token), None).expect("an answer");

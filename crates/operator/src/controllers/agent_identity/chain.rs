@@ -137,7 +137,7 @@ pub(super) async fn build(
 
     // Verify the whole chain as a peer would: keys and consent from the registry, never from
     // the links.
-    let registry = registry_of(identities);
+    let registry = registry_of(identities, (&identity.name_any(), own_did));
     let root = identities
         .iter()
         .find(|i| i.status.as_ref().and_then(|s| s.did.as_deref()) == Some(root_did.as_str()));
@@ -169,9 +169,13 @@ pub(super) async fn build(
 }
 
 /// The registry of the namespace's identities: each key in force and whom it consents to
-/// delegate to (`spec.delegates`, names resolved to DIDs).
-fn registry_of(identities: &[Arc<AgentIdentity>]) -> MemoryRegistry {
+/// delegate to (`spec.delegates`, names resolved to DIDs). `own` is the identity being
+/// reconciled, whose DID its status may not hold yet (a new identity).
+fn registry_of(identities: &[Arc<AgentIdentity>], own: (&str, &Did)) -> MemoryRegistry {
     let did_of = |identity: &AgentIdentity| {
+        if identity.name_any() == own.0 {
+            return Some(own.1.clone());
+        }
         identity
             .status
             .as_ref()
