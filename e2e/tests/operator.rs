@@ -352,7 +352,13 @@ fn reports_move_scores_forged_ones_do_not_and_scores_survive_restarts_and_leader
     // Forged: no token, a bad token, a token without the permission. Nothing changes.
     let body = report(&uid, ns, &["/usr/bin/curl"]);
     let mut replicas = [&mut first, &mut second];
-    assert_eq!(post_report(&mut replicas, "not-a-token", &body).0, 401);
+    // Refused, and told nothing of why (the API server's reasons are for the operator's log).
+    let (code, answer) = post_report(&mut replicas, "not-a-token", &body);
+    assert_eq!(code, 401);
+    assert_eq!(
+        serde_json::from_str::<Value>(&answer).unwrap(),
+        json!({"error": "the bearer token was not accepted"})
+    );
     assert_eq!(post_report(&mut replicas, &intruder, &body).0, 403);
     let (code, answer) = post_report(&mut replicas, &token, "{\"source\": 1}");
     assert_eq!(code, 400, "{answer}");

@@ -83,9 +83,9 @@ impl Authenticator {
         if let Some((result, at)) = self.cache.lock().expect("auth cache").get(&digest)
             && at.elapsed() < CACHE_TTL
         {
-            return result
-                .clone()
-                .map_err(|m| Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", m));
+            return result.clone().map_err(|_| {
+                Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", NOT_ACCEPTED)
+            });
         }
         let result = review_token(ctx, token).await?;
         let mut cache = self.cache.lock().expect("auth cache");
@@ -93,9 +93,18 @@ impl Authenticator {
             cache.clear();
         }
         cache.insert(digest, (result.clone(), Instant::now()));
-        result.map_err(|m| Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", m))
+        result.map_err(|detail| {
+            tracing::debug!(%detail, "trust API: a token was refused");
+            Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", NOT_ACCEPTED)
+        })
     }
+}
 
+/// What an unauthenticated caller is told: nothing of why (the API server's reasons stay in
+/// the operator's log).
+const NOT_ACCEPTED: &str = "the bearer token was not accepted";
+
+impl Authenticator {
     /// Whether `caller` may post reports (`create` on `reports.agentmesh.io`).
     pub async fn may_report(&self, ctx: &Context, caller: &Caller) -> Result<(), Refusal> {
         if let Some((allowed, at)) = self
@@ -174,10 +183,12 @@ async fn review_token(ctx: &Context, token: &str) -> Result<Result<Caller, Strin
         .create(&PostParams::default(), &review)
         .await
         .map_err(|e| {
+            // The caller is not authenticated yet: the API server's error is for the log.
+            tracing::warn!(error = %e, "trust API: TokenReview failed");
             Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "authn_unavailable",
-                format!("TokenReview failed: {e}"),
+                "authentication is unavailable; retry",
             )
         })?
         .status

@@ -239,8 +239,10 @@ impl Injector {
                 return (
                     Answer::Deny {
                         code: 500,
+                        // The API's error stays in the log: the review's sender is not
+                        // authenticated.
                         message: format!(
-                            "AgentMesh: cannot look up AgentIdentity {}/{identity}: {error}",
+                            "AgentMesh: cannot look up AgentIdentity {}/{identity}; retry",
                             request.namespace
                         ),
                     },
