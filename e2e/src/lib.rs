@@ -191,7 +191,7 @@ impl Cluster {
     pub fn node_token(&self, namespace: &str, account: &str, node: &str) -> String {
         let pod = format!("{account}-token-{node}");
         let object = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod, "labels": {"agentmesh.io/inject": "false"}},
+            "metadata": {"name": pod, "annotations": {"agentmesh.io/inject": "false"}},
             "spec": {"nodeName": node, "serviceAccountName": account, "automountServiceAccountToken": false,
                      "tolerations": fake_node_tolerations(),
                      "containers": [{"name": "holder", "image": "registry.invalid/holder:1"}]}});

@@ -36,7 +36,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 /// Bounds of one server.
@@ -130,9 +130,10 @@ pub async fn serve<A, H, F, B>(
         };
         // Room for it: below the cap, or the longest-idle connection closed, or wait until a
         // connection ends.
+        let evict = Arc::new(Notify::new());
         let (id, evicted) = loop {
             let freed = tracker.freed.notified();
-            if let Some(admitted) = tracker.admit() {
+            if let Some(admitted) = tracker.admit(&evict) {
                 break admitted;
             }
             tokio::select! {
@@ -143,8 +144,6 @@ pub async fn serve<A, H, F, B>(
         if evicted {
             tracing::debug!(server = name, %peer, "at the connection cap: the longest-idle connection closed");
         }
-        let (evict, evicted_rx) = oneshot::channel();
-        tracker.set_evict(id, evict);
         let handler = handler.clone();
         let accept = accept.clone();
         let watcher = graceful.watcher();
@@ -190,7 +189,7 @@ pub async fn serve<A, H, F, B>(
             };
             tokio::select! {
                 _ = serve => {}
-                _ = evicted_rx => {
+                _ = evict.notified() => {
                     tracing::debug!(server = name, %peer, "closed to make room (idle longest at the cap)");
                 }
             }
@@ -238,8 +237,8 @@ struct Connection {
     busy: usize,
     /// When it last had nothing in flight (its accept, or its last response sent).
     idle_since: Instant,
-    /// Closes it (taken when used).
-    evict: Option<oneshot::Sender<()>>,
+    /// Closes it (notified once; the permit is kept if the task is not waiting yet).
+    evict: Arc<Notify>,
 }
 
 impl Tracker {
@@ -257,7 +256,7 @@ impl Tracker {
 
     /// Registers a new connection when there is room, closing the longest-idle one if that is
     /// what makes room: `(id, whether one was closed)`; `None` when every connection is busy.
-    fn admit(&self) -> Option<(u64, bool)> {
+    fn admit(&self, evict: &Arc<Notify>) -> Option<(u64, bool)> {
         let mut state = self.lock();
         let mut evicted = false;
         if state.connections.len() >= self.max {
@@ -268,10 +267,8 @@ impl Tracker {
                 .min_by_key(|(_, c)| c.idle_since)
                 .map(|(id, _)| *id)?;
             // Gone from the count now, so that the next one is not taken for it too.
-            if let Some(mut connection) = state.connections.remove(&oldest)
-                && let Some(evict) = connection.evict.take()
-            {
-                let _ = evict.send(());
+            if let Some(connection) = state.connections.remove(&oldest) {
+                connection.evict.notify_one();
             }
             evicted = true;
         }
@@ -282,16 +279,10 @@ impl Tracker {
             Connection {
                 busy: 0,
                 idle_since: Instant::now(),
-                evict: None,
+                evict: evict.clone(),
             },
         );
         Some((id, evicted))
-    }
-
-    fn set_evict(&self, id: u64, evict: oneshot::Sender<()>) {
-        if let Some(connection) = self.lock().connections.get_mut(&id) {
-            connection.evict = Some(evict);
-        }
     }
 
     fn busy(&self, id: u64, delta: isize) {

@@ -42,11 +42,7 @@ impl PodInfo {
     /// The identity the pod names: its non-empty `agentmesh.io/identity` label, else its
     /// ServiceAccount's name.
     pub fn claimed_identity(&self) -> &str {
-        self.labels
-            .get(agentmesh_api::names::labels::IDENTITY)
-            .map(String::as_str)
-            .filter(|name| !name.is_empty())
-            .unwrap_or(&self.service_account)
+        crate::webhook::inject::claimed_identity(Some(&self.labels), &self.service_account)
     }
 }
 
@@ -172,12 +168,7 @@ fn info(pod: &Pod) -> Option<(String, PodInfo)> {
             namespace: pod.namespace()?,
             name: pod.name_any(),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            service_account: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.clone())
-                .filter(|name| !name.is_empty())
-                .unwrap_or_else(|| "default".into()),
+            service_account: crate::webhook::inject::service_account_of(pod),
             labels: pod.labels().clone(),
             running: pod.metadata.deletion_timestamp.is_none()
                 && !matches!(

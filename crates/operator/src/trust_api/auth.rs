@@ -19,6 +19,9 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_MAX: usize = 4096;
 /// `user.extra` key of the pod a bound ServiceAccount token was issued for.
 const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+/// What an unauthenticated caller is told: nothing of why (the API server's reasons stay in
+/// the operator's log).
+const NOT_ACCEPTED: &str = "the bearer token was not accepted";
 /// `user.extra` key of the node that pod runs on (Kubernetes ≥ 1.30, `ServiceAccountTokenPodNodeInfo`).
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
@@ -98,13 +101,7 @@ impl Authenticator {
             Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", NOT_ACCEPTED)
         })
     }
-}
 
-/// What an unauthenticated caller is told: nothing of why (the API server's reasons stay in
-/// the operator's log).
-const NOT_ACCEPTED: &str = "the bearer token was not accepted";
-
-impl Authenticator {
     /// Whether `caller` may post reports (`create` on `reports.agentmesh.io`).
     pub async fn may_report(&self, ctx: &Context, caller: &Caller) -> Result<(), Refusal> {
         if let Some((allowed, at)) = self

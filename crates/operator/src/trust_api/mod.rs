@@ -146,14 +146,19 @@ impl Server {
         }
     }
 
-    fn refuse(&self, refusal: Refusal) -> Response<Body> {
+    /// Counts `count` refusals for `reason` (`meshlogic_operator_reports_refused_total`).
+    fn count_refused(&self, reason: &str, count: u64) {
         self.ctx
             .metrics
             .reports_refused
             .get_or_create(&ReasonLabels {
-                reason: refusal.reason.into(),
+                reason: reason.into(),
             })
-            .inc();
+            .inc_by(count);
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Response<Body> {
+        self.count_refused(refusal.reason, 1);
         let mut response = http::error(refusal.status, &refusal.message);
         if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
             response

@@ -67,14 +67,7 @@ impl Server {
                 }
                 // A probe speaks for its own node (its token's) and its own agent (the
                 // account the agent's probes run as), whatever its body says.
-                let own_node = caller_node(&caller)?;
-                if node != own_node {
-                    return Err(Refusal::new(
-                        StatusCode::FORBIDDEN,
-                        "foreign_node",
-                        format!("source.node {node:?} is not the node of the caller's token"),
-                    ));
-                }
+                let own_node = own_node(&caller, node, "source.node")?;
                 self.probe_of(agent, &caller)?;
                 self.ctx.probes.record(
                     agent,
@@ -94,13 +87,7 @@ impl Server {
                         caller = %caller.username, node = own_node, pods = ack.foreign_pods,
                         "a probe reported pods of another node: ignored"
                     );
-                    self.ctx
-                        .metrics
-                        .reports_refused
-                        .get_or_create(&crate::metrics::ReasonLabels {
-                            reason: "foreign_pod".into(),
-                        })
-                        .inc_by(u64::from(ack.foreign_pods));
+                    self.count_refused("foreign_pod", u64::from(ack.foreign_pods));
                 }
                 ack
             }
@@ -163,10 +150,14 @@ impl Server {
     }
 }
 
-/// The node a probe's token is bound to: a probe runs as a pod, whose projected token names
-/// its node.
-pub(super) fn caller_node(caller: &super::auth::Caller) -> Result<&str, Refusal> {
-    caller.node.as_deref().ok_or_else(|| {
+/// `node`, the node a probe says it is on (`what` names where it said so), when it is the
+/// node its token is bound to: a probe runs as a pod, whose projected token names its node.
+pub(super) fn own_node<'a>(
+    caller: &super::auth::Caller,
+    node: &'a str,
+    what: &str,
+) -> Result<&'a str, Refusal> {
+    let bound = caller.node.as_deref().ok_or_else(|| {
         Refusal::new(
             StatusCode::FORBIDDEN,
             "node_unbound",
@@ -175,7 +166,16 @@ pub(super) fn caller_node(caller: &super::auth::Caller) -> Result<&str, Refusal>
                 caller.username
             ),
         )
-    })
+    })?;
+    if node == bound {
+        Ok(node)
+    } else {
+        Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "foreign_node",
+            format!("{what} {node:?} is not the node of the caller's token"),
+        ))
+    }
 }
 
 impl Server {

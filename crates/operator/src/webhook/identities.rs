@@ -15,9 +15,8 @@ use agentmesh_api::names::{FIELD_MANAGER, labels};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 
 /// Identities created per second at most, per replica, once the burst is spent.
 pub const CREATIONS_PER_SECOND: u32 = 5;
@@ -40,14 +39,11 @@ pub struct Identities {
 }
 
 fn creation_limiter() -> DefaultDirectRateLimiter {
-    RateLimiter::direct(
-        Quota::per_second(NonZeroU32::new(CREATIONS_PER_SECOND).expect("non-zero"))
-            .allow_burst(NonZeroU32::new(CREATIONS_BURST).expect("non-zero")),
-    )
+    super::rate_limiter(CREATIONS_PER_SECOND, CREATIONS_BURST)
 }
 
 /// Whether a namespace's labels turn injection on.
-pub fn injection_enabled(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+fn injection_enabled(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
     labels
         .and_then(|l| l.get(labels::INJECT_NAMESPACE))
         .is_some_and(|v| v == labels::INJECT_ENABLED)

@@ -34,9 +34,7 @@ use crate::metrics::{Metrics, ReasonLabels};
 use inject::{Key, Settings, Skip};
 use review::{Answer, BadRequest, Decoded, PodRequest};
 
-pub use identities::{
-    CREATIONS_BURST, CREATIONS_PER_SECOND, Identities, Resolved, injection_enabled,
-};
+pub use identities::{CREATIONS_BURST, CREATIONS_PER_SECOND, Identities, Resolved};
 
 /// Answers AdmissionReviews: decides, injects, counts and explains.
 pub struct Injector {
@@ -48,6 +46,14 @@ pub struct Injector {
     /// Bounds the Events published about admissions: their text comes from the review, which
     /// anyone reaching the port can write.
     events: governor::DefaultDirectRateLimiter,
+}
+
+/// A bound of `per_second` a second after a burst of `burst` (both at least 1).
+fn rate_limiter(per_second: u32, burst: u32) -> governor::DefaultDirectRateLimiter {
+    let at_least_one = |n: u32| std::num::NonZeroU32::new(n.max(1)).expect("at least 1");
+    governor::RateLimiter::direct(
+        governor::Quota::per_second(at_least_one(per_second)).allow_burst(at_least_one(burst)),
+    )
 }
 
 /// Admission Events published per second at most, per replica (burst [`EVENTS_BURST`]).
@@ -76,12 +82,7 @@ impl Injector {
             identities,
             metrics,
             ctx,
-            events: governor::RateLimiter::direct(
-                governor::Quota::per_second(
-                    std::num::NonZeroU32::new(EVENTS_PER_SECOND).expect("non-zero"),
-                )
-                .allow_burst(std::num::NonZeroU32::new(EVENTS_BURST).expect("non-zero")),
-            ),
+            events: rate_limiter(EVENTS_PER_SECOND, EVENTS_BURST),
         }
     }
 

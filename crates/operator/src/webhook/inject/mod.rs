@@ -176,16 +176,22 @@ pub enum Key {
 /// The pod's AgentIdentity: its `agentmesh.io/identity` label, else its ServiceAccount's name
 /// (`default` when unset: the ServiceAccount admission plugin sets it before webhooks run).
 pub fn identity_of(pod: &Pod) -> String {
-    if let Some(identity) = pod
-        .metadata
-        .labels
-        .as_ref()
+    let account = service_account_of(pod);
+    claimed_identity(pod.metadata.labels.as_ref(), &account).to_owned()
+}
+
+/// The identity a pod with these labels, running as `service_account`, names: its non-empty
+/// `agentmesh.io/identity` label, else its ServiceAccount's name. The one rule the webhook and
+/// the operator's pod index share.
+pub fn claimed_identity<'a>(
+    labels: Option<&'a std::collections::BTreeMap<String, String>>,
+    service_account: &'a str,
+) -> &'a str {
+    labels
         .and_then(|labels| labels.get(labels::IDENTITY))
+        .map(String::as_str)
         .filter(|identity| !identity.is_empty())
-    {
-        return identity.clone();
-    }
-    service_account_of(pod)
+        .unwrap_or(service_account)
 }
 
 /// The pod's ServiceAccount (`default` when unset).
