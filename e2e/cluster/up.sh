@@ -135,6 +135,17 @@ printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,ke
 ossl x509 -req -in "$PKI/front-proxy-client.csr" -CA "$PKI/front-proxy-ca.crt" -CAkey "$PKI/front-proxy-ca.key" \
   -CAcreateserial -days 3650 -sha256 -extfile "$PKI/fp.ext" -out "$PKI/front-proxy-client.crt"
 rm -f "$PKI/front-proxy-client.csr" "$PKI/fp.ext"
+# The API server's client certificate for admission webhooks, from a CA of its own (the cluster
+# CA signs kubelets and users, who must not pass for the API server): the operator requires it
+# when MESHLOGIC_WEBHOOK_CLIENT_CA_FILE names webhook-client-ca.crt.
+ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+  -keyout "$PKI/webhook-client-ca.key" -out "$PKI/webhook-client-ca.crt" -subj "/CN=agentmesh-e2e-webhook-client-ca" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+ossl req -new -newkey rsa:2048 -nodes -keyout "$PKI/webhook-client.key" -out "$PKI/webhook-client.csr" -subj "/CN=kube-apiserver-webhook-client"
+printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth" >"$PKI/wc.ext"
+ossl x509 -req -in "$PKI/webhook-client.csr" -CA "$PKI/webhook-client-ca.crt" -CAkey "$PKI/webhook-client-ca.key" \
+  -CAcreateserial -days 3650 -sha256 -extfile "$PKI/wc.ext" -out "$PKI/webhook-client.crt"
+rm -f "$PKI/webhook-client.csr" "$PKI/wc.ext"
 # ServiceAccount token signing key pair
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
 ossl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
@@ -172,6 +183,31 @@ start etcd "$BIN/etcd" \
 wait_for "etcd healthy" 30 "$BIN/etcdctl" --endpoints="http://127.0.0.1:$ETCD_PORT" endpoint health
 
 # ------------------------------------------------------------------ kube-apiserver
+# Admission webhooks get the client certificate above ('*': every webhook, by Service or URL).
+cat >"$DIR/config/webhook-client.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+users:
+- name: '*'
+  user:
+    client-certificate: $PKI/webhook-client.crt
+    client-key: $PKI/webhook-client.key
+EOF
+cat >"$DIR/config/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmission
+    kubeConfigFile: $DIR/config/webhook-client.kubeconfig
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmission
+    kubeConfigFile: $DIR/config/webhook-client.kubeconfig
+EOF
 AUDIT_FLAGS=()
 if [[ -n "${AGENTMESH_AUDIT_POLICY:-}" ]]; then
   [[ -r "$AGENTMESH_AUDIT_POLICY" ]] || die "AGENTMESH_AUDIT_POLICY=$AGENTMESH_AUDIT_POLICY is not readable"
@@ -208,6 +244,7 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --authorization-mode=Node,RBAC \
   --allow-privileged=true \
   --enable-admission-plugins=NodeRestriction \
+  --admission-control-config-file="$DIR/config/admission.yaml" \
   --profiling=false \
   "${AUDIT_FLAGS[@]}" \
   --v=1

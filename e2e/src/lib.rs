@@ -99,6 +99,15 @@ pub fn cluster() -> &'static Cluster {
 }
 
 impl Cluster {
+    /// The local cluster's PKI directory (`up.sh` writes it next to the kubeconfig): its CAs,
+    /// the admin's certificate and the API server's webhook client certificate. `None` for a
+    /// cluster of `E2E_KUBECONFIG`.
+    pub fn pki(&self) -> Option<PathBuf> {
+        let pki = self.kubeconfig.parent()?.join("pki");
+        (std::env::var_os("E2E_KUBECONFIG").is_none() && pki.join("webhook-client-ca.crt").exists())
+            .then_some(pki)
+    }
+
     /// A kube-rs client for this cluster. One per test: a client is bound to the runtime that
     /// created it, and each `#[tokio::test]` has its own.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {

@@ -475,6 +475,17 @@ fn with_the_operator_stopped_pod_creation_follows_the_failure_policy() {
 /// port can (no client certificate, the server's certificate not checked): a pod of namespace
 /// `namespace` naming the identity `identity`. The decoded response.
 fn forge(operator: &OperatorProcess, namespace: &str, identity: &str) -> Value {
+    try_forge(operator, namespace, identity, &[]).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// [`forge`] with more curl arguments (a client certificate); the response, or why there is
+/// none (curl's exit status and message).
+fn try_forge(
+    operator: &OperatorProcess,
+    namespace: &str,
+    identity: &str,
+    curl_args: &[&str],
+) -> Result<Value, String> {
     let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {"uid": "f0f0f0f0-0000-0000-0000-000000000001",
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
@@ -487,7 +498,7 @@ fn forge(operator: &OperatorProcess, namespace: &str, identity: &str) -> Value {
             "dryRun": false}});
     let mut child = std::process::Command::new("curl")
         .args([
-            "-sk",
+            "-sSk",
             "--max-time",
             "10",
             "-X",
@@ -495,6 +506,7 @@ fn forge(operator: &OperatorProcess, namespace: &str, identity: &str) -> Value {
             "-H",
             "Content-Type: application/json",
         ])
+        .args(curl_args)
         .args([
             "--data-binary",
             "@-",
@@ -502,6 +514,7 @@ fn forge(operator: &OperatorProcess, namespace: &str, identity: &str) -> Value {
         ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("curl");
     use std::io::Write;
@@ -512,9 +525,129 @@ fn forge(operator: &OperatorProcess, namespace: &str, identity: &str) -> Value {
         .write_all(review.to_string().as_bytes())
         .unwrap();
     let output = child.wait_with_output().unwrap();
+    if !output.status.success() {
+        return Err(format!(
+            "curl {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
     let answer: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
-    answer["response"].clone()
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&output.stdout)))?;
+    Ok(answer["response"].clone())
+}
+
+/// The API server's client certificate required (`MESHLOGIC_WEBHOOK_CLIENT_CA_FILE`, the local
+/// cluster's API server presents one from its admission configuration): pods are still admitted
+/// and injected, and a forged review is refused at the handshake — without a certificate, with
+/// the cluster CA's admin certificate, with a certificate of the right CA but another name.
+/// Nothing is created, and each refusal is counted.
+#[test]
+fn with_the_api_servers_certificate_required_a_forged_review_is_refused_at_the_handshake() {
+    let pki = cluster().pki().expect(
+        "the local cluster's PKI (this test needs the API server's webhook client certificate)",
+    );
+    let ca = pki.join("webhook-client-ca.crt");
+    let install = Installation::start(
+        "mtls",
+        &[
+            ("MESHLOGIC_WEBHOOK_CLIENT_CA_FILE", ca.to_str().unwrap()),
+            (
+                "MESHLOGIC_WEBHOOK_CLIENT_NAMES",
+                "kube-apiserver-webhook-client",
+            ),
+        ],
+    );
+    // Installation::start waited for an injected pod: the API server's certificate passes.
+    let app = &install.app.name;
+    let file = |name: &str| pki.join(name).to_str().unwrap().to_owned();
+    let (admin_crt, admin_key) = (file("admin.crt"), file("admin.key"));
+    // A certificate of the right CA for another name (what a stolen CA key would not need, but a
+    // CA shared with other clients would allow).
+    let dir = std::env::temp_dir().join(format!("mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (other_crt, other_key) = (dir.join("other.crt"), dir.join("other.key"));
+    let openssl = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    };
+    let csr = dir.join("other.csr");
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=system:node:evil",
+        "-keyout",
+        other_key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-days",
+        "1",
+        "-CA",
+        &file("webhook-client-ca.crt"),
+        "-CAkey",
+        &file("webhook-client-ca.key"),
+        "-CAcreateserial",
+        "-CAserial",
+        dir.join("ca.srl").to_str().unwrap(),
+        "-out",
+        other_crt.to_str().unwrap(),
+    ]);
+    let attempts: [(&str, Vec<&str>); 3] = [
+        ("no certificate", vec![]),
+        (
+            "the admin certificate",
+            vec!["--cert", &admin_crt, "--key", &admin_key],
+        ),
+        (
+            "the right CA, another name",
+            vec![
+                "--cert",
+                other_crt.to_str().unwrap(),
+                "--key",
+                other_key.to_str().unwrap(),
+            ],
+        ),
+    ];
+    for (i, (attack, args)) in attempts.iter().enumerate() {
+        let answer = try_forge(&install.operator, app, &format!("planted-{i}"), args);
+        assert!(answer.is_err(), "{attack}: answered {answer:?}");
+    }
+    // The API server's own certificate, for contrast: the same forged body is reviewed.
+    let answer = try_forge(
+        &install.operator,
+        app,
+        "reviewed",
+        &[
+            "--cert",
+            &file("webhook-client.crt"),
+            "--key",
+            &file("webhook-client.key"),
+        ],
+    )
+    .expect("the API server's certificate is served");
+    assert!(answer["uid"].is_string(), "{answer}");
+    let refused = install
+        .operator
+        .metric("meshlogic_operator_admissions_total{reason=\"client_certificate\"}")
+        .unwrap_or(0.0);
+    assert_eq!(refused, 3.0, "{}", install.operator.metrics_text());
+    std::thread::sleep(Duration::from_secs(1));
+    let identities = cluster().kubectl_ok(&["get", "agentidentities", "-n", app, "-o", "name"]);
+    assert!(!identities.contains("planted"), "{identities}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The attack: post forged AdmissionReviews to the webhook port to have the operator create

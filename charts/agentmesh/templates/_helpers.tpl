@@ -103,6 +103,9 @@ garbage-collects them. */}}
 {{- if and (eq .Values.storage.backend "postgres") (not .Values.postgresql.auth.password) (not .Values.postgresql.auth.existingSecret) }}
 {{- fail "storage.backend=postgres needs postgresql.auth.password (or postgresql.auth.existingSecret)" }}
 {{- end }}
+{{- if and .Values.sidecarInjector.clientAuth.names (not .Values.sidecarInjector.clientAuth.caBundle) }}
+{{- fail "sidecarInjector.clientAuth.names needs sidecarInjector.clientAuth.caBundle: names are checked on certificates that CA signs" }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.minReplicas) 2) }}
 {{- fail "autoscaling.minReplicas must be at least 2: the webhook must stay up while a replica restarts" }}
 {{- end }}

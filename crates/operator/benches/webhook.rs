@@ -95,7 +95,8 @@ async fn serve_on<R: Reviewer>(reviewer: R) -> (u16, String) {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(server::serve(
         listener,
-        server::acceptor(store).unwrap(),
+        server::acceptor(store, None).unwrap(),
+        None,
         Arc::new(reviewer),
         std::future::pending(),
     ));

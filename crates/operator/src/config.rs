@@ -145,6 +145,25 @@ pub struct Args {
     )]
     pub webhook_cert_manager_certificate: String,
 
+    /// Require the API server's client certificate on the webhook port: a PEM file of the CAs
+    /// that sign it (the API server presents it when its `--admission-control-config-file`
+    /// names a kubeconfig with a client certificate for this webhook). Unset: any TLS client
+    /// is served, and a forged AdmissionReview is bounded only by the namespace label and the
+    /// rate of identity creation.
+    #[arg(long, env = "MESHLOGIC_WEBHOOK_CLIENT_CA_FILE", value_parser = client_ca)]
+    pub webhook_client_ca_file: Option<ClientCa>,
+
+    /// With `MESHLOGIC_WEBHOOK_CLIENT_CA_FILE`: the names (subject common name or DNS
+    /// subjectAltName) a client certificate must carry, comma-separated; any name the CA signs
+    /// when empty.
+    #[arg(
+        long,
+        env = "MESHLOGIC_WEBHOOK_CLIENT_NAMES",
+        value_delimiter = ',',
+        requires = "webhook_client_ca_file"
+    )]
+    pub webhook_client_names: Vec<String>,
+
     /// CPU request of the injected sidecar.
     #[arg(long, env = "MESHLOGIC_SIDECAR_CPU_REQUEST", default_value = "100m", value_parser = quantity)]
     pub sidecar_cpu_request: String,
@@ -201,6 +220,36 @@ pub struct Args {
     /// Memory limit of the injected sidecar.
     #[arg(long, env = "MESHLOGIC_SIDECAR_MEMORY_LIMIT", default_value = "512Mi", value_parser = quantity)]
     pub sidecar_memory_limit: String,
+}
+
+/// The CA certificates of `MESHLOGIC_WEBHOOK_CLIENT_CA_FILE`, read and parsed at start-up.
+#[derive(Clone, Debug)]
+pub struct ClientCa {
+    pub path: std::path::PathBuf,
+    pub certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+fn client_ca(path: &str) -> Result<ClientCa, String> {
+    use rustls::pki_types::pem::PemObject;
+    const VAR: &str = "MESHLOGIC_WEBHOOK_CLIENT_CA_FILE";
+    let pem = std::fs::read(path).map_err(|error| format!("{VAR}: cannot read {path}: {error}"))?;
+    let certificates = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("{VAR}: {path} is not a PEM certificate bundle: {error}"))?;
+    if certificates.is_empty() {
+        return Err(format!("{VAR}: {path} holds no PEM certificate"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, unusable) = roots.add_parsable_certificates(certificates.iter().cloned());
+    if unusable > 0 {
+        return Err(format!(
+            "{VAR}: {path}: {unusable} certificate(s) cannot be parsed"
+        ));
+    }
+    Ok(ClientCa {
+        path: path.into(),
+        certificates,
+    })
 }
 
 /// A LabelSelector in JSON (`{"matchLabels": {...}, "matchExpressions": [...]}`).
@@ -310,5 +359,51 @@ mod tests {
         for bad in ["", "m", "12 Mi", "1.2.3", "abc", "10MB", "1e"] {
             assert!(quantity(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_webhook_client_ca_must_be_a_readable_pem_bundle() {
+        let dir = std::env::temp_dir().join(format!("client-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let error = client_ca(missing.to_str().unwrap()).unwrap_err();
+        assert!(
+            error.starts_with("MESHLOGIC_WEBHOOK_CLIENT_CA_FILE: cannot read"),
+            "{error}"
+        );
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let error = client_ca(junk.to_str().unwrap()).unwrap_err();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+        let garbled = dir.join("garbled.pem");
+        std::fs::write(
+            &garbled,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let error = client_ca(garbled.to_str().unwrap()).unwrap_err();
+        assert!(error.contains("cannot be parsed"), "{error}");
+
+        let (ca_pem, _) = crate::webhook::certs::new_ca(Duration::from_secs(3600)).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, ca_pem).unwrap();
+        let ca = client_ca(good.to_str().unwrap()).unwrap();
+        assert_eq!(ca.certificates.len(), 1);
+
+        // Names without a CA are refused at start-up.
+        let error = Args::try_parse_from(["meshlogic-operator", "--webhook-client-names", "a"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--webhook-client-ca-file"), "{error}");
+        let args = Args::try_parse_from([
+            "meshlogic-operator",
+            "--webhook-client-ca-file",
+            good.to_str().unwrap(),
+            "--webhook-client-names",
+            "kube-apiserver,front-proxy",
+        ])
+        .unwrap();
+        assert_eq!(args.webhook_client_names, ["kube-apiserver", "front-proxy"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -418,7 +418,21 @@ pub async fn start(
     );
     let store = Arc::new(server::CertStore::default());
     let _ = ctx.webhook_certs.set(store.clone());
-    let acceptor = server::acceptor(store.clone())?;
+    let client_auth = args
+        .webhook_client_ca_file
+        .as_ref()
+        .map(|ca| server::ClientAuth {
+            roots: ca.certificates.clone(),
+            names: args.webhook_client_names.clone(),
+        });
+    if let Some(ca) = &args.webhook_client_ca_file {
+        tracing::info!(
+            ca = %ca.path.display(),
+            names = ?args.webhook_client_names,
+            "the webhook requires the API server's client certificate"
+        );
+    }
+    let acceptor = server::acceptor(store.clone(), client_auth.as_ref())?;
     let injector = Arc::new(Injector::new(
         settings,
         Identities::watched(&ctx, identities),
@@ -428,6 +442,7 @@ pub async fn start(
     servers.spawn(server::serve(
         listener,
         acceptor,
+        client_auth,
         injector,
         crate::runtime::shutdown_signal(),
     ));

@@ -74,12 +74,67 @@ pub fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
-/// A TLS acceptor whose certificate comes from `store` at each handshake.
-pub fn acceptor(store: Arc<CertStore>) -> anyhow::Result<TlsAcceptor> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+/// Who may open a connection: any TLS client (no `ClientAuth`), or one whose certificate
+/// chains to `roots` and, when `names` is not empty, carries one of them as its subject common
+/// name or a DNS subjectAltName: the API server, with the client certificate its admission
+/// configuration gives it for this webhook.
+#[derive(Clone, Debug, Default)]
+pub struct ClientAuth {
+    pub roots: Vec<CertificateDer<'static>>,
+    pub names: Vec<String>,
+}
+
+impl ClientAuth {
+    /// Whether the leaf certificate `der` (already verified) carries an allowed name.
+    pub fn names_match(&self, der: &[u8]) -> bool {
+        if self.names.is_empty() {
+            return true;
+        }
+        let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
+            return false;
+        };
+        let common_names = certificate
+            .subject()
+            .iter_common_name()
+            .filter_map(|name| name.as_str().ok());
+        let dns_names = certificate
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .into_iter()
+            .flat_map(|san| san.value.general_names.iter())
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => Some(*dns),
+                _ => None,
+            });
+        common_names
+            .chain(dns_names)
+            .any(|name| self.names.iter().any(|allowed| allowed == name))
+    }
+}
+
+/// A TLS acceptor whose certificate comes from `store` at each handshake; with `client`, a
+/// client certificate signed by its roots is required.
+pub fn acceptor(store: Arc<CertStore>, client: Option<&ClientAuth>) -> anyhow::Result<TlsAcceptor> {
+    let provider = Arc::new(provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client {
+        None => builder.with_no_client_auth(),
+        Some(client) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for root in &client.roots {
+                roots.add(root.clone())?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -153,30 +208,80 @@ pub async fn handle<R: Reviewer>(reviewer: &R, request: Request<Incoming>) -> Re
     }
 }
 
-/// TLS with the webhook's certificate (re-read for each connection).
-#[derive(Clone)]
-struct Tls(TlsAcceptor);
+/// TLS with the webhook's certificate (re-read for each connection), and the client's checked
+/// when required: a connection without the right one is closed before any HTTP is read.
+struct Tls<R> {
+    acceptor: TlsAcceptor,
+    client: Option<Arc<ClientAuth>>,
+    reviewer: Arc<R>,
+}
 
-impl agentmesh_runtime::Accept for Tls {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    async fn accept(&self, stream: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
-        let _ = stream.set_nodelay(true);
-        self.0.accept(stream).await
+impl<R> Clone for Tls<R> {
+    fn clone(&self) -> Self {
+        Self {
+            acceptor: self.acceptor.clone(),
+            client: self.client.clone(),
+            reviewer: self.reviewer.clone(),
+        }
     }
 }
 
+impl<R: Reviewer> agentmesh_runtime::Accept for Tls<R> {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    async fn accept(&self, stream: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
+        let _ = stream.set_nodelay(true);
+        let io = self.acceptor.accept(stream).await.inspect_err(|error| {
+            if self.client.is_some() && is_client_certificate_error(error) {
+                self.reviewer.refused("client_certificate");
+            }
+        })?;
+        if let Some(client) = &self.client {
+            let leaf = io
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first());
+            if !leaf.is_some_and(|leaf| client.names_match(leaf)) {
+                self.reviewer.refused("client_certificate");
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the client certificate names no allowed client",
+                ));
+            }
+        }
+        Ok(io)
+    }
+}
+
+/// Whether a failed handshake failed on the client's certificate (none, or not trusted).
+fn is_client_certificate_error(error: &std::io::Error) -> bool {
+    matches!(
+        error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
+    )
+}
+
 /// Serves AdmissionReviews over TLS on `listener` until `shutdown`, then drains
-/// ([`agentmesh_runtime::serve`]; a TLS handshake must end within the header timeout).
+/// ([`agentmesh_runtime::serve`]; a TLS handshake must end within the header timeout). With
+/// `client`, only clients with a certificate it accepts are served (see [`acceptor`]).
 pub async fn serve<R: Reviewer>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    client: Option<ClientAuth>,
     reviewer: Arc<R>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let tls = Tls {
+        acceptor,
+        client: client.map(Arc::new),
+        reviewer: reviewer.clone(),
+    };
     agentmesh_runtime::serve(
         "webhook",
         listener,
-        Tls(acceptor),
+        tls,
         agentmesh_runtime::Limits::default(),
         move |request, _peer| {
             let reviewer = reviewer.clone();
@@ -186,3 +291,6 @@ pub async fn serve<R: Reviewer>(
     )
     .await;
 }
+
+#[cfg(test)]
+mod tests;
