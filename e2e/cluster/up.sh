@@ -200,12 +200,12 @@ plugins:
 - name: MutatingAdmissionWebhook
   configuration:
     apiVersion: apiserver.config.k8s.io/v1
-    kind: WebhookAdmission
+    kind: WebhookAdmissionConfiguration
     kubeConfigFile: $DIR/config/webhook-client.kubeconfig
 - name: ValidatingAdmissionWebhook
   configuration:
     apiVersion: apiserver.config.k8s.io/v1
-    kind: WebhookAdmission
+    kind: WebhookAdmissionConfiguration
     kubeConfigFile: $DIR/config/webhook-client.kubeconfig
 EOF
 AUDIT_FLAGS=()

@@ -86,6 +86,9 @@ impl OperatorProcess {
             Some(watch) => command.env("MESHLOGIC_WATCH_NAMESPACE", watch),
             None => command.env_remove("MESHLOGIC_WATCH_NAMESPACE"),
         };
+        // MeshLogicAgents are honoured where the test watches (a test of the refusal says
+        // otherwise in `env`).
+        command.env("MESHLOGIC_AGENT_NAMESPACES", watch.unwrap_or("*"));
         for (key, value) in env {
             command.env(key, value);
         }

@@ -324,7 +324,6 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
         .collect();
     for (host, mounted) in [
         ("/sys/kernel/btf", "/sys/kernel/btf"),
-        ("/sys/fs/bpf", "/sys/fs/bpf"),
         ("/sys/fs/cgroup", "/sys/fs/cgroup"),
         ("/proc", "/host/proc"),
     ] {
@@ -337,6 +336,10 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
             "{volume} not mounted at {mounted}: {mounts:?}"
         );
     }
+    assert!(
+        !host_paths.iter().any(|(_, path)| path == "/sys/fs/bpf"),
+        "the node's bpffs is mounted, yet the probe pins nothing: {host_paths:?}"
+    );
     assert!(mounts.contains(&("config".into(), "/etc/meshlogic".into())));
 
     // Status: kwok runs the probe pods on its two fake nodes.
@@ -545,6 +548,107 @@ fn deleting_a_meshlogicagent_removes_everything_it_made() {
         });
     }
     assert!(operator.logs().contains("cleaned up cluster-scoped RBAC"));
+}
+
+/// Whoever may create a MeshLogicAgent chooses what runs with kernel capabilities on every
+/// node (image, capabilities, tolerations, ServiceAccount annotations). The operator honours
+/// agents only in its own namespace and those of `MESHLOGIC_AGENT_NAMESPACES`, and runs only the
+/// repositories of `MESHLOGIC_PROBE_IMAGES`: a tenant's agent gets nothing made, and an agent
+/// switched to another image loses its DaemonSet and cluster RBAC until it is switched back.
+#[test]
+fn a_meshlogicagent_outside_the_allowed_namespaces_or_images_gets_nothing() {
+    let name = "probe-x";
+    let (namespace, mut operator, _cleanup) = start("mla-refused", name);
+    let ns = namespace.name.as_str();
+    let rbac = rbac_name(ns, name);
+    let degraded_reason = |namespace: &str| {
+        let agent = agentmesh_e2e::cluster().get("mla", name, Some(namespace))?;
+        let degraded = condition(&agent, "Degraded")?;
+        (degraded["status"] == "True").then(|| degraded["reason"].as_str().unwrap().to_owned())
+    };
+
+    // Another image repository: the DaemonSet and the cluster RBAC go.
+    cluster().kubectl_ok(&[
+        "patch",
+        "mla",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"image":{"repository":"evil.example/root"}}}"#,
+    ]);
+    let reason = eventually(&mut operator, "Degraded=True", || degraded_reason(ns));
+    assert_eq!(reason, "ImageNotAllowed");
+    eventually(&mut operator, "the DaemonSet and RBAC to go", || {
+        let c = agentmesh_e2e::cluster();
+        (c.get("daemonset", &format!("{name}-probe"), Some(ns))
+            .is_none()
+            && c.get("clusterrolebinding", &rbac, None).is_none()
+            && c.get("clusterrole", &rbac, None).is_none())
+        .then_some(())
+    });
+    let events = cluster().kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "reason=ImageNotAllowed",
+        "-o",
+        "name",
+    ]);
+    assert!(!events.trim().is_empty(), "no ImageNotAllowed Event");
+    // Back to the allowed repository: made again.
+    cluster().kubectl_ok(&[
+        "patch",
+        "mla",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"image":{"repository":"registry.meshlogic.ai/meshlogic/agent"}}}"#,
+    ]);
+    eventually(&mut operator, "the DaemonSet again", || {
+        agentmesh_e2e::cluster().get("daemonset", &format!("{name}-probe"), Some(ns))
+    });
+
+    // A tenant's namespace, watched by an operator of another namespace that is told of
+    // `meshlogic` only: nothing is made there.
+    let ops = TestNamespace::create("mla-ops", &[]);
+    let tenant = TestNamespace::create("mla-tenant", &[]);
+    let mut other = OperatorProcess::start_binary(
+        &agentmesh_e2e::operator::operator_binary(),
+        &ops.name,
+        Some(&tenant.name),
+        "op-1",
+        &[("MESHLOGIC_AGENT_NAMESPACES", "meshlogic")],
+    );
+    cluster().apply(&tenant.name, &agent_yaml(&tenant.name, name));
+    let _tenant_cleanup = AgentCleanup {
+        namespace: tenant.name.clone(),
+        name: name.to_string(),
+    };
+    let reason = eventually(
+        &mut other,
+        "Degraded=True in the tenant's namespace",
+        || degraded_reason(&tenant.name),
+    );
+    assert_eq!(reason, "NamespaceNotAllowed");
+    let c = agentmesh_e2e::cluster();
+    assert!(
+        c.get("daemonset", &format!("{name}-probe"), Some(&tenant.name))
+            .is_none()
+    );
+    assert!(
+        c.get("clusterrolebinding", &rbac_name(&tenant.name, name), None)
+            .is_none()
+    );
+    assert!(
+        c.get("clusterrole", &rbac_name(&tenant.name, name), None)
+            .is_none()
+    );
 }
 
 /// Deletes cluster-scoped objects when dropped.

@@ -77,6 +77,27 @@ pub struct Args {
     #[arg(long, env = "MESHLOGIC_PROBE_IMAGE_TAG", default_value = env!("CARGO_PKG_VERSION"))]
     pub probe_image_tag: String,
 
+    /// Namespaces whose MeshLogicAgents the operator honours, besides its own, comma-separated
+    /// (`*`: any). A MeshLogicAgent decides what runs with kernel capabilities on every node;
+    /// one elsewhere gets nothing made and `Degraded=True`, reason `NamespaceNotAllowed`.
+    #[arg(
+        long,
+        env = "MESHLOGIC_AGENT_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "meshlogic"
+    )]
+    pub agent_namespaces: Vec<String>,
+
+    /// Image repositories a MeshLogicAgent's probe may run, comma-separated (`*`: any); one
+    /// naming another gets nothing made and `Degraded=True`, reason `ImageNotAllowed`.
+    #[arg(
+        long,
+        env = "MESHLOGIC_PROBE_IMAGES",
+        value_delimiter = ',',
+        default_value = agentmesh_api::names::objects::PROBE_IMAGE_REPOSITORY
+    )]
+    pub probe_images: Vec<String>,
+
     /// Image of the injected sidecar.
     #[arg(long, env = "MESHLOGIC_SIDECAR_IMAGE", default_value = agentmesh_api::names::objects::SIDECAR_IMAGE)]
     pub sidecar_image: String,

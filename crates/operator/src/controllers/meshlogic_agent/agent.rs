@@ -25,6 +25,53 @@ pub struct OperatorSettings {
     pub default_image_tag: String,
     /// URL at which probes reach the trust API.
     pub trust_api_url: String,
+    /// The operator's namespace, where MeshLogicAgents are always honoured.
+    pub operator_namespace: String,
+    /// Other namespaces whose MeshLogicAgents are honoured (`*`: any).
+    pub agent_namespaces: Vec<String>,
+    /// Image repositories a probe may run (`*`: any).
+    pub probe_images: Vec<String>,
+}
+
+/// Why a MeshLogicAgent is not acted on: its `Degraded` reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl OperatorSettings {
+    /// Whether the operator refuses to act on `agent`: whoever may create a MeshLogicAgent
+    /// chooses the image, capabilities, tolerations and ServiceAccount annotations of a pod on
+    /// every node, so only the namespaces and images the operator is told of are honoured.
+    pub fn refusal(&self, agent: &Agent) -> Option<Refusal> {
+        let listed = |list: &[String], item: &str| list.iter().any(|e| e == "*" || e == item);
+        if agent.namespace != self.operator_namespace
+            && !listed(&self.agent_namespaces, agent.namespace)
+        {
+            return Some(Refusal {
+                reason: "NamespaceNotAllowed",
+                message: format!(
+                    "the operator honours MeshLogicAgents only in {} (MESHLOGIC_AGENT_NAMESPACES)",
+                    std::iter::once(self.operator_namespace.as_str())
+                        .chain(self.agent_namespaces.iter().map(String::as_str))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        let repository = &agent.resource.spec.image.repository;
+        if !listed(&self.probe_images, repository) {
+            return Some(Refusal {
+                reason: "ImageNotAllowed",
+                message: format!(
+                    "image repository {repository:?} is not one the operator may run on nodes: {} (MESHLOGIC_PROBE_IMAGES)",
+                    self.probe_images.join(", ")
+                ),
+            });
+        }
+        None
+    }
 }
 
 /// The identity of one MeshLogicAgent, checked once: name, namespace, and the owner reference

@@ -198,7 +198,8 @@ pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 }
 
 /// Volumes and their mounts: the configuration, and what BPF and the tier 1 fallback read
-/// on the node, then the spec's extra ones. BTF has no type check: a node without it must
+/// on the node (all read-only; the probe pins nothing, so the node's bpffs is not mounted),
+/// then the spec's extra ones. BTF has no type check: a node without it must
 /// still start the probe, which then falls back to tier 1 and says so.
 fn volumes(agent: &Agent) -> (Vec<Volume>, Vec<VolumeMount>) {
     let spec = &agent.resource.spec;
@@ -213,14 +214,12 @@ fn volumes(agent: &Agent) -> (Vec<Volume>, Vec<VolumeMount>) {
             ..Default::default()
         },
         host_path("btf", paths::KERNEL_BTF_DIR, None),
-        host_path("bpffs", paths::BPF_FS, Some("DirectoryOrCreate")),
         host_path("cgroup", cgroup_root, Some("Directory")),
         host_path("host-proc", "/proc", Some("Directory")),
     ];
     let mut mounts = vec![
         mount("config", paths::PROBE_CONFIG_DIR, true),
         mount("btf", paths::KERNEL_BTF_DIR, true),
-        mount("bpffs", paths::BPF_FS, false),
         mount("cgroup", cgroup_root, true),
         mount("host-proc", paths::PROBE_HOST_PROC, true),
     ];

@@ -43,7 +43,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use self::agent::{Agent, OperatorSettings};
+use self::agent::{Agent, OperatorSettings, Refusal};
 use self::status::Rollout;
 use super::Reconcilers;
 use crate::context::Context;
@@ -136,10 +136,17 @@ where
 /// Makes the world match the agent, then its status match the world.
 async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     let agent = Agent::new(resource)?;
+    let args = &ctx.config.args;
     let settings = OperatorSettings {
-        default_image_tag: ctx.config.args.probe_image_tag.clone(),
-        trust_api_url: ctx.config.args.trust_api_url.clone(),
+        default_image_tag: args.probe_image_tag.clone(),
+        trust_api_url: args.trust_api_url.clone(),
+        operator_namespace: args.namespace.clone(),
+        agent_namespaces: args.agent_namespaces.clone(),
+        probe_images: args.probe_images.clone(),
     };
+    if let Some(refusal) = settings.refusal(&agent) {
+        return refuse(resource, &agent, refusal, ctx).await;
+    }
     let client = &ctx.client;
     let namespace = agent.namespace;
     let probe_name = agent.probe_name();
@@ -216,7 +223,29 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     monitoring::reconcile(&agent, ctx).await?;
 
     let rollout = Rollout::of(Some(&applied));
-    write_status(resource, &agent, &rollout, ctx).await?;
+    write_status(resource, &agent, &rollout, None, ctx).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// An agent the operator may not act on: what it made for it before goes (its DaemonSet and
+/// cluster RBAC; reports naming it are refused), and its status says why (`Degraded`, with a
+/// Warning Event).
+async fn refuse(
+    resource: &MeshLogicAgent,
+    agent: &Agent<'_>,
+    refusal: Refusal,
+    ctx: &Context,
+) -> Result<Action> {
+    tracing::warn!(agent = %agent.key(), reason = refusal.reason, "{}", refusal.message);
+    ctx.probes.forget(&agent.key());
+    let uid = resource.metadata.uid.as_deref().unwrap_or_default();
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), agent.namespace);
+    if delete_controlled(&daemon_sets, &agent.probe_name(), uid).await? {
+        tracing::info!(agent = %agent.key(), "deleted the probe DaemonSet of a refused agent");
+    }
+    delete_cluster_rbac(resource, ctx).await?;
+    let rollout = Rollout::of(None);
+    write_status(resource, agent, &rollout, Some(&refusal), ctx).await?;
     Ok(Action::requeue(RESYNC))
 }
 
@@ -247,6 +276,7 @@ async fn write_status(
     resource: &MeshLogicAgent,
     agent: &Agent<'_>,
     rollout: &Rollout,
+    refusal: Option<&Refusal>,
     ctx: &Context,
 ) -> Result<()> {
     let now = k8s_openapi::jiff::Timestamp::now();
@@ -258,6 +288,7 @@ async fn write_status(
         resource.spec.safety_tier,
         rollout,
         ctx.probes.nodes(&agent.key()),
+        refusal,
         previous,
         &now,
     );
@@ -346,12 +377,24 @@ async fn cleanup(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
             tracing::info!(agent = %owner, namespace = %monitor_namespace, "deleted ServiceMonitor");
         }
     }
+    delete_cluster_rbac(resource, ctx).await?;
+    ctx.probes.forget(&owner);
+    tracing::info!(agent = %owner, "cleaned up cluster-scoped RBAC");
+    Ok(Action::await_change())
+}
+
+/// Deletes the ClusterRole and ClusterRoleBinding made for the agent, if any (with an Event).
+async fn delete_cluster_rbac(resource: &MeshLogicAgent, ctx: &Context) -> Result<()> {
+    let namespace = resource
+        .namespace()
+        .ok_or(Error::NoNamespace("MeshLogicAgent"))?;
+    let name = resource.name_any();
+    let owner = format!("{namespace}/{name}");
     let rbac_name = agent::cluster_rbac_name(&namespace, &name);
     let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
     let roles: Api<ClusterRole> = Api::all(ctx.client.clone());
     let deleted_binding = delete_owned(&bindings, &rbac_name, &owner).await?;
     let deleted_role = delete_owned(&roles, &rbac_name, &owner).await?;
-    ctx.probes.forget(&owner);
     if deleted_binding || deleted_role {
         ctx.events
             .publish(
@@ -363,6 +406,5 @@ async fn cleanup(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
             )
             .await;
     }
-    tracing::info!(agent = %owner, "cleaned up cluster-scoped RBAC");
-    Ok(Action::await_change())
+    Ok(())
 }

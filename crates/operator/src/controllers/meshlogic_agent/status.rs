@@ -3,6 +3,8 @@
 
 use agentmesh_api::meshlogic::{MeshLogicAgentStatus, NodeProbeStatus};
 use agentmesh_api::names::conditions;
+
+use super::agent::Refusal;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -51,6 +53,7 @@ pub fn compute(
     requested_tier: i32,
     rollout: &Rollout,
     nodes: Vec<NodeProbeStatus>,
+    refusal: Option<&Refusal>,
     previous: Option<&MeshLogicAgentStatus>,
     now: &Time,
 ) -> MeshLogicAgentStatus {
@@ -136,7 +139,14 @@ pub fn compute(
             None => format!("{}: tier {}", node.node, node.tier),
         })
         .collect();
-    let degraded = if !fallbacks.is_empty() {
+    let degraded = if let Some(refusal) = refusal {
+        condition(
+            conditions::DEGRADED,
+            true,
+            refusal.reason,
+            refusal.message.clone(),
+        )
+    } else if !fallbacks.is_empty() {
         condition(
             conditions::DEGRADED,
             true,
@@ -236,7 +246,7 @@ mod tests {
     fn a_complete_rollout_is_available_and_not_progressing() {
         let rollout = Rollout::of(Some(&daemon_set(2, 2, 2, 2, 2)));
         assert!(rollout.complete());
-        let status = compute(Some(3), 2, &rollout, vec![], None, &time(100));
+        let status = compute(Some(3), 2, &rollout, vec![], None, None, &time(100));
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(
             (
@@ -254,14 +264,22 @@ mod tests {
 
     #[test]
     fn a_missing_or_unobserved_daemon_set_is_progressing() {
-        let status = compute(Some(1), 2, &Rollout::of(None), vec![], None, &time(100));
+        let status = compute(
+            Some(1),
+            2,
+            &Rollout::of(None),
+            vec![],
+            None,
+            None,
+            &time(100),
+        );
         assert_eq!(get(&status, "Available").status, "False");
         assert_eq!(get(&status, "Available").reason, "Pending");
         assert_eq!(get(&status, "Progressing").status, "True");
 
         // Observed, and no node to run on.
         let rollout = Rollout::of(Some(&daemon_set(1, 1, 0, 0, 0)));
-        let status = compute(Some(1), 2, &rollout, vec![], None, &time(100));
+        let status = compute(Some(1), 2, &rollout, vec![], None, None, &time(100));
         assert_eq!(get(&status, "Available").reason, "NoNodes");
         assert_eq!(
             get(&status, "Progressing").status,
@@ -271,14 +289,14 @@ mod tests {
 
         let rollout = Rollout::of(Some(&daemon_set(3, 2, 2, 2, 2)));
         assert!(!rollout.complete());
-        let status = compute(Some(1), 2, &rollout, vec![], None, &time(100));
+        let status = compute(Some(1), 2, &rollout, vec![], None, None, &time(100));
         assert_eq!(get(&status, "Progressing").status, "True");
     }
 
     #[test]
     fn a_partial_rollout_is_progressing_and_not_available() {
         let rollout = Rollout::of(Some(&daemon_set(2, 2, 2, 1, 1)));
-        let status = compute(Some(1), 2, &rollout, vec![], None, &time(100));
+        let status = compute(Some(1), 2, &rollout, vec![], None, None, &time(100));
         assert_eq!(get(&status, "Available").status, "False");
         assert_eq!(
             get(&status, "Available").message,
@@ -291,7 +309,7 @@ mod tests {
     #[test]
     fn pods_unavailable_after_a_rollout_are_degraded() {
         let rollout = Rollout::of(Some(&daemon_set(2, 2, 2, 1, 2)));
-        let status = compute(Some(1), 2, &rollout, vec![], None, &time(100));
+        let status = compute(Some(1), 2, &rollout, vec![], None, None, &time(100));
         assert_eq!(get(&status, "Degraded").status, "True");
         assert_eq!(get(&status, "Degraded").reason, "PodsUnavailable");
     }
@@ -300,7 +318,7 @@ mod tests {
     fn a_node_below_the_requested_tier_is_degraded_with_its_reason() {
         let rollout = Rollout::of(Some(&daemon_set(1, 1, 2, 2, 2)));
         let nodes = vec![node("node-a", 1, Some("no BTF")), node("node-b", 2, None)];
-        let status = compute(Some(1), 2, &rollout, nodes.clone(), None, &time(100));
+        let status = compute(Some(1), 2, &rollout, nodes.clone(), None, None, &time(100));
         let degraded = get(&status, "Degraded");
         assert_eq!(degraded.status, "True");
         assert_eq!(degraded.reason, "TierFallback");
@@ -312,19 +330,19 @@ mod tests {
         assert!(!degraded.message.contains("node-b"), "{}", degraded.message);
         assert_eq!(status.nodes, nodes);
         // Asked for tier 1, a tier 1 node is as requested.
-        let status = compute(Some(1), 1, &rollout, nodes, None, &time(100));
+        let status = compute(Some(1), 1, &rollout, nodes, None, None, &time(100));
         assert_eq!(get(&status, "Degraded").status, "False");
     }
 
     #[test]
     fn transition_times_move_only_when_a_condition_changes() {
         let done = Rollout::of(Some(&daemon_set(1, 1, 2, 2, 2)));
-        let first = compute(Some(1), 2, &done, vec![], None, &time(100));
-        let again = compute(Some(1), 2, &done, vec![], Some(&first), &time(200));
+        let first = compute(Some(1), 2, &done, vec![], None, None, &time(100));
+        let again = compute(Some(1), 2, &done, vec![], None, Some(&first), &time(200));
         assert_eq!(again, first, "nothing changed, so the status is equal");
 
         let rolling = Rollout::of(Some(&daemon_set(2, 2, 2, 1, 1)));
-        let next = compute(Some(2), 2, &rolling, vec![], Some(&again), &time(300));
+        let next = compute(Some(2), 2, &rolling, vec![], None, Some(&again), &time(300));
         assert_eq!(get(&next, "Available").last_transition_time, time(300));
         assert_eq!(get(&next, "Progressing").last_transition_time, time(300));
         assert_eq!(get(&next, "Degraded").last_transition_time, time(100));

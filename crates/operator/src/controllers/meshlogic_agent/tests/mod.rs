@@ -6,6 +6,7 @@ mod monitoring;
 mod naming;
 mod pod;
 mod rbac;
+mod refusal;
 
 use std::collections::BTreeMap;
 
@@ -35,6 +36,9 @@ fn settings() -> OperatorSettings {
     OperatorSettings {
         default_image_tag: "0.1.0".into(),
         trust_api_url: "http://agentmesh.agentmesh.svc:8080".into(),
+        operator_namespace: "agentmesh".into(),
+        agent_namespaces: vec!["meshlogic".into()],
+        probe_images: vec!["registry.meshlogic.ai/meshlogic/agent".into()],
     }
 }
 

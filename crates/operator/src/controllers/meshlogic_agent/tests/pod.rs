@@ -53,7 +53,13 @@ fn the_pod_has_the_seed_posture_and_the_mounts_bpf_needs() {
         .map(|m| (m.mount_path.as_str(), (m.name.as_str(), m.read_only)))
         .collect();
     assert_eq!(mounts["/sys/kernel/btf"], ("btf", Some(true)));
-    assert_eq!(mounts["/sys/fs/bpf"], ("bpffs", Some(false)));
+    // Nothing is mounted read-write from the node (the probe pins nothing in bpffs).
+    assert!(!mounts.contains_key("/sys/fs/bpf"));
+    assert!(
+        mounts
+            .values()
+            .all(|(_, read_only)| *read_only == Some(true))
+    );
     assert_eq!(mounts["/sys/fs/cgroup"], ("cgroup", Some(true)));
     assert_eq!(mounts["/host/proc"], ("host-proc", Some(true)));
     assert_eq!(mounts["/etc/meshlogic"], ("config", Some(true)));
@@ -66,7 +72,6 @@ fn the_pod_has_the_seed_posture_and_the_mounts_bpf_needs() {
         .collect();
     let host = |name: &str| volumes[name].host_path.as_ref().unwrap().path.clone();
     assert_eq!(host("btf"), "/sys/kernel/btf");
-    assert_eq!(host("bpffs"), "/sys/fs/bpf");
     assert_eq!(host("cgroup"), "/sys/fs/cgroup");
     assert_eq!(host("host-proc"), "/proc");
     assert_eq!(
@@ -196,7 +201,10 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
     // bytes: same ConfigMap, same configuration hash, no probe pod rolled by an upgrade.
     // Re-pinned once since, on purpose: the probe container's RuntimeDefault seccomp
     // profile changes the pod template and so its configuration hash (an upgrade rolls the
-    // probe once); a diff of the two renderings showed nothing else changed.
+    // probe once); a diff of the two renderings showed nothing else changed. And a second
+    // time: the node's bpffs, mounted read-write and never used (the probe pins nothing), is
+    // no longer mounted (issue 16, least privilege); the volume, its mount and the hash alone
+    // changed.
     let mut mla = default_resource();
     mla.spec.image.repository = "registry.meshlogic.ai/meshlogic-agent".into();
     let rendered = serde_json::to_vec(&rendered_defaults(&mla)).unwrap();
@@ -217,7 +225,7 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
 }
 
 const PINNED_DEFAULTS_SHA256: &str =
-    "6b73f83fcfe4140f11da54b9f5988d630fb8306dd267e5685c581783ab2d06c8";
+    "12c1d7fd64889168ad3a04e205d91c4ed525a8a127711d4303345d7499bbcfce";
 
 #[test]
 fn pod_labels_and_annotations_are_added_and_the_operators_win() {
