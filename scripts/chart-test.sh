@@ -106,6 +106,31 @@ for chart in agentmesh meshlogic-agent; do
   done
 done
 
+# ------------------------------------------------------------------ what the operator makes
+# The probe's DaemonSet, RBAC and Service are not in a chart: the operator makes them from a
+# MeshLogicAgent. Its unit test `rendered` writes what it makes of the meshlogic-agent chart's
+# goldens to crates/operator/tests/golden/probe/ (and fails when they drift); they get the
+# same checks, with their own skips.
+probe_dir=crates/operator/tests/golden/probe
+for rendered in "$probe_dir"/seed.yaml "$probe_dir"/all-keys.yaml; do
+  scenario="$(basename "$rendered" .yaml)"
+  step "operator/$scenario: kubeconform -strict"
+  # shellcheck disable=SC2086 # KUBECONFORM_FLAGS is a list of flags
+  "$KUBECONFORM" $KUBECONFORM_FLAGS -summary "$rendered" >"$WORK/kc" 2>&1 || { cat "$WORK/kc" >&2; fail "operator/$scenario: kubeconform"; }
+  tail -n1 "$WORK/kc" | sed "s/^/chart-test: operator\/$scenario: /" >&2
+  # all-keys turns every opt-in on (privileged, hostNetwork, extra capabilities...) on purpose:
+  # checkov judges the defaults, the seed's.
+  [[ "$scenario" == seed ]] || continue
+  step "operator/$scenario: checkov"
+  mkdir -p "$WORK/checkov-operator-$scenario" && cp "$rendered" "$WORK/checkov-operator-$scenario/"
+  skips="$(grep -oE '^CKV[A-Z0-9_]+' "$probe_dir/checkov-skips.txt" 2>/dev/null | paste -sd, - || true)"
+  if ! "$CHECKOV" --directory "$WORK/checkov-operator-$scenario" --framework kubernetes --quiet --compact \
+      ${skips:+--skip-check "$skips"} >"$WORK/checkov" 2>&1; then
+    cat "$WORK/checkov" >&2
+    fail "operator/$scenario: checkov (fix it, or add the check to $probe_dir/checkov-skips.txt with the reason)"
+  fi
+done
+
 step "values.yaml, values.schema.json and README tables"
 if [[ "$UPDATE" == 1 ]]; then
   "$CHART_PYTHON" scripts/chart-docs.py charts/agentmesh charts/meshlogic-agent >&2

@@ -8,9 +8,9 @@ use agentmesh_api::names::{annotations, paths, probe_env};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
-    VolumeMount,
+    HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -328,7 +328,17 @@ fn pod_template(agent: &Agent, settings: &OperatorSettings) -> PodTemplateSpec {
             dns_policy: pod
                 .host_network
                 .then(|| "ClusterFirstWithHostNet".to_owned()),
-            security_context: pod.security_context.clone(),
+            // The spec's, else the runtime's default seccomp profile for the whole pod (init
+            // containers the spec adds included).
+            security_context: Some(pod.security_context.clone().unwrap_or_else(|| {
+                PodSecurityContext {
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".into(),
+                        localhost_profile: None,
+                    }),
+                    ..Default::default()
+                }
+            })),
             affinity: pod.affinity.clone(),
             priority_class_name: pod.priority_class_name.clone(),
             init_containers: (!pod.init_containers.is_empty()).then(|| pod.init_containers.clone()),

@@ -7,6 +7,7 @@ mod naming;
 mod pod;
 mod rbac;
 mod refusal;
+mod rendered;
 
 use std::collections::BTreeMap;
 

@@ -204,7 +204,8 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
     // probe once); a diff of the two renderings showed nothing else changed. And a second
     // time: the node's bpffs, mounted read-write and never used (the probe pins nothing), is
     // no longer mounted (issue 16, least privilege); the volume, its mount and the hash alone
-    // changed.
+    // changed; in the same release the pod's security context became RuntimeDefault seccomp
+    // when the spec gives none (checkov's CKV_K8S_29), so an upgrade rolls the probe once.
     let mut mla = default_resource();
     mla.spec.image.repository = "registry.meshlogic.ai/meshlogic-agent".into();
     let rendered = serde_json::to_vec(&rendered_defaults(&mla)).unwrap();
@@ -225,7 +226,7 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
 }
 
 const PINNED_DEFAULTS_SHA256: &str =
-    "12c1d7fd64889168ad3a04e205d91c4ed525a8a127711d4303345d7499bbcfce";
+    "124af7290c5dcc216252ba83a92a99f75b52d29e39d1e21469c3e653d8a8d917";
 
 #[test]
 fn pod_labels_and_annotations_are_added_and_the_operators_win() {
@@ -320,7 +321,20 @@ fn pod_security_context_affinity_priority_init_containers_and_update_strategy_ar
     // None of them by default.
     let ds = built(&default_resource());
     let pod = pod_spec(&ds);
-    assert!(pod.affinity.is_none() && pod.security_context.is_none());
+    assert!(pod.affinity.is_none());
+    // The pod's security context is the runtime's default seccomp profile.
+    let security = pod.security_context.as_ref().unwrap();
+    assert_eq!(
+        security.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    assert_eq!(
+        security,
+        &PodSecurityContext {
+            seccomp_profile: security.seccomp_profile.clone(),
+            ..Default::default()
+        }
+    );
     assert!(pod.priority_class_name.is_none() && pod.init_containers.is_none());
     assert!(ds.spec.as_ref().unwrap().update_strategy.is_none());
 }
