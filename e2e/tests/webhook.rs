@@ -826,3 +826,189 @@ async fn certificate_rotation_during_a_stream_of_pod_creations_loses_none() {
         .await
         .unwrap();
 }
+
+/// A connection flood held by a process of its own (`e2e/tools/hold_connections.py`: the
+/// test's file descriptor limit is 20000); ends when dropped.
+struct Flood {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Flood {
+    /// `count` connections to `addr`, established before this returns.
+    fn hold(addr: std::net::SocketAddr, count: usize) -> Self {
+        use std::io::BufRead;
+        let script = agentmesh_e2e::repo_root().join("e2e/tools/hold_connections.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .args([
+                addr.ip().to_string(),
+                addr.port().to_string(),
+                count.to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok);
+        assert_eq!(
+            first.as_deref(),
+            Some(format!("held {count}").as_str()),
+            "the flood on {addr} did not establish its connections"
+        );
+        Self { child, lines }
+    }
+
+    /// Ends the flood; how many of its connections the server had closed.
+    fn end(mut self) -> u64 {
+        drop(self.child.stdin.take());
+        let last = self.lines.next().and_then(Result::ok).unwrap_or_default();
+        let _ = self.child.wait();
+        last.strip_prefix("closed ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the flood ended with {last:?}"))
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The load test: 10,000 connections held open on the webhook and 10,000 on the trust API
+/// while pods are admitted and a probe posts reports. No admission fails (each pod gets its
+/// sidecar within seconds) and no report is lost (each is accepted and counted).
+#[test]
+fn ten_thousand_connections_held_on_each_server_lose_no_admission_and_no_report() {
+    const HELD: usize = 10_000;
+    let install = Installation::start("load", &[]);
+    let app = install.app.name.as_str();
+    let cluster = cluster();
+    // A probe on kwok-node-0 that may post reports for the MeshLogicAgent `probe`, and an
+    // agent pod on that node.
+    cluster.service_account(app, "probe");
+    let role = format!("{app}-probe-reports");
+    let _role = ClusterScoped(vec![
+        ("clusterrole", role.clone()),
+        ("clusterrolebinding", role.clone()),
+    ]);
+    cluster.apply(
+        app,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+            "rules": [{"apiGroups": ["agentmesh.io"], "resources": ["reports"], "verbs": ["create"]}]})
+        .to_string(),
+    );
+    cluster.apply(
+        app,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "probe", "namespace": app}]})
+        .to_string(),
+    );
+    cluster.apply(
+        app,
+        &json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "MeshLogicAgent", "metadata": {"name": "probe"},
+            "spec": {"customerId": "e2e", "serviceAccount": {"create": false, "name": "probe"},
+                     "nodeSelector": agentmesh_e2e::fake_nodes(), "tolerations": agentmesh_e2e::fake_node_tolerations()}})
+        .to_string(),
+    );
+    let token = cluster.node_token(app, "probe", "kwok-node-0");
+    cluster.service_account(app, "loaded");
+    cluster.apply(
+        app,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "loaded-0", "labels": {"agentmesh.io/identity": "loaded"}},
+            "spec": {"nodeName": "kwok-node-0", "serviceAccountName": "loaded", "tolerations": agentmesh_e2e::fake_node_tolerations(),
+                     "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}})
+        .to_string(),
+    );
+    let uid = cluster.get("pod", "loaded-0", Some(app)).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let report = json!({
+        "source": {"kind": "probe", "node": "kwok-node-0", "agent": format!("{app}/probe"), "tier": 2, "programsLoaded": 7, "ringBufferDrops": 0},
+        "pods": [{"podUid": uid, "windowStartMs": 0, "windowEndMs": 1000,
+                  "counts": {"execs": 1, "exits": 0, "fileOpens": 0, "connects": 0},
+                  "executables": ["/usr/bin/true"]}]
+    })
+    .to_string();
+    let post = || {
+        agentmesh_e2e::operator::http_request(
+            install.operator.trust_api,
+            "POST",
+            "/v1/reports",
+            Some(&token),
+            Some(&report),
+        )
+    };
+    // Until the operator knows the agent, the identity and its pod: one report accepted.
+    let started = Instant::now();
+    loop {
+        if let Some((202, ack)) = post()
+            && serde_json::from_str::<Value>(&ack).unwrap()["accepted"] == 1
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no report accepted before the flood: {:?}\n{}",
+            post(),
+            install.operator.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let accepted_before = install
+        .operator
+        .metric("meshlogic_operator_reports_accepted_total")
+        .unwrap();
+
+    let webhook_flood = Flood::hold(install.operator.webhook, HELD);
+    let api_flood = Flood::hold(install.operator.trust_api, HELD);
+    const ROUNDS: usize = 10;
+    let mut slowest = Duration::ZERO;
+    for i in 0..ROUNDS {
+        let started = Instant::now();
+        let name = format!("under-load-{i}");
+        cluster.apply(app, &pod(&name, &[]).to_string());
+        let created = cluster.get("pod", &name, Some(app)).expect("created");
+        assert!(is_injected(&created), "{created}");
+        let answer = post();
+        let Some((202, ack)) = &answer else {
+            panic!("report {i} under load: {answer:?}");
+        };
+        let ack: Value = serde_json::from_str(ack).unwrap();
+        assert_eq!(ack["accepted"], 1, "{ack}");
+        slowest = slowest.max(started.elapsed());
+    }
+    let closed = (webhook_flood.end(), api_flood.end());
+    let accepted = install
+        .operator
+        .metric("meshlogic_operator_reports_accepted_total")
+        .unwrap()
+        - accepted_before;
+    assert_eq!(accepted, ROUNDS as f64);
+    assert!(
+        slowest < Duration::from_secs(10),
+        "a round (pod admitted, report accepted) took {slowest:?}"
+    );
+    eprintln!(
+        "load: {HELD} connections held on each server; {ROUNDS} pods admitted and {ROUNDS} reports \
+         accepted, slowest round {slowest:?}; the servers closed {} (webhook) and {} (trust API) \
+         of the held connections",
+        closed.0, closed.1
+    );
+}
+
+/// Cluster-scoped objects deleted when dropped.
+struct ClusterScoped(Vec<(&'static str, String)>);
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        for (kind, name) in &self.0 {
+            let _ = cluster().kubectl(&["delete", kind, name, "--ignore-not-found"]);
+        }
+    }
+}
