@@ -110,7 +110,8 @@ done
 # The probe's DaemonSet, RBAC and Service are not in a chart: the operator makes them from a
 # MeshLogicAgent. Its unit test `rendered` writes what it makes of the meshlogic-agent chart's
 # goldens to crates/operator/tests/golden/probe/ (and fails when they drift); they get the
-# same checks, with their own skips.
+# same checks, with the meshlogic-agent chart's skips (e2e/tests/charts.rs checks what the
+# operator made on the real node with them too).
 probe_dir=crates/operator/tests/golden/probe
 for rendered in "$probe_dir"/seed.yaml "$probe_dir"/all-keys.yaml; do
   scenario="$(basename "$rendered" .yaml)"
@@ -123,11 +124,11 @@ for rendered in "$probe_dir"/seed.yaml "$probe_dir"/all-keys.yaml; do
   [[ "$scenario" == seed ]] || continue
   step "operator/$scenario: checkov"
   mkdir -p "$WORK/checkov-operator-$scenario" && cp "$rendered" "$WORK/checkov-operator-$scenario/"
-  skips="$(grep -oE '^CKV[A-Z0-9_]+' "$probe_dir/checkov-skips.txt" 2>/dev/null | paste -sd, - || true)"
+  skips="$(grep -oE '^CKV[A-Z0-9_]+' charts/meshlogic-agent/tests/checkov-skips.txt | paste -sd, -)"
   if ! "$CHECKOV" --directory "$WORK/checkov-operator-$scenario" --framework kubernetes --quiet --compact \
       ${skips:+--skip-check "$skips"} >"$WORK/checkov" 2>&1; then
     cat "$WORK/checkov" >&2
-    fail "operator/$scenario: checkov (fix it, or add the check to $probe_dir/checkov-skips.txt with the reason)"
+    fail "operator/$scenario: checkov (fix it, or add the check to charts/meshlogic-agent/tests/checkov-skips.txt with the reason)"
   fi
 done
 
@@ -155,7 +156,7 @@ render() { "$HELM" template agentmesh charts/agentmesh --namespace agentmesh "$@
 mkdir -p "$WORK/deploy/standalone"
 {
   echo "# Generated from charts/agentmesh with its default values by scripts/chart-test.sh (UPDATE_GOLDEN=1"
-  echo "# rewrites it; make chart-test fails when it drifts): the ClusterRole of meshlogic-operator."
+  echo "# rewrites it; make chart-test fails when it drifts): the ClusterRoles of meshlogic-operator and of its probes."
   render --show-only templates/clusterrole.yaml
 } >"$WORK/deploy/operator-rbac.yaml"
 {

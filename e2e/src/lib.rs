@@ -68,6 +68,39 @@ pub fn repo_root() -> PathBuf {
     manifest.join("..")
 }
 
+/// The probes' ClusterRole host-process operators bind (`MESHLOGIC_PROBE_CLUSTER_ROLE`), made
+/// by [`Cluster::ensure_crds`].
+pub const E2E_PROBE_CLUSTER_ROLE: &str = "agentmesh-e2e-probe";
+
+/// The ClusterRoles of `deploy/operator-rbac.yaml` (the chart's, rendered): the operator's and
+/// the probes'.
+pub fn documented_cluster_roles() -> (Value, Value) {
+    let path = repo_root().join("deploy/operator-rbac.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let named = |suffix: &str| {
+        documents
+            .iter()
+            .find(|d| {
+                d["kind"] == "ClusterRole"
+                    && d["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.ends_with(suffix))
+            })
+            .unwrap_or_else(|| panic!("{}: no ClusterRole *{suffix}", path.display()))
+            .clone()
+    };
+    (named("-operator"), named("-probe"))
+}
+
+/// The documented probes' ClusterRole under the name `name`.
+pub fn probe_cluster_role(name: &str) -> Value {
+    let (_, probe) = documented_cluster_roles();
+    serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name}, "rules": probe["rules"]})
+}
+
 /// The cluster named by the environment, checked once per test binary.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -247,6 +280,10 @@ impl Cluster {
             let dir = dir.to_str().unwrap();
             self.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir]);
             self.wait_established(&["-f", dir]);
+            // The probes' ClusterRole, as the chart makes it, under a name of the tests' own
+            // (the chart's own is the charts test's to install).
+            let role = probe_cluster_role(E2E_PROBE_CLUSTER_ROLE);
+            self.apply("default", &role.to_string());
         });
     }
 

@@ -89,6 +89,10 @@ impl OperatorProcess {
         // MeshLogicAgents are honoured where the test watches (a test of the refusal says
         // otherwise in `env`).
         command.env("MESHLOGIC_AGENT_NAMESPACES", watch.unwrap_or("*"));
+        command.env(
+            "MESHLOGIC_PROBE_CLUSTER_ROLE",
+            crate::E2E_PROBE_CLUSTER_ROLE,
+        );
         for (key, value) in env {
             command.env(key, value);
         }

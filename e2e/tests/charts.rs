@@ -529,7 +529,7 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
     let probe_rbac: Vec<String> = cluster()
         .kubectl_ok(&[
             "get",
-            "clusterrole",
+            "clusterrolebinding",
             "-l",
             "app.kubernetes.io/name=meshlogic-agent",
             "-o",
@@ -540,8 +540,18 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
         .collect();
     assert!(
         !probe_rbac.is_empty(),
-        "the operator made the probe's ClusterRole"
+        "the operator bound the probe's ServiceAccount"
     );
+    // To the chart's probe ClusterRole: the operator made none.
+    let roles = cluster().kubectl_ok(&[
+        "get",
+        "clusterrole",
+        "-l",
+        "app.kubernetes.io/name=meshlogic-agent",
+        "-o",
+        "name",
+    ]);
+    assert!(roles.trim().is_empty(), "{roles}");
     sh_ok("helm uninstall meshlogic-agent -n meshlogic");
     wait(
         Duration::from_secs(120),
@@ -591,6 +601,7 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
             let webhook = format!("mutatingwebhookconfiguration/{WEBHOOK_CONFIGURATION}");
             let cluster_left = [
                 "clusterrole/agentmesh-operator",
+                "clusterrole/agentmesh-probe",
                 "clusterrolebinding/agentmesh-operator",
                 webhook.as_str(),
             ]

@@ -187,11 +187,25 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
     assert_eq!(file["spec"]["safetyTier"], 2);
     assert_eq!(file["spec"]["ebpf"]["ringBufferSize"], 1048576);
 
-    // Cluster RBAC: exactly pod reads and report creation, bound to the ServiceAccount.
-    let role = eventually(&mut operator, "the ClusterRole", || {
-        agentmesh_e2e::cluster().get("clusterrole", &rbac_name(ns, name), None)
+    // Cluster RBAC: the ServiceAccount bound to the installation's probe ClusterRole (exactly
+    // pod reads and report creation); no ClusterRole is made for the agent.
+    let binding = eventually(&mut operator, "the ClusterRoleBinding", || {
+        agentmesh_e2e::cluster().get("clusterrolebinding", &rbac_name(ns, name), None)
     });
-    assert_labels(&role, name);
+    assert_labels(&binding, name);
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        agentmesh_e2e::E2E_PROBE_CLUSTER_ROLE
+    );
+    assert!(
+        agentmesh_e2e::cluster()
+            .get("clusterrole", &rbac_name(ns, name), None)
+            .is_none()
+    );
+    let role = agentmesh_e2e::cluster()
+        .get("clusterrole", agentmesh_e2e::E2E_PROBE_CLUSTER_ROLE, None)
+        .expect("the probes' ClusterRole");
     assert_eq!(
         role["rules"],
         json!([
@@ -199,11 +213,6 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
             {"apiGroups": ["agentmesh.io"], "resources": ["reports"], "verbs": ["create"]},
         ])
     );
-    let binding = eventually(&mut operator, "the ClusterRoleBinding", || {
-        agentmesh_e2e::cluster().get("clusterrolebinding", &rbac_name(ns, name), None)
-    });
-    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
-    assert_eq!(binding["roleRef"]["name"], rbac_name(ns, name));
     assert_eq!(
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "probe-a-probe", "namespace": ns}])
@@ -508,9 +517,6 @@ fn deleting_a_meshlogicagent_removes_everything_it_made() {
                 .get("configmap", &format!("{name}-probe-config"), Some(ns))
                 .is_some()
             && agentmesh_e2e::cluster()
-                .get("clusterrole", &rbac, None)
-                .is_some()
-            && agentmesh_e2e::cluster()
                 .get("clusterrolebinding", &rbac, None)
                 .is_some())
         .then_some(())
@@ -524,11 +530,6 @@ fn deleting_a_meshlogicagent_removes_everything_it_made() {
             .then_some(())
     });
     // Cluster-scoped: removed by the operator before it let the agent go.
-    assert!(
-        agentmesh_e2e::cluster()
-            .get("clusterrole", &rbac, None)
-            .is_none()
-    );
     assert!(
         agentmesh_e2e::cluster()
             .get("clusterrolebinding", &rbac, None)
@@ -584,8 +585,7 @@ fn a_meshlogicagent_outside_the_allowed_namespaces_or_images_gets_nothing() {
         let c = agentmesh_e2e::cluster();
         (c.get("daemonset", &format!("{name}-probe"), Some(ns))
             .is_none()
-            && c.get("clusterrolebinding", &rbac, None).is_none()
-            && c.get("clusterrole", &rbac, None).is_none())
+            && c.get("clusterrolebinding", &rbac, None).is_none())
         .then_some(())
     });
     let events = cluster().kubectl_ok(&[
@@ -699,28 +699,54 @@ fn the_operator_needs_only_the_rbac_it_documents() {
     let ns = namespace.name.as_str();
     let name = "probe-d";
     let role_name = format!("e2e-operator-{ns}");
+    let probe_role = format!("e2e-probe-{ns}");
     let _operator_rbac = ClusterObjects(vec![
         ("clusterrolebinding", role_name.clone()),
         ("clusterrole", role_name.clone()),
+        ("clusterrole", probe_role.clone()),
     ]);
-    // Exactly the operator's documented ClusterRole (deploy/operator-rbac.yaml), nothing more.
-    let documented =
-        std::fs::read_to_string(agentmesh_e2e::repo_root().join("deploy/operator-rbac.yaml"))
-            .unwrap();
-    let documented: Value = serde_saphyr::from_str(&documented).unwrap();
-    assert_eq!(documented["kind"], "ClusterRole");
+    // Exactly the documented ClusterRoles (deploy/operator-rbac.yaml), nothing more: the
+    // operator's, whose one `bind` names the probes' ClusterRole (here under this test's name
+    // for it), and the probes'.
+    let (documented, probe) = agentmesh_e2e::documented_cluster_roles();
+    let chart_probe_role = probe["metadata"]["name"].as_str().unwrap();
+    let mut rules = documented["rules"].clone();
+    for rule in rules.as_array_mut().unwrap() {
+        if rule["verbs"] == json!(["bind"]) {
+            assert_eq!(rule["resourceNames"], json!([chart_probe_role]), "{rule}");
+            rule["resourceNames"] = json!([probe_role]);
+        }
+    }
     let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator", "namespace": ns}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role_name}, "rules": documented["rules"]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role_name}, "rules": rules},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role_name},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
          "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]},
+        agentmesh_e2e::probe_cluster_role(&probe_role),
     ]});
     cluster.apply(ns, &rbac.to_string());
     let token = cluster.kubectl_ok(&["create", "token", "operator", "-n", ns, "--duration=1h"]);
     let kubeconfig = kubeconfig_with_token(ns, token.trim());
-    let mut operator =
-        OperatorProcess::start(ns, "op-1", &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let mut operator = OperatorProcess::start(
+        ns,
+        "op-1",
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("MESHLOGIC_PROBE_CLUSTER_ROLE", &probe_role),
+        ],
+    );
+    // It may make no ClusterRole, and bind no other one.
+    let may = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let as_operator = format!("system:serviceaccount:{ns}:operator");
+        all.extend(["--as", &as_operator]);
+        cluster.kubectl(&all).status.success()
+    };
+    assert!(!may(&["create", "clusterroles"]));
+    assert!(!may(&["bind", "clusterroles/cluster-admin"]));
+    assert!(may(&["bind", &format!("clusterroles/{probe_role}")]));
     let _cleanup = AgentCleanup {
         namespace: ns.to_string(),
         name: name.to_string(),
@@ -731,11 +757,10 @@ fn the_operator_needs_only_the_rbac_it_documents() {
         (agent["status"]["readyNodes"] == 2 && condition(&agent, "Available")?["status"] == "True")
             .then_some(())
     });
-    assert!(
-        agentmesh_e2e::cluster()
-            .get("clusterrolebinding", &rbac_name(ns, name), None)
-            .is_some()
-    );
+    let binding = agentmesh_e2e::cluster()
+        .get("clusterrolebinding", &rbac_name(ns, name), None)
+        .expect("the probe's ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], probe_role);
     eventually(&mut operator, "a Created Event", || {
         cluster
             .has_events(ns, &format!("reason=Created,involvedObject.name={name}"))
@@ -748,11 +773,6 @@ fn the_operator_needs_only_the_rbac_it_documents() {
             .is_none()
             .then_some(())
     });
-    assert!(
-        agentmesh_e2e::cluster()
-            .get("clusterrole", &rbac_name(ns, name), None)
-            .is_none()
-    );
     assert!(
         agentmesh_e2e::cluster()
             .get("clusterrolebinding", &rbac_name(ns, name), None)

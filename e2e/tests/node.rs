@@ -114,10 +114,23 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
     let cluster = cluster();
     cluster.ensure_crds();
     let _installed = Installed;
+    // The test's namespace (dropped before the installation: its objects' finalizers need the
+    // operator).
+    let namespace = TestNamespace::create("node", &[("agentmesh-inject", "enabled")]);
+    let ns = namespace.name.as_str();
 
     // ---------------------------------------------------------------- the operator's Deployment
     let manifest = repo_root().join("deploy/agentmesh.yaml");
     cluster.kubectl_ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    // MeshLogicAgents are honoured in `meshlogic` (the manifest's) and this test's namespace.
+    cluster.kubectl_ok(&[
+        "set",
+        "env",
+        "deployment/agentmesh-server",
+        "-n",
+        OPERATOR_NAMESPACE,
+        &format!("MESHLOGIC_AGENT_NAMESPACES=meshlogic,{ns}"),
+    ]);
     cluster.kubectl_ok(&[
         "rollout",
         "status",
@@ -176,8 +189,6 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
     );
 
     // ---------------------------------------------------------------- an injected pod
-    let namespace = TestNamespace::create("node", &[("agentmesh-inject", "enabled")]);
-    let ns = namespace.name.as_str();
     let apply = |object: Value| cluster.apply(ns, &object.to_string());
     // Penalties for what the agent will do below, seen by the probe in the kernel.
     apply(json!({

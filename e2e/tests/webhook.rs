@@ -28,6 +28,7 @@ impl Installation {
         cluster.kubectl_ok(&["label", "namespace", &app.name, "agentmesh-inject=enabled"]);
         let mut all_env = vec![("POD_NAMESPACE", ops.name.as_str())];
         all_env.push(("MESHLOGIC_WATCH_NAMESPACE", app.name.as_str()));
+        all_env.push(("MESHLOGIC_AGENT_NAMESPACES", app.name.as_str()));
         all_env.extend_from_slice(env);
         let mut operator = OperatorProcess::start(&ops.name, "op-0", &all_env);
         let config = config_name(&ops.name);

@@ -59,6 +59,11 @@ garbage-collects them. */}}
 {{- printf "%s-operator" (include "agentmesh.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The ClusterRole the operator binds each MeshLogicAgent's probes to. */}}
+{{- define "agentmesh.probeClusterRoleName" -}}
+{{- printf "%s-probe" (include "agentmesh.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* Redis: the host, and the Secret and key holding its password. */}}
 {{- define "agentmesh.redis.fullname" -}}
 {{- printf "%s-redis" .Release.Name | trunc 57 | trimSuffix "-" }}

@@ -88,6 +88,16 @@ pub struct Args {
     )]
     pub agent_namespaces: Vec<String>,
 
+    /// The ClusterRole the probes' ServiceAccounts are bound to (made by the chart: `get`,
+    /// `list`, `watch` on pods and `create` on reports). The operator only binds it, so it needs
+    /// no right to make ClusterRoles.
+    #[arg(
+        long,
+        env = "MESHLOGIC_PROBE_CLUSTER_ROLE",
+        default_value = "agentmesh-probe"
+    )]
+    pub probe_cluster_role: String,
+
     /// Image repositories a MeshLogicAgent's probe may run, comma-separated (`*`: any); one
     /// naming another gets nothing made and `Degraded=True`, reason `ImageNotAllowed`.
     #[arg(

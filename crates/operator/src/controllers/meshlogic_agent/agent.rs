@@ -31,6 +31,8 @@ pub struct OperatorSettings {
     pub agent_namespaces: Vec<String>,
     /// Image repositories a probe may run (`*`: any).
     pub probe_images: Vec<String>,
+    /// The ClusterRole the probes are bound to.
+    pub probe_cluster_role: String,
 }
 
 /// Why a MeshLogicAgent is not acted on: its `Degraded` reason and message.
@@ -41,6 +43,17 @@ pub struct Refusal {
 }
 
 impl OperatorSettings {
+    /// The operator's namespace, then the listed ones, each once.
+    fn honoured_namespaces(&self) -> Vec<&str> {
+        let mut namespaces = vec![self.operator_namespace.as_str()];
+        for namespace in &self.agent_namespaces {
+            if !namespaces.contains(&namespace.as_str()) {
+                namespaces.push(namespace);
+            }
+        }
+        namespaces
+    }
+
     /// Whether the operator refuses to act on `agent`: whoever may create a MeshLogicAgent
     /// chooses the image, capabilities, tolerations and ServiceAccount annotations of a pod on
     /// every node, so only the namespaces and images the operator is told of are honoured.
@@ -53,10 +66,7 @@ impl OperatorSettings {
                 reason: "NamespaceNotAllowed",
                 message: format!(
                     "the operator honours MeshLogicAgents only in {} (MESHLOGIC_AGENT_NAMESPACES)",
-                    std::iter::once(self.operator_namespace.as_str())
-                        .chain(self.agent_namespaces.iter().map(String::as_str))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    self.honoured_namespaces().join(", ")
                 ),
             });
         }
@@ -196,7 +206,7 @@ impl<'a> Agent<'a> {
     }
 }
 
-/// Name of the ClusterRole and ClusterRoleBinding of the agent `namespace/name`.
+/// Name of the ClusterRoleBinding of the agent `namespace/name`.
 pub fn cluster_rbac_name(namespace: &str, name: &str) -> String {
     format!("meshlogic-probe:{namespace}:{name}")
 }

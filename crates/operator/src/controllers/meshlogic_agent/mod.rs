@@ -1,16 +1,17 @@
-//! The MeshLogicAgent reconciler: each agent becomes a ServiceAccount, least-privilege RBAC
-//! (a ClusterRole and its binding), a ConfigMap holding the probe's configuration file and the
-//! probe DaemonSet; status comes from the DaemonSet and from what the probes report.
+//! The MeshLogicAgent reconciler: each agent becomes a ServiceAccount, a ClusterRoleBinding of
+//! it to the installation's probe ClusterRole (`MESHLOGIC_PROBE_CLUSTER_ROLE`, made by the
+//! chart), a ConfigMap holding the probe's configuration file and the probe DaemonSet; status
+//! comes from the DaemonSet and from what the probes report.
 //!
 //! Namespaced objects are owned by the agent (`controller: true`), so the garbage collector
-//! removes them with it. The ClusterRole and ClusterRoleBinding cannot be owned by a namespaced
-//! object, nor a ServiceMonitor put in another namespace (`metrics.serviceMonitor.namespace`):
-//! a finalizer on the agent deletes them before it goes. A ServiceAccount the spec says not to
-//! create (`serviceAccount.create: false`) is neither made nor changed, only bound.
+//! removes them with it. The ClusterRoleBinding cannot be owned by a namespaced object, nor a
+//! ServiceMonitor put in another namespace (`metrics.serviceMonitor.namespace`): a finalizer on
+//! the agent deletes them before it goes. A ServiceAccount the spec says not to create
+//! (`serviceAccount.create: false`) is neither made nor changed, only bound.
 //!
 //! The operator's own permissions, this reconciler's included, are `deploy/operator-rbac.yaml`
-//! (an e2e test runs the operator with exactly those). It must hold `pods` get/list/watch and
-//! `reports.agentmesh.io` create itself, since RBAC lets one grant only what one holds.
+//! (an e2e test runs the operator with exactly those). It makes no ClusterRole: RBAC lets it
+//! bind the probe ClusterRole because it holds `bind` on that one by name.
 //!
 //! Deleting the namespaced objects is the garbage collector's work, not the operator's.
 
@@ -31,7 +32,7 @@ use agentmesh_api::common::find_condition;
 use agentmesh_api::names::{self, annotations, conditions, labels};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -68,13 +69,8 @@ pub async fn run(shared: Arc<Reconcilers>) {
     .owns(ctx.watched_api::<ConfigMap>(), owned())
     .owns(ctx.watched_api::<ServiceAccount>(), owned())
     .owns(ctx.watched_api::<Service>(), owned())
-    // Cluster-scoped, so not owned: mapped back to their agent by annotation, so that a
-    // ClusterRole(Binding) changed or deleted by hand is restored at once.
-    .watches(
-        Api::<ClusterRole>::all(ctx.client.clone()),
-        owned(),
-        agent_of(ctx.config.args.watch_namespace.clone()),
-    )
+    // Cluster-scoped, so not owned: mapped back to its agent by annotation, so that a
+    // ClusterRoleBinding changed or deleted by hand is restored at once.
     .watches(
         Api::<ClusterRoleBinding>::all(ctx.client.clone()),
         owned(),
@@ -143,6 +139,7 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
         operator_namespace: args.namespace.clone(),
         agent_namespaces: args.agent_namespaces.clone(),
         probe_images: args.probe_images.clone(),
+        probe_cluster_role: args.probe_cluster_role.clone(),
     };
     if let Some(refusal) = settings.refusal(&agent) {
         return refuse(resource, &agent, refusal, ctx).await;
@@ -166,13 +163,7 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     server_side_apply(
         &Api::all(client.clone()),
         &rbac_name,
-        &rbac::cluster_role(&agent),
-    )
-    .await?;
-    server_side_apply(
-        &Api::all(client.clone()),
-        &rbac_name,
-        &rbac::cluster_role_binding(&agent),
+        &rbac::cluster_role_binding(&agent, &settings.probe_cluster_role),
     )
     .await?;
     let config = daemon_set::config_json(&agent)?;
@@ -197,8 +188,9 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
                 "Created",
                 "Apply",
                 format!(
-                    "created DaemonSet {probe_name}, ConfigMap {} and ClusterRole(Binding) {rbac_name} for ServiceAccount {account_name}",
-                    agent.config_map_name()
+                    "created DaemonSet {probe_name}, ConfigMap {} and ClusterRoleBinding {rbac_name} to {} for ServiceAccount {account_name}",
+                    agent.config_map_name(),
+                    settings.probe_cluster_role
                 ),
             )
             .await;
@@ -383,7 +375,7 @@ async fn cleanup(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// Deletes the ClusterRole and ClusterRoleBinding made for the agent, if any (with an Event).
+/// Deletes the ClusterRoleBinding made for the agent, if any (with an Event).
 async fn delete_cluster_rbac(resource: &MeshLogicAgent, ctx: &Context) -> Result<()> {
     let namespace = resource
         .namespace()
@@ -392,17 +384,14 @@ async fn delete_cluster_rbac(resource: &MeshLogicAgent, ctx: &Context) -> Result
     let owner = format!("{namespace}/{name}");
     let rbac_name = agent::cluster_rbac_name(&namespace, &name);
     let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
-    let roles: Api<ClusterRole> = Api::all(ctx.client.clone());
-    let deleted_binding = delete_owned(&bindings, &rbac_name, &owner).await?;
-    let deleted_role = delete_owned(&roles, &rbac_name, &owner).await?;
-    if deleted_binding || deleted_role {
+    if delete_owned(&bindings, &rbac_name, &owner).await? {
         ctx.events
             .publish(
                 &resource.object_ref(&()),
                 EventType::Normal,
                 "Deleted",
                 "Cleanup",
-                format!("deleted ClusterRole and ClusterRoleBinding {rbac_name}"),
+                format!("deleted ClusterRoleBinding {rbac_name}"),
             )
             .await;
     }

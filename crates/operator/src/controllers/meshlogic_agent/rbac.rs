@@ -1,9 +1,9 @@
-//! The probe's ServiceAccount (unless the agent names an existing one), and the ClusterRole and
-//! ClusterRoleBinding that let it read pods and create reports.
+//! The probe's ServiceAccount (unless the agent names an existing one), and the
+//! ClusterRoleBinding to the installation's probe ClusterRole that lets it read pods and create
+//! reports.
 
-use agentmesh_api::names::{self};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 
 use super::agent::*;
 
@@ -27,38 +27,18 @@ pub fn service_account(agent: &Agent) -> ServiceAccount {
     }
 }
 
-/// What the probe may do, and nothing more: read pods (it keeps those of its node, by field
-/// selector, to name the pods it reports on) and post reports, which the trust API authorizes
-/// with a SubjectAccessReview for `create` on `reports` in `agentmesh.io`.
-pub fn cluster_role(agent: &Agent) -> ClusterRole {
-    ClusterRole {
-        metadata: agent.cluster_meta(),
-        rules: Some(vec![
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["pods".into()]),
-                verbs: ["get", "list", "watch"].map(String::from).to_vec(),
-                ..Default::default()
-            },
-            PolicyRule {
-                api_groups: Some(vec![names::GROUP.into()]),
-                resources: Some(vec!["reports".into()]),
-                verbs: vec!["create".into()],
-                ..Default::default()
-            },
-        ]),
-        ..Default::default()
-    }
-}
-
-/// Binds [`cluster_role`] to the probe's ServiceAccount, made by the operator or not.
-pub fn cluster_role_binding(agent: &Agent) -> ClusterRoleBinding {
+/// Binds the probes' ClusterRole (`role`: `get`/`list`/`watch` on pods, to name the pods of
+/// its node, and `create` on `reports` in `agentmesh.io`, which the trust API authorizes with
+/// a SubjectAccessReview) to the probe's ServiceAccount, made by the operator or not. The
+/// ClusterRole is the installation's (the chart makes it), not the agent's: the operator may
+/// bind it and make no ClusterRole at all.
+pub fn cluster_role_binding(agent: &Agent, role: &str) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: agent.cluster_meta(),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
             kind: "ClusterRole".into(),
-            name: agent.cluster_rbac_name(),
+            name: role.to_owned(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),

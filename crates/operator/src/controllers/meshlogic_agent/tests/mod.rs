@@ -40,6 +40,7 @@ fn settings() -> OperatorSettings {
         operator_namespace: "agentmesh".into(),
         agent_namespaces: vec!["meshlogic".into()],
         probe_images: vec!["registry.meshlogic.ai/meshlogic/agent".into()],
+        probe_cluster_role: "agentmesh-probe".into(),
     }
 }
 

@@ -35,8 +35,7 @@ fn every_object_carries_the_seed_labels_and_namespaced_ones_are_owned() {
         service_account(&agent).metadata,
         config_map(&agent, &config).metadata,
         ds.metadata.clone(),
-        cluster_role(&agent).metadata,
-        cluster_role_binding(&agent).metadata,
+        cluster_role_binding(&agent, "agentmesh-probe").metadata,
     ];
     for meta in &metas {
         let labels = meta.labels.as_ref().unwrap();

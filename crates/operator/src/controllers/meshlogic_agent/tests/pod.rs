@@ -184,8 +184,7 @@ fn rendered_defaults(mla: &MeshLogicAgent) -> serde_json::Value {
     let config = config_json(&agent).unwrap();
     json!({
         "serviceAccount": service_account(&agent),
-        "clusterRole": cluster_role(&agent),
-        "clusterRoleBinding": cluster_role_binding(&agent),
+        "clusterRoleBinding": cluster_role_binding(&agent, "agentmesh-probe"),
         "configMap": config_map(&agent, &config),
         "daemonSet": daemon_set(&agent, &settings(), &config).unwrap(),
         "metricsService": metrics_service(&agent),
@@ -206,6 +205,9 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
     // no longer mounted (issue 16, least privilege); the volume, its mount and the hash alone
     // changed; in the same release the pod's security context became RuntimeDefault seccomp
     // when the spec gives none (checkov's CKV_K8S_29), so an upgrade rolls the probe once.
+    // The same release binds the probe to the installation's ClusterRole instead of making
+    // one per agent: the rendering lost its ClusterRole and the binding's roleRef changed
+    // (neither is in the pod template).
     let mut mla = default_resource();
     mla.spec.image.repository = "registry.meshlogic.ai/meshlogic-agent".into();
     let rendered = serde_json::to_vec(&rendered_defaults(&mla)).unwrap();
@@ -226,7 +228,7 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
 }
 
 const PINNED_DEFAULTS_SHA256: &str =
-    "124af7290c5dcc216252ba83a92a99f75b52d29e39d1e21469c3e653d8a8d917";
+    "bd6ea8299280ef5113f965fa20ba1a05d1d7ba9bde0a3cf131b094a770cab453";
 
 #[test]
 fn pod_labels_and_annotations_are_added_and_the_operators_win() {

@@ -1,24 +1,16 @@
 use super::*;
 
 #[test]
-fn rbac_grants_exactly_pod_reads_and_report_creation() {
+fn the_probe_is_bound_to_the_installations_cluster_role_and_no_role_is_made() {
     let mla = default_resource();
     let agent = Agent::new(&mla).unwrap();
-    let role = cluster_role(&agent);
-    let rules = role.rules.unwrap();
-    assert_eq!(rules.len(), 2);
-    assert_eq!(rules[0].api_groups, Some(vec![String::new()]));
-    assert_eq!(rules[0].resources, Some(vec!["pods".to_string()]));
-    assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
-    assert_eq!(rules[1].api_groups, Some(vec!["agentmesh.io".to_string()]));
-    assert_eq!(rules[1].resources, Some(vec!["reports".to_string()]));
-    assert_eq!(rules[1].verbs, ["create"]);
-    for rule in &rules {
-        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
-    }
-    let binding = cluster_role_binding(&agent);
+    let binding = cluster_role_binding(&agent, "agentmesh-probe");
+    assert_eq!(
+        binding.metadata.name.as_deref(),
+        Some(agent.cluster_rbac_name().as_str())
+    );
     assert_eq!(binding.role_ref.kind, "ClusterRole");
-    assert_eq!(binding.role_ref.name, agent.cluster_rbac_name());
+    assert_eq!(binding.role_ref.name, "agentmesh-probe");
     let subjects = binding.subjects.unwrap();
     assert_eq!(subjects.len(), 1);
     assert_eq!(subjects[0].kind, "ServiceAccount");
@@ -64,7 +56,9 @@ fn an_existing_service_account_is_used_and_bound_not_made() {
         pod_spec(&ds).service_account_name.as_deref(),
         Some("node-agents")
     );
-    let subjects = cluster_role_binding(&agent).subjects.unwrap();
+    let subjects = cluster_role_binding(&agent, "agentmesh-probe")
+        .subjects
+        .unwrap();
     assert_eq!(
         (subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
         ("node-agents", Some("meshlogic"))

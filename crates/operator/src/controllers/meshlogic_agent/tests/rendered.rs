@@ -31,8 +31,7 @@ fn render(scenario: &str) -> String {
     if creates_service_account(&agent) {
         objects.push(serde_json::to_value(service_account(&agent)).unwrap());
     }
-    objects.push(serde_json::to_value(cluster_role(&agent)).unwrap());
-    objects.push(serde_json::to_value(cluster_role_binding(&agent)).unwrap());
+    objects.push(serde_json::to_value(cluster_role_binding(&agent, "agentmesh-probe")).unwrap());
     objects.push(serde_json::to_value(config_map(&agent, &config)).unwrap());
     objects.push(serde_json::to_value(daemon_set(&agent, &settings(), &config).unwrap()).unwrap());
     if mla.spec.metrics.enabled {
