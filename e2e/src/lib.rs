@@ -203,10 +203,31 @@ impl Cluster {
         !names.trim().is_empty()
     }
 
-    /// A token of the ServiceAccount `account` (`kubectl create token`), bound to the pod
-    /// `(name, uid)` when one is given.
+    /// A token of the ServiceAccount `account` for the trust API (`kubectl create token
+    /// --audience agentmesh.io/trust-api`, as the kubelet projects it for the probe and the
+    /// sidecar), bound to the pod `(name, uid)` when one is given.
     pub fn token(&self, namespace: &str, account: &str, pod: Option<(&str, &str)>) -> String {
+        self.token_for(
+            namespace,
+            account,
+            pod,
+            Some(agentmesh_api::names::objects::TRUST_API_AUDIENCE),
+        )
+    }
+
+    /// [`Self::token`] for `audience`, or for the API server's when `None` (what every pod has
+    /// mounted, which the trust API refuses).
+    pub fn token_for(
+        &self,
+        namespace: &str,
+        account: &str,
+        pod: Option<(&str, &str)>,
+        audience: Option<&str>,
+    ) -> String {
         let mut args = vec!["create", "token", account, "-n", namespace];
+        if let Some(audience) = audience {
+            args.extend(["--audience", audience]);
+        }
         if let Some((name, uid)) = pod {
             args.extend([
                 "--bound-object-kind",

@@ -589,6 +589,24 @@ fn probe_reports_count_only_for_their_own_node_and_their_own_agent() {
         answer.contains("does not run the probes of MeshLogicAgent"),
         "{answer}"
     );
+    // The probe's own account, pod and node, with a token for the API server (what every pod
+    // has mounted): not meant for the trust API, so not believed.
+    let holder = "probe-token-kwok-node-0";
+    let uid = cluster().get("pod", holder, Some(ns)).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let for_the_api_server = cluster().token_for(ns, "probe", Some((holder, &uid)), None);
+    let (code, answer) = post_report(
+        &mut replicas,
+        &for_the_api_server,
+        &body("kwok-node-0", &near),
+    );
+    assert_eq!(code, 401, "{answer}");
+    assert!(
+        !answer.contains("audience"),
+        "details to an unauthenticated caller: {answer}"
+    );
     // Another node's enforcement set.
     let operator = &mut *replicas[0];
     let (code, view) = get_view(operator, "/v1/enforcement?node=kwok-node-1", &probe);

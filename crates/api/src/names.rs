@@ -121,6 +121,11 @@ pub mod paths {
     pub const KERNEL_BTF_DIR: &str = "/sys/kernel/btf";
     /// The BPF filesystem.
     pub const BPF_FS: &str = "/sys/fs/bpf";
+    /// Where the probe and the sidecar find their trust-API token: a projected ServiceAccount
+    /// token of audience [`super::objects::TRUST_API_AUDIENCE`], mounted in their container
+    /// only.
+    pub const TRUST_API_TOKEN_DIR: &str = "/var/run/secrets/agentmesh.io/trust-api";
+    pub const TRUST_API_TOKEN_FILE: &str = "/var/run/secrets/agentmesh.io/trust-api/token";
 }
 
 pub mod objects {
@@ -142,6 +147,12 @@ pub mod objects {
     pub const PROBE_IMAGE_REPOSITORY: &str = "registry.meshlogic.ai/meshlogic/agent";
     /// Default image of the sidecar (seed deployment guide).
     pub const SIDECAR_IMAGE: &str = "agentmesh/sidecar:1.0.0-alpha1";
+    /// The audience of the tokens the trust API accepts: a ServiceAccount token for the API
+    /// server (what every pod has mounted) is refused there, so a token stolen from any pod
+    /// cannot report, and one for the trust API is good for nothing else.
+    pub const TRUST_API_AUDIENCE: &str = "agentmesh.io/trust-api";
+    /// Lifetime requested for projected trust-API tokens (the kubelet renews them at 80%).
+    pub const TRUST_API_TOKEN_SECONDS: i64 = 3600;
     /// Value of `AGENTMESH_PROXY_URL` set in agent containers.
     pub const PROXY_URL: &str = "http://localhost:8081";
 

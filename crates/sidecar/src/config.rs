@@ -49,11 +49,12 @@ pub struct Flags {
         default_value = agentmesh_api::names::paths::SIDECAR_HEALTHY_FILE
     )]
     pub healthy_file: PathBuf,
-    /// The pod's ServiceAccount token, re-read for each request to the trust API.
+    /// The pod's ServiceAccount token for the trust API (a projected token of its audience,
+    /// which the injector mounts), re-read for each request to the trust API.
     #[arg(
         long,
         env = "AGENTMESH_SIDECAR_TOKEN_FILE",
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        default_value = agentmesh_api::names::paths::TRUST_API_TOKEN_FILE
     )]
     pub token_file: PathBuf,
     /// A TrustPolicy spec (YAML or JSON) enforced until the operator's policy arrives, instead

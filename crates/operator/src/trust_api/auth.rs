@@ -1,10 +1,12 @@
-//! Who is calling: a ServiceAccount token checked with a TokenReview (cached for a minute),
-//! then, for probes, a SubjectAccessReview for `create` on `reports.agentmesh.io`.
+//! Who is calling: a ServiceAccount token for the trust API's audience
+//! ([`TRUST_API_AUDIENCE`]) checked with a TokenReview (cached for a minute), then, for probes,
+//! a SubjectAccessReview for `create` on `reports.agentmesh.io`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use agentmesh_api::names::objects::TRUST_API_AUDIENCE;
 use hyper::StatusCode;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
@@ -166,12 +168,25 @@ fn forbidden(caller: &Caller) -> Refusal {
     )
 }
 
+/// Whether the API server found the token meant for the trust API: a TokenReview that names
+/// audiences is answered with those the token is good for (none: the token is not
+/// authenticated; an authenticator that ignores audiences answers none, and is not believed).
+fn for_the_trust_api(audiences: Option<&[String]>) -> Result<(), String> {
+    if audiences.is_some_and(|a| a.iter().any(|a| a == TRUST_API_AUDIENCE)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the token is not for the audience {TRUST_API_AUDIENCE}"
+        ))
+    }
+}
+
 /// `Ok(Err(message))`: the API server says the token is not valid.
 async fn review_token(ctx: &Context, token: &str) -> Result<Result<Caller, String>, Refusal> {
     let review = TokenReview {
         spec: TokenReviewSpec {
             token: Some(token.to_owned()),
-            ..Default::default()
+            audiences: Some(vec![TRUST_API_AUDIENCE.to_owned()]),
         },
         ..Default::default()
     };
@@ -195,6 +210,9 @@ async fn review_token(ctx: &Context, token: &str) -> Result<Result<Caller, Strin
             .error
             .unwrap_or_else(|| "the token is not valid".into())));
     }
+    if let Err(message) = for_the_trust_api(status.audiences.as_deref()) {
+        return Ok(Err(message));
+    }
     let user = status.user.unwrap_or_default();
     let extra = user.extra.unwrap_or_default();
     Ok(Ok(Caller {
@@ -204,4 +222,34 @@ async fn review_token(ctx: &Context, token: &str) -> Result<Result<Caller, Strin
         node: extra.get(NODE_NAME_EXTRA).and_then(|v| v.first().cloned()),
         extra,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_token_for_the_trust_api_is_believed() {
+        let ours = vec![TRUST_API_AUDIENCE.to_owned()];
+        assert!(for_the_trust_api(Some(&ours)).is_ok());
+        let both = vec![
+            "https://kubernetes.default.svc".to_owned(),
+            TRUST_API_AUDIENCE.to_owned(),
+        ];
+        assert!(for_the_trust_api(Some(&both)).is_ok());
+        // The API server's audience (any pod's mounted token), none at all (an authenticator
+        // that ignores audiences), a spelling variant.
+        for audiences in [
+            Some(vec![
+                "https://kubernetes.default.svc.cluster.local".to_owned(),
+            ]),
+            Some(vec![]),
+            None,
+            Some(vec!["agentmesh.io/trust-api/".to_owned()]),
+            Some(vec!["AGENTMESH.IO/TRUST-API".to_owned()]),
+        ] {
+            let error = for_the_trust_api(audiences.as_deref()).unwrap_err();
+            assert!(error.contains(TRUST_API_AUDIENCE), "{error}");
+        }
+    }
 }

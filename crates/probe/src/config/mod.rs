@@ -20,8 +20,10 @@ use agentmesh_api::meshlogic::{
 };
 use serde::Deserialize;
 
-/// Where Kubernetes mounts the ServiceAccount token.
-pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// The trust-API token: a projected ServiceAccount token of the trust API's audience, which
+/// the operator mounts into the probe container (its API-server token stays where Kubernetes
+/// mounts it, for the pod watch).
+pub const DEFAULT_TOKEN_FILE: &str = agentmesh_api::names::paths::TRUST_API_TOKEN_FILE;
 
 /// A configuration error: what is wrong, naming the field, flag or variable.
 #[derive(Debug, thiserror::Error)]

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use agentmesh_api::meshlogic::{HealthSettings, PullPolicy};
-use agentmesh_api::names::{annotations, paths, probe_env};
+use agentmesh_api::names::{annotations, objects, paths, probe_env};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+    SecretKeySelector, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -188,6 +189,9 @@ fn security_context(privileged: bool, extra_capabilities: &[String]) -> Security
     }
 }
 
+/// The probe's trust-API token volume.
+const TOKEN_VOLUME: &str = "trust-api-token";
+
 pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
@@ -216,12 +220,30 @@ fn volumes(agent: &Agent) -> (Vec<Volume>, Vec<VolumeMount>) {
         host_path("btf", paths::KERNEL_BTF_DIR, None),
         host_path("cgroup", cgroup_root, Some("Directory")),
         host_path("host-proc", "/proc", Some("Directory")),
+        // The trust-API token: its own audience, so that the probe's API-server token (for
+        // the pod watch) is refused by the trust API and this one by the API server.
+        Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(objects::TRUST_API_AUDIENCE.into()),
+                        expiration_seconds: Some(objects::TRUST_API_TOKEN_SECONDS),
+                        path: "token".into(),
+                    }),
+                    ..Default::default()
+                }]),
+                default_mode: None,
+            }),
+            ..Default::default()
+        },
     ];
     let mut mounts = vec![
         mount("config", paths::PROBE_CONFIG_DIR, true),
         mount("btf", paths::KERNEL_BTF_DIR, true),
         mount("cgroup", cgroup_root, true),
         mount("host-proc", paths::PROBE_HOST_PROC, true),
+        mount(TOKEN_VOLUME, paths::TRUST_API_TOKEN_DIR, true),
     ];
     volumes.extend(spec.pod.extra_volumes.iter().cloned());
     mounts.extend(spec.pod.extra_volume_mounts.iter().cloned());

@@ -29,6 +29,9 @@ pub const HEALTH_VOLUME: &str = "agentmesh-health";
 pub const TMP_VOLUME: &str = "agentmesh-tmp";
 /// The identity's key Secret, mounted into the sidecar only.
 pub const KEY_VOLUME: &str = "agentmesh-key";
+/// The sidecar's trust-API token: a projected ServiceAccount token of the trust API's audience,
+/// mounted into the sidecar only (the agent's containers keep what they had).
+pub const TOKEN_VOLUME: &str = "agentmesh-token";
 /// Where the key Secret is mounted in the sidecar (read-only).
 pub const KEY_DIR: &str = "/var/run/secrets/agentmesh";
 /// The private key file: the value of `AGENTMESH_AGENT_PRIVATE_KEY` in the sidecar.
@@ -38,11 +41,13 @@ pub const KEY_FILE_MODE: i32 = 0o400;
 /// The sidecar's uid, and the fsGroup given to pods that have none.
 pub const SIDECAR_UID: i64 = 1000;
 /// Version of the layout recorded in the `agentmesh.io/sidecar-status` annotation (2: the key
-/// is a file, no longer an environment variable).
-pub const STATUS_VERSION: u32 = 2;
+/// is a file, no longer an environment variable; 3: the trust-API token volume).
+pub const STATUS_VERSION: u32 = 3;
 /// Environment variables set in the sidecar besides the seed's (for the sidecar, a later issue).
 pub const ENV_IDENTITY: &str = "AGENTMESH_IDENTITY";
 pub const ENV_TRUST_API_URL: &str = "AGENTMESH_TRUST_API_URL";
+/// The sidecar's trust-API token file (the projected token of [`TOKEN_VOLUME`]).
+pub const ENV_TOKEN_FILE: &str = "AGENTMESH_SIDECAR_TOKEN_FILE";
 /// Set from the pod annotation `agentmesh.io/inbound-port`: where the sidecar forwards the
 /// calls of other agents once their proof is checked.
 pub const ENV_INBOUND_UPSTREAM: &str = "AGENTMESH_INBOUND_UPSTREAM";

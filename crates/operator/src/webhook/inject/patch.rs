@@ -62,6 +62,7 @@ pub fn sidecar_container(settings: &Settings, identity: &str, inbound_port: Opti
             {"name": env::AGENT_PRIVATE_KEY, "value": KEY_PATH},
             {"name": ENV_IDENTITY, "value": identity},
             {"name": ENV_TRUST_API_URL, "value": settings.trust_api_url},
+            {"name": ENV_TOKEN_FILE, "value": paths::TRUST_API_TOKEN_FILE},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ],
@@ -94,6 +95,7 @@ pub fn sidecar_container(settings: &Settings, identity: &str, inbound_port: Opti
             {"name": HEALTH_VOLUME, "mountPath": paths::SIDECAR_HEALTH_DIR},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
             {"name": KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": true},
+            {"name": TOKEN_VOLUME, "mountPath": paths::TRUST_API_TOKEN_DIR, "readOnly": true},
         ],
     });
     if settings.native_sidecar {
@@ -121,6 +123,16 @@ pub fn key_volume(identity: &str, key: &Key) -> Value {
     json!({"name": KEY_VOLUME, "secret": secret})
 }
 
+/// The sidecar's trust-API token ([`TOKEN_VOLUME`]): the kubelet requests it for the pod's
+/// ServiceAccount, bound to the pod, and renews it.
+pub fn token_volume() -> Value {
+    json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "audience": objects::TRUST_API_AUDIENCE,
+        "expirationSeconds": objects::TRUST_API_TOKEN_SECONDS,
+        "path": "token",
+    }}]}})
+}
+
 /// The pod's `fsGroup`, and whether the injector adds it (the pod has none).
 fn fs_group(spec: &PodSpec) -> (i64, bool) {
     match spec.security_context.as_ref().and_then(|sc| sc.fs_group) {
@@ -140,7 +152,7 @@ pub fn status_annotation(settings: &Settings, identity: &str, key: &Key, spec: &
         "identity": identity,
         "keySecret": objects::key_secret_name(identity),
         "keySource": match key { Key::Managed => "operator", Key::UserSupplied => "user" },
-        "volumes": [HEALTH_VOLUME, TMP_VOLUME, KEY_VOLUME],
+        "volumes": [HEALTH_VOLUME, TMP_VOLUME, KEY_VOLUME, TOKEN_VOLUME],
         "keyPath": KEY_PATH,
         "fsGroup": fs_group,
         "fsGroupAdded": fs_group_added,
@@ -206,6 +218,7 @@ pub fn patch(
         json!({"name": HEALTH_VOLUME, "emptyDir": {}}),
         json!({"name": TMP_VOLUME, "emptyDir": {}}),
         key_volume(identity, key),
+        token_volume(),
     ];
     match spec.volumes {
         None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),

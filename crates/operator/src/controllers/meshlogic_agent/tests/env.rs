@@ -185,11 +185,21 @@ fn extra_volumes_mounts_and_env_come_after_the_operators() {
         .iter()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(volumes, ["config", "btf", "cgroup", "host-proc", "scratch"]);
+    assert_eq!(
+        volumes,
+        [
+            "config",
+            "btf",
+            "cgroup",
+            "host-proc",
+            "trust-api-token",
+            "scratch"
+        ]
+    );
     let container = &pod.containers[0];
     let mounts = container.volume_mounts.as_ref().unwrap();
     assert_eq!(mounts.last().unwrap().mount_path, "/scratch");
-    assert_eq!(mounts.len(), 5);
+    assert_eq!(mounts.len(), 6);
     let env = container.env.as_ref().unwrap();
     assert_eq!(env.last().unwrap().name, "MESHLOGIC_REPORT_QUEUE");
     assert_eq!(env.len(), 6);

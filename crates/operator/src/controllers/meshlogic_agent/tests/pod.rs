@@ -207,7 +207,8 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
     // when the spec gives none (checkov's CKV_K8S_29), so an upgrade rolls the probe once.
     // The same release binds the probe to the installation's ClusterRole instead of making
     // one per agent: the rendering lost its ClusterRole and the binding's roleRef changed
-    // (neither is in the pod template).
+    // (neither is in the pod template); and the pod template gained the probe's trust-API
+    // token volume (a projected token of the trust API's audience).
     let mut mla = default_resource();
     mla.spec.image.repository = "registry.meshlogic.ai/meshlogic-agent".into();
     let rendered = serde_json::to_vec(&rendered_defaults(&mla)).unwrap();
@@ -228,7 +229,7 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
 }
 
 const PINNED_DEFAULTS_SHA256: &str =
-    "bd6ea8299280ef5113f965fa20ba1a05d1d7ba9bde0a3cf131b094a770cab453";
+    "85c99cb452b4c0729847f6fee97d932cbbc6cba74a79a0997bd338f9d70a6fb7";
 
 #[test]
 fn pod_labels_and_annotations_are_added_and_the_operators_win() {
