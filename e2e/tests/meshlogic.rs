@@ -766,6 +766,29 @@ fn the_operator_needs_only_the_rbac_it_documents() {
             .has_events(ns, &format!("reason=Created,involvedObject.name={name}"))
             .then_some(())
     });
+    // A refusal (another image) with these rights too: its DaemonSet and binding go.
+    cluster.kubectl_ok(&[
+        "patch",
+        "mla",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"image":{"repository":"evil.example/root"}}}"#,
+    ]);
+    eventually(
+        &mut operator,
+        "the refused agent's DaemonSet and binding gone",
+        || {
+            let c = agentmesh_e2e::cluster();
+            (c.get("daemonset", &format!("{name}-probe"), Some(ns))
+                .is_none()
+                && c.get("clusterrolebinding", &rbac_name(ns, name), None)
+                    .is_none())
+            .then_some(())
+        },
+    );
     cluster.kubectl_ok(&["delete", "mla", name, "-n", ns, "--wait=false"]);
     eventually(&mut operator, "the MeshLogicAgent to go", || {
         agentmesh_e2e::cluster()

@@ -228,7 +228,8 @@ async fn refuse(
     refusal: Refusal,
     ctx: &Context,
 ) -> Result<Action> {
-    tracing::warn!(agent = %agent.key(), reason = refusal.reason, "{}", refusal.message);
+    // Said once by the status and its Warning Event; the log repeats it at every resync.
+    tracing::debug!(agent = %agent.key(), reason = refusal.reason, "{}", refusal.message);
     ctx.probes.forget(&agent.key());
     let uid = resource.metadata.uid.as_deref().unwrap_or_default();
     let daemon_sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), agent.namespace);
