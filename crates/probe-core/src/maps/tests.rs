@@ -5,9 +5,9 @@ use agentmesh_trust::policy::{BehaviorAction, Effect, NetworkRuleSpec, Policy, P
 
 use super::*;
 
-const WATCHED: u32 = PodFlag::POD_WATCHED.0;
-const ENFORCED: u32 = PodFlag::POD_ENFORCED.0;
-const QUARANTINED: u32 = PodFlag::POD_QUARANTINED.0;
+const WATCHED: u32 = POD_WATCHED;
+const ENFORCED: u32 = POD_ENFORCED;
+const QUARANTINED: u32 = POD_QUARANTINED;
 
 fn pods() -> PodCgroups {
     PodCgroups {

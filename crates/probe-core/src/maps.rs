@@ -1,0 +1,151 @@
+//! Kernel map contents: the whole desired state built from the pod cgroups and the enforcement
+//! set (`meshlogic-probe` applies it to the maps as a diff).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agentmesh_api::wire::EnforcementSet;
+use ipnet::{IpNet, Ipv6Net};
+
+use crate::cgroup::PodCgroups;
+use crate::keys::{dest_key, exec_key, net_key, net_rule};
+use crate::layout::{EXEC_KEY_PATH, MAX_PORTS, POD_ENFORCED, POD_QUARANTINED, POD_WATCHED};
+
+/// Everything user space writes into the kernel, besides the mute paths (set once at load).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KernelState {
+    /// Pod cgroup id -> POD_* flags.
+    pub pods: BTreeMap<u64, u32>,
+    pub deny_exec: BTreeSet<Vec<u8>>,
+    pub deny_net4: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub deny_net6: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub allowed: BTreeSet<Vec<u8>>,
+}
+
+/// A denied network as the tries hold it, with the ports it denies (empty: every port).
+struct DeniedNet {
+    net: IpNet,
+    ports: BTreeSet<u16>,
+    /// The IPv4-mapped IPv6 form of an IPv4 rule: a dual-stack socket connects to
+    /// `::ffff:10.0.0.1` through connect6, and the trust rules count that as 10.0.0.1.
+    mapped: bool,
+}
+
+/// The networks a pod's rules deny, in both tries, each with the ports of every network that
+/// contains it: the trie answers with the longest match only, so a more specific rule must
+/// never hide a wider one.
+fn denied_nets(rules: Vec<(IpNet, BTreeSet<u16>)>) -> Vec<DeniedNet> {
+    let mut nets: Vec<DeniedNet> = Vec::new();
+    for (net, ports) in rules {
+        if let IpNet::V4(v4) = net {
+            let mapped = Ipv6Net::new(v4.network().to_ipv6_mapped(), 96 + v4.prefix_len())
+                .expect("a mapped IPv4 prefix is at most 128 bits");
+            nets.push(DeniedNet {
+                net: IpNet::V6(mapped),
+                ports: ports.clone(),
+                mapped: true,
+            });
+        }
+        nets.push(DeniedNet {
+            net,
+            ports,
+            mapped: false,
+        });
+    }
+    nets.iter()
+        .map(|inner| {
+            let covering: Vec<&BTreeSet<u16>> = nets
+                .iter()
+                .filter(|outer| outer.net.contains(&inner.net))
+                .map(|outer| &outer.ports)
+                .collect();
+            let ports = if covering.iter().any(|ports| ports.is_empty()) {
+                BTreeSet::new()
+            } else {
+                covering.into_iter().flatten().copied().collect()
+            };
+            DeniedNet {
+                net: inner.net,
+                ports,
+                mapped: inner.mapped,
+            }
+        })
+        .collect()
+}
+
+/// The kernel state for these pod cgroups under this enforcement (none below tier 3), and
+/// warnings about rules that cannot be enforced as written.
+pub fn build(
+    pod_cgroups: &PodCgroups,
+    enforcement: Option<&EnforcementSet>,
+) -> (KernelState, Vec<String>) {
+    let mut state = KernelState::default();
+    let mut warnings = Vec::new();
+    let watched = POD_WATCHED;
+    for id in pod_cgroups.by_id.keys() {
+        state.pods.insert(*id, watched);
+    }
+    let Some(enforcement) = enforcement else {
+        return (state, warnings);
+    };
+    for pod in &enforcement.pods {
+        let ids = pod_cgroups.ids_of(&pod.pod_uid);
+        let mut rules = Vec::new();
+        for rule in &pod.denied_networks {
+            match rule.network() {
+                Ok(cidr) => rules.push((cidr.net(), rule.ports.iter().copied().collect())),
+                Err(_) => warnings.push(format!("pod {}: bad CIDR {:?}", pod.pod_uid, rule.cidr)),
+            }
+        }
+        let nets = denied_nets(rules);
+        for net in nets
+            .iter()
+            .filter(|net| net.ports.len() > MAX_PORTS && !net.mapped)
+        {
+            warnings.push(format!(
+                "pod {}: more than {MAX_PORTS} ports denied to {}: every port denied",
+                pod.pod_uid, net.net
+            ));
+        }
+        let mut flags = watched | POD_ENFORCED;
+        if pod.quarantined {
+            flags |= POD_QUARANTINED;
+        }
+        for id in ids {
+            state.pods.insert(id, flags);
+            for pattern in &pod.denied_executables {
+                match exec_key(id, pattern) {
+                    Some(key) => {
+                        state.deny_exec.insert(key);
+                    }
+                    None => warnings.push(format!(
+                        "pod {}: executable pattern {pattern:?} must be absolute and at most {} bytes",
+                        pod.pod_uid,
+                        EXEC_KEY_PATH - 1
+                    )),
+                }
+            }
+            for DeniedNet { net, ports, .. } in &nets {
+                let every_port = BTreeSet::new();
+                let ports = if ports.len() > MAX_PORTS {
+                    &every_port
+                } else {
+                    ports
+                };
+                let map = match net {
+                    IpNet::V4(_) => &mut state.deny_net4,
+                    IpNet::V6(_) => &mut state.deny_net6,
+                };
+                map.insert(net_key(id, *net), net_rule(ports));
+            }
+            for destination in &pod.allowed_destinations {
+                state
+                    .allowed
+                    .insert(dest_key(id, destination.ip, destination.port));
+            }
+        }
+    }
+    (state, warnings)
+}
+
+#[cfg(test)]
+mod tests;
