@@ -27,7 +27,7 @@ fn an_empty_secret_gets_a_ca_and_a_certificate_that_verify() {
     }
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
-        Arc::new(super::super::server::provider()),
+        Arc::new(super::provider()),
     )
     .build()
     .unwrap();
