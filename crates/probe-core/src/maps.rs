@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agentmesh_api::wire::EnforcementSet;
+use agentmesh_api::wire::{EnforcementSet, PodEnforcement};
 use ipnet::{IpNet, Ipv6Net};
 
 use crate::cgroup::PodCgroups;
@@ -87,13 +87,19 @@ pub fn build(
     let Some(enforcement) = enforcement else {
         return (state, warnings);
     };
+    // The operator sends one entry per pod, but the wire allows more: they add up, so that a
+    // later entry cannot lift an earlier one's rules or quarantine.
+    let mut entries: BTreeMap<&str, Vec<&PodEnforcement>> = BTreeMap::new();
     for pod in &enforcement.pods {
-        let ids = pod_cgroups.ids_of(&pod.pod_uid);
+        entries.entry(&pod.pod_uid).or_default().push(pod);
+    }
+    for (uid, pod) in entries {
+        let ids = pod_cgroups.ids_of(uid);
         let mut rules = Vec::new();
-        for rule in &pod.denied_networks {
+        for rule in pod.iter().flat_map(|entry| &entry.denied_networks) {
             match rule.network() {
                 Ok(cidr) => rules.push((cidr.net(), rule.ports.iter().copied().collect())),
-                Err(_) => warnings.push(format!("pod {}: bad CIDR {:?}", pod.pod_uid, rule.cidr)),
+                Err(_) => warnings.push(format!("pod {uid}: bad CIDR {:?}", rule.cidr)),
             }
         }
         let nets = denied_nets(rules);
@@ -102,24 +108,23 @@ pub fn build(
             .filter(|net| net.ports.len() > MAX_PORTS && !net.mapped)
         {
             warnings.push(format!(
-                "pod {}: more than {MAX_PORTS} ports denied to {}: every port denied",
-                pod.pod_uid, net.net
+                "pod {uid}: more than {MAX_PORTS} ports denied to {}: every port denied",
+                net.net
             ));
         }
         let mut flags = watched | POD_ENFORCED;
-        if pod.quarantined {
+        if pod.iter().any(|entry| entry.quarantined) {
             flags |= POD_QUARANTINED;
         }
         for id in ids {
             state.pods.insert(id, flags);
-            for pattern in &pod.denied_executables {
+            for pattern in pod.iter().flat_map(|entry| &entry.denied_executables) {
                 match exec_key(id, pattern) {
                     Some(key) => {
                         state.deny_exec.insert(key);
                     }
                     None => warnings.push(format!(
-                        "pod {}: executable pattern {pattern:?} must be absolute and at most {} bytes",
-                        pod.pod_uid,
+                        "pod {uid}: executable pattern {pattern:?} must be absolute and at most {} bytes",
                         EXEC_KEY_PATH - 1
                     )),
                 }
@@ -137,7 +142,7 @@ pub fn build(
                 };
                 map.insert(net_key(id, *net), net_rule(ports));
             }
-            for destination in &pod.allowed_destinations {
+            for destination in pod.iter().flat_map(|entry| &entry.allowed_destinations) {
                 state
                     .allowed
                     .insert(dest_key(id, destination.ip, destination.port));

@@ -66,6 +66,30 @@ fn enforcement_marks_the_pod_and_narrow_rules_keep_wide_ports() {
     assert!(plain.deny_exec.is_empty() && plain.pods.values().all(|f| *f == WATCHED));
 }
 
+/// Two entries for one pod (the wire allows it) add up: the second neither hides the first's
+/// wider rule behind its narrower one nor lifts its quarantine. Found by the fuzz target
+/// `enforcement_set`: the second entry's 10.0.0.0/8 (443) was the longest match for 10.0.0.1,
+/// without the first's 0.0.0.0/0 (25), and its flags replaced the first's.
+#[test]
+fn entries_of_one_pod_add_up() {
+    let mut set = enforcing(vec![denied("0.0.0.0/0", vec![25])]);
+    set.pods[0].quarantined = true;
+    set.pods[0].denied_executables = vec!["/usr/bin/curl".into()];
+    let mut second = enforcing(vec![denied("10.0.0.0/8", vec![443])])
+        .pods
+        .remove(0);
+    second.denied_executables = vec!["/tmp/*".into()];
+    set.pods.push(second);
+    let (state, warnings) = build(&pods(), Some(&set));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(state.pods[&11], WATCHED | ENFORCED | QUARANTINED);
+    assert_eq!(state.deny_exec.len(), 2);
+    let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    assert!(kernel_refuses(&state, ip, 25));
+    assert!(kernel_refuses(&state, ip, 443));
+    assert!(!kernel_refuses(&state, ip, 80));
+}
+
 /// Whether the kernel refuses a connect of pod 11 to `ip:port` under `state`: the longest
 /// prefix of the trie of the connect's family (connect4 for IPv4, connect6 for IPv6, mapped
 /// addresses included), then its ports, as bpf/probe/connect.bpf.h looks them up.
