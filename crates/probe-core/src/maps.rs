@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agentmesh_api::wire::{EnforcementSet, PodEnforcement};
-use ipnet::{IpNet, Ipv6Net};
+use ipnet::IpNet;
 
 use crate::cgroup::PodCgroups;
 use crate::keys::{dest_key, exec_key, net_key, net_rule};
@@ -25,32 +25,18 @@ pub struct KernelState {
 struct DeniedNet {
     net: IpNet,
     ports: BTreeSet<u16>,
-    /// The IPv4-mapped IPv6 form of an IPv4 rule: a dual-stack socket connects to
-    /// `::ffff:10.0.0.1` through connect6, and the trust rules count that as 10.0.0.1.
-    mapped: bool,
 }
 
-/// The networks a pod's rules deny, in both tries, each with the ports of every network that
-/// contains it: the trie answers with the longest match only, so a more specific rule must
-/// never hide a wider one.
+/// The networks a pod's rules deny, each with the ports of every network that contains it:
+/// the trie answers with the longest match only, so a more specific rule must never hide a
+/// wider one. An IPv4 rule is in the IPv4 trie only: the kernel looks a dual-stack socket's
+/// connect to `::ffff:10.0.0.1` up as 10.0.0.1 (`bpf/probe/connect.bpf.h`), as the trust rules
+/// count it; and an IPv6 rule, even `::/0`, never applies to such a connect.
 fn denied_nets(rules: Vec<(IpNet, BTreeSet<u16>)>) -> Vec<DeniedNet> {
-    let mut nets: Vec<DeniedNet> = Vec::new();
-    for (net, ports) in rules {
-        if let IpNet::V4(v4) = net {
-            let mapped = Ipv6Net::new(v4.network().to_ipv6_mapped(), 96 + v4.prefix_len())
-                .expect("a mapped IPv4 prefix is at most 128 bits");
-            nets.push(DeniedNet {
-                net: IpNet::V6(mapped),
-                ports: ports.clone(),
-                mapped: true,
-            });
-        }
-        nets.push(DeniedNet {
-            net,
-            ports,
-            mapped: false,
-        });
-    }
+    let nets: Vec<DeniedNet> = rules
+        .into_iter()
+        .map(|(net, ports)| DeniedNet { net, ports })
+        .collect();
     nets.iter()
         .map(|inner| {
             let covering: Vec<&BTreeSet<u16>> = nets
@@ -66,7 +52,6 @@ fn denied_nets(rules: Vec<(IpNet, BTreeSet<u16>)>) -> Vec<DeniedNet> {
             DeniedNet {
                 net: inner.net,
                 ports,
-                mapped: inner.mapped,
             }
         })
         .collect()
@@ -103,10 +88,7 @@ pub fn build(
             }
         }
         let nets = denied_nets(rules);
-        for net in nets
-            .iter()
-            .filter(|net| net.ports.len() > MAX_PORTS && !net.mapped)
-        {
+        for net in nets.iter().filter(|net| net.ports.len() > MAX_PORTS) {
             warnings.push(format!(
                 "pod {uid}: more than {MAX_PORTS} ports denied to {}: every port denied",
                 net.net
@@ -129,7 +111,7 @@ pub fn build(
                     )),
                 }
             }
-            for DeniedNet { net, ports, .. } in &nets {
+            for DeniedNet { net, ports } in &nets {
                 let every_port = BTreeSet::new();
                 let ports = if ports.len() > MAX_PORTS {
                     &every_port
