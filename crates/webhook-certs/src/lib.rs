@@ -22,7 +22,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
 use time::OffsetDateTime;
 
@@ -152,6 +152,8 @@ pub struct Parsed {
     /// The issuer's and the subject's distinguished names, as text.
     pub issuer: String,
     pub subject: String,
+    /// The subject's public key (the bits of its SubjectPublicKeyInfo).
+    pub public_key: Vec<u8>,
 }
 
 /// The first certificate of a PEM text, `None` when it does not parse.
@@ -187,7 +189,53 @@ pub fn parse_first(pem: &[u8]) -> Option<Parsed> {
         sans,
         issuer: cert.issuer().to_string(),
         subject: cert.subject().to_string(),
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
     })
+}
+
+/// Whether the bundle is PEM certificates only, one of them the first of `ca_pem`: read as a
+/// TLS client reads a bundle, not as text that merely contains the CA's.
+fn bundle_has(bundle: &[u8], ca_pem: &[u8]) -> bool {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let Ok(ca) = CertificateDer::from_pem_slice(ca_pem) else {
+        return false;
+    };
+    CertificateDer::pem_slice_iter(bundle)
+        .collect::<Result<Vec<_>, _>>()
+        .is_ok_and(|certs| certs.contains(&ca))
+}
+
+/// Whether the first certificate of `chain_pem` is signed by the CA of `ca_pem` and valid at
+/// `now` for a TLS server, as a client that trusts that CA checks it (names apart).
+fn signed_by(chain_pem: &[u8], ca_pem: &[u8], now: OffsetDateTime) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    let Ok(ca) = CertificateDer::from_pem_slice(ca_pem) else {
+        return false;
+    };
+    let Ok(chain) = CertificateDer::pem_slice_iter(chain_pem).collect::<Result<Vec<_>, _>>() else {
+        return false;
+    };
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let Ok(leaf) = rustls::server::ParsedCertificate::try_from(leaf) else {
+        return false;
+    };
+    let now = UnixTime::since_unix_epoch(Duration::from_secs(
+        u64::try_from(now.unix_timestamp()).unwrap_or(0),
+    ));
+    roots.add(ca).is_ok()
+        && rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &leaf,
+            &roots,
+            intermediates,
+            now,
+            provider().signature_verification_algorithms.all,
+        )
+        .is_ok()
 }
 
 /// The certificates of a PEM bundle that are still valid, each as PEM.
@@ -242,13 +290,20 @@ pub fn plan(
     else {
         return Plan::NewCa;
     };
+    let ca_pem = ca;
     let Some(ca) = parse_first(ca) else {
         return Plan::NewCa;
     };
-    if KeyPair::from_pem(&String::from_utf8_lossy(ca_key)).is_err()
+    // The CA as `issue` reads it, with its own key: a CA it cannot read, or whose key is not
+    // the certificate's (what it signs would verify against nothing in the bundle), renews
+    // nothing.
+    let issuer = KeyPair::from_pem(&String::from_utf8_lossy(ca_key))
+        .ok()
+        .filter(|key| key.der_bytes() == ca.public_key)
+        .and_then(|key| Issuer::from_ca_cert_pem(&String::from_utf8_lossy(ca_pem), key).ok());
+    if issuer.is_none()
         || remaining_fraction_low(ca.not_after, now, ca_lifetime)
-        || !String::from_utf8_lossy(bundle)
-            .contains(String::from_utf8_lossy(get(CA_SIGNER_CRT).unwrap_or_default()).trim())
+        || !bundle_has(bundle, ca_pem)
     {
         return Plan::NewCa;
     }
@@ -262,9 +317,12 @@ pub fn plan(
     let mut want: Vec<&str> = sans.iter().map(String::as_str).collect();
     have.sort_unstable();
     want.sort_unstable();
+    // Signed by the CA (not merely naming it as issuer: a corrupt or foreign certificate would
+    // be served, and refused by the API server, until it expires).
     if serving.issuer != ca.subject
         || have != want
         || remaining_fraction_low(serving.not_after, now, serving_lifetime)
+        || !signed_by(cert, ca_pem, now)
         || CertStore::default().set_pem(cert, key).is_err()
     {
         return Plan::Renew;
