@@ -44,7 +44,8 @@ e2e: ## End-to-end suite: the local cluster with a real node (built once), or th
 	CARGO=$(CARGO) e2e/run.sh
 
 # Fuzz targets: one per decoder of untrusted input (fuzz/, its own workspace, nightly).
-FUZZ_TARGETS := handshake request_proof delegation_chain policy_document private_key admission_review report_batch mcp_message
+FUZZ_TARGETS := handshake request_proof delegation_chain policy_document private_key admission_review report_batch mcp_message \
+  enforcement_set probe_config cert_secret trust_query
 FUZZ_SECONDS ?= 10
 FUZZ_TARGET_DIR := $(AGENTMESH_CACHE)/target-fuzz
 FUZZ_CORPUS := $(AGENTMESH_CACHE)/fuzz-corpus
