@@ -14,8 +14,8 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use libfuzzer_sys::fuzz_target;
 use meshlogic_webhook_certs::{
-    CA_BUNDLE, CA_SIGNER_CRT, CA_SIGNER_KEY, CertStore, Plan, TLS_CRT, TLS_KEY, execute, parse_first, plan,
-    provider, sans, valid_certificates,
+    CA_BUNDLE, CA_SIGNER_CRT, CA_SIGNER_KEY, CertStore, Plan, TLS_CRT, TLS_KEY, execute,
+    parse_first, plan, provider, sans, valid_certificates,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -42,15 +42,24 @@ fn secret_data(input: &[u8]) -> BTreeMap<String, ByteString> {
 }
 
 /// Whether the serving chain verifies against the bundle, for each name, at `now`.
-fn verifies(data: &BTreeMap<String, ByteString>, names: &[String], now: OffsetDateTime) -> Result<(), String> {
+fn verifies(
+    data: &BTreeMap<String, ByteString>,
+    names: &[String],
+    now: OffsetDateTime,
+) -> Result<(), String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&data[CA_BUNDLE].0).flatten() {
         let _ = roots.add(cert);
     }
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
-        .build()
-        .map_err(|e| format!("no usable root in the bundle: {e}"))?;
-    let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&data[TLS_CRT].0).flatten().collect();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(provider()),
+    )
+    .build()
+    .map_err(|e| format!("no usable root in the bundle: {e}"))?;
+    let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&data[TLS_CRT].0)
+        .flatten()
+        .collect();
     let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
     let now = UnixTime::since_unix_epoch(Duration::from_secs(now.unix_timestamp() as u64));
     for name in names {
@@ -65,14 +74,21 @@ fn verifies(data: &BTreeMap<String, ByteString>, names: &[String], now: OffsetDa
 fuzz_target!(|input: &[u8]| {
     let data = secret_data(input);
     let now = OffsetDateTime::from_unix_timestamp(NOW).unwrap();
-    let names = sans("agentmesh-webhook", "agentmesh", Some("https://127.0.0.1:9443/inject"));
+    let names = sans(
+        "agentmesh-webhook",
+        "agentmesh",
+        Some("https://127.0.0.1:9443/inject"),
+    );
 
     // Every certificate of the bundle kept at a CA rotation is one of the bundle's, and valid.
     for key in [CA_BUNDLE, TLS_CRT, CA_SIGNER_CRT] {
         let Some(value) = data.get(key) else { continue };
         let text = String::from_utf8_lossy(&value.0);
         for pem in valid_certificates(&value.0, now) {
-            assert!(text.contains(pem.trim_end()), "{key}: a certificate not in the bundle");
+            assert!(
+                text.contains(pem.trim_end()),
+                "{key}: a certificate not in the bundle"
+            );
             let parsed = parse_first(pem.as_bytes()).expect("a kept certificate parses");
             assert!(parsed.not_after > now, "{key}: an expired certificate kept");
         }
@@ -84,7 +100,11 @@ fuzz_target!(|input: &[u8]| {
         (Some(cert), Some(key)) => match store.set_pem(&cert.0, &key.0) {
             Ok(changed) => {
                 assert!(changed && store.is_loaded());
-                assert!(!store.set_pem(&cert.0, &key.0).expect("loaded once, loads again"));
+                assert!(
+                    !store
+                        .set_pem(&cert.0, &key.0)
+                        .expect("loaded once, loads again")
+                );
                 true
             }
             Err(_) => {
@@ -107,7 +127,9 @@ fuzz_target!(|input: &[u8]| {
             want.sort();
             assert_eq!(have, want);
             if let Err(error) = verifies(&data, &names, now) {
-                panic!("a Secret kept whose certificate does not verify against its bundle: {error}");
+                panic!(
+                    "a Secret kept whose certificate does not verify against its bundle: {error}"
+                );
             }
         }
         Plan::Renew => {

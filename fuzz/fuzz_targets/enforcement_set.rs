@@ -58,7 +58,10 @@ fn check_rule(value: &[u8]) -> Option<BTreeSet<u16>> {
         .map(|i| u16::from_ne_bytes(value[4 + 2 * i..6 + 2 * i].try_into().unwrap()))
         .collect();
     assert!(ports[nports..].iter().all(|p| *p == 0), "ports past nports");
-    assert!(ports[..nports].windows(2).all(|w| w[0] < w[1]), "ports unsorted");
+    assert!(
+        ports[..nports].windows(2).all(|w| w[0] < w[1]),
+        "ports unsorted"
+    );
     (nports > 0).then(|| ports[..nports].iter().copied().collect())
 }
 
@@ -114,7 +117,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(first) = uids.first() {
         cgroups.by_id.insert(1_000_000, first.to_string());
     }
-    let stranger = (0..).map(|i| format!("stranger-{i}")).find(|u| !uids.contains(u.as_str())).unwrap();
+    let stranger = (0..)
+        .map(|i| format!("stranger-{i}"))
+        .find(|u| !uids.contains(u.as_str()))
+        .unwrap();
     cgroups.by_id.insert(2_000_000, stranger);
 
     let (state, warnings) = build(&cgroups, Some(&set));
@@ -151,12 +157,18 @@ fuzz_target!(|data: &[u8]| {
         let path = &key[12..12 + bits as usize / 8];
         assert_eq!(path[0], b'/', "exec key not absolute: {path:?}");
         let uid = &cgroups.by_id[&pod];
-        let named = set.pods.iter().filter(|p| &p.pod_uid == uid).flat_map(|p| &p.denied_executables);
+        let named = set
+            .pods
+            .iter()
+            .filter(|p| &p.pod_uid == uid)
+            .flat_map(|p| &p.denied_executables);
         assert!(
-            named.into_iter().any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => prefix.as_bytes() == path,
-                None => [pattern.as_bytes(), b"\0"].concat() == path,
-            }),
+            named
+                .into_iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => prefix.as_bytes() == path,
+                    None => [pattern.as_bytes(), b"\0"].concat() == path,
+                }),
             "an exec key no pattern of pod {uid:?} asked for: {path:?}"
         );
     }
@@ -176,7 +188,10 @@ fuzz_target!(|data: &[u8]| {
         let family = u32_at(key, 24);
         assert!(family == libc::AF_INET as u32 || family == libc::AF_INET6 as u32);
         if family == libc::AF_INET as u32 {
-            assert!(key[12..24].iter().all(|b| *b == 0), "IPv4 destination past 4 bytes");
+            assert!(
+                key[12..24].iter().all(|b| *b == 0),
+                "IPv4 destination past 4 bytes"
+            );
         }
         assert!(u32_at(key, 28) <= u32::from(u16::MAX));
     }
@@ -185,11 +200,19 @@ fuzz_target!(|data: &[u8]| {
     let mut warned = 0;
     for pod in &set.pods {
         for pattern in &pod.denied_executables {
-            let bytes = pattern.strip_suffix('*').map_or(pattern.len() + 1, str::len);
-            let usable = pattern.starts_with('/') && bytes <= EXEC_KEY_PATH && (bytes >= 2 || pattern.ends_with('*'));
+            let bytes = pattern
+                .strip_suffix('*')
+                .map_or(pattern.len() + 1, str::len);
+            let usable = pattern.starts_with('/')
+                && bytes <= EXEC_KEY_PATH
+                && (bytes >= 2 || pattern.ends_with('*'));
             warned += usize::from(!usable);
         }
-        warned += pod.denied_networks.iter().filter(|n| n.network().is_err()).count();
+        warned += pod
+            .denied_networks
+            .iter()
+            .filter(|n| n.network().is_err())
+            .count();
     }
     assert!(warnings.len() >= warned.min(1), "{warnings:?}");
 
@@ -198,7 +221,11 @@ fuzz_target!(|data: &[u8]| {
     let mut rules_of: BTreeMap<&str, Vec<(Cidr, Vec<u16>)>> = BTreeMap::new();
     for pod in &set.pods {
         let rules = rules_of.entry(pod.pod_uid.as_str()).or_default();
-        rules.extend(pod.denied_networks.iter().filter_map(|n| Some((n.network().ok()?, n.ports.clone()))));
+        rules.extend(
+            pod.denied_networks
+                .iter()
+                .filter_map(|n| Some((n.network().ok()?, n.ports.clone()))),
+        );
     }
     for (uid, rules) in &rules_of {
         let id = *cgroups.by_id.iter().find(|(_, u)| u == uid).unwrap().0;
@@ -216,7 +243,9 @@ fuzz_target!(|data: &[u8]| {
             })
             .collect();
         ips.extend(mapped);
-        ips.extend(["::ffff:0.0.0.0", "::ffff:10.0.0.1", "::"].map(|ip| ip.parse::<IpAddr>().unwrap()));
+        ips.extend(
+            ["::ffff:0.0.0.0", "::ffff:10.0.0.1", "::"].map(|ip| ip.parse::<IpAddr>().unwrap()),
+        );
         for ip in &ips {
             let covering: Vec<&Vec<u16>> = (rules.iter())
                 .filter(|(cidr, _)| cidr.contains(*ip))
@@ -228,10 +257,14 @@ fuzz_target!(|data: &[u8]| {
                 let denied = every_port || union.contains(port);
                 let refused = kernel_refuses(&state, id, *ip, *port);
                 if denied {
-                    assert!(refused, "pod {uid:?}: {ip} port {port} denied by its rules, not refused");
+                    assert!(
+                        refused,
+                        "pod {uid:?}: {ip} port {port} denied by its rules, not refused"
+                    );
                 } else if refused {
                     assert!(
-                        union.len() > MAX_PORTS && warnings.iter().any(|w| w.contains("every port denied")),
+                        union.len() > MAX_PORTS
+                            && warnings.iter().any(|w| w.contains("every port denied")),
                         "pod {uid:?}: {ip} port {port} refused, but no rule denies it: {rules:?}"
                     );
                 }

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use agentmesh_api::meshlogic::{RING_BUFFER_MAX, RING_BUFFER_MIN, TELEMETRY_BATCH_MAX, TelemetrySink};
+use agentmesh_api::meshlogic::{
+    RING_BUFFER_MAX, RING_BUFFER_MIN, TELEMETRY_BATCH_MAX, TelemetrySink,
+};
 use agentmesh_api::settings::Settings;
 use libfuzzer_sys::fuzz_target;
 use meshlogic_probe_core::config::{KubeAccess, Overrides, ProbeConfig, Tier};
@@ -23,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
         Some((env, file)) => (env, file),
         None => ("", text.as_ref()),
     };
-    let env: HashMap<&str, &str> = env.lines().filter_map(|line| line.split_once('=')).collect();
+    let env: HashMap<&str, &str> = env
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .collect();
 
     // AGENTMESH_LOG_LEVEL and AGENTMESH_LOG_FORMAT, read before anything else.
     let logging = Settings::logging_from_lookup(|name| env.get(name).map(|v| v.to_string()));
@@ -32,13 +37,22 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The flags' values as clap parses them (an unparsable one stops the probe before this).
-    let Ok(report_queue) = env.get("MESHLOGIC_REPORT_QUEUE").map_or(Ok(64), |v| v.parse::<usize>()) else {
+    let Ok(report_queue) = env
+        .get("MESHLOGIC_REPORT_QUEUE")
+        .map_or(Ok(64), |v| v.parse::<usize>())
+    else {
         return;
     };
-    let Ok(metrics_addr) = env.get("MESHLOGIC_METRICS_ADDR").map(|v| v.parse::<SocketAddr>()).transpose() else {
+    let Ok(metrics_addr) = env
+        .get("MESHLOGIC_METRICS_ADDR")
+        .map(|v| v.parse::<SocketAddr>())
+        .transpose()
+    else {
         return;
     };
-    let trust_api = env.get("MESHLOGIC_TRUST_API").map_or("http://meshlogic-operator.agentmesh.svc:8080", |v| v);
+    let trust_api = env
+        .get("MESHLOGIC_TRUST_API")
+        .map_or("http://meshlogic-operator.agentmesh.svc:8080", |v| v);
     let overrides = Overrides {
         node_name: env.get("NODE_NAME").map_or("node-1", |v| v).to_string(),
         trust_api: trust_api.to_string(),
@@ -53,16 +67,25 @@ fuzz_target!(|data: &[u8]| {
     let config = match ProbeConfig::from_json(file, overrides.clone()) {
         Ok(config) => config,
         Err(error) => {
-            assert!(!error.field.is_empty(), "a refusal without its field: {error}");
+            assert!(
+                !error.field.is_empty(),
+                "a refusal without its field: {error}"
+            );
             return;
         }
     };
 
-    let (namespace, name) = config.agent.split_once('/').expect("agent is namespace/name");
+    let (namespace, name) = config
+        .agent
+        .split_once('/')
+        .expect("agent is namespace/name");
     assert!(!namespace.is_empty() && !name.is_empty());
     assert!(!config.node_name.is_empty());
     assert!(config.trust_api.starts_with("http://") && !config.trust_api.ends_with('/'));
-    assert!(matches!(config.requested_tier, Tier::UserMode | Tier::ReadOnly | Tier::Blocking));
+    assert!(matches!(
+        config.requested_tier,
+        Tier::UserMode | Tier::ReadOnly | Tier::Blocking
+    ));
     assert!((1..=3).contains(&config.requested_tier.number()));
     let size = i64::from(config.ring_buffer_size);
     assert!((RING_BUFFER_MIN..=RING_BUFFER_MAX).contains(&size) && size.count_ones() == 1);
@@ -73,7 +96,12 @@ fuzz_target!(|data: &[u8]| {
     assert!((10..=86_400).contains(&config.telemetry_interval.as_secs()));
     assert!((1..=TELEMETRY_BATCH_MAX as usize).contains(&config.telemetry_batch_size));
     if config.telemetry_sink == TelemetrySink::Http {
-        assert!(config.telemetry_endpoint.as_deref().is_some_and(|url| url.starts_with("http://")));
+        assert!(
+            config
+                .telemetry_endpoint
+                .as_deref()
+                .is_some_and(|url| url.starts_with("http://"))
+        );
     }
     assert!(config.report_queue >= 1);
 
@@ -83,7 +111,11 @@ fuzz_target!(|data: &[u8]| {
     for path in &config.mute_paths {
         assert!(path.starts_with('/') && !path.contains('\0') && path.len() <= 128);
         let entries = mute_path_entries(std::slice::from_ref(path));
-        assert_eq!(entries.len(), if path.ends_with('/') { 1 } else { 2 }, "{path:?}");
+        assert_eq!(
+            entries.len(),
+            if path.ends_with('/') { 1 } else { 2 },
+            "{path:?}"
+        );
         for (key, value) in entries {
             assert_eq!(key.len(), size_of::<PathKey>());
             assert_eq!(value, [1]);

@@ -23,12 +23,17 @@ fuzz_target!(|data: &[u8]| {
     let (node, since) = text.split_once('\0').unwrap_or((&text, ""));
     let query = encode_query(&[("node", node), ("since", since)]);
     assert!(
-        query.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%=&".contains(&b)),
+        query
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%=&".contains(&b)),
         "not a plain URI query: {query:?}"
     );
     let read = parse_query(&query);
     assert_eq!(read.len(), 2, "{query:?}");
     assert_eq!(read["node"], node, "{query:?}");
     assert_eq!(read["since"], since, "{query:?}");
-    assert_eq!(encode_query(&[("since", since)]), format!("since={}", query.split_once("&since=").unwrap().1));
+    assert_eq!(
+        encode_query(&[("since", since)]),
+        format!("since={}", query.split_once("&since=").unwrap().1)
+    );
 });
