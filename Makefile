@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(AGENTMESH_CACHE)/target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build test unit lint fmt crds fuzz-smoke e2e bench bench-operator bench-scale bench-probe bench-sidecar bench-webhook demo demo-check cluster-up cluster-down clean
+.PHONY: help setup build test unit lint deny fmt crds fuzz-smoke e2e bench bench-operator bench-scale bench-probe bench-sidecar bench-webhook demo demo-check cluster-up cluster-down clean
 .PHONY: images images-push images-test chart-test
 
 help: ## List the targets
@@ -26,9 +26,19 @@ test: setup lint unit fuzz-smoke chart-test images-test e2e demo-check ## Every 
 unit: ## cargo test over the workspace
 	$(CARGO) test --workspace --locked --exclude agentmesh-e2e
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check, clippy with warnings as errors, and make deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	@$(MAKE) --no-print-directory deny
+
+# cargo-deny, pinned: deny.toml follows its format. No `advisories`: the advisory database cannot
+# be fetched on the build machines.
+CARGO_DENY_VERSION := 0.20.2
+
+deny: ## cargo-deny: licenses, sources and bans of the workspace and of fuzz/ (deny.toml); installs cargo-deny when missing
+	@[ "$$(cargo-deny --version 2>/dev/null)" = "cargo-deny $(CARGO_DENY_VERSION)" ] || CARGO_TARGET_DIR=$(AGENTMESH_CACHE)/target-tools $(CARGO) install cargo-deny --version $(CARGO_DENY_VERSION) --locked --root $(HOME)/.cargo
+	$(CARGO) deny --locked check --hide-inclusion-graph bans licenses sources
+	$(CARGO) deny --locked --manifest-path fuzz/Cargo.toml check --hide-inclusion-graph bans licenses sources
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -44,7 +54,8 @@ e2e: ## End-to-end suite: the local cluster with a real node (built once), or th
 	CARGO=$(CARGO) e2e/run.sh
 
 # Fuzz targets: one per decoder of untrusted input (fuzz/, its own workspace, nightly).
-FUZZ_TARGETS := handshake request_proof delegation_chain policy_document private_key admission_review report_batch mcp_message
+FUZZ_TARGETS := handshake request_proof delegation_chain policy_document private_key admission_review report_batch mcp_message \
+  enforcement_set probe_config cert_secret trust_query
 FUZZ_SECONDS ?= 10
 FUZZ_TARGET_DIR := $(AGENTMESH_CACHE)/target-fuzz
 FUZZ_CORPUS := $(AGENTMESH_CACHE)/fuzz-corpus

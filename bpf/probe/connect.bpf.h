@@ -48,12 +48,26 @@ static __always_inline void connect_event(__u32 kind, __u64 pod, __u32 family, c
 	emit(s, 0, counter, kind == EV_BLOCKED_CONNECT);
 }
 
+/* Whether an IPv6 address is IPv4-mapped (::ffff:a.b.c.d). */
+static __always_inline bool v4_mapped(const __u32 *ip6)
+{
+	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0xffff);
+}
+
 /* Whether tier 3 refuses this connect of an enforced pod. */
 static __always_inline bool connect_refused(__u64 pod, __u32 flags, __u32 family, const void *addr,
 					    __u32 len, __u16 port)
 {
 	if (!enforce || !(flags & POD_ENFORCED))
 		return false;
+	/* A dual-stack socket's connect to ::ffff:a.b.c.d is a connect to a.b.c.d, as the trust
+	 * rules read it: the IPv4 rules and allowed destinations apply to it, the IPv6 ones do
+	 * not (a rule denying ::/0 must not refuse IPv4 connects). */
+	if (len == 16 && v4_mapped(addr)) {
+		family = AF_INET;
+		addr = (const __u32 *)addr + 3;
+		len = 4;
+	}
 	if (dest_allowed(pod, family, addr, len, port))
 		return false;
 	if (flags & POD_QUARANTINED)

@@ -285,9 +285,92 @@ impl DeniedNetwork {
     }
 }
 
+/// The query string of a long-poll (`node=…&since=…`): each name and value percent-encoded,
+/// RFC 3986 unreserved characters as they are. [`parse_query`] reads it back.
+pub fn encode_query(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        percent_encode(name, &mut out);
+        out.push('=');
+        percent_encode(value, &mut out);
+    }
+    out
+}
+
+fn percent_encode(text: &str, out: &mut String) {
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+}
+
+/// The `name=value` pairs of a query string, percent-decoded (a `%` not followed by two hex
+/// digits stays as it is; bytes that are not UTF-8 become U+FFFD). A pair without `=` is
+/// ignored; of a repeated name, the last value counts.
+pub fn parse_query(query: &str) -> std::collections::HashMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (percent_decode(name), percent_decode(value)))
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let hex = |byte: u8| char::from(byte).to_digit(16);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((high, low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_reads_back_what_was_encoded() {
+        let query = encode_query(&[("node", "node-1"), ("since", "v 1/2&x=ü")]);
+        assert_eq!(query, "node=node-1&since=v%201%2F2%26x%3D%C3%BC");
+        let pairs = parse_query(&query);
+        assert_eq!(pairs["node"], "node-1");
+        assert_eq!(pairs["since"], "v 1/2&x=ü");
+        assert_eq!(pairs.len(), 2);
+    }
+
+    #[test]
+    fn a_query_is_read_leniently() {
+        let pairs = parse_query("a=%&b=%4&c=%zz1&d=%FF&flag&e=1&e=2&=x&f=");
+        assert_eq!(pairs["a"], "%");
+        assert_eq!(pairs["b"], "%4");
+        assert_eq!(pairs["c"], "%zz1");
+        assert_eq!(pairs["d"], "\u{fffd}");
+        assert_eq!(pairs["e"], "2");
+        assert_eq!(pairs[""], "x");
+        assert_eq!(pairs["f"], "");
+        assert!(!pairs.contains_key("flag"));
+        assert!(parse_query("").is_empty());
+    }
 
     #[test]
     fn a_batch_round_trips_in_camel_case() {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agentmesh_api::wire::{ENFORCEMENT_PATH, EnforcementSet};
+use agentmesh_api::wire::{self, ENFORCEMENT_PATH, EnforcementSet};
 use backon::Retryable;
 use hyper::Method;
 use tokio::sync::watch;
@@ -20,25 +20,9 @@ enum PollError {
     Parse(#[from] serde_json::Error),
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters pass).
-fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 pub fn url(trust_api: &str, node: &str, since: &str) -> String {
-    format!(
-        "{trust_api}{ENFORCEMENT_PATH}?node={}&since={}",
-        encode(node),
-        encode(since)
-    )
+    let query = wire::encode_query(&[("node", node), ("since", since)]);
+    format!("{trust_api}{ENFORCEMENT_PATH}?{query}")
 }
 
 /// Polls forever, retrying failed polls with backoff; each new version is sent on `sets`.

@@ -4,8 +4,6 @@
 //! telemetry, and at tier 3 refuses denied connects and kills denied executables in the kernel.
 
 pub mod aggregate;
-pub mod cgroup;
-pub mod config;
 pub mod counters;
 pub mod enforce;
 pub mod http;
@@ -20,3 +18,6 @@ pub mod shared;
 pub mod status;
 pub mod telemetry;
 pub mod usermode;
+
+// Built in meshlogic-probe-core, which needs no kernel (and is fuzzed).
+pub use meshlogic_probe_core::{cgroup, config};

@@ -71,7 +71,12 @@ impl TrustApi {
 
     /// The config, waiting for a version other than `since` (the operator long-polls 30 s).
     pub async fn config(&self, since: &str) -> anyhow::Result<SidecarConfig> {
-        let url = format!("{}{}?since={since}", self.base, wire::SIDECAR_CONFIG_PATH);
+        let url = format!(
+            "{}{}?{}",
+            self.base,
+            wire::SIDECAR_CONFIG_PATH,
+            wire::encode_query(&[("since", since)])
+        );
         let (status, body) = self
             .send(
                 Request::builder().method(Method::GET).uri(url),

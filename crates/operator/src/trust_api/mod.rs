@@ -183,11 +183,21 @@ impl Server {
     }
 }
 
+/// The request's query pairs, percent-decoded as the probe and the sidecar encode them.
 fn query(query: Option<&str>) -> std::collections::HashMap<String, String> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    wire::parse_query(query.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A `since` the probe had to percent-encode is the version it was, not its encoding:
+    /// otherwise the long-poll never sees it unchanged and answers at once, every time.
+    #[test]
+    fn the_query_is_read_as_clients_encode_it() {
+        let sent = agentmesh_api::wire::encode_query(&[("node", "node-1"), ("since", "v 1/2")]);
+        let query = super::query(Some(&sent));
+        assert_eq!(query["node"], "node-1");
+        assert_eq!(query["since"], "v 1/2");
+        assert!(super::query(None).is_empty());
+    }
 }

@@ -4,15 +4,11 @@
 //! restart; connections already open keep the one they were made with.
 
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -23,56 +19,8 @@ pub const PATH: &str = "/inject";
 /// Largest body accepted: the API server's own request limit is 3 MiB.
 pub const MAX_BODY: usize = 6 * 1024 * 1024;
 
-/// The serving certificate in force, read at every handshake.
-#[derive(Debug, Default)]
-pub struct CertStore {
-    current: RwLock<Option<(Vec<u8>, Arc<CertifiedKey>)>>,
-}
-
-impl CertStore {
-    /// Replaces the certificate (chain PEM, private key PEM). Unchanged input is a no-op.
-    /// Returns whether the certificate changed.
-    pub fn set_pem(&self, chain_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<bool> {
-        let fingerprint: Vec<u8> = [chain_pem, key_pem].concat();
-        if self
-            .current
-            .read()
-            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))?
-            .as_ref()
-            .is_some_and(|(current, _)| *current == fingerprint)
-        {
-            return Ok(false);
-        }
-        let chain = CertificateDer::pem_slice_iter(chain_pem).collect::<Result<Vec<_>, _>>()?;
-        anyhow::ensure!(!chain.is_empty(), "no certificate in the PEM");
-        let key = PrivateKeyDer::from_pem_slice(key_pem)?;
-        let certified = CertifiedKey::from_der(chain, key, &provider())?;
-        *self
-            .current
-            .write()
-            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))? =
-            Some((fingerprint, Arc::new(certified)));
-        Ok(true)
-    }
-
-    pub fn is_loaded(&self) -> bool {
-        self.current.read().map(|c| c.is_some()).unwrap_or(false)
-    }
-}
-
-impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current
-            .read()
-            .ok()?
-            .as_ref()
-            .map(|(_, key)| key.clone())
-    }
-}
-
-pub fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
+// The certificate store and the crypto provider are meshlogic-webhook-certs' (no cluster there).
+pub use meshlogic_webhook_certs::{CertStore, provider};
 
 /// Who may open a connection: any TLS client (no `ClientAuth`), or one whose certificate
 /// chains to `roots` and, when `names` is not empty, carries one of them as its subject common

@@ -4,11 +4,12 @@
 
 pub mod event;
 pub mod floor;
-pub mod keys;
 mod load;
 pub mod maps;
 pub mod skel;
 mod thread;
+
+pub use meshlogic_probe_core::keys;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -16,13 +16,42 @@ include!(concat!(env!("OUT_DIR"), "/probe.skel.rs"));
 // repr(C) structs of integers, byte arrays and transparent integer enums, their padding
 // explicit, so that every bit pattern is a valid value.
 unsafe impl plain::Plain for types::event_header {}
-unsafe impl plain::Plain for types::path_key {}
-unsafe impl plain::Plain for types::exec_key {}
-unsafe impl plain::Plain for types::net4_key {}
-unsafe impl plain::Plain for types::net6_key {}
-unsafe impl plain::Plain for types::net_rule {}
-unsafe impl plain::Plain for types::dest_key {}
 unsafe impl plain::Plain for types::pod_of {}
+
+/// The map keys and values are built in meshlogic-probe-core (no clang there) from mirrors of
+/// these types: each mirror must be laid out as the type generated from `bpf/probe.h`.
+macro_rules! same_layout {
+    ($generated:ty, $mirror:ty, $($field:ident),+) => {
+        const _: () = {
+            use std::mem::{align_of, offset_of, size_of};
+            assert!(size_of::<$generated>() == size_of::<$mirror>());
+            assert!(align_of::<$generated>() == align_of::<$mirror>());
+            $(assert!(offset_of!($generated, $field) == offset_of!($mirror, $field));)+
+        };
+    };
+}
+
+mod layout_checks {
+    use super::types;
+    use meshlogic_probe_core::layout::{self, *};
+
+    same_layout!(types::path_key, PathKey, prefixlen, path);
+    same_layout!(types::exec_key, ExecKey, prefixlen, pod, path);
+    same_layout!(types::net4_key, Net4Key, prefixlen, pod, addr);
+    same_layout!(types::net6_key, Net6Key, prefixlen, pod, addr);
+    same_layout!(types::net_rule, NetRule, nports, ports);
+    same_layout!(types::dest_key, DestKey, pod, addr, family, port);
+
+    const _: () = {
+        use types::{pod_flag as Flag, probe_limit as Limit};
+        assert!(layout::PATH_LEN == Limit::PATH_LEN.0 as usize);
+        assert!(layout::EXEC_KEY_PATH == Limit::EXEC_KEY_PATH.0 as usize);
+        assert!(layout::MAX_PORTS == Limit::MAX_PORTS.0 as usize);
+        assert!(layout::POD_WATCHED == Flag::POD_WATCHED.0);
+        assert!(layout::POD_ENFORCED == Flag::POD_ENFORCED.0);
+        assert!(layout::POD_QUARANTINED == Flag::POD_QUARANTINED.0);
+    };
+}
 
 /// The skeleton of `bpf/floor.bpf.c` (see [`super::floor`]).
 pub mod floor {

@@ -99,11 +99,9 @@ impl TrustServer {
                 )
             }
             "/v1/enforcement" => {
-                let since = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("since="))
-                    .unwrap_or_default()
-                    .to_string();
+                let since = agentmesh_api::wire::parse_query(&query)
+                    .remove("since")
+                    .unwrap_or_default();
                 let mut changes = self.enforcement.subscribe();
                 if changes.borrow().version == since {
                     // Long poll, shortened for tests.

@@ -29,6 +29,10 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
     // The same destination spelled as an IPv4-mapped IPv6 address, from an IPv6 socket.
     let mapped = format!("exec 3<>/dev/tcp/::ffff:127.0.0.1/{port}");
+    // A port denied on every IPv6 network only: IPv4 connects to it, mapped or not, go through.
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let v6_only_port = other.local_addr().unwrap().port();
+    let mapped_v6_only = format!("exec 3<>/dev/tcp/::ffff:127.0.0.1/{v6_only_port}");
     common::wait_watched(&probe, &[&pod, &bystander]).await;
 
     // Nothing enforced yet.
@@ -40,10 +44,16 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
         version: "1".into(),
         pods: vec![PodEnforcement {
             pod_uid: pod.uid.clone(),
-            denied_networks: vec![DeniedNetwork {
-                cidr: "127.0.0.0/8".into(),
-                ports: vec![port],
-            }],
+            denied_networks: vec![
+                DeniedNetwork {
+                    cidr: "127.0.0.0/8".into(),
+                    ports: vec![port],
+                },
+                DeniedNetwork {
+                    cidr: "::/0".into(),
+                    ports: vec![v6_only_port],
+                },
+            ],
             denied_executables: vec!["/bin/true".into()],
             ..Default::default()
         }],
@@ -57,6 +67,10 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     assert!(
         !pod.run(&mapped).success(),
         "a denied connect went through spelled as ::ffff:127.0.0.1"
+    );
+    assert!(
+        pod.run(&mapped_v6_only).success(),
+        "an IPv6 rule (::/0) refused a connect to ::ffff:127.0.0.1, an IPv4 address"
     );
     let killed = pod.run("/bin/true");
     assert_eq!(killed.signal(), Some(libc::SIGKILL), "{killed:?}");

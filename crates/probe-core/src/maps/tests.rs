@@ -5,9 +5,9 @@ use agentmesh_trust::policy::{BehaviorAction, Effect, NetworkRuleSpec, Policy, P
 
 use super::*;
 
-const WATCHED: u32 = PodFlag::POD_WATCHED.0;
-const ENFORCED: u32 = PodFlag::POD_ENFORCED.0;
-const QUARANTINED: u32 = PodFlag::POD_QUARANTINED.0;
+const WATCHED: u32 = POD_WATCHED;
+const ENFORCED: u32 = POD_ENFORCED;
+const QUARANTINED: u32 = POD_QUARANTINED;
 
 fn pods() -> PodCgroups {
     PodCgroups {
@@ -59,17 +59,46 @@ fn enforcement_marks_the_pod_and_narrow_rules_keep_wide_ports() {
     assert_eq!(state.deny_net4.len(), 2);
     let narrow = &state.deny_net4[&net_key(11, "10.1.0.0/16".parse().unwrap())];
     assert_eq!(u32::from_ne_bytes(narrow[..4].try_into().unwrap()), 2);
-    // fd00::/8, and the IPv4-mapped forms of both IPv4 networks.
-    assert_eq!(state.deny_net6.len(), 3);
+    // fd00::/8 only: the kernel looks IPv4-mapped destinations up in the IPv4 trie.
+    assert_eq!(state.deny_net6.len(), 1);
     assert_eq!(state.allowed.len(), 1);
     let (plain, _) = build(&pods(), None);
     assert!(plain.deny_exec.is_empty() && plain.pods.values().all(|f| *f == WATCHED));
 }
 
+/// Two entries for one pod (the wire allows it) add up: the second neither hides the first's
+/// wider rule behind its narrower one nor lifts its quarantine. Found by the fuzz target
+/// `enforcement_set`: the second entry's 10.0.0.0/8 (443) was the longest match for 10.0.0.1,
+/// without the first's 0.0.0.0/0 (25), and its flags replaced the first's.
+#[test]
+fn entries_of_one_pod_add_up() {
+    let mut set = enforcing(vec![denied("0.0.0.0/0", vec![25])]);
+    set.pods[0].quarantined = true;
+    set.pods[0].denied_executables = vec!["/usr/bin/curl".into()];
+    let mut second = enforcing(vec![denied("10.0.0.0/8", vec![443])])
+        .pods
+        .remove(0);
+    second.denied_executables = vec!["/tmp/*".into()];
+    set.pods.push(second);
+    let (state, warnings) = build(&pods(), Some(&set));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(state.pods[&11], WATCHED | ENFORCED | QUARANTINED);
+    assert_eq!(state.deny_exec.len(), 2);
+    let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    assert!(kernel_refuses(&state, ip, 25));
+    assert!(kernel_refuses(&state, ip, 443));
+    assert!(!kernel_refuses(&state, ip, 80));
+}
+
 /// Whether the kernel refuses a connect of pod 11 to `ip:port` under `state`: the longest
-/// prefix of the trie of the connect's family (connect4 for IPv4, connect6 for IPv6, mapped
-/// addresses included), then its ports, as bpf/probe/connect.bpf.h looks them up.
+/// prefix of the trie of the connect's family (connect4 for IPv4, connect6 for IPv6 but for
+/// IPv4-mapped addresses, looked up as IPv4), then its ports, as bpf/probe/connect.bpf.h
+/// looks them up.
 fn kernel_refuses(state: &KernelState, ip: IpAddr, port: u16) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
     let (trie, bits) = match ip {
         IpAddr::V4(_) => (&state.deny_net4, 32),
         IpAddr::V6(_) => (&state.deny_net6, 128),
@@ -91,7 +120,9 @@ fn kernel_refuses(state: &KernelState, ip: IpAddr, port: u16) -> bool {
 /// for IPv4, IPv6 and IPv4-mapped IPv6 destinations. The old probe parser took `10.0.0.1` as
 /// `10.0.0.1/32` and `10.0.0.0/+8` as `/8`, which the policy refuses, and a dual-stack socket's
 /// connect to `::ffff:10.0.0.1` escaped a `10.0.0.0/8` rule in the kernel while it counted as
-/// denied in the trust rules.
+/// denied in the trust rules. Then (found by the fuzz target `enforcement_set`) an IPv6 rule
+/// covering the mapped addresses, `::/0`, refused a dual-stack socket's IPv4 connects, which the
+/// trust rules count as IPv4.
 #[test]
 fn the_probe_and_the_trust_rules_agree_on_cidrs() {
     let texts = [
@@ -107,6 +138,8 @@ fn the_probe_and_the_trust_rules_agree_on_cidrs() {
         "10.0.0.0/8 ",
         "::ffff:10.0.0.0/104",
         "10.0.0.0/33",
+        "::/0",
+        "::/80",
     ];
     let destinations: Vec<IpAddr> = [
         "10.0.0.1",

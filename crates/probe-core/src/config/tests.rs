@@ -122,6 +122,15 @@ fn unknown_top_level_fields_are_refused() {
     assert!(message.contains("spce"), "{message}");
 }
 
+/// Found by the fuzz target `probe_config`: an unknown field named "" gave an error that named
+/// no field (": unknown field ``").
+#[test]
+fn an_unknown_field_without_a_name_names_the_file() {
+    let text = r#"{"agent":"a/b","spec":{"customerId":"x"},"":1}"#;
+    let error = ProbeConfig::from_json(text, overrides()).unwrap_err();
+    assert_eq!(error.field, "config file", "{error}");
+}
+
 #[test]
 fn agent_node_and_trust_api_are_checked() {
     let spec = r#""spec":{"customerId":"x"}"#;

@@ -140,7 +140,8 @@ impl ProbeConfig {
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         let file: ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
-            let field = if path == "." {
+            // "." is the file itself; "" an unknown top-level field named "".
+            let field = if path == "." || path.is_empty() {
                 "config file".to_string()
             } else {
                 path

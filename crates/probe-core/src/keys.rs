@@ -1,24 +1,20 @@
-//! Map keys and values as `bpf/probe.h` declares them, built through the skeleton's types and
-//! handed to libbpf as their bytes.
+//! Map keys and values as `bpf/probe.h` declares them ([`crate::layout`]), handed to libbpf as
+//! their bytes.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::event::{EXEC_KEY_PATH, MAX_PORTS, PATH_LEN};
-use super::skel::types;
+use crate::layout::{
+    DestKey, EXEC_KEY_PATH, ExecKey, MAX_PORTS, Net4Key, Net6Key, NetRule, PATH_LEN, PathKey,
+    bytes_of,
+};
 
-/// The bytes of a key or value.
-fn bytes_of<T: plain::Plain>(value: &T) -> Vec<u8> {
-    // SAFETY: the types of probe.h have no implicit padding: every byte is initialised.
-    unsafe { plain::as_bytes(value) }.to_vec()
-}
-
-/// Copies a path's bytes to the start of a key's `char` array (zeroed after them).
-fn put_path(path: &mut [std::ffi::c_char], bytes: &[u8]) {
+/// Copies a path's bytes to the start of a key's array (zeroed after them).
+fn put_path(path: &mut [u8], bytes: &[u8]) {
     for (slot, byte) in path.iter_mut().zip(bytes) {
-        *slot = *byte as std::ffi::c_char;
+        *slot = *byte;
     }
 }
 
@@ -34,7 +30,7 @@ pub fn mute_path_entries(paths: &[String]) -> Vec<(Vec<u8>, Vec<u8>)> {
             vec![[path, b"\0"].concat(), [path, b"/"].concat()]
         };
         for prefix in prefixes.iter().filter(|prefix| prefix.len() <= PATH_LEN) {
-            let mut key = types::path_key {
+            let mut key = PathKey {
                 prefixlen: (prefix.len() * 8) as u32,
                 ..Default::default()
             };
@@ -55,7 +51,7 @@ pub fn exec_key(pod: u64, pattern: &str) -> Option<Vec<u8>> {
     if !pattern.starts_with('/') || bytes.len() > EXEC_KEY_PATH || (exact && bytes.len() < 2) {
         return None;
     }
-    let mut key = types::exec_key {
+    let mut key = ExecKey {
         prefixlen: (64 + bytes.len() * 8) as u32,
         pod: pod.to_ne_bytes(),
         ..Default::default()
@@ -69,12 +65,12 @@ pub fn net_key(pod: u64, net: IpNet) -> Vec<u8> {
     let prefixlen = 64 + u32::from(net.prefix_len());
     let pod = pod.to_ne_bytes();
     match net {
-        IpNet::V4(v4) => bytes_of(&types::net4_key {
+        IpNet::V4(v4) => bytes_of(&Net4Key {
             prefixlen,
             pod,
             addr: v4.network().octets(),
         }),
-        IpNet::V6(v6) => bytes_of(&types::net6_key {
+        IpNet::V6(v6) => bytes_of(&Net6Key {
             prefixlen,
             pod,
             addr: v6.network().octets(),
@@ -84,7 +80,7 @@ pub fn net_key(pod: u64, net: IpNet) -> Vec<u8> {
 
 /// net_rule value: no ports means every port (at most [`MAX_PORTS`] are kept).
 pub fn net_rule(ports: &BTreeSet<u16>) -> Vec<u8> {
-    let mut rule = types::net_rule {
+    let mut rule = NetRule {
         nports: ports.len().min(MAX_PORTS) as u32,
         ..Default::default()
     };
@@ -104,7 +100,7 @@ pub fn dest_key(pod: u64, ip: IpAddr, port: u16) -> Vec<u8> {
         }
         IpAddr::V6(v6) => (libc::AF_INET6 as u32, v6.octets()),
     };
-    bytes_of(&types::dest_key {
+    bytes_of(&DestKey {
         pod,
         addr,
         family,

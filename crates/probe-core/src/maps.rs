@@ -1,0 +1,138 @@
+//! Kernel map contents: the whole desired state built from the pod cgroups and the enforcement
+//! set (`meshlogic-probe` applies it to the maps as a diff).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agentmesh_api::wire::{EnforcementSet, PodEnforcement};
+use ipnet::IpNet;
+
+use crate::cgroup::PodCgroups;
+use crate::keys::{dest_key, exec_key, net_key, net_rule};
+use crate::layout::{EXEC_KEY_PATH, MAX_PORTS, POD_ENFORCED, POD_QUARANTINED, POD_WATCHED};
+
+/// Everything user space writes into the kernel, besides the mute paths (set once at load).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KernelState {
+    /// Pod cgroup id -> POD_* flags.
+    pub pods: BTreeMap<u64, u32>,
+    pub deny_exec: BTreeSet<Vec<u8>>,
+    pub deny_net4: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub deny_net6: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub allowed: BTreeSet<Vec<u8>>,
+}
+
+/// A denied network as the tries hold it, with the ports it denies (empty: every port).
+struct DeniedNet {
+    net: IpNet,
+    ports: BTreeSet<u16>,
+}
+
+/// The networks a pod's rules deny, each with the ports of every network that contains it:
+/// the trie answers with the longest match only, so a more specific rule must never hide a
+/// wider one. An IPv4 rule is in the IPv4 trie only: the kernel looks a dual-stack socket's
+/// connect to `::ffff:10.0.0.1` up as 10.0.0.1 (`bpf/probe/connect.bpf.h`), as the trust rules
+/// count it; and an IPv6 rule, even `::/0`, never applies to such a connect.
+fn denied_nets(rules: Vec<(IpNet, BTreeSet<u16>)>) -> Vec<DeniedNet> {
+    let nets: Vec<DeniedNet> = rules
+        .into_iter()
+        .map(|(net, ports)| DeniedNet { net, ports })
+        .collect();
+    nets.iter()
+        .map(|inner| {
+            let covering: Vec<&BTreeSet<u16>> = nets
+                .iter()
+                .filter(|outer| outer.net.contains(&inner.net))
+                .map(|outer| &outer.ports)
+                .collect();
+            let ports = if covering.iter().any(|ports| ports.is_empty()) {
+                BTreeSet::new()
+            } else {
+                covering.into_iter().flatten().copied().collect()
+            };
+            DeniedNet {
+                net: inner.net,
+                ports,
+            }
+        })
+        .collect()
+}
+
+/// The kernel state for these pod cgroups under this enforcement (none below tier 3), and
+/// warnings about rules that cannot be enforced as written.
+pub fn build(
+    pod_cgroups: &PodCgroups,
+    enforcement: Option<&EnforcementSet>,
+) -> (KernelState, Vec<String>) {
+    let mut state = KernelState::default();
+    let mut warnings = Vec::new();
+    let watched = POD_WATCHED;
+    for id in pod_cgroups.by_id.keys() {
+        state.pods.insert(*id, watched);
+    }
+    let Some(enforcement) = enforcement else {
+        return (state, warnings);
+    };
+    // The operator sends one entry per pod, but the wire allows more: they add up, so that a
+    // later entry cannot lift an earlier one's rules or quarantine.
+    let mut entries: BTreeMap<&str, Vec<&PodEnforcement>> = BTreeMap::new();
+    for pod in &enforcement.pods {
+        entries.entry(&pod.pod_uid).or_default().push(pod);
+    }
+    for (uid, pod) in entries {
+        let ids = pod_cgroups.ids_of(uid);
+        let mut rules = Vec::new();
+        for rule in pod.iter().flat_map(|entry| &entry.denied_networks) {
+            match rule.network() {
+                Ok(cidr) => rules.push((cidr.net(), rule.ports.iter().copied().collect())),
+                Err(_) => warnings.push(format!("pod {uid}: bad CIDR {:?}", rule.cidr)),
+            }
+        }
+        let nets = denied_nets(rules);
+        for net in nets.iter().filter(|net| net.ports.len() > MAX_PORTS) {
+            warnings.push(format!(
+                "pod {uid}: more than {MAX_PORTS} ports denied to {}: every port denied",
+                net.net
+            ));
+        }
+        let mut flags = watched | POD_ENFORCED;
+        if pod.iter().any(|entry| entry.quarantined) {
+            flags |= POD_QUARANTINED;
+        }
+        for id in ids {
+            state.pods.insert(id, flags);
+            for pattern in pod.iter().flat_map(|entry| &entry.denied_executables) {
+                match exec_key(id, pattern) {
+                    Some(key) => {
+                        state.deny_exec.insert(key);
+                    }
+                    None => warnings.push(format!(
+                        "pod {uid}: executable pattern {pattern:?} must be absolute and at most {} bytes",
+                        EXEC_KEY_PATH - 1
+                    )),
+                }
+            }
+            for DeniedNet { net, ports } in &nets {
+                let every_port = BTreeSet::new();
+                let ports = if ports.len() > MAX_PORTS {
+                    &every_port
+                } else {
+                    ports
+                };
+                let map = match net {
+                    IpNet::V4(_) => &mut state.deny_net4,
+                    IpNet::V6(_) => &mut state.deny_net6,
+                };
+                map.insert(net_key(id, *net), net_rule(ports));
+            }
+            for destination in pod.iter().flat_map(|entry| &entry.allowed_destinations) {
+                state
+                    .allowed
+                    .insert(dest_key(id, destination.ip, destination.port));
+            }
+        }
+    }
+    (state, warnings)
+}
+
+#[cfg(test)]
+mod tests;
