@@ -126,26 +126,25 @@ sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-clien
 sign admin "/O=system:masters/CN=kubernetes-admin" "extendedKeyUsage=clientAuth"
 sign controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
 sign scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+# own_ca_and_client CA CA-CN CLIENT CLIENT-CN: a CA of its own ($PKI/CA.crt, .key) and a client
+# certificate ($PKI/CLIENT.crt, .key) it signs.
+own_ca_and_client() {
+  local ca=$1 ca_cn=$2 client=$3 client_cn=$4
+  ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+    -keyout "$PKI/$ca.key" -out "$PKI/$ca.crt" -subj "/CN=$ca_cn" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+  ossl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$client.key" -out "$PKI/$client.csr" -subj "/CN=$client_cn"
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth" >"$PKI/$client.ext"
+  ossl x509 -req -in "$PKI/$client.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
+    -CAcreateserial -days 3650 -sha256 -extfile "$PKI/$client.ext" -out "$PKI/$client.crt"
+  rm -f "$PKI/$client.csr" "$PKI/$client.ext"
+}
 # front-proxy CA + client for the aggregation layer (requestheader authn)
-ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
-  -keyout "$PKI/front-proxy-ca.key" -out "$PKI/front-proxy-ca.crt" -subj "/CN=agentmesh-e2e-front-proxy-ca" \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
-ossl req -new -newkey rsa:2048 -nodes -keyout "$PKI/front-proxy-client.key" -out "$PKI/front-proxy-client.csr" -subj "/CN=front-proxy-client"
-printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth" >"$PKI/fp.ext"
-ossl x509 -req -in "$PKI/front-proxy-client.csr" -CA "$PKI/front-proxy-ca.crt" -CAkey "$PKI/front-proxy-ca.key" \
-  -CAcreateserial -days 3650 -sha256 -extfile "$PKI/fp.ext" -out "$PKI/front-proxy-client.crt"
-rm -f "$PKI/front-proxy-client.csr" "$PKI/fp.ext"
+own_ca_and_client front-proxy-ca agentmesh-e2e-front-proxy-ca front-proxy-client front-proxy-client
 # The API server's client certificate for admission webhooks, from a CA of its own (the cluster
 # CA signs kubelets and users, who must not pass for the API server): the operator requires it
 # when MESHLOGIC_WEBHOOK_CLIENT_CA_FILE names webhook-client-ca.crt.
-ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
-  -keyout "$PKI/webhook-client-ca.key" -out "$PKI/webhook-client-ca.crt" -subj "/CN=agentmesh-e2e-webhook-client-ca" \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
-ossl req -new -newkey rsa:2048 -nodes -keyout "$PKI/webhook-client.key" -out "$PKI/webhook-client.csr" -subj "/CN=kube-apiserver-webhook-client"
-printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth" >"$PKI/wc.ext"
-ossl x509 -req -in "$PKI/webhook-client.csr" -CA "$PKI/webhook-client-ca.crt" -CAkey "$PKI/webhook-client-ca.key" \
-  -CAcreateserial -days 3650 -sha256 -extfile "$PKI/wc.ext" -out "$PKI/webhook-client.crt"
-rm -f "$PKI/webhook-client.csr" "$PKI/wc.ext"
+own_ca_and_client webhook-client-ca agentmesh-e2e-webhook-client-ca webhook-client kube-apiserver-webhook-client
 # ServiceAccount token signing key pair
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
 ossl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"

@@ -569,16 +569,7 @@ fn a_meshlogicagent_outside_the_allowed_namespaces_or_images_gets_nothing() {
     };
 
     // Another image repository: the DaemonSet and the cluster RBAC go.
-    cluster().kubectl_ok(&[
-        "patch",
-        "mla",
-        name,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"image":{"repository":"evil.example/root"}}}"#,
-    ]);
+    set_image(ns, name, "evil.example/root");
     let reason = eventually(&mut operator, "Degraded=True", || degraded_reason(ns));
     assert_eq!(reason, "ImageNotAllowed");
     eventually(&mut operator, "the DaemonSet and RBAC to go", || {
@@ -600,16 +591,7 @@ fn a_meshlogicagent_outside_the_allowed_namespaces_or_images_gets_nothing() {
     ]);
     assert!(!events.trim().is_empty(), "no ImageNotAllowed Event");
     // Back to the allowed repository: made again.
-    cluster().kubectl_ok(&[
-        "patch",
-        "mla",
-        name,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"image":{"repository":"registry.meshlogic.ai/meshlogic/agent"}}}"#,
-    ]);
+    set_image(ns, name, "registry.meshlogic.ai/meshlogic/agent");
     eventually(&mut operator, "the DaemonSet again", || {
         agentmesh_e2e::cluster().get("daemonset", &format!("{name}-probe"), Some(ns))
     });
@@ -649,6 +631,21 @@ fn a_meshlogicagent_outside_the_allowed_namespaces_or_images_gets_nothing() {
         c.get("clusterrole", &rbac_name(&tenant.name, name), None)
             .is_none()
     );
+}
+
+/// Sets the image repository of the MeshLogicAgent `name`.
+fn set_image(namespace: &str, name: &str, repository: &str) {
+    let patch = json!({"spec": {"image": {"repository": repository}}}).to_string();
+    cluster().kubectl_ok(&[
+        "patch",
+        "mla",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
 }
 
 /// Deletes cluster-scoped objects when dropped.
@@ -767,16 +764,7 @@ fn the_operator_needs_only_the_rbac_it_documents() {
             .then_some(())
     });
     // A refusal (another image) with these rights too: its DaemonSet and binding go.
-    cluster.kubectl_ok(&[
-        "patch",
-        "mla",
-        name,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"image":{"repository":"evil.example/root"}}}"#,
-    ]);
+    set_image(ns, name, "evil.example/root");
     eventually(
         &mut operator,
         "the refused agent's DaemonSet and binding gone",

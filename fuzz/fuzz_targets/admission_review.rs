@@ -15,7 +15,9 @@ mod review;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(decoded) = review::decode(data) else { return };
+    let Ok(decoded) = review::decode(data) else {
+        return;
+    };
     let request = match decoded {
         review::Decoded::Answered { uid, answer } => {
             let body = review::encode(&uid, &answer);
@@ -26,8 +28,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let settings = inject::Settings::seed("agentmesh", data.len() % 2 == 0);
     let pod = &request.pod;
-    let spec = pod.spec.as_ref().expect("the decoder refuses pods without a spec");
-    if inject::skip_reason(pod, &request.namespace, &settings).is_some() || inject::already_injected(pod) {
+    let spec = pod
+        .spec
+        .as_ref()
+        .expect("the decoder refuses pods without a spec");
+    if inject::skip_reason(pod, &request.namespace, &settings).is_some()
+        || inject::already_injected(pod)
+    {
         let _ = inject::proxy_env_ops(spec);
         return;
     }
@@ -40,9 +47,11 @@ fuzz_target!(|data: &[u8]| {
 
     // The patch applies to the pod as the decoder read it, and the result is injected.
     let mut value = serde_json::to_value(pod).expect("a pod serializes");
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).expect("a patch");
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).expect("a patch");
     json_patch::patch(&mut value, &patch).expect("the patch applies");
-    let patched: k8s_openapi::api::core::v1::Pod = serde_json::from_value(value).expect("still a pod");
+    let patched: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(value).expect("still a pod");
     assert!(inject::already_injected(&patched));
     assert!(inject::proxy_env_ops(patched.spec.as_ref().unwrap()).is_empty());
 });

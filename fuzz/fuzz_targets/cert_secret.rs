@@ -14,7 +14,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use libfuzzer_sys::fuzz_target;
 use meshlogic_webhook_certs::{
-    CA_BUNDLE, CA_SIGNER_CRT, CA_SIGNER_KEY, CertStore, Plan, TLS_CRT, TLS_KEY, execute,
+    CA_BUNDLE, CA_SIGNER_CRT, CA_SIGNER_KEY, CertStore, Plan, TLS_CRT, TLS_KEY, execute_at,
     parse_first, plan, provider, sans, valid_certificates,
 };
 use rustls::client::danger::ServerCertVerifier;
@@ -133,8 +133,15 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         Plan::Renew => {
-            let renewed = execute(&Plan::Renew, &data, SERVING_LIFETIME, CA_LIFETIME, &names)
-                .expect("a CA fit to keep issues a serving certificate");
+            let renewed = execute_at(
+                &Plan::Renew,
+                &data,
+                SERVING_LIFETIME,
+                CA_LIFETIME,
+                &names,
+                now,
+            )
+            .expect("a CA fit to keep issues a serving certificate");
             assert_eq!(renewed[CA_BUNDLE], data[CA_BUNDLE]);
             assert_eq!(renewed[CA_SIGNER_CRT], data[CA_SIGNER_CRT]);
             assert_eq!(

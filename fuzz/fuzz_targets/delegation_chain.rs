@@ -9,7 +9,9 @@ use agentmesh_identity::{SigningKey, Timestamp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(links) = serde_json::from_slice::<Vec<DelegationLink>>(data) else { return };
+    let Ok(links) = serde_json::from_slice::<Vec<DelegationLink>>(data) else {
+        return;
+    };
     let root = SigningKey::from_bytes(&[1; 32]);
     let mut registry = MemoryRegistry::new();
     let dids: Vec<Did> = (1..4u8)
@@ -21,7 +23,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let grants = parse_all(&["*"]).unwrap();
     let root_did = Did::from_public_key(&root.verifying_key());
-    let _ = verify_chain(&links, &root_did, &grants, &registry, Timestamp::from_secs(1_800_000_000), 5);
+    let _ = verify_chain(
+        &links,
+        &root_did,
+        &grants,
+        &registry,
+        Timestamp::from_secs(1_800_000_000),
+        5,
+    );
     for link in &links {
         let _ = link.signed_bytes();
         let _ = parse_all(&link.capabilities);

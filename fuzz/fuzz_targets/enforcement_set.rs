@@ -14,12 +14,11 @@ use agentmesh_api::wire::{Cidr, EnforcementSet};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 use meshlogic_probe_core::cgroup::PodCgroups;
-use meshlogic_probe_core::keys::net_key;
 use meshlogic_probe_core::layout::{
     DestKey, EXEC_KEY_PATH, ExecKey, MAX_PORTS, Net4Key, Net6Key, NetRule, POD_ENFORCED,
     POD_QUARANTINED, POD_WATCHED,
 };
-use meshlogic_probe_core::maps::{KernelState, build};
+use meshlogic_probe_core::maps::build;
 
 /// Bounds the work of the oracle on large inputs.
 const PROBED_RULES: usize = 8;
@@ -63,25 +62,6 @@ fn check_rule(value: &[u8]) -> Option<BTreeSet<u16>> {
         "ports unsorted"
     );
     (nports > 0).then(|| ports[..nports].iter().copied().collect())
-}
-
-/// Whether the kernel refuses pod `pod`'s connect to `ip:port` on the deny tries: the longest
-/// prefix in the trie of the address's family (IPv4 for an IPv4-mapped IPv6 address), then its
-/// ports.
-fn kernel_refuses(state: &KernelState, pod: u64, ip: IpAddr, port: u16) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    };
-    let (trie, bits) = match ip {
-        IpAddr::V4(_) => (&state.deny_net4, 32),
-        IpAddr::V6(_) => (&state.deny_net6, 128),
-    };
-    let longest = (0..=bits).rev().find_map(|len| {
-        let net = IpNet::new(ip, len).unwrap().trunc();
-        trie.get(&net_key(pod, net))
-    });
-    longest.is_some_and(|rule| check_rule(rule).is_none_or(|ports| ports.contains(&port)))
 }
 
 /// Addresses worth asking about a network: its first and last, and their neighbours outside.
@@ -255,7 +235,7 @@ fuzz_target!(|data: &[u8]| {
             let union: BTreeSet<u16> = covering.iter().flat_map(|p| p.iter().copied()).collect();
             for port in &ports {
                 let denied = every_port || union.contains(port);
-                let refused = kernel_refuses(&state, id, *ip, *port);
+                let refused = state.refuses_connect(id, *ip, *port);
                 if denied {
                     assert!(
                         refused,

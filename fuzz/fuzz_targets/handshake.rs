@@ -1,7 +1,9 @@
 //! Handshake messages from a peer: decoded from JSON and fed to both state machines.
 #![no_main]
 
-use agentmesh_identity::handshake::{HandshakeChallenge, HandshakeConfig, HandshakeInit, HandshakeResponse, Initiator, Responder};
+use agentmesh_identity::handshake::{
+    HandshakeChallenge, HandshakeConfig, HandshakeInit, HandshakeResponse, Initiator, Responder,
+};
 use agentmesh_identity::registry::MemoryRegistry;
 use agentmesh_identity::{SigningKey, Timestamp};
 use libfuzzer_sys::fuzz_target;
@@ -19,12 +21,19 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(response) = serde_json::from_slice::<HandshakeResponse>(data) {
         // A real pending challenge, so that the response reaches the signature check.
-        let (_, init) = Initiator::start(alice.clone(), [7; 32], None, HandshakeConfig::default(), now);
+        let (_, init) = Initiator::start(
+            alice.clone(),
+            [7; 32],
+            None,
+            HandshakeConfig::default(),
+            now,
+        );
         let _ = responder.on_init(&init, &registry, [0; 16], [8; 32], now);
         let _ = responder.on_response(&response, &registry, now);
     }
     if let Ok(challenge) = serde_json::from_slice::<HandshakeChallenge>(data) {
-        let (initiator, _) = Initiator::start(alice, [7; 32], None, HandshakeConfig::default(), now);
+        let (initiator, _) =
+            Initiator::start(alice, [7; 32], None, HandshakeConfig::default(), now);
         let _ = initiator.on_challenge(&challenge, &registry, now);
     }
 });

@@ -40,11 +40,15 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // SSE: split the input at a point chosen by its first byte.
-    let split = data.first().map_or(0, |b| usize::from(*b) % (data.len() + 1));
+    let split = data
+        .first()
+        .map_or(0, |b| usize::from(*b) % (data.len() + 1));
     let mut parser = sse::Parser::default();
     let mut relayed = Vec::new();
     for chunk in [&data[..split], &data[split..]] {
-        let Ok(events) = parser.push(chunk) else { return };
+        let Ok(events) = parser.push(chunk) else {
+            return;
+        };
         for event in events {
             relayed.extend_from_slice(&event.raw);
             if event.data.is_some() {

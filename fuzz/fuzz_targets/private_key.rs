@@ -2,13 +2,15 @@
 //! signatures, capabilities and RFC 3339 instants in text form.
 #![no_main]
 
+use agentmesh_identity::Timestamp;
 use agentmesh_identity::capability::Capability;
 use agentmesh_identity::keys::{self, Did};
-use agentmesh_identity::Timestamp;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(key) = keys::private_key_from_pem(text) {
         // Whatever form was read (PKCS#8 v1 or v2), the RFC 8410 v1 form written reads back.
         let pem = keys::private_key_to_pem(&key).expect("encoding cannot fail");

@@ -5,8 +5,8 @@
 #![no_main]
 
 use agentmesh_api::wire::ReportBatch;
-use agentmesh_identity::report::{sign_report, verify_report};
 use agentmesh_identity::SigningKey;
+use agentmesh_identity::report::{sign_report, verify_report};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

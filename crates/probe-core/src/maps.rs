@@ -59,6 +59,36 @@ fn denied_nets(rules: Vec<(IpNet, BTreeSet<u16>)>) -> Vec<DeniedNet> {
 
 /// The kernel state for these pod cgroups under this enforcement (none below tier 3), and
 /// warnings about rules that cannot be enforced as written.
+impl KernelState {
+    /// Whether the kernel refuses pod `pod`'s connect to `ip:port` under these maps, looked up
+    /// as `bpf/probe/connect.bpf.h` does: the longest prefix in the trie of the address's
+    /// family (an IPv4-mapped IPv6 address as IPv4), then that rule's ports (none: every port).
+    /// The model the unit tests and the `enforcement_set` fuzz target hold the maps to.
+    pub fn refuses_connect(&self, pod: u64, ip: std::net::IpAddr, port: u16) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        let (trie, bits) = match ip {
+            IpAddr::V4(_) => (&self.deny_net4, 32),
+            IpAddr::V6(_) => (&self.deny_net6, 128),
+        };
+        let longest = (0..=bits).rev().find_map(|len| {
+            let net = IpNet::new(ip, len).ok()?.trunc();
+            trie.get(&net_key(pod, net))
+        });
+        longest.is_some_and(|rule| {
+            let nports = u32::from_ne_bytes(rule[..4].try_into().unwrap_or_default()) as usize;
+            nports == 0
+                || (0..nports.min(MAX_PORTS)).any(|i| {
+                    rule.get(4 + 2 * i..6 + 2 * i)
+                        .is_some_and(|p| u16::from_ne_bytes([p[0], p[1]]) == port)
+                })
+        })
+    }
+}
+
 pub fn build(
     pod_cgroups: &PodCgroups,
     enforcement: Option<&EnforcementSet>,

@@ -89,28 +89,29 @@ fn san(name: &str) -> anyhow::Result<SanType> {
     })
 }
 
-fn validity(params: &mut CertificateParams, lifetime: Duration) {
-    let now = OffsetDateTime::now_utc();
+fn validity(params: &mut CertificateParams, lifetime: Duration, now: OffsetDateTime) {
     params.not_before = now - BACKDATE;
     params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
 }
 
 /// A new self-signed CA: (certificate PEM, key PEM).
 pub fn new_ca(lifetime: Duration) -> anyhow::Result<(String, String)> {
+    new_ca_at(lifetime, OffsetDateTime::now_utc())
+}
+
+/// [`new_ca`] as made at `now`.
+fn new_ca_at(lifetime: Duration, now: OffsetDateTime) -> anyhow::Result<(String, String)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(
         DnType::CommonName,
-        format!(
-            "agentmesh-webhook-ca-{}",
-            OffsetDateTime::now_utc().unix_timestamp()
-        ),
+        format!("agentmesh-webhook-ca-{}", now.unix_timestamp()),
     );
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut params, lifetime);
+    validity(&mut params, lifetime, now);
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -121,6 +122,23 @@ pub fn issue(
     ca_key_pem: &str,
     sans: &[String],
     lifetime: Duration,
+) -> anyhow::Result<(String, String)> {
+    issue_at(
+        ca_pem,
+        ca_key_pem,
+        sans,
+        lifetime,
+        OffsetDateTime::now_utc(),
+    )
+}
+
+/// [`issue`] as issued at `now`.
+fn issue_at(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    sans: &[String],
+    lifetime: Duration,
+    now: OffsetDateTime,
 ) -> anyhow::Result<(String, String)> {
     let issuer = Issuer::from_ca_cert_pem(ca_pem, KeyPair::from_pem(ca_key_pem)?)?;
     let key = KeyPair::generate()?;
@@ -138,7 +156,7 @@ pub fn issue(
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, lifetime);
+    validity(&mut params, lifetime, now);
     let cert = params.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -338,6 +356,20 @@ pub fn execute(
     ca_lifetime: Duration,
     sans: &[String],
 ) -> anyhow::Result<BTreeMap<String, ByteString>> {
+    let now = OffsetDateTime::now_utc();
+    execute_at(plan, data, serving_lifetime, ca_lifetime, sans, now)
+}
+
+/// [`execute`] at `now` (the certificates' validity, the CAs kept in the bundle): what the fuzz
+/// target runs, so that its checks do not depend on the day.
+pub fn execute_at(
+    plan: &Plan,
+    data: &BTreeMap<String, ByteString>,
+    serving_lifetime: Duration,
+    ca_lifetime: Duration,
+    sans: &[String],
+    now: OffsetDateTime,
+) -> anyhow::Result<BTreeMap<String, ByteString>> {
     let mut data = data.clone();
     let text = |data: &BTreeMap<String, ByteString>, key: &str| {
         data.get(key)
@@ -345,11 +377,11 @@ pub fn execute(
             .unwrap_or_default()
     };
     if *plan == Plan::NewCa {
-        let (ca, ca_key) = new_ca(ca_lifetime)?;
+        let (ca, ca_key) = new_ca_at(ca_lifetime, now)?;
         // The new CA first, then the old ones still valid: what they signed stays trusted.
         let mut bundle = ca.clone();
         let old = data.get(CA_BUNDLE).map(|b| b.0.clone()).unwrap_or_default();
-        for pem in valid_certificates(&old, OffsetDateTime::now_utc()) {
+        for pem in valid_certificates(&old, now) {
             bundle.push_str(&pem);
         }
         data.insert(CA_SIGNER_CRT.into(), ByteString(ca.into_bytes()));
@@ -357,11 +389,12 @@ pub fn execute(
         data.insert(CA_BUNDLE.into(), ByteString(bundle.into_bytes()));
     }
     if *plan != Plan::Keep {
-        let (cert, key) = issue(
+        let (cert, key) = issue_at(
             &text(&data, CA_SIGNER_CRT),
             &text(&data, CA_SIGNER_KEY),
             sans,
             serving_lifetime,
+            now,
         )?;
         data.insert(TLS_CRT.into(), ByteString(cert.into_bytes()));
         data.insert(TLS_KEY.into(), ByteString(key.into_bytes()));

@@ -90,29 +90,9 @@ fn entries_of_one_pod_add_up() {
     assert!(!kernel_refuses(&state, ip, 80));
 }
 
-/// Whether the kernel refuses a connect of pod 11 to `ip:port` under `state`: the longest
-/// prefix of the trie of the connect's family (connect4 for IPv4, connect6 for IPv6 but for
-/// IPv4-mapped addresses, looked up as IPv4), then its ports, as bpf/probe/connect.bpf.h
-/// looks them up.
+/// Whether the kernel refuses a connect of pod 11 to `ip:port` under `state`.
 fn kernel_refuses(state: &KernelState, ip: IpAddr, port: u16) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    };
-    let (trie, bits) = match ip {
-        IpAddr::V4(_) => (&state.deny_net4, 32),
-        IpAddr::V6(_) => (&state.deny_net6, 128),
-    };
-    let longest = (0..=bits).rev().find_map(|len| {
-        let net = IpNet::new(ip, len).unwrap().trunc();
-        trie.get(&net_key(11, net))
-    });
-    longest.is_some_and(|rule| {
-        let nports = u32::from_ne_bytes(rule[..4].try_into().unwrap()) as usize;
-        nports == 0
-            || (0..nports)
-                .any(|i| u16::from_ne_bytes(rule[4 + 2 * i..6 + 2 * i].try_into().unwrap()) == port)
-    })
+    state.refuses_connect(11, ip, port)
 }
 
 /// The trust rules and the probe read a CIDR alike (one parser: host bits, signs, leading zeros,
