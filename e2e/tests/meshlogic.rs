@@ -708,10 +708,18 @@ fn the_operator_needs_only_the_rbac_it_documents() {
     let (documented, probe) = agentmesh_e2e::documented_cluster_roles();
     let chart_probe_role = probe["metadata"]["name"].as_str().unwrap();
     let mut rules = documented["rules"].clone();
+    let chart_operator_role = documented["metadata"]["name"].as_str().unwrap();
     for rule in rules.as_array_mut().unwrap() {
         if rule["verbs"] == json!(["bind"]) {
             assert_eq!(rule["resourceNames"], json!([chart_probe_role]), "{rule}");
             rule["resourceNames"] = json!([probe_role]);
+        } else if rule["resources"] == json!(["clusterroles"]) {
+            assert_eq!(
+                rule["resourceNames"],
+                json!([chart_operator_role]),
+                "{rule}"
+            );
+            rule["resourceNames"] = json!([role_name]);
         }
     }
     let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
@@ -731,6 +739,8 @@ fn the_operator_needs_only_the_rbac_it_documents() {
         &[
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),
             ("MESHLOGIC_PROBE_CLUSTER_ROLE", &probe_role),
+            // As the chart runs it: its own ClusterRole owns the webhook configuration.
+            ("MESHLOGIC_OWNER_CLUSTER_ROLE", &role_name),
         ],
     );
     // It may make no ClusterRole, and bind no other one.
@@ -744,6 +754,7 @@ fn the_operator_needs_only_the_rbac_it_documents() {
     assert!(!may(&["create", "clusterroles"]));
     assert!(!may(&["bind", "clusterroles/cluster-admin"]));
     assert!(may(&["bind", &format!("clusterroles/{probe_role}")]));
+    assert!(!may(&["get", "clusterroles/cluster-admin"]));
     let _cleanup = AgentCleanup {
         namespace: ns.to_string(),
         name: name.to_string(),
@@ -754,6 +765,18 @@ fn the_operator_needs_only_the_rbac_it_documents() {
         (agent["status"]["readyNodes"] == 2 && condition(&agent, "Available")?["status"] == "True")
             .then_some(())
     });
+    eventually(
+        &mut operator,
+        "the webhook configuration owned by the ClusterRole",
+        || {
+            let config = agentmesh_e2e::cluster().get(
+                "mutatingwebhookconfiguration",
+                &format!("agentmesh-sidecar-injector-{ns}"),
+                None,
+            )?;
+            (config["metadata"]["ownerReferences"][0]["name"] == role_name.as_str()).then_some(())
+        },
+    );
     let binding = agentmesh_e2e::cluster()
         .get("clusterrolebinding", &rbac_name(ns, name), None)
         .expect("the probe's ClusterRoleBinding");
