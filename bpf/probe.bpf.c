@@ -9,19 +9,26 @@
 #include "probe.h"
 
 /* tp_btf programs attach through BTF, with no need for tracefs (often not mounted on nodes).
- * File opens are observed at the raw sys_enter tracepoint, filtered on the syscall number: on a
+ * File opens are observed at the raw sys_exit tracepoint, filtered on the syscall number: on a
  * kernel without kprobes, fentry and BPF LSM it is the only hook that sees them, and its mere
  * presence puts every syscall of the node on the kernel's slow path, so it is attached only when
- * file events are wanted. Connects are observed by the cgroup connect programs instead, which
- * run on connect() alone. */
+ * file events are wanted. At the exit rather than the entry, an open that succeeded is named by
+ * the file it opened, not by the text it was asked with. Connects are observed by the cgroup
+ * connect programs instead, which run on connect() alone. */
 #if defined(__TARGET_ARCH_x86)
 #define NR_OPEN 2
+#define NR_CREAT 85
+#define NR_OPEN_BY_HANDLE_AT 304
 #define NR_OPENAT 257
 #define NR_OPENAT2 437
+#define SYSCALL_NR(regs) ((regs)->orig_ax)
 #elif defined(__TARGET_ARCH_arm64)
-#define NR_OPEN -1 /* no open(2) on arm64 */
+#define NR_OPEN -1 /* no open(2) or creat(2) on arm64 */
+#define NR_CREAT -1
+#define NR_OPEN_BY_HANDLE_AT 265
 #define NR_OPENAT 56
 #define NR_OPENAT2 437
+#define SYSCALL_NR(regs) ((regs)->syscallno)
 #else
 #error "unsupported architecture"
 #endif
@@ -29,6 +36,8 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SIGKILL 9
+/* creat(2) is open(2) with these flags. */
+#define CREAT_FLAGS (00000100 /* O_CREAT */ | 00000001 /* O_WRONLY */ | 00001000 /* O_TRUNC */)
 /* emit() counts nothing (refusals are counted whether or not their event fits). */
 #define NO_COUNTER C_COUNT
 
@@ -60,6 +69,7 @@ const volatile __u64 hash_key = 0;
 struct event event_layout = {};
 enum counter counter_layout = C_COUNT;
 enum pod_flag pod_flag_layout = POD_WATCHED;
+enum exec_file_kind exec_file_kind_layout = EXEC_FILE_DENIED;
 enum probe_limit probe_limit_layout = PATH_LEN;
 
 /* By concern, in dependency order. */

@@ -48,6 +48,13 @@ enum pod_flag {
 	POD_WATCHED = 1,
 	POD_ENFORCED = 2,
 	POD_QUARANTINED = 4,
+	POD_EXEC_DENIED = 8, /* the pod has exec deny rules: unnamed files are refused too */
+};
+
+/* What an exec_file entry is (value of the deny_exec_file map). */
+enum exec_file_kind {
+	EXEC_FILE_DENIED = 1, /* a denied executable, whatever name it is run by */
+	EXEC_FILE_LOADER = 2, /* the dynamic loader, run directly (ld.so /usr/bin/id) */
 };
 
 /* What every event carries; the path follows it, path_len bytes. */
@@ -95,6 +102,14 @@ struct exec_key {
 	char path[EXEC_KEY_PATH];
 };
 
+/* Key of deny_exec_file: a file by its inode, as the kernel names it (i_sb->s_dev, i_ino). */
+struct exec_file_key {
+	__u64 pod;
+	__u64 ino;
+	__u32 dev; /* the kernel's dev_t: major << 20 | minor */
+	__u32 pad;
+};
+
 struct net4_key {
 	__u32 prefixlen;
 	__u8 pod[8];
@@ -130,6 +145,7 @@ struct pod_of {
 	__u32 flags;
 	__u32 pad;
 	__u64 repeated_opens; /* opens of this cgroup counted here instead of sent (cumulative) */
+	__u64 dropped; /* events of this cgroup lost to a full ring buffer (cumulative) */
 };
 
 #endif

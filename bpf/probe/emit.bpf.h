@@ -50,10 +50,17 @@ static __always_inline void emit(struct scratch *s, long path_bytes, __u32 count
 	s->sent++;
 	__u64 wakeup = urgent || !(s->sent & (wakeup_every - 1)) ? BPF_RB_FORCE_WAKEUP
 								  : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&events, e, size, wakeup))
+	if (bpf_ringbuf_output(&events, e, size, wakeup)) {
 		count(C_RINGBUF_DROPS);
-	else
+		/* Also by cgroup, so that the pod's report says what it lost (rare: the lookup is
+		 * paid on a drop only). */
+		__u64 cgroup = bpf_get_current_cgroup_id();
+		struct pod_of *entry = bpf_map_lookup_elem(&cgroup_pod, &cgroup);
+		if (entry)
+			__sync_fetch_and_add(&entry->dropped, 1);
+	} else {
 		count(counter);
+	}
 }
 
 #endif

@@ -14,6 +14,29 @@ static __always_inline bool exec_denied(struct exec_key *key, __u64 pod, const c
 	return bpf_map_lookup_elem(&deny_exec, key) != 0;
 }
 
+/* Whether the file being executed is refused by what it is rather than by its name: a denied
+ * executable's inode (under any name: a hard link, merged /usr), the dynamic loader run
+ * directly (`ld.so /usr/bin/id` maps the program itself, no exec names it), or, in a pod with
+ * exec deny rules, a file with no name at all (memfd_create, O_TMPFILE, deleted): what runs
+ * from it cannot be matched against a rule. */
+static __always_inline bool exec_file_denied(__u64 pod, __u32 flags, struct file *file)
+{
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	struct exec_file_key key = {
+		.pod = pod,
+		.ino = BPF_CORE_READ(inode, i_ino),
+		.dev = BPF_CORE_READ(inode, i_sb, s_dev),
+	};
+	if (bpf_map_lookup_elem(&deny_exec_file, &key))
+		return true;
+	if (!(flags & POD_EXEC_DENIED) || BPF_CORE_READ(inode, __i_nlink) != 0)
+		return false;
+	/* runc starts its init from a memfd copy of itself (CVE-2019-5736), possibly already in
+	 * the pod's cgroup, at the node's root: not the pod's. A container cannot take that root. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	return !runtime_root || (__u64)BPF_CORE_READ(task, fs, root.dentry) != runtime_root;
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -37,11 +60,14 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 		/* Denied by the path as passed to exec, or by the file it resolves to (through
 		 * symbolic links, relative names, and for a script its interpreter). */
 		bool denied = key && exec_denied(key, pod, filename);
+		struct file *file = BPF_CORE_READ(bprm, file);
 		if (key && buf && !denied) {
-			long at = resolve_path(buf, BPF_CORE_READ(bprm, file), p);
+			long at = resolve_path(buf, file, p);
 			if (at >= 0)
 				denied = exec_denied(key, pod, &buf->data[at & (PATH_LEN - 1)]);
 		}
+		if (!denied)
+			denied = exec_file_denied(pod, flags, file);
 		if (denied) {
 			/* The new image never runs a user instruction: the signal is delivered on
 			 * the way back to user space. */

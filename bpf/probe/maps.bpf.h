@@ -138,6 +138,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } deny_net6 SEC(".maps");
 
+/* Denied executables and dynamic loaders of enforced pods, by inode: a hard link, another
+ * name of the same file (a merged /usr's /bin/id and /usr/bin/id) or a bind mount of it is
+ * the same key. Value: enum exec_file_kind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct exec_file_key);
+	__type(value, __u8);
+} deny_exec_file SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
-/* File opens at the raw sys_enter tracepoint: repeats folded and mute paths dropped in the
- * kernel. Included by probe.bpf.c only (one object, one skeleton). */
+/* File opens at the raw sys_exit tracepoint, named by the file opened: repeats folded and mute
+ * paths dropped in the kernel. Included by probe.bpf.c only (one object, one skeleton). */
 #ifndef MESHLOGIC_PROBE_OPEN_BPF_H
 #define MESHLOGIC_PROBE_OPEN_BPF_H
 
@@ -12,7 +12,23 @@ struct stack_path {
 	char path[PATH_LEN];
 } __attribute__((aligned(8)));
 
-static __always_inline int handle_open(const char *filename, __s32 open_flags)
+/* The file of descriptor fd of task, NULL when there is none. */
+static __always_inline struct file *fd_file(struct task_struct *task, long fdnum)
+{
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fdnum < 0 || fdnum >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **table = BPF_CORE_READ(fdt, fd);
+	struct file *file = 0;
+	bpf_probe_read_kernel(&file, sizeof(file), &table[fdnum]);
+	return file;
+}
+
+/* An open that returned ret (a descriptor, or -errno). A file opened is named by its path from
+ * the task's root, resolved from its dentries: a relative name, `..`, /proc/self/cwd/x, a
+ * symbolic link or a path through a descriptor all name the file itself. A failed open (nothing
+ * opened) is named by the text it asked for, as is a file too deep to resolve. */
+static __always_inline int handle_open(const char *filename, __s32 open_flags, long ret)
 {
 	__u32 flags = 0;
 	struct pod_of *entry = 0;
@@ -29,7 +45,19 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 	/* The path is read onto the stack: the kernel checks a copy to the stack for less than one
 	 * to a map value, and a repeated open never needs it anywhere else. */
 	struct stack_path path;
-	long n = bpf_probe_read_user_str(path.path, sizeof(path.path), filename);
+	long n = 0;
+	if (ret >= 0) {
+		__u32 zero = 0;
+		struct path_buf *buf = bpf_map_lookup_elem(&path_heap, &zero);
+		struct task_struct *task = bpf_get_current_task_btf();
+		struct file *file = fd_file(task, ret);
+		long at = buf && file ? resolve_path(buf, file, task) : -1;
+		if (at >= 0)
+			n = bpf_probe_read_kernel_str(path.path, sizeof(path.path),
+						      &buf->data[at & (PATH_LEN - 1)]);
+	}
+	if (n <= 0 && filename)
+		n = bpf_probe_read_user_str(path.path, sizeof(path.path), filename);
 	if (n <= 0) {
 		path.path[0] = 0;
 		n = 1;
@@ -75,21 +103,29 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags)
 	return 0;
 }
 
-/* Registers are read in place (tp_btf gives a typed pointer): no helper call per argument. */
-SEC("tp_btf/sys_enter")
-int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
+/* Every open-like system call: open, openat, openat2, creat, open_by_handle_at (which names no
+ * path: only its file does). The arguments are still in the saved registers at the exit, read
+ * in place (tp_btf gives a typed pointer): no helper call per argument. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
+	long id = SYSCALL_NR(regs);
 	if (id == NR_OPENAT)
 		return handle_open((const char *)PT_REGS_PARM2_SYSCALL(regs),
-				   (__s32)PT_REGS_PARM3_SYSCALL(regs));
+				   (__s32)PT_REGS_PARM3_SYSCALL(regs), ret);
 	if (id == NR_OPENAT2) {
 		struct open_how how = {};
 		bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_SYSCALL(regs));
-		return handle_open((const char *)PT_REGS_PARM2_SYSCALL(regs), (__s32)how.flags);
+		return handle_open((const char *)PT_REGS_PARM2_SYSCALL(regs), (__s32)how.flags,
+				   ret);
 	}
 	if (id == NR_OPEN)
 		return handle_open((const char *)PT_REGS_PARM1_SYSCALL(regs),
-				   (__s32)PT_REGS_PARM2_SYSCALL(regs));
+				   (__s32)PT_REGS_PARM2_SYSCALL(regs), ret);
+	if (id == NR_CREAT)
+		return handle_open((const char *)PT_REGS_PARM1_SYSCALL(regs), CREAT_FLAGS, ret);
+	if (id == NR_OPEN_BY_HANDLE_AT && ret >= 0)
+		return handle_open(0, (__s32)PT_REGS_PARM3_SYSCALL(regs), ret);
 	return 0;
 }
 

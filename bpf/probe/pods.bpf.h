@@ -49,8 +49,11 @@ static __always_inline __u64 find_pod_entry(__u32 *flags, struct pod_of **entry)
 		return cached->pod;
 	}
 	struct pod_of found = { .generation = generation };
-	if (cached)
-		found.repeated_opens = cached->repeated_opens; /* user space reads it cumulatively */
+	if (cached) {
+		/* user space reads them cumulatively */
+		found.repeated_opens = cached->repeated_opens;
+		found.dropped = cached->dropped;
+	}
 	found.pod = walk_to_pod(&found.flags);
 	bpf_map_update_elem(&cgroup_pod, &cgroup, &found, BPF_ANY);
 	*flags = found.flags;

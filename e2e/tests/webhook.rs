@@ -249,6 +249,27 @@ fn a_deployment_in_a_labelled_namespace_gets_the_sidecar_and_an_unlabelled_one_d
                 "an agent container mounts the key: {agent}"
             );
         }
+        // The sidecar holds no Kubernetes API token (the API server's ServiceAccount admission
+        // mounts one into every container that has nothing at its path, also after the
+        // webhook); the agent keeps its own.
+        let token_mounts = |container: &Value| -> Vec<Value> {
+            (container["volumeMounts"].as_array().into_iter().flatten())
+                .filter(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount")
+                .map(|m| m["name"].clone())
+                .collect()
+        };
+        assert_eq!(
+            token_mounts(sidecar),
+            [json!("agentmesh-no-api-token")],
+            "{sidecar}"
+        );
+        for agent in pod["spec"]["containers"].as_array().unwrap() {
+            let mounts = token_mounts(agent);
+            assert!(
+                mounts.len() == 1 && mounts[0].as_str().unwrap().starts_with("kube-api-access-"),
+                "the agent lost its API token: {agent}"
+            );
+        }
         assert_eq!(
             sidecar["envFrom"][0]["configMapRef"],
             json!({"name": "agentmesh-config", "optional": true})

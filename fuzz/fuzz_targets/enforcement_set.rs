@@ -14,11 +14,12 @@ use agentmesh_api::wire::{Cidr, EnforcementSet};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 use meshlogic_probe_core::cgroup::PodCgroups;
+use meshlogic_probe_core::keys::exec_file_key;
 use meshlogic_probe_core::layout::{
-    DestKey, EXEC_KEY_PATH, ExecKey, MAX_PORTS, Net4Key, Net6Key, NetRule, POD_ENFORCED,
-    POD_QUARANTINED, POD_WATCHED,
+    DestKey, EXEC_FILE_DENIED, EXEC_FILE_LOADER, EXEC_KEY_PATH, ExecKey, MAX_PORTS, Net4Key,
+    Net6Key, NetRule, POD_ENFORCED, POD_EXEC_DENIED, POD_QUARANTINED, POD_WATCHED,
 };
-use meshlogic_probe_core::maps::build;
+use meshlogic_probe_core::maps::{FileId, FilesByPod, PodFiles, build};
 
 /// Bounds the work of the oracle on large inputs.
 const PROBED_RULES: usize = 8;
@@ -103,8 +104,27 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     cgroups.by_id.insert(2_000_000, stranger);
 
-    let (state, warnings) = build(&cgroups, Some(&set));
-    let (plain, none) = build(&cgroups, None);
+    // What the probe found in each pod's containers: one file per exact pattern (the same file
+    // for two pods naming the same path), and one dynamic loader.
+    let file_of = |pattern: &str| FileId {
+        dev: 1,
+        ino: pattern
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into())),
+    };
+    let loader = FileId { dev: 2, ino: 1 };
+    let files: FilesByPod = (set.pods.iter())
+        .map(|pod| {
+            let denied = (pod.denied_executables.iter())
+                .filter(|p| !p.ends_with('*'))
+                .map(|p| (p.clone(), [file_of(p)].into()))
+                .collect();
+            let loaders = [loader].into();
+            (pod.pod_uid.clone(), PodFiles { denied, loaders })
+        })
+        .collect();
+    let (state, warnings) = build(&cgroups, Some(&set), &files);
+    let (plain, none) = build(&cgroups, None, &FilesByPod::new());
     assert!(none.is_empty());
     assert!(plain.deny_exec.is_empty() && plain.deny_net4.is_empty() && plain.deny_net6.is_empty());
     assert!(plain.allowed.is_empty() && plain.pods.values().all(|f| *f == POD_WATCHED));
@@ -121,7 +141,26 @@ fuzz_target!(|data: &[u8]| {
         if entries.iter().any(|p| p.quarantined) {
             want |= POD_QUARANTINED;
         }
+        let patterns: BTreeSet<&String> =
+            entries.iter().flat_map(|p| &p.denied_executables).collect();
+        if !patterns.is_empty() {
+            want |= POD_EXEC_DENIED;
+        }
         assert_eq!(state.pods[id], want, "flags of pod {uid:?}");
+        // By file: the loader and each exact pattern's file, when anything is denied; a loader
+        // that is also a denied file is denied.
+        let mut want_files = BTreeMap::new();
+        if !patterns.is_empty() {
+            want_files.insert(exec_file_key(*id, loader), vec![EXEC_FILE_LOADER]);
+            for pattern in patterns.iter().filter(|p| !p.ends_with('*')) {
+                want_files.insert(exec_file_key(*id, file_of(pattern)), vec![EXEC_FILE_DENIED]);
+            }
+        }
+        let got: BTreeMap<_, _> = (state.deny_exec_file.iter())
+            .filter(|(key, _)| u64_at(key, 0) == *id)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(got, want_files, "files of pod {uid:?}");
     }
     let enforced: BTreeSet<u64> = (state.pods.iter())
         .filter(|(_, f)| *f & POD_ENFORCED != 0)
@@ -183,9 +222,7 @@ fuzz_target!(|data: &[u8]| {
             let bytes = pattern
                 .strip_suffix('*')
                 .map_or(pattern.len() + 1, str::len);
-            let usable = pattern.starts_with('/')
-                && bytes <= EXEC_KEY_PATH
-                && (bytes >= 2 || pattern.ends_with('*'));
+            let usable = agentmesh_api::common::exec_pattern_ok(pattern) && bytes <= EXEC_KEY_PATH;
             warned += usize::from(!usable);
         }
         warned += pod

@@ -27,6 +27,19 @@ pub const NAME_PATTERN: &str = r"^[A-Za-z0-9_.:/@*-]+$";
 /// An absolute path, or an absolute path prefix ending in `*`.
 pub const PATH_PATTERN: &str = r"^/[^\x00]*$";
 
+/// An executable: an absolute path matched exactly, or a prefix ended by its only `*`
+/// (`/usr/bin/*`). The operator and the kernel (safety tier 3) give a pattern this one meaning:
+/// a `*` elsewhere would be a wildcard to one and a literal to the other, so it is refused
+/// (`agentmesh_trust::policy::exec_pattern_ok`, which the test below holds this to). At most
+/// [`EXEC_PATH_MAX`] bytes.
+pub const EXEC_PATH_PATTERN: &str = r"^/[^\x00*]*\*?$";
+
+/// Longest executable pattern: the kernel's deny key holds 240 bytes of path, its NUL
+/// included (`EXEC_KEY_PATH` in `bpf/probe.h`).
+pub const EXEC_PATH_MAX: usize = agentmesh_trust::policy::EXEC_PATTERN_MAX;
+
+pub use agentmesh_trust::policy::exec_pattern_ok;
+
 /// Trust tier, derived from the score: `verified` ≥ 900, `trusted` ≥ 700, `standard` ≥ 500,
 /// `probationary` ≥ 300, `untrusted` below.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
@@ -76,8 +89,35 @@ pub fn is_condition_true(conditions: &[Condition], type_: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::CAPABILITY_PATTERN;
+    use super::{CAPABILITY_PATTERN, EXEC_PATH_MAX, EXEC_PATH_PATTERN, exec_pattern_ok};
     use agentmesh_identity::capability::Capability;
+
+    fn schema_accepts_exec(text: &str) -> bool {
+        regex::Regex::new(EXEC_PATH_PATTERN).unwrap().is_match(text)
+            && (1..=EXEC_PATH_MAX).contains(&text.len())
+    }
+
+    #[test]
+    fn an_exec_pattern_has_one_meaning_in_the_schema_and_the_operator() {
+        for (text, ok) in [
+            ("/usr/bin/curl", true),
+            ("/usr/bin/*", true),
+            ("/tmp/x*", true),
+            ("/*", true),
+            ("/usr/*/curl", false),
+            ("/usr/bin/**", false),
+            ("*/curl", false),
+            ("curl", false),
+            ("/a\0b", false),
+        ] {
+            assert_eq!(schema_accepts_exec(text), ok, "{text}");
+            assert_eq!(exec_pattern_ok(text), ok, "{text}");
+        }
+        let longest = format!("/{}", "a".repeat(EXEC_PATH_MAX - 1));
+        assert!(schema_accepts_exec(&longest) && exec_pattern_ok(&longest));
+        let longer = format!("{longest}a");
+        assert!(!schema_accepts_exec(&longer) && !exec_pattern_ok(&longer));
+    }
 
     fn schema_accepts(text: &str) -> bool {
         regex::Regex::new(CAPABILITY_PATTERN)
@@ -109,6 +149,11 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn the_exec_schema_is_the_operators_check(text in "[/a*\\x00]{0,6}") {
+            proptest::prop_assert_eq!(schema_accepts_exec(&text), exec_pattern_ok(&text), "{:?}", text);
+        }
+
         // The CRD refuses exactly what the operator's parser refuses, so a capability the API
         // server stores is one the operator understands, and the other way round.
         #[test]

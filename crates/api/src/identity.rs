@@ -353,4 +353,7 @@ pub enum AnomalyKind {
     /// An upstream MCP tool whose description or input schema changed after it was first seen
     /// (reported by the sidecar).
     ToolChanged,
+    /// A probe window not seen whole: more items than a report lists, or events lost to a full
+    /// ring buffer (`spec.behavior.anomalies.unobserved`).
+    Unobserved,
 }

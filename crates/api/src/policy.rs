@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use agentmesh_trust::defaults;
 
-use crate::common::{Conditions, NAME_PATTERN, PATH_PATTERN, conditions_schema};
+use crate::common::{Conditions, EXEC_PATH_PATTERN, NAME_PATTERN, PATH_PATTERN, conditions_schema};
 
 /// Governs the AgentIdentities it selects.
 // Each printcolumn(...) repeats `type_ = "..."`, which clippy takes for a duplicated attribute.
@@ -416,8 +416,10 @@ pub enum BehaviorAction {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.action != 'allow' || self.penalty == 0").message("an allow rule cannot carry a penalty").field_path(".penalty"))]
 pub struct ExecRule {
-    /// Absolute path of the executable; a trailing `*` matches any suffix (`/usr/bin/*`).
-    #[schemars(regex(pattern = PATH_PATTERN), length(min = 1, max = 255))]
+    /// Absolute path of the executable; a trailing `*` matches any suffix (`/usr/bin/*`). A `*`
+    /// anywhere else is refused: the kernel (safety tier 3) matches exact paths and prefixes
+    /// only. At most 239 bytes (the kernel's deny key).
+    #[schemars(regex(pattern = EXEC_PATH_PATTERN), length(min = 1, max = 239))]
     pub path: String,
     /// What a match does.
     pub action: BehaviorAction,
@@ -493,6 +495,12 @@ pub struct AnomalySettings {
     #[serde(default = "default_sensitive_write_penalty")]
     #[schemars(range(min = 0, max = 1000))]
     pub sensitive_write: i32,
+    /// Penalty for a probe window not seen whole: more distinct items than a report lists
+    /// (256 per list), or events lost to a full ring buffer. Charged once per window, so that
+    /// flooding the lists cannot hide what follows.
+    #[serde(default = "default_unobserved_penalty")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub unobserved: i32,
     /// Path prefixes where a write is an anomaly.
     #[serde(default = "default_sensitive_paths")]
     #[schemars(length(max = 64), inner(regex(pattern = PATH_PATTERN), length(min = 1, max = 255)))]
@@ -510,6 +518,7 @@ impl Default for AnomalySettings {
             new_executable: default_new_executable_penalty(),
             new_destination: default_new_destination_penalty(),
             sensitive_write: default_sensitive_write_penalty(),
+            unobserved: default_unobserved_penalty(),
             sensitive_paths: default_sensitive_paths(),
             learning_period_seconds: default_learning_seconds(),
         }
@@ -524,6 +533,9 @@ fn default_new_destination_penalty() -> i32 {
 }
 fn default_sensitive_write_penalty() -> i32 {
     defaults::SENSITIVE_WRITE_PENALTY
+}
+fn default_unobserved_penalty() -> i32 {
+    defaults::UNOBSERVED_PENALTY
 }
 fn default_sensitive_paths() -> Vec<String> {
     defaults::SENSITIVE_PATHS.map(String::from).to_vec()

@@ -191,6 +191,10 @@ pub struct PodBehavior {
     /// Items beyond [`MAX_ITEMS`] that were not listed (counted, never silent).
     #[serde(default)]
     pub items_truncated: u64,
+    /// Events of the pod the kernel lost in the window to a full ring buffer: what they were is
+    /// unknown. The operator counts a window with lost or unlisted items as an anomaly.
+    #[serde(default)]
+    pub events_dropped: u64,
 }
 
 /// Most distinct items of one list in one [`PodBehavior`].

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::layout::{
-    DestKey, EXEC_KEY_PATH, ExecKey, MAX_PORTS, Net4Key, Net6Key, NetRule, PATH_LEN, PathKey,
-    bytes_of,
+    DestKey, EXEC_KEY_PATH, ExecFileKey, ExecKey, MAX_PORTS, Net4Key, Net6Key, NetRule, PATH_LEN,
+    PathKey, bytes_of,
 };
 
 /// Copies a path's bytes to the start of a key's array (zeroed after them).
@@ -42,13 +42,18 @@ pub fn mute_path_entries(paths: &[String]) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// deny_exec key for a pod: an absolute path (matched exactly, NUL included) or a prefix
-/// ending in `*`. `None` when the pattern cannot be matched (too long, not absolute).
+/// ended by its only `*`. `None` when the pattern cannot be matched as the operator means it
+/// (`agentmesh_trust::policy::exec_pattern_ok`: too long, not absolute, a `*` before the end,
+/// which the kernel would take literally).
 pub fn exec_key(pod: u64, pattern: &str) -> Option<Vec<u8>> {
-    let (bytes, exact) = match pattern.strip_suffix('*') {
-        Some(prefix) => (prefix.as_bytes().to_vec(), false),
-        None => ([pattern.as_bytes(), b"\0"].concat(), true),
+    if !agentmesh_api::common::exec_pattern_ok(pattern) {
+        return None;
+    }
+    let bytes = match pattern.strip_suffix('*') {
+        Some(prefix) => prefix.as_bytes().to_vec(),
+        None => [pattern.as_bytes(), b"\0"].concat(),
     };
-    if !pattern.starts_with('/') || bytes.len() > EXEC_KEY_PATH || (exact && bytes.len() < 2) {
+    if bytes.len() > EXEC_KEY_PATH {
         return None;
     }
     let mut key = ExecKey {
@@ -58,6 +63,16 @@ pub fn exec_key(pod: u64, pattern: &str) -> Option<Vec<u8>> {
     };
     put_path(&mut key.path, &bytes);
     Some(bytes_of(&key))
+}
+
+/// deny_exec_file key of a pod's file.
+pub fn exec_file_key(pod: u64, file: crate::maps::FileId) -> Vec<u8> {
+    bytes_of(&ExecFileKey {
+        pod,
+        ino: file.ino,
+        dev: file.dev,
+        pad: 0,
+    })
 }
 
 /// deny_net4 or deny_net6 key of a pod's network: the pod then the network's prefix.
@@ -148,6 +163,9 @@ mod tests {
             64 + 5 * 8
         );
         assert!(exec_key(7, "curl").is_none());
+        // A wildcard to the operator would be a literal `*` here.
+        assert!(exec_key(7, "/usr/*/curl").is_none());
+        assert!(exec_key(7, "/usr/bin/**").is_none());
         assert!(exec_key(7, &format!("/{}", "a".repeat(300))).is_none());
     }
 

@@ -15,6 +15,11 @@ pub const MAX_PORTS: usize = 16;
 pub const POD_WATCHED: u32 = 1;
 pub const POD_ENFORCED: u32 = 2;
 pub const POD_QUARANTINED: u32 = 4;
+pub const POD_EXEC_DENIED: u32 = 8;
+
+/// `enum exec_file_kind`: the value of a deny_exec_file entry.
+pub const EXEC_FILE_DENIED: u8 = 1;
+pub const EXEC_FILE_LOADER: u8 = 2;
 
 /// `struct path_key`: a mute_paths trie key.
 #[repr(C)]
@@ -31,6 +36,17 @@ pub struct ExecKey {
     pub prefixlen: u32,
     pub pod: [u8; 8],
     pub path: [u8; EXEC_KEY_PATH],
+}
+
+/// `struct exec_file_key`: a deny_exec_file key, a file of a pod by the kernel's names for it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecFileKey {
+    pub pod: u64,
+    pub ino: u64,
+    /// The kernel's dev_t (`major << 20 | minor`), not the one stat(2) returns.
+    pub dev: u32,
+    pub pad: u32,
 }
 
 /// `struct net4_key`: a deny_net4 trie key.
@@ -92,6 +108,7 @@ impl Default for ExecKey {
 // padding (asserted below): every byte of a value is initialised.
 unsafe impl plain::Plain for PathKey {}
 unsafe impl plain::Plain for ExecKey {}
+unsafe impl plain::Plain for ExecFileKey {}
 unsafe impl plain::Plain for Net4Key {}
 unsafe impl plain::Plain for Net6Key {}
 unsafe impl plain::Plain for NetRule {}
@@ -101,6 +118,7 @@ const _: () = {
     use std::mem::size_of;
     assert!(size_of::<PathKey>() == 4 + PATH_LEN);
     assert!(size_of::<ExecKey>() == 4 + 8 + EXEC_KEY_PATH);
+    assert!(size_of::<ExecFileKey>() == 8 + 8 + 4 + 4);
     assert!(size_of::<Net4Key>() == 4 + 8 + 4);
     assert!(size_of::<Net6Key>() == 4 + 8 + 16);
     assert!(size_of::<NetRule>() == 4 + 2 * MAX_PORTS);

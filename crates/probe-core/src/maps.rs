@@ -7,8 +7,47 @@ use agentmesh_api::wire::{EnforcementSet, PodEnforcement};
 use ipnet::IpNet;
 
 use crate::cgroup::PodCgroups;
-use crate::keys::{dest_key, exec_key, net_key, net_rule};
-use crate::layout::{EXEC_KEY_PATH, MAX_PORTS, POD_ENFORCED, POD_QUARANTINED, POD_WATCHED};
+use crate::keys::{dest_key, exec_file_key, exec_key, net_key, net_rule};
+use crate::layout::{
+    EXEC_FILE_DENIED, EXEC_FILE_LOADER, EXEC_KEY_PATH, MAX_PORTS, POD_ENFORCED, POD_EXEC_DENIED,
+    POD_QUARANTINED, POD_WATCHED,
+};
+
+/// A file as the kernel names it: the device of its file system (the kernel's dev_t) and its
+/// inode number. Every name of a file (a hard link, a symbolic link to it, a merged /usr's
+/// `/bin/id` and `/usr/bin/id`) is the same `FileId`; a copy is not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId {
+    pub dev: u32,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// From stat(2)'s `st_dev` and `st_ino`. User space's dev_t splits major and minor across
+    /// its bits (glibc's `gnu_dev_major`/`gnu_dev_minor`); the kernel keeps `major << 20 |
+    /// minor` in `i_sb->s_dev`, which is what the exec program reads.
+    pub fn from_stat(st_dev: u64, st_ino: u64) -> Self {
+        let major = ((st_dev >> 32) & 0xffff_f000) | ((st_dev >> 8) & 0x0fff);
+        let minor = ((st_dev >> 12) & 0xffff_ff00) | (st_dev & 0x00ff);
+        Self {
+            dev: ((major << 20) | (minor & 0xf_ffff)) as u32,
+            ino: st_ino,
+        }
+    }
+}
+
+/// What the probe found in one enforced pod's containers (their root file systems, through
+/// `/proc/<pid>/root`): the files its exact exec deny rules name, and its dynamic loaders.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PodFiles {
+    /// An exact denied path -> the files it names in the pod's containers.
+    pub denied: BTreeMap<String, BTreeSet<FileId>>,
+    /// The dynamic loaders of the pod's containers (`ld-linux-*.so.*`, `ld-musl-*.so.1`).
+    pub loaders: BTreeSet<FileId>,
+}
+
+/// Pod UID -> what was found in its containers.
+pub type FilesByPod = BTreeMap<String, PodFiles>;
 
 /// Everything user space writes into the kernel, besides the mute paths (set once at load).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -16,6 +55,8 @@ pub struct KernelState {
     /// Pod cgroup id -> POD_* flags.
     pub pods: BTreeMap<u64, u32>,
     pub deny_exec: BTreeSet<Vec<u8>>,
+    /// Denied executables and dynamic loaders by file: key -> EXEC_FILE_* kind.
+    pub deny_exec_file: BTreeMap<Vec<u8>, Vec<u8>>,
     pub deny_net4: BTreeMap<Vec<u8>, Vec<u8>>,
     pub deny_net6: BTreeMap<Vec<u8>, Vec<u8>>,
     pub allowed: BTreeSet<Vec<u8>>,
@@ -89,9 +130,12 @@ impl KernelState {
     }
 }
 
+/// `files`: what the probe found in the pods' containers ([`PodFiles`]); a pod missing from it
+/// is matched by path only (its containers were not read yet).
 pub fn build(
     pod_cgroups: &PodCgroups,
     enforcement: Option<&EnforcementSet>,
+    files: &FilesByPod,
 ) -> (KernelState, Vec<String>) {
     let mut state = KernelState::default();
     let mut warnings = Vec::new();
@@ -128,18 +172,43 @@ pub fn build(
         if pod.iter().any(|entry| entry.quarantined) {
             flags |= POD_QUARANTINED;
         }
+        let exec_patterns: BTreeSet<&String> = pod
+            .iter()
+            .flat_map(|entry| &entry.denied_executables)
+            .collect();
+        if !exec_patterns.is_empty() {
+            flags |= POD_EXEC_DENIED;
+        }
+        // The files the exact patterns name, and, once anything is denied, the dynamic loader:
+        // run directly it executes any program without an exec naming it.
+        let mut pod_files: BTreeMap<FileId, u8> = BTreeMap::new();
+        if let Some(found) = files.get(uid).filter(|_| !exec_patterns.is_empty()) {
+            for file in &found.loaders {
+                pod_files.insert(*file, EXEC_FILE_LOADER);
+            }
+            for pattern in &exec_patterns {
+                for file in found.denied.get(pattern.as_str()).into_iter().flatten() {
+                    pod_files.insert(*file, EXEC_FILE_DENIED);
+                }
+            }
+        }
         for id in ids {
             state.pods.insert(id, flags);
-            for pattern in pod.iter().flat_map(|entry| &entry.denied_executables) {
+            for pattern in &exec_patterns {
                 match exec_key(id, pattern) {
                     Some(key) => {
                         state.deny_exec.insert(key);
                     }
                     None => warnings.push(format!(
-                        "pod {uid}: executable pattern {pattern:?} must be absolute and at most {} bytes",
+                        "pod {uid}: executable pattern {pattern:?} must be absolute, at most {} bytes, with a `*` only at its end",
                         EXEC_KEY_PATH - 1
                     )),
                 }
+            }
+            for (file, kind) in &pod_files {
+                state
+                    .deny_exec_file
+                    .insert(exec_file_key(id, *file), vec![*kind]);
             }
             for DeniedNet { net, ports } in &nets {
                 let every_port = BTreeSet::new();

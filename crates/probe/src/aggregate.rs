@@ -84,6 +84,7 @@ struct PodWindow {
     destinations: Items<(IpAddr, u16)>,
     blocked: Vec<BlockedAction>,
     truncated: u64,
+    dropped: u64,
 }
 
 /// The current window of every pod seen in it.
@@ -159,6 +160,15 @@ impl Aggregator {
         self.telemetry.file_opens += opens;
     }
 
+    /// Events of the pod the kernel lost to a full ring buffer.
+    pub fn record_dropped(&mut self, pod_uid: &str, events: u64) {
+        let window = match self.pods.get_mut(pod_uid) {
+            Some(window) => window,
+            None => self.pods.entry(pod_uid.to_string()).or_default(),
+        };
+        window.dropped += events;
+    }
+
     /// Ends the window: the behaviour of every pod seen in it, named by `pod_name`.
     pub fn take(
         &mut self,
@@ -191,6 +201,7 @@ impl Aggregator {
                         .collect(),
                     blocked: window.blocked,
                     items_truncated: window.truncated,
+                    events_dropped: window.dropped,
                     pod_uid: uid,
                 }
             })

@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod counters;
 pub mod enforce;
+pub mod files;
 pub mod http;
 pub mod kernel;
 pub mod metrics;

@@ -46,6 +46,13 @@ impl Shared {
         })
     }
 
+    /// Adds events of a pod cgroup's tasks that the kernel lost to a full ring buffer.
+    pub fn record_dropped(&mut self, pod_cgroup: u64, events: u64) -> bool {
+        self.attribute(pod_cgroup, events, |aggregator, uid| {
+            aggregator.record_dropped(uid, events)
+        })
+    }
+
     /// Gives the aggregator the UID of the pod of a pod cgroup, scanned or only reported by the
     /// kernel so far; when neither knows it, counts `events` unattributed.
     fn attribute(

@@ -34,6 +34,8 @@ pub enum AnomalyKind {
     NewExecutable,
     NewDestination,
     SensitiveWrite,
+    /// A window not seen whole (items unlisted, events lost).
+    Unobserved,
 }
 
 /// An anomaly and what it costs.
@@ -70,6 +72,20 @@ impl Baseline {
     fn learning(&mut self, settings: &AnomalySpec, now: Timestamp) -> bool {
         let first = *self.first_seen.get_or_insert(now);
         now.millis_since(first) < i64::from(settings.learning_period_seconds) * 1000
+    }
+
+    /// A window with `unlisted` items the probe could not report: an anomaly once learnt.
+    pub fn observe_unlisted(
+        &mut self,
+        settings: &AnomalySpec,
+        unlisted: u64,
+        now: Timestamp,
+    ) -> Option<Anomaly> {
+        let learning = self.learning(settings, now);
+        (unlisted > 0 && !learning).then_some(Anomaly {
+            kind: AnomalyKind::Unobserved,
+            penalty: settings.unobserved,
+        })
     }
 
     pub fn observe_exec(

@@ -16,6 +16,9 @@ pub const VIOLATION_PENALTY: i32 = 50;
 pub const NEW_EXECUTABLE_PENALTY: i32 = 20;
 pub const NEW_DESTINATION_PENALTY: i32 = 10;
 pub const SENSITIVE_WRITE_PENALTY: i32 = 50;
+/// A probe window whose items were not all seen (the list truncated, events lost to a full
+/// ring buffer): as much as one new executable, since any of them may have been one.
+pub const UNOBSERVED_PENALTY: i32 = 20;
 pub const SENSITIVE_PATHS: [&str; 6] = [
     "/etc",
     "/root",

@@ -439,6 +439,24 @@ fn invalid_policies_name_the_field() {
             "spec.behavior.exec[0].penalty",
         ),
         (
+            // A wildcard to the operator, a literal to the kernel: refused.
+            |s| {
+                s.behavior.exec = vec![
+                    ExecRuleSpec {
+                        path: "/usr/bin/*".into(),
+                        action: BehaviorAction::Deny,
+                        penalty: 5,
+                    },
+                    ExecRuleSpec {
+                        path: "/usr/*/curl".into(),
+                        action: BehaviorAction::Deny,
+                        penalty: 5,
+                    },
+                ]
+            },
+            "spec.behavior.exec[1].path",
+        ),
+        (
             |s| {
                 s.behavior.files = vec![FileRuleSpec {
                     path_prefix: "etc".into(),

@@ -135,6 +135,7 @@ fn probe_window<'a>(report: &'a PodBehavior, pod: &'a str) -> ProbeWindow<'a> {
         written_paths: strs(&report.written_paths),
         read_paths: strs(&report.read_paths),
         destinations: report.destinations.iter().map(|d| (d.ip, d.port)).collect(),
+        unlisted: report.items_truncated.saturating_add(report.events_dropped),
         blocked: report
             .blocked
             .iter()

@@ -4,6 +4,7 @@ use agentmesh_api::wire::{Cidr, DeniedNetwork, Destination, PodEnforcement};
 use agentmesh_trust::policy::{BehaviorAction, Effect, NetworkRuleSpec, Policy, PolicySpec};
 
 use super::*;
+use crate::keys::exec_file_key;
 
 const WATCHED: u32 = POD_WATCHED;
 const ENFORCED: u32 = POD_ENFORCED;
@@ -51,8 +52,11 @@ fn enforcement_marks_the_pod_and_narrow_rules_keep_wide_ports() {
         ip: "10.0.0.1".parse().unwrap(),
         port: 8080,
     }];
-    let (state, warnings) = build(&pods(), Some(&set));
-    assert_eq!(state.pods[&11], WATCHED | ENFORCED | QUARANTINED);
+    let (state, warnings) = build(&pods(), Some(&set), &FilesByPod::new());
+    assert_eq!(
+        state.pods[&11],
+        WATCHED | ENFORCED | QUARANTINED | POD_EXEC_DENIED
+    );
     assert_eq!(state.pods[&22], WATCHED);
     assert_eq!(state.deny_exec.len(), 1);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -62,7 +66,7 @@ fn enforcement_marks_the_pod_and_narrow_rules_keep_wide_ports() {
     // fd00::/8 only: the kernel looks IPv4-mapped destinations up in the IPv4 trie.
     assert_eq!(state.deny_net6.len(), 1);
     assert_eq!(state.allowed.len(), 1);
-    let (plain, _) = build(&pods(), None);
+    let (plain, _) = build(&pods(), None, &FilesByPod::new());
     assert!(plain.deny_exec.is_empty() && plain.pods.values().all(|f| *f == WATCHED));
 }
 
@@ -80,14 +84,78 @@ fn entries_of_one_pod_add_up() {
         .remove(0);
     second.denied_executables = vec!["/tmp/*".into()];
     set.pods.push(second);
-    let (state, warnings) = build(&pods(), Some(&set));
+    let (state, warnings) = build(&pods(), Some(&set), &FilesByPod::new());
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(state.pods[&11], WATCHED | ENFORCED | QUARANTINED);
+    assert_eq!(
+        state.pods[&11],
+        WATCHED | ENFORCED | QUARANTINED | POD_EXEC_DENIED
+    );
     assert_eq!(state.deny_exec.len(), 2);
     let ip: IpAddr = "10.0.0.1".parse().unwrap();
     assert!(kernel_refuses(&state, ip, 25));
     assert!(kernel_refuses(&state, ip, 443));
     assert!(!kernel_refuses(&state, ip, 80));
+}
+
+/// An exact exec rule also names its files (every name of them) and, once a pod has any rule,
+/// its dynamic loaders; a prefix names no file; a pod without exec rules gets no file entries,
+/// whatever was found in it; `*` is a prefix only at the end.
+#[test]
+fn exec_rules_name_files_and_loaders() {
+    let curl = FileId {
+        dev: 8 << 20,
+        ino: 42,
+    };
+    let loader = FileId {
+        dev: 8 << 20,
+        ino: 7,
+    };
+    let found = |denied: &[(&str, FileId)]| PodFiles {
+        denied: denied
+            .iter()
+            .map(|(path, id)| (path.to_string(), [*id].into()))
+            .collect(),
+        loaders: [loader].into(),
+    };
+    let files: FilesByPod = [
+        ("a".to_string(), found(&[("/usr/bin/curl", curl)])),
+        ("b".to_string(), found(&[("/usr/bin/curl", curl)])),
+    ]
+    .into();
+    let mut set = enforcing(vec![]);
+    set.pods[0].denied_executables = vec![
+        "/usr/bin/curl".into(),
+        "/tmp/*".into(),
+        "/usr/*/wget".into(),
+    ];
+    // Pod b is enforced (quarantined) but denies no executable.
+    set.pods.push(PodEnforcement {
+        pod_uid: "b".into(),
+        quarantined: true,
+        ..Default::default()
+    });
+    let (state, warnings) = build(&pods(), Some(&set), &files);
+    assert_eq!(
+        state.deny_exec_file,
+        [
+            (exec_file_key(11, curl), vec![EXEC_FILE_DENIED]),
+            (exec_file_key(11, loader), vec![EXEC_FILE_LOADER]),
+        ]
+        .into()
+    );
+    assert_eq!(state.pods[&11] & POD_EXEC_DENIED, POD_EXEC_DENIED);
+    assert_eq!(state.pods[&22] & POD_EXEC_DENIED, 0);
+    // The wildcard in the middle is refused, not taken literally by the kernel.
+    assert_eq!(state.deny_exec.len(), 2);
+    assert!(
+        warnings.iter().any(|w| w.contains("/usr/*/wget")),
+        "{warnings:?}"
+    );
+    let key = exec_file_key(11, curl);
+    assert_eq!(key.len(), 24);
+    assert_eq!(&key[..8], &11u64.to_ne_bytes());
+    assert_eq!(&key[8..16], &42u64.to_ne_bytes());
+    assert_eq!(&key[16..20], &(8u32 << 20).to_ne_bytes());
 }
 
 /// Whether the kernel refuses a connect of pod 11 to `ip:port` under `state`.
@@ -142,7 +210,11 @@ fn the_probe_and_the_trust_rules_agree_on_cidrs() {
             penalty: 10,
         });
         let policy = Policy::compile(spec);
-        let (state, warnings) = build(&pods(), Some(&enforcing(vec![denied(text, vec![443])])));
+        let (state, warnings) = build(
+            &pods(),
+            Some(&enforcing(vec![denied(text, vec![443])])),
+            &FilesByPod::new(),
+        );
         assert_eq!(
             policy.is_ok(),
             warnings.is_empty(),

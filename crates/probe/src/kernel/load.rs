@@ -61,9 +61,7 @@ pub(super) fn load<'obj>(
         .set_autoload(options.enable_process || blocking);
     open.progs.handle_exit.set_autoload(options.enable_process);
     open.progs.handle_cgroup_mkdir.set_autoload(true);
-    open.progs
-        .handle_sys_enter
-        .set_autoload(options.enable_file);
+    open.progs.handle_sys_exit.set_autoload(options.enable_file);
     let connects = options.enable_network || blocking;
     open.progs.handle_connect4.set_autoload(connects);
     open.progs.handle_connect6.set_autoload(connects);
@@ -92,8 +90,8 @@ pub(super) fn load<'obj>(
         ),
         (
             options.enable_file,
-            "handle_sys_enter",
-            &skel.progs.handle_sys_enter,
+            "handle_sys_exit",
+            &skel.progs.handle_sys_exit,
         ),
         (true, "handle_cgroup_mkdir", &skel.progs.handle_cgroup_mkdir),
     ];

@@ -33,6 +33,12 @@ pub fn apply(skel: &super::skel::ProbeSkel<'_>, old: &KernelState, new: &KernelS
             set(&new.deny_exec),
         ),
         (
+            "deny_exec_file",
+            &maps.deny_exec_file,
+            old.deny_exec_file.clone(),
+            new.deny_exec_file.clone(),
+        ),
+        (
             "deny_net4",
             &maps.deny_net4,
             old.deny_net4.clone(),

@@ -37,6 +37,7 @@ mod layout_checks {
 
     same_layout!(types::path_key, PathKey, prefixlen, path);
     same_layout!(types::exec_key, ExecKey, prefixlen, pod, path);
+    same_layout!(types::exec_file_key, ExecFileKey, pod, ino, dev, pad);
     same_layout!(types::net4_key, Net4Key, prefixlen, pod, addr);
     same_layout!(types::net6_key, Net6Key, prefixlen, pod, addr);
     same_layout!(types::net_rule, NetRule, nports, ports);
@@ -50,6 +51,9 @@ mod layout_checks {
         assert!(layout::POD_WATCHED == Flag::POD_WATCHED.0);
         assert!(layout::POD_ENFORCED == Flag::POD_ENFORCED.0);
         assert!(layout::POD_QUARANTINED == Flag::POD_QUARANTINED.0);
+        assert!(layout::POD_EXEC_DENIED == Flag::POD_EXEC_DENIED.0);
+        assert!(layout::EXEC_FILE_DENIED as u32 == types::exec_file_kind::EXEC_FILE_DENIED.0);
+        assert!(layout::EXEC_FILE_LOADER as u32 == types::exec_file_kind::EXEC_FILE_LOADER.0);
     };
 }
 

@@ -153,17 +153,18 @@ impl Thread {
     }
 }
 
-/// The kernel's cumulative counts of repeated opens per cgroup, as last folded in.
+/// The kernel's cumulative counts per cgroup (opens counted instead of sent, events lost to a
+/// full ring buffer), as last folded in.
 #[derive(Default)]
 struct RepeatedOpens {
-    last: HashMap<u64, u64>,
+    last: HashMap<u64, [u64; 2]>,
 }
 
 impl RepeatedOpens {
-    /// Adds what each cgroup's count grew by since the last call to its pod's window.
+    /// Adds what each cgroup's counts grew by since the last call to its pod's window.
     fn fold(&mut self, skel: &Skel<'_>, shared: &Mutex<Shared>) {
         let map = &skel.maps.cgroup_pod;
-        let mut grown: Vec<(u64, u64)> = Vec::new();
+        let mut grown: Vec<(u64, [u64; 2])> = Vec::new();
         let mut now = HashMap::default();
         // In batches of 1024 entries per syscall: the map also holds every cgroup seen outside
         // the pods.
@@ -183,25 +184,32 @@ impl RepeatedOpens {
             ) else {
                 continue;
             };
-            let count = entry.repeated_opens;
-            if count == 0 {
+            let counts = [entry.repeated_opens, entry.dropped];
+            if counts == [0, 0] {
                 continue;
             }
             // An entry evicted and made again starts from zero.
-            let before = self.last.get(&cgroup).copied().filter(|b| *b <= count);
-            let delta = count - before.unwrap_or(0);
-            if delta > 0 && entry.pod != 0 {
+            let before = self.last.get(&cgroup).copied().unwrap_or_default();
+            let delta: [u64; 2] = std::array::from_fn(|i| {
+                counts[i] - Some(before[i]).filter(|b| *b <= counts[i]).unwrap_or(0)
+            });
+            if delta != [0, 0] && entry.pod != 0 {
                 grown.push((entry.pod, delta));
             }
-            now.insert(cgroup, count);
+            now.insert(cgroup, counts);
         }
         self.last = now;
         if grown.is_empty() {
             return;
         }
         let mut shared = lock(shared);
-        for (pod, delta) in grown {
-            shared.record_repeated_opens(pod, delta);
+        for (pod, [opens, dropped]) in grown {
+            if opens > 0 {
+                shared.record_repeated_opens(pod, opens);
+            }
+            if dropped > 0 {
+                shared.record_dropped(pod, dropped);
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::report::ReportQueue;
 use crate::shared::{Shared, lock};
 use crate::status::Status;
 use crate::telemetry::{self, BACKLOG_CAPACITY, Backlog};
+use meshlogic_probe_core::maps::FilesByPod;
 
 /// How often pod cgroups are rescanned (and new pods start being watched in the kernel).
 const SCAN_INTERVAL: Duration = Duration::from_millis(500);
@@ -70,7 +71,17 @@ pub(super) async fn scan_loop(
             shared.pod_cgroups = pod_cgroups.clone();
         }
         let set = sets.borrow_and_update().clone();
-        let (state, warnings) = maps::build(&pod_cgroups, set.as_ref());
+        let files = match &set {
+            Some(set) => {
+                let (set, proc_root, found) =
+                    (set.clone(), config.proc_root.clone(), found.clone());
+                tokio::task::spawn_blocking(move || enforced_files(&found, &set, &proc_root))
+                    .await
+                    .unwrap_or_default()
+            }
+            None => FilesByPod::new(),
+        };
+        let (state, warnings) = maps::build(&pod_cgroups, set.as_ref(), &files);
         for warning in warnings {
             tracing::warn!(%warning, "enforcement rule not applied as written");
         }
@@ -88,6 +99,28 @@ pub(super) async fn scan_loop(
             status.set_enforcement_version(set.version);
         }
     }
+}
+
+/// The files named by the exact exec deny rules of each pod that has some, and its dynamic
+/// loaders, read in its containers ([`crate::files`]).
+fn enforced_files(
+    found: &[cgroup::PodCgroup],
+    set: &EnforcementSet,
+    proc_root: &std::path::Path,
+) -> FilesByPod {
+    let mut files = FilesByPod::new();
+    for pod in set.pods.iter().filter(|p| !p.denied_executables.is_empty()) {
+        let patterns = pod.denied_executables.iter().map(String::as_str).collect();
+        for cgroup in found.iter().filter(|c| c.uid == pod.pod_uid) {
+            let got = crate::files::pod_files(&cgroup.path, proc_root, &patterns);
+            let entry = files.entry(pod.pod_uid.clone()).or_default();
+            for (path, ids) in got.denied {
+                entry.denied.entry(path).or_default().extend(ids);
+            }
+            entry.loaders.extend(got.loaders);
+        }
+    }
+    files
 }
 
 pub(super) async fn report_windows(

@@ -228,7 +228,7 @@ pub async fn start(mut config: ProbeConfig) -> Result<ProbeHandle, StartError> {
     // Cgroup scanner and kernel map syncer.
     if let Some(probe) = &kernel {
         let sync = probe.syncer();
-        let (state, _) = maps::build(&PodCgroups::from_scan(&found), None);
+        let (state, _) = maps::build(&PodCgroups::from_scan(&found), None, &Default::default());
         metrics.pods_watched.set(state.pods.len() as i64);
         sync.send(state.clone());
         tasks.push(tokio::spawn(scan_loop(

@@ -164,6 +164,7 @@ pub struct Merged {
     pub written_paths: Vec<String>,
     pub destinations: Vec<SocketAddr>,
     pub blocked: Vec<agentmesh_api::wire::BlockedAction>,
+    pub events_dropped: u64,
 }
 
 impl Merged {
@@ -181,6 +182,7 @@ impl Merged {
                 .destinations
                 .extend(w.destinations.iter().map(|d| SocketAddr::new(d.ip, d.port)));
             merged.blocked.extend(w.blocked.iter().cloned());
+            merged.events_dropped += w.events_dropped;
         }
         merged
     }

@@ -29,7 +29,7 @@ async fn attribution(layout: Layout) {
     assert_eq!(
         probe.status.programs_loaded(),
         6,
-        "exec, exit, cgroup_mkdir, sys_enter (opens), cgroup connect4 and connect6"
+        "exec, exit, cgroup_mkdir, sys_exit (opens), cgroup connect4 and connect6"
     );
 
     let pod = TestPod::new(layout);
@@ -65,14 +65,18 @@ async fn attribution(layout: Layout) {
         seen.execs >= 2 && seen.exits >= 1 && seen.connects >= 2,
         "{seen:#?}"
     );
+    // An open is named by the file opened: /etc/os-release is often a link to
+    // /usr/lib/os-release.
+    let os_release = std::fs::canonicalize("/etc/os-release")
+        .unwrap()
+        .display()
+        .to_string();
     assert!(
-        !seen.read_paths.iter().any(|p| p == "/etc/os-release"),
+        !seen.read_paths.contains(&os_release),
         "another pod's open was attributed to this one: {seen:#?}"
     );
     let theirs = server
-        .wait_for_pod(&other.uid, WAIT, |m| {
-            m.read_paths.iter().any(|p| p == "/etc/os-release")
-        })
+        .wait_for_pod(&other.uid, WAIT, |m| m.read_paths.contains(&os_release))
         .await;
     assert!(!theirs.read_paths.iter().any(|p| p == "/etc/hostname"));
     let batch = server.batches().pop().unwrap();
@@ -198,7 +202,7 @@ async fn disabling_a_category_stops_its_events() {
     assert_eq!(
         probe.status.programs_loaded(),
         4,
-        "cgroup_mkdir, sys_enter (opens), cgroup connect4 and connect6"
+        "cgroup_mkdir, sys_exit (opens), cgroup connect4 and connect6"
     );
     let pod = TestPod::new(Layout::Systemd);
     common::wait_watched(&probe, &[&pod]).await;
@@ -245,6 +249,11 @@ async fn ring_buffer_drops_are_counted_and_reported() {
         drops > 0,
         "20000 opens through a 4 KiB ring buffer lost nothing?"
     );
+    // And to the pod whose events they were, so that the operator can hold it against it.
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| m.events_dropped > 0)
+        .await;
+    assert!(seen.events_dropped <= drops, "{seen:#?}");
     // Reported to the trust API and exported.
     let start = std::time::Instant::now();
     loop {
@@ -268,6 +277,51 @@ async fn ring_buffer_drops_are_counted_and_reported() {
         .parse()
         .unwrap();
     assert!(exported > 0.0, "{metrics}");
+    probe.shutdown();
+}
+
+/// An open is named by the file it opened, whatever text asked for it: a relative name, `..`,
+/// `/proc/self/cwd/…`, a symbolic link; creat(2) is an open for writing like any other.
+#[tokio::test]
+async fn opens_are_named_by_the_file_they_open() {
+    let Some((server, probe)) = common::root_probe(json!({})).await else {
+        return;
+    };
+    let pod = TestPod::new(Layout::Cgroupfs);
+    common::wait_watched(&probe, &[&pod]).await;
+    let dir = std::env::temp_dir().join(format!("meshlogic-open-{}", pod.uid));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    std::os::unix::fs::symlink(dir.join("target"), dir.join("link")).unwrap();
+    let mut script = format!(
+        "cd {d} && echo > relative && echo > /dev/../{rest}/dotdot && echo > /proc/self/cwd/cwd \
+         && echo > link && mkdir sub && echo > sub/../plain",
+        rest = d.to_string().trim_start_matches('/'),
+    );
+    let mut want = vec!["relative", "dotdot", "cwd", "target", "plain"];
+    if cfg!(target_arch = "x86_64") {
+        // creat(2) itself (glibc may implement creat() with openat).
+        script.push_str(&format!(
+            " && python3 -c \"import ctypes; assert ctypes.CDLL(None).syscall(85, b'{d}/created', 0o644) >= 0\""
+        ));
+        want.push("created");
+    }
+    assert!(pod.run(&script).success(), "{script}");
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            want.iter()
+                .all(|name| m.written_paths.contains(&format!("{d}/{name}")))
+        })
+        .await;
+    // No spelling of the request is reported instead of the file.
+    for path in &seen.written_paths {
+        assert!(
+            !path.contains("..") && !path.starts_with("/proc/") && path.starts_with('/'),
+            "{path} is not the file's path: {seen:#?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     probe.shutdown();
 }
 

@@ -162,6 +162,114 @@ async fn tier3_refuses_denied_connects_and_kills_denied_execs_until_lifted() {
     probe.shutdown();
 }
 
+/// The exec deny rules hold whatever name runs the file (the attacks of issue 16, item 7): a
+/// hard link, a merged /usr's other spelling, the dynamic loader run directly, a file with no
+/// name (memfd); a `*` means a prefix to the kernel as to the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_exec_rules_hold_under_another_name_the_loader_and_memfd() {
+    let Some((server, probe)) = common::root_probe(json!({"safetyTier": 3})).await else {
+        return;
+    };
+    assert_eq!(
+        probe.status.tier(),
+        3,
+        "{:?}",
+        probe.status.fallback_reason()
+    );
+    let pod = TestPod::new(Layout::Cgroupfs);
+    let bystander = TestPod::new(Layout::Systemd);
+    common::wait_watched(&probe, &[&pod, &bystander]).await;
+    // A process of the pod, through which the probe reads its root file system.
+    let mut resident = pod.command("exec sleep 120").spawn().unwrap();
+    let dir = std::env::temp_dir().join(format!("meshlogic-exec-{}", pod.uid));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tool = dir.join("tool");
+    std::fs::copy("/bin/true", &tool).unwrap();
+    std::fs::hard_link(&tool, dir.join("hardlink")).unwrap();
+    std::fs::copy("/bin/true", dir.join("prefixed-true")).unwrap();
+    let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a glibc dynamic loader on this machine");
+    let memfd = "python3 -c \"import os; f = os.memfd_create('x'); \
+        os.write(f, open('/bin/true', 'rb').read()); os.execv(f'/proc/self/fd/{f}', ['x'])\"";
+    let id_real = std::fs::canonicalize("/bin/id").unwrap();
+    let id_other = if id_real == std::path::Path::new("/bin/id") {
+        None // not a merged /usr: nothing to spell otherwise
+    } else {
+        Some(id_real.display().to_string())
+    };
+    let attacks: Vec<String> = [
+        Some(dir.join("hardlink").display().to_string()),
+        id_other.clone(),
+        Some(format!("{loader} /bin/echo ok")),
+        Some(memfd.to_string()),
+        Some(dir.join("prefixed-true").display().to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    // Before any rule, every attack is a working command.
+    for script in &attacks {
+        assert!(pod.run(script).success(), "{script} must work unenforced");
+    }
+    assert!(pod.run("/bin/id").success());
+
+    server.set_enforcement(EnforcementSet {
+        version: "files".into(),
+        pods: vec![PodEnforcement {
+            pod_uid: pod.uid.clone(),
+            denied_executables: vec![
+                tool.display().to_string(),
+                "/bin/id".into(),
+                format!("{}/prefixed-*", dir.display()),
+            ],
+            ..Default::default()
+        }],
+    });
+    wait_for_version(&probe, "files").await;
+    for script in std::iter::once(tool.display().to_string()).chain(attacks.iter().cloned()) {
+        let killed = pod.run(&script);
+        assert_eq!(killed.signal(), Some(libc::SIGKILL), "{script}: {killed:?}");
+    }
+    // Programs run as usual (through the loader, by the kernel), and other pods are untouched.
+    assert!(pod.run("/bin/echo ok").success());
+    for script in attacks.iter().chain([&"/bin/id".to_string()]) {
+        assert!(bystander.run(script).success(), "bystander: {script}");
+    }
+    let seen = server
+        .wait_for_pod(&pod.uid, WAIT, |m| {
+            m.blocked.contains(&BlockedAction::Exec {
+                path: loader.into(),
+            })
+        })
+        .await;
+    assert!(
+        seen.blocked.contains(&BlockedAction::Exec {
+            path: dir.join("hardlink").display().to_string()
+        }),
+        "{seen:#?}"
+    );
+
+    // Lifted: the loader and memfd run again.
+    server.set_enforcement(EnforcementSet {
+        version: "none".into(),
+        pods: vec![],
+    });
+    wait_for_version(&probe, "none").await;
+    for script in &attacks {
+        assert!(
+            pod.run(script).success(),
+            "{script} after the rules were lifted"
+        );
+    }
+    let _ = resident.kill();
+    let _ = resident.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    probe.shutdown();
+}
+
 /// What bash says when it cannot connect to [ip]:port from the pod.
 fn connect_error(pod: &TestPod, ip: &str, port: u16) -> String {
     let output = pod

@@ -113,6 +113,10 @@ pub enum PolicyError {
     EmptyToolRule { field: String },
     #[error("{field}: {path:?} is not an absolute path")]
     BadPath { field: String, path: String },
+    #[error(
+        "{field}: {path:?} is not an executable pattern: an absolute path of at most 239 bytes, with a `*` only at its end"
+    )]
+    BadExecPath { field: String, path: String },
     #[error("{field}: {cidr:?} is not an IPv4 or IPv6 CIDR such as 10.0.0.0/8")]
     BadCidr { field: String, cidr: String },
     #[error("{field}: port {port} is not in 1..=65535")]
@@ -443,6 +447,19 @@ fn canonical_set<S: AsRef<str>>(patterns: &[S]) -> GlobSet {
     GlobSet::new(&canonical)
 }
 
+/// Longest executable pattern, in bytes: the kernel's deny key holds 240 bytes of path, its NUL
+/// included (`EXEC_KEY_PATH` in `bpf/probe.h`).
+pub const EXEC_PATTERN_MAX: usize = 239;
+
+/// Whether `pattern` is an executable pattern with one meaning here and in the kernel: an
+/// absolute path matched exactly, or a prefix ended by its only `*`, of at most
+/// [`EXEC_PATTERN_MAX`] bytes. The kernel compares exact paths and prefixes only: a `*`
+/// elsewhere would be a wildcard here and a literal there.
+pub fn exec_pattern_ok(pattern: &str) -> bool {
+    let literal = pattern.strip_suffix('*').unwrap_or(pattern);
+    literal.starts_with('/') && !literal.contains(['*', '\0']) && pattern.len() <= EXEC_PATTERN_MAX
+}
+
 fn check_path(field: &str, path: &str) -> Result<(), PolicyError> {
     if !path.starts_with('/') || path.contains('\0') || path.len() > 255 {
         return Err(PolicyError::BadPath {
@@ -518,7 +535,12 @@ impl Policy {
         let mut exec = Vec::with_capacity(b.exec.len());
         for (i, r) in b.exec.iter().enumerate() {
             let field = format!("spec.behavior.exec[{i}]");
-            check_path(&format!("{field}.path"), &r.path)?;
+            if !exec_pattern_ok(&r.path) {
+                return Err(PolicyError::BadExecPath {
+                    field: format!("{field}.path"),
+                    path: r.path.clone(),
+                });
+            }
             check_penalty(&format!("{field}.penalty"), r.action, r.penalty)?;
             exec.push(ExecRule {
                 pattern: Glob::new(&r.path),
@@ -567,6 +589,7 @@ impl Policy {
             ("newExecutable", a.new_executable),
             ("newDestination", a.new_destination),
             ("sensitiveWrite", a.sensitive_write),
+            ("unobserved", a.unobserved),
         ] {
             if !(0..=MAX_SCORE).contains(&value) {
                 return Err(PolicyError::BadPenalty {

@@ -183,6 +183,7 @@ pub struct AnomalySpec {
     pub new_executable: i32,
     pub new_destination: i32,
     pub sensitive_write: i32,
+    pub unobserved: i32,
     pub sensitive_paths: Vec<String>,
     pub learning_period_seconds: i32,
 }
@@ -193,6 +194,7 @@ impl Default for AnomalySpec {
             new_executable: defaults::NEW_EXECUTABLE_PENALTY,
             new_destination: defaults::NEW_DESTINATION_PENALTY,
             sensitive_write: defaults::SENSITIVE_WRITE_PENALTY,
+            unobserved: defaults::UNOBSERVED_PENALTY,
             sensitive_paths: defaults::SENSITIVE_PATHS.map(String::from).to_vec(),
             learning_period_seconds: defaults::LEARNING_PERIOD_SECONDS,
         }

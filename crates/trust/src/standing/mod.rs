@@ -38,6 +38,9 @@ pub enum AnomalyKind {
     RuleMatch,
     /// An upstream MCP tool changed its description or schema after it was first seen.
     ToolChanged,
+    /// A probe window the probe could not see whole: items beyond the list bound, or events
+    /// lost to a full ring buffer. Flooding the list must not hide what comes after.
+    Unobserved,
 }
 
 impl AnomalyKind {
@@ -49,6 +52,7 @@ impl AnomalyKind {
             Self::SensitiveWrite => "sensitiveWrite",
             Self::RuleMatch => "ruleMatch",
             Self::ToolChanged => "toolChanged",
+            Self::Unobserved => "unobserved",
         }
     }
 }
@@ -60,6 +64,7 @@ impl From<crate::baseline::AnomalyKind> for AnomalyKind {
             Seen::NewExecutable => Self::NewExecutable,
             Seen::NewDestination => Self::NewDestination,
             Seen::SensitiveWrite => Self::SensitiveWrite,
+            Seen::Unobserved => Self::Unobserved,
         }
     }
 }

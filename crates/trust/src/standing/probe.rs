@@ -38,6 +38,9 @@ pub struct ProbeWindow<'a> {
     pub destinations: Vec<(IpAddr, u16)>,
     /// What the kernel refused.
     pub blocked: Vec<Blocked<'a>>,
+    /// Items the probe saw but could not list (beyond the bound of a list) and events the
+    /// kernel lost (a full ring buffer): what they were is unknown.
+    pub unlisted: u64,
 }
 
 impl Standing {
@@ -78,6 +81,21 @@ impl Standing {
             let seen = self.baseline.observe_connect(anomalies, ip, port, now);
             let what = format!("connect {ip}:{port}");
             self.judge(policy, decision, seen, &what, pod, now, &mut violations);
+        }
+        if let Some(anomaly) = self
+            .baseline
+            .observe_unlisted(anomalies, report.unlisted, now)
+        {
+            let what = format!("{} events not seen whole", report.unlisted);
+            self.window.counts.anomaly();
+            self.trust.apply(
+                policy.trust(),
+                Signal::Anomaly {
+                    penalty: anomaly.penalty,
+                },
+                now,
+            );
+            self.note_anomaly(anomaly.kind.into(), &what, anomaly.penalty, pod, now);
         }
         for blocked in &report.blocked {
             let what = match blocked {

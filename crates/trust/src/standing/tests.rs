@@ -71,6 +71,47 @@ fn a_new_executable_after_learning_costs_its_penalty_once() {
 }
 
 #[test]
+fn a_window_not_seen_whole_is_an_anomaly_so_flooding_the_list_hides_nothing() {
+    // The attack: 256 harmless writes fill the report's list, and the write to /etc/shadow
+    // that follows is only counted as unlisted.
+    let p = policy(|_| {});
+    let harmless: Vec<String> = (0..256).map(|i| format!("/tmp/f{i}")).collect();
+    let flood = |unlisted| {
+        let mut w = window("agent-0");
+        w.written_paths = harmless.iter().map(String::as_str).collect();
+        w.unlisted = unlisted;
+        w
+    };
+    let mut control = learned(&p);
+    let before = control.trust().score();
+    control.apply_probe_window(&p, &flood(0), LEARNED);
+    assert_eq!(
+        control.trust().score(),
+        before,
+        "harmless writes cost nothing"
+    );
+
+    let mut s = learned(&p);
+    s.apply_probe_window(&p, &flood(1), LEARNED);
+    let penalty = p.spec().behavior.anomalies.unobserved;
+    assert!(penalty > 0);
+    assert_eq!(s.trust().score(), before - penalty);
+    let note = s.recent().next().expect("an anomaly is listed");
+    assert_eq!(note.kind, AnomalyKind::Unobserved);
+    assert_eq!(note.detail, "1 events not seen whole");
+    assert_eq!(note.pod.as_deref(), Some("agent-0"));
+    // Events the kernel lost count the same way (the operator adds them to `unlisted`), once
+    // per window however many.
+    s.apply_probe_window(&p, &flood(5000), LEARNED.plus_millis(1000));
+    assert_eq!(s.trust().score(), before - 2 * penalty);
+
+    // While the baseline learns, a busy start is not held against the identity.
+    let mut young = standing(&p, T0);
+    young.apply_probe_window(&p, &flood(7), T0);
+    assert_eq!(young.trust().score(), p.trust().initial_score);
+}
+
+#[test]
 fn nothing_is_new_while_the_baseline_learns() {
     let p = policy(|_| {});
     let mut s = standing(&p, T0);
@@ -462,6 +503,7 @@ proptest! {
                 read_paths: vec![],
                 destinations: dests.iter().map(|(ip, port)| (IpAddr::from(*ip), *port)).collect(),
                 blocked: vec![],
+                unlisted: *count,
             };
             counted += s.apply_probe_window(&p, &w, now).len() as i64;
             let id = i.to_string();

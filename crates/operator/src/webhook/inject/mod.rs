@@ -32,6 +32,13 @@ pub const KEY_VOLUME: &str = "agentmesh-key";
 /// The sidecar's trust-API token: a projected ServiceAccount token of the trust API's audience,
 /// mounted into the sidecar only (the agent's containers keep what they had).
 pub const TOKEN_VOLUME: &str = "agentmesh-token";
+/// An empty volume mounted over the sidecar's ServiceAccount token path: the sidecar needs no
+/// Kubernetes API credential (it proves itself to the trust API with [`TOKEN_VOLUME`]), and the
+/// API server's ServiceAccount admission, which also runs again after this webhook, mounts the
+/// pod's token only into containers that mount nothing at that path.
+pub const NO_API_TOKEN_VOLUME: &str = "agentmesh-no-api-token";
+/// The path the ServiceAccount admission mounts the pod's API token at.
+pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Where the key Secret is mounted in the sidecar (read-only).
 pub const KEY_DIR: &str = "/var/run/secrets/agentmesh";
 /// The private key file: the value of `AGENTMESH_AGENT_PRIVATE_KEY` in the sidecar.
@@ -41,8 +48,9 @@ pub const KEY_FILE_MODE: i32 = 0o400;
 /// The sidecar's uid, and the fsGroup given to pods that have none.
 pub const SIDECAR_UID: i64 = 1000;
 /// Version of the layout recorded in the `agentmesh.io/sidecar-status` annotation (2: the key
-/// is a file, no longer an environment variable; 3: the trust-API token volume).
-pub const STATUS_VERSION: u32 = 3;
+/// is a file, no longer an environment variable; 3: the trust-API token volume; 4: no API
+/// token in the sidecar).
+pub const STATUS_VERSION: u32 = 4;
 /// Environment variables set in the sidecar besides the seed's (for the sidecar, a later issue).
 pub const ENV_IDENTITY: &str = "AGENTMESH_IDENTITY";
 pub const ENV_TRUST_API_URL: &str = "AGENTMESH_TRUST_API_URL";

@@ -96,6 +96,7 @@ pub fn sidecar_container(settings: &Settings, identity: &str, inbound_port: Opti
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
             {"name": KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": true},
             {"name": TOKEN_VOLUME, "mountPath": paths::TRUST_API_TOKEN_DIR, "readOnly": true},
+            {"name": NO_API_TOKEN_VOLUME, "mountPath": API_TOKEN_DIR, "readOnly": true},
         ],
     });
     if settings.native_sidecar {
@@ -152,7 +153,7 @@ pub fn status_annotation(settings: &Settings, identity: &str, key: &Key, spec: &
         "identity": identity,
         "keySecret": objects::key_secret_name(identity),
         "keySource": match key { Key::Managed => "operator", Key::UserSupplied => "user" },
-        "volumes": [HEALTH_VOLUME, TMP_VOLUME, KEY_VOLUME, TOKEN_VOLUME],
+        "volumes": [HEALTH_VOLUME, TMP_VOLUME, KEY_VOLUME, TOKEN_VOLUME, NO_API_TOKEN_VOLUME],
         "keyPath": KEY_PATH,
         "fsGroup": fs_group,
         "fsGroupAdded": fs_group_added,
@@ -219,6 +220,7 @@ pub fn patch(
         json!({"name": TMP_VOLUME, "emptyDir": {}}),
         key_volume(identity, key),
         token_volume(),
+        json!({"name": NO_API_TOKEN_VOLUME, "emptyDir": {"sizeLimit": "1Ki"}}),
     ];
     match spec.volumes {
         None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),

@@ -6,7 +6,7 @@
 //! - exec, open and connect loops without and with the probe: overhead ratio per workload (the
 //!   median over `ROUNDS` rounds of each round's ratio), plus opens by an unwatched process and
 //!   opens of a new path each time; and the same loops with only an empty program at the raw
-//!   `sys_enter` tracepoint, the one hook this kernel offers for file opens: the floor under any
+//!   `sys_exit` tracepoint, the one hook this kernel offers for file opens: the floor under any
 //!   observer of opens;
 //! - the highest open-event rate delivered with zero ring-buffer drops, stepping the offered
 //!   rate up;
@@ -78,7 +78,7 @@ fn run(root: &Path, original: &Path, pod: &Path) {
          syscalls), + probe = plus the probe process's CPU time meanwhile"
     );
     println!(
-        "floor = the same loop with only an empty program attached at the raw sys_enter tracepoint"
+        "floor = the same loop with only an empty program attached at the raw sys_exit tracepoint"
     );
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>13} {:>10}",
@@ -105,8 +105,8 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     // repeat the kernel folds into a count: every open is an event sent to user space.
     let distinct = workloads.len();
     let unwatched = distinct + 1;
-    // Per workload: without, with the probe, with the empty sys_enter program, and (exec and
-    // connect only) with the probe told `ebpf.enableFile: false`, which leaves sys_enter alone.
+    // Per workload: without, with the probe, with the empty sys_exit program, and (exec and
+    // connect only) with the probe told `ebpf.enableFile: false`, which leaves sys_exit alone.
     const WITHOUT: usize = 0;
     const PROBE: usize = 1;
     const FLOOR: usize = 2;
@@ -128,8 +128,8 @@ fn run(root: &Path, original: &Path, pod: &Path) {
                 _ => None,
             };
             let floor = (slot == FLOOR).then(|| {
-                meshlogic_probe::kernel::floor::attach_empty_sys_enter()
-                    .expect("attaching the empty sys_enter program")
+                meshlogic_probe::kernel::floor::attach_empty_sys_exit()
+                    .expect("attaching the empty sys_exit program")
             });
             let pid = probe.as_ref().map(|(child, _)| child.id());
             for (i, (name, workload, _)) in workloads.iter().enumerate() {
@@ -173,7 +173,7 @@ fn run(root: &Path, original: &Path, pod: &Path) {
             s.cpu + s.probe_cpu
         });
         println!(
-            "with ebpf.enableFile=false (no sys_enter program): {name}: CPU incl. probe {:+.1}%",
+            "with ebpf.enableFile=false (no sys_exit program): {name}: CPU incl. probe {:+.1}%",
             total * 100.0
         );
         if total > worst_without_files.0 {
@@ -221,7 +221,7 @@ fn run(root: &Path, original: &Path, pod: &Path) {
         1.0 + worst.0
     );
     println!(
-        "floor ratio, open+close with an empty sys_enter program and nothing else: {:.3}",
+        "floor ratio, open+close with an empty sys_exit program and nothing else: {:.3}",
         1.0 + open_floor
     );
     println!(
