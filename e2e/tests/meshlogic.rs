@@ -713,6 +713,13 @@ fn the_operator_needs_only_the_rbac_it_documents() {
         if rule["verbs"] == json!(["bind"]) {
             assert_eq!(rule["resourceNames"], json!([chart_probe_role]), "{rule}");
             rule["resourceNames"] = json!([probe_role]);
+        } else if rule["resources"] == json!(["mutatingwebhookconfigurations"])
+            && rule.get("resourceNames").is_some()
+        {
+            // The chart names its release namespace's; the operator here runs in `ns`.
+            let name = rule["resourceNames"][0].as_str().unwrap();
+            assert!(name.starts_with("agentmesh-sidecar-injector-"), "{rule}");
+            rule["resourceNames"] = json!([format!("agentmesh-sidecar-injector-{ns}")]);
         } else if rule["resources"] == json!(["clusterroles"]) {
             assert_eq!(
                 rule["resourceNames"],
@@ -755,6 +762,13 @@ fn the_operator_needs_only_the_rbac_it_documents() {
     assert!(!may(&["bind", "clusterroles/cluster-admin"]));
     assert!(may(&["bind", &format!("clusterroles/{probe_role}")]));
     assert!(!may(&["get", "clusterroles/cluster-admin"]));
+    // It may change its own webhook configuration, and no other.
+    let own_webhook = format!("mutatingwebhookconfigurations/agentmesh-sidecar-injector-{ns}");
+    assert!(may(&["patch", &own_webhook]));
+    assert!(!may(&[
+        "patch",
+        "mutatingwebhookconfigurations/istio-sidecar-injector"
+    ]));
     let _cleanup = AgentCleanup {
         namespace: ns.to_string(),
         name: name.to_string(),

@@ -270,10 +270,8 @@ fn a_deployment_in_a_labelled_namespace_gets_the_sidecar_and_an_unlabelled_one_d
                 "the agent lost its API token: {agent}"
             );
         }
-        assert_eq!(
-            sidecar["envFrom"][0]["configMapRef"],
-            json!({"name": "agentmesh-config", "optional": true})
-        );
+        // Configured by the operator's settings, not by a ConfigMap of the pod's namespace.
+        assert!(sidecar["envFrom"].is_null(), "{sidecar}");
         assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
         assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(

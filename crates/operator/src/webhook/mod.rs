@@ -374,6 +374,7 @@ pub async fn start(
         },
         trust_api_url: args.trust_api_url.clone(),
         operator_namespace: args.namespace.clone(),
+        sidecar_env: Settings::seed_env(|name| std::env::var(name).ok()),
     };
     let source = match args.webhook_certs {
         crate::config::CertSource::SelfManaged => certs::Source::SelfManaged {

@@ -3,7 +3,7 @@
 //! includes this file).
 //!
 //! The sidecar is the seed deployment guide's `agentmesh-sidecar` container: ports `proxy` 8081
-//! and `metrics` 9091, the `agentmesh-config` ConfigMap as environment, the identity's key
+//! and `metrics` 9091, the operator's own `AGENTMESH_*` settings as values, the identity's key
 //! Secret as a read-only file named by `AGENTMESH_AGENT_PRIVATE_KEY`, the seed's security
 //! context, resources and probes, and the `agentmesh-health` emptyDir at `/var/run/agentmesh`
 //! plus an emptyDir at `/tmp`.
@@ -113,6 +113,10 @@ pub struct Settings {
     pub trust_api_url: String,
     /// The operator's own namespace: never injected.
     pub operator_namespace: String,
+    /// The seed's `AGENTMESH_*` settings as the operator itself was given them (from the
+    /// `agentmesh-config` ConfigMap of its own namespace), set in the sidecar as values: a
+    /// ConfigMap of the agent's namespace, which its tenants may edit, configures nothing.
+    pub sidecar_env: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -124,7 +128,20 @@ impl Settings {
             resources: Resources::default(),
             trust_api_url: format!("http://agentmesh.{operator_namespace}.svc:8080"),
             operator_namespace: operator_namespace.into(),
+            sidecar_env: Vec::new(),
         }
+    }
+
+    /// The seed's settings set in `lookup` (the operator's environment) that the sidecar
+    /// reads: every `AGENTMESH_*` of the seed but the key and the proxy URL, which the injector
+    /// sets itself.
+    pub fn seed_env(lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+        use agentmesh_api::names::env;
+        env::ALL
+            .into_iter()
+            .filter(|name| *name != env::AGENT_PRIVATE_KEY && *name != env::PROXY_URL)
+            .filter_map(|name| Some((name.to_string(), lookup(name)?)))
+            .collect()
     }
 }
 

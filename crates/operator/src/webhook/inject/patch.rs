@@ -57,7 +57,6 @@ pub fn sidecar_container(settings: &Settings, identity: &str, inbound_port: Opti
             {"name": "proxy", "containerPort": ports::SIDECAR_PROXY, "protocol": "TCP"},
             {"name": "metrics", "containerPort": ports::SIDECAR_METRICS, "protocol": "TCP"},
         ],
-        "envFrom": [{"configMapRef": {"name": objects::CONFIG_MAP, "optional": true}}],
         "env": [
             {"name": env::AGENT_PRIVATE_KEY, "value": KEY_PATH},
             {"name": ENV_IDENTITY, "value": identity},
@@ -101,6 +100,12 @@ pub fn sidecar_container(settings: &Settings, identity: &str, inbound_port: Opti
     });
     if settings.native_sidecar {
         container["restartPolicy"] = "Always".into();
+    }
+    if let Some(env) = container["env"].as_array_mut() {
+        env.extend(
+            (settings.sidecar_env.iter())
+                .map(|(name, value)| json!({"name": name, "value": value})),
+        );
     }
     if let (Some(port), Some(env)) = (inbound_port, container["env"].as_array_mut()) {
         env.push(

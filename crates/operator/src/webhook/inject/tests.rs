@@ -34,6 +34,40 @@ fn the_inbound_port_annotation_is_a_port_or_an_error_naming_it() {
     );
 }
 
+/// The sidecar's settings are the operator's, as values: nothing of the pod's namespace (no
+/// `envFrom`), and neither the key nor the proxy URL, which the injector sets itself.
+#[test]
+fn the_sidecar_is_configured_by_the_operators_settings_not_the_pods_namespace() {
+    let operator_env = BTreeMap::from([
+        ("AGENTMESH_POLICY", "strict"),
+        ("AGENTMESH_LOG_LEVEL", "DEBUG"),
+        ("AGENTMESH_AGENT_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----"),
+        ("AGENTMESH_PROXY_URL", "http://elsewhere"),
+        ("UNRELATED", "x"),
+    ]);
+    let mut settings = Settings::seed("agentmesh", true);
+    settings.sidecar_env = Settings::seed_env(|name| operator_env.get(name).map(|v| v.to_string()));
+    assert_eq!(
+        settings.sidecar_env,
+        [
+            ("AGENTMESH_LOG_LEVEL".to_string(), "DEBUG".to_string()),
+            ("AGENTMESH_POLICY".to_string(), "strict".to_string()),
+        ]
+    );
+    let container = sidecar_container(&settings, "a", None);
+    assert!(container["envFrom"].is_null(), "{container}");
+    let env = container["env"].as_array().unwrap();
+    assert!(env.contains(&json!({"name": "AGENTMESH_POLICY", "value": "strict"})));
+    let key: Vec<&Value> = env
+        .iter()
+        .filter(|e| e["name"] == "AGENTMESH_AGENT_PRIVATE_KEY")
+        .collect();
+    assert_eq!(
+        key,
+        [&json!({"name": "AGENTMESH_AGENT_PRIVATE_KEY", "value": KEY_PATH})]
+    );
+}
+
 fn pod(value: Value) -> Pod {
     serde_json::from_value(value).unwrap()
 }
