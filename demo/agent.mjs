@@ -56,12 +56,13 @@ function reason(error) {
 }
 
 // Runs an executable the policy denies; at safety tier 3 the kernel kills it at exec.
-function runDenied(path) {
+function runDenied(path, args = []) {
+  const command = [path, ...args].join(" ");
   return new Promise((resolve) => {
-    execFile(path, ["--pool", "stratum+tcp://pool.invalid:3333"], (error) => {
-      if (error && error.signal) say(`exec ${path} -> killed by ${error.signal}`);
-      else if (error) say(`exec ${path} -> ran, exit ${error.code}`);
-      else say(`exec ${path} -> ran`);
+    execFile(path, [...args, "--pool", "stratum+tcp://pool.invalid:3333"], (error) => {
+      if (error && error.signal) say(`exec ${command} -> killed by ${error.signal}`);
+      else if (error) say(`exec ${command} -> ran, exit ${error.code}`);
+      else say(`exec ${command} -> ran`);
       resolve();
     });
   });
@@ -104,6 +105,9 @@ async function misbehaving() {
   await call(everything, "get-env", {});
   await sleep(3000);
   await runDenied("/usr/local/bin/miner");
+  // The same program through the dynamic loader, which no exec rule names: killed as well.
+  await sleep(1000);
+  await runDenied("/lib64/ld-linux-x86-64.so.2", ["/usr/local/bin/miner"]);
   // Then it keeps trying: through its sidecar, and around it.
   for (;;) {
     await sleep(6000);

@@ -312,8 +312,8 @@ impl Story {
                     && metric("scraper", "tools/call deny") >= 1.0,
             ),
             (
-                "the kernel killed scraper's denied executable and refused its connects once quarantined (tier 3)".into(),
-                self.kernel.get("exec").copied().unwrap_or(0.0) >= 1.0
+                "the kernel killed scraper's denied executable, also run through the dynamic loader, and refused its connects once quarantined (tier 3)".into(),
+                self.kernel.get("exec").copied().unwrap_or(0.0) >= 2.0
                     && self.kernel.get("connect").copied().unwrap_or(0.0) >= 1.0,
             ),
             (
