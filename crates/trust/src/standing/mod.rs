@@ -201,6 +201,22 @@ impl Standing {
     }
 
     /// An anomaly: status lists it among the recent ones, and it is the last decision.
+    /// An anomaly: counted in the window, its penalty charged, listed in status.
+    fn charge_anomaly(
+        &mut self,
+        policy: &crate::Policy,
+        kind: AnomalyKind,
+        what: &str,
+        penalty: i32,
+        pod: &str,
+        now: Timestamp,
+    ) {
+        self.window.counts.anomaly();
+        self.trust
+            .apply(policy.trust(), crate::Signal::Anomaly { penalty }, now);
+        self.note_anomaly(kind, what, penalty, pod, now);
+    }
+
     fn note_anomaly(
         &mut self,
         kind: AnomalyKind,

@@ -87,15 +87,14 @@ impl Standing {
             .observe_unlisted(anomalies, report.unlisted, now)
         {
             let what = format!("{} events not seen whole", report.unlisted);
-            self.window.counts.anomaly();
-            self.trust.apply(
-                policy.trust(),
-                Signal::Anomaly {
-                    penalty: anomaly.penalty,
-                },
+            self.charge_anomaly(
+                policy,
+                anomaly.kind.into(),
+                &what,
+                anomaly.penalty,
+                pod,
                 now,
             );
-            self.note_anomaly(anomaly.kind.into(), &what, anomaly.penalty, pod, now);
         }
         for blocked in &report.blocked {
             let what = match blocked {
@@ -136,15 +135,8 @@ impl Standing {
             Some(BehaviorAction::Allow) => {}
             Some(_) => {
                 let rule = decision.rule();
-                self.window.counts.anomaly();
-                self.trust.apply(
-                    policy.trust(),
-                    Signal::Anomaly {
-                        penalty: decision.penalty,
-                    },
-                    now,
-                );
-                self.note_anomaly(
+                self.charge_anomaly(
+                    policy,
                     AnomalyKind::RuleMatch,
                     &format!("{what} ({rule})"),
                     decision.penalty,
@@ -162,15 +154,14 @@ impl Standing {
             }
             None => {
                 if let Some(anomaly) = baseline {
-                    self.window.counts.anomaly();
-                    self.trust.apply(
-                        policy.trust(),
-                        Signal::Anomaly {
-                            penalty: anomaly.penalty,
-                        },
+                    self.charge_anomaly(
+                        policy,
+                        anomaly.kind.into(),
+                        what,
+                        anomaly.penalty,
+                        pod,
                         now,
                     );
-                    self.note_anomaly(anomaly.kind.into(), what, anomaly.penalty, pod, now);
                 }
             }
         }

@@ -174,10 +174,8 @@ impl Standing {
                 SidecarOutcome::ToolChanged { server, tool } => {
                     // New code behind a known name: it costs what a new executable costs.
                     let penalty = policy.spec().behavior.anomalies.new_executable;
-                    self.window.counts.anomaly();
-                    self.trust
-                        .apply(policy.trust(), Signal::Anomaly { penalty }, now);
-                    self.note_anomaly(
+                    self.charge_anomaly(
+                        policy,
                         AnomalyKind::ToolChanged,
                         &format!(
                             "tool {tool} of MCP server {server} changed its description or schema"
