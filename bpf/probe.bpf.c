@@ -22,6 +22,14 @@
 #define NR_OPENAT 257
 #define NR_OPENAT2 437
 #define SYSCALL_NR(regs) ((regs)->orig_ax)
+/* The 32-bit entry (int 0x80, sysenter; also open to a 64-bit process) numbers them otherwise:
+ * a rule kept to the 64-bit numbers would be walked around by a 32-bit open. */
+#define IA32_OPEN 5
+#define IA32_CREAT 8
+#define IA32_OPENAT 295
+#define IA32_OPEN_BY_HANDLE_AT 342
+#define IA32_OPENAT2 437
+#define TS_COMPAT 0x0002 /* thread_info.status: in a 32-bit system call */
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_OPEN -1 /* no open(2) or creat(2) on arm64 */
 #define NR_CREAT -1

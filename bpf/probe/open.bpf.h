@@ -106,27 +106,76 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags, l
 /* Every open-like system call: open, openat, openat2, creat, open_by_handle_at (which names no
  * path: only its file does). The arguments are still in the saved registers at the exit, read
  * in place (tp_btf gives a typed pointer): no helper call per argument. */
+/* The path and flags of an open-like system call `id` (64-bit arguments: rdi, rsi, rdx; in a
+ * 32-bit call, ebx, ecx, edx, 32 bits each); false for any other call. open_by_handle_at names
+ * no path: only the file it opened does. */
+static __always_inline bool open_args(struct pt_regs *regs, long id, bool ia32,
+				      const char **filename, __s32 *open_flags)
+{
+	__u64 arg1 = PT_REGS_PARM1_SYSCALL(regs), arg2 = PT_REGS_PARM2_SYSCALL(regs);
+	__u64 arg3 = PT_REGS_PARM3_SYSCALL(regs);
+	long nr_open = NR_OPEN, nr_creat = NR_CREAT, nr_openat = NR_OPENAT;
+	long nr_openat2 = NR_OPENAT2, nr_by_handle = NR_OPEN_BY_HANDLE_AT;
+#if defined(__TARGET_ARCH_x86)
+	if (ia32) {
+		arg1 = regs->bx & 0xffffffff;
+		arg2 = regs->cx & 0xffffffff;
+		arg3 = regs->dx & 0xffffffff;
+		nr_open = IA32_OPEN;
+		nr_creat = IA32_CREAT;
+		nr_openat = IA32_OPENAT;
+		nr_openat2 = IA32_OPENAT2;
+		nr_by_handle = IA32_OPEN_BY_HANDLE_AT;
+	}
+#endif
+	if (id == nr_openat) {
+		*filename = (const char *)arg2;
+		*open_flags = (__s32)arg3;
+	} else if (id == nr_open) {
+		*filename = (const char *)arg1;
+		*open_flags = (__s32)arg2;
+	} else if (id == nr_creat) {
+		*filename = (const char *)arg1;
+		*open_flags = CREAT_FLAGS;
+	} else if (id == nr_openat2) {
+		struct open_how how = {};
+		bpf_probe_read_user(&how, sizeof(how), (void *)arg3);
+		*filename = (const char *)arg2;
+		*open_flags = (__s32)how.flags;
+	} else if (id == nr_by_handle) {
+		*filename = 0;
+		*open_flags = (__s32)arg3;
+	} else {
+		return false;
+	}
+	return true;
+}
+
+/* Every open-like system call: open, openat, openat2, creat, open_by_handle_at, from the 64-bit
+ * and (x86) the 32-bit entry, which numbers them otherwise. The arguments are still in the
+ * saved registers at the exit, read in place (tp_btf gives a typed pointer): no helper call per
+ * argument. One call site of handle_open: the verifier walks it once. */
 SEC("tp_btf/sys_exit")
 int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
 	long id = SYSCALL_NR(regs);
-	if (id == NR_OPENAT)
-		return handle_open((const char *)PT_REGS_PARM2_SYSCALL(regs),
-				   (__s32)PT_REGS_PARM3_SYSCALL(regs), ret);
-	if (id == NR_OPENAT2) {
-		struct open_how how = {};
-		bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_SYSCALL(regs));
-		return handle_open((const char *)PT_REGS_PARM2_SYSCALL(regs), (__s32)how.flags,
-				   ret);
-	}
-	if (id == NR_OPEN)
-		return handle_open((const char *)PT_REGS_PARM1_SYSCALL(regs),
-				   (__s32)PT_REGS_PARM2_SYSCALL(regs), ret);
-	if (id == NR_CREAT)
-		return handle_open((const char *)PT_REGS_PARM1_SYSCALL(regs), CREAT_FLAGS, ret);
-	if (id == NR_OPEN_BY_HANDLE_AT && ret >= 0)
-		return handle_open(0, (__s32)PT_REGS_PARM3_SYSCALL(regs), ret);
-	return 0;
+	bool ia32 = false;
+#if defined(__TARGET_ARCH_x86)
+	/* Every other system call leaves at the comparisons (this runs on all of the node's). */
+	if (id != NR_OPENAT && id != NR_OPEN && id != NR_OPENAT2 && id != NR_CREAT &&
+	    id != NR_OPEN_BY_HANDLE_AT && id != IA32_OPEN && id != IA32_CREAT &&
+	    id != IA32_OPENAT && id != IA32_OPEN_BY_HANDLE_AT)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	ia32 = task->thread_info.status & TS_COMPAT;
+#endif
+	const char *filename = 0;
+	__s32 open_flags = 0;
+	if (!open_args(regs, id, ia32, &filename, &open_flags))
+		return 0;
+	if (!filename && ret < 0)
+		return 0; /* a failed open_by_handle_at: no file, no path */
+	return handle_open(filename, open_flags, ret);
 }
 
 #endif

@@ -280,8 +280,25 @@ async fn ring_buffer_drops_are_counted_and_reported() {
     probe.shutdown();
 }
 
+/// open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644) through the 32-bit system call entry
+/// (`int 0x80`), from memory below 4 GiB (MAP_32BIT), as a 32-bit program would.
+const IA32_OPEN: &str = r#"
+import ctypes, mmap, struct
+m = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40,
+              prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+assert base < 2**32, hex(base)
+path = b"{path}\0"
+code = (b"\x53" + b"\xb8\x05\x00\x00\x00" + b"\xbb" + struct.pack("<I", base + 256)
+        + b"\xb9\x41\x02\x00\x00" + b"\xba\xa4\x01\x00\x00" + b"\xcd\x80" + b"\x5b\xc3")
+m[0:len(code)] = code
+m[256:256 + len(path)] = path
+fd = ctypes.CFUNCTYPE(ctypes.c_int)(base)()
+assert fd >= 0, fd
+"#;
+
 /// An open is named by the file it opened, whatever text asked for it: a relative name, `..`,
-/// `/proc/self/cwd/…`, a symbolic link; creat(2) is an open for writing like any other.
+/// `/proc/self/cwd/…`, a symbolic link; creat(2) and a 32-bit open are opens like any other.
 #[tokio::test]
 async fn opens_are_named_by_the_file_they_open() {
     let Some((server, probe)) = common::root_probe(json!({})).await else {
@@ -306,6 +323,15 @@ async fn opens_are_named_by_the_file_they_open() {
             " && python3 -c \"import ctypes; assert ctypes.CDLL(None).syscall(85, b'{d}/created', 0o644) >= 0\""
         ));
         want.push("created");
+        // A 32-bit open (int 0x80, which a 64-bit process may use too), numbered otherwise:
+        // ia32 open is 5, which is fstat to the 64-bit table.
+        std::fs::write(
+            dir.join("ia32.py"),
+            IA32_OPEN.replace("{path}", &format!("{d}/ia32")),
+        )
+        .unwrap();
+        script.push_str(&format!(" && python3 {d}/ia32.py"));
+        want.push("ia32");
     }
     assert!(pod.run(&script).success(), "{script}");
     let seen = server
