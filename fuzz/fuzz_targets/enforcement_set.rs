@@ -113,16 +113,18 @@ fuzz_target!(|data: &[u8]| {
             .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into())),
     };
     let loader = FileId { dev: 2, ino: 1 };
-    let files: FilesByPod = (set.pods.iter())
-        .map(|pod| {
-            let denied = (pod.denied_executables.iter())
-                .filter(|p| !p.ends_with('*'))
-                .map(|p| (p.clone(), [file_of(p)].into()))
-                .collect();
-            let loaders = [loader].into();
-            (pod.pod_uid.clone(), PodFiles { denied, loaders })
-        })
-        .collect();
+    let mut files = FilesByPod::new();
+    for pod in &set.pods {
+        let found: &mut PodFiles = files.entry(pod.pod_uid.clone()).or_default();
+        found.loaders.insert(loader);
+        for pattern in pod.denied_executables.iter().filter(|p| !p.ends_with('*')) {
+            found
+                .denied
+                .entry(pattern.clone())
+                .or_default()
+                .insert(file_of(pattern));
+        }
+    }
     let (state, warnings) = build(&cgroups, Some(&set), &files);
     let (plain, none) = build(&cgroups, None, &FilesByPod::new());
     assert!(none.is_empty());
