@@ -139,21 +139,31 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         OPERATOR_NAMESPACE,
         "--timeout=180s",
     ]);
-    let operators: Vec<Value> = serde_json::from_str::<Value>(&cluster.kubectl_ok(&[
-        "get",
-        "pods",
-        "-n",
-        OPERATOR_NAMESPACE,
-        "-l",
-        "app.kubernetes.io/name=agentmesh",
-        "-o",
-        "json",
-    ]))
-    .unwrap()["items"]
-        .as_array()
-        .unwrap()
-        .clone();
-    assert_eq!(operators.len(), 2, "two replicas");
+    // `rollout status` returns once the new pods are ready; the old ones may still be
+    // terminating: the replicas are the pods not being deleted.
+    let operators: Vec<Value> = wait(
+        Duration::from_secs(90),
+        "two operator replicas, the old ones gone",
+        || {
+            let pods: Vec<Value> = serde_json::from_str::<Value>(&cluster.kubectl_ok(&[
+                "get",
+                "pods",
+                "-n",
+                OPERATOR_NAMESPACE,
+                "-l",
+                "app.kubernetes.io/name=agentmesh",
+                "-o",
+                "json",
+            ]))
+            .ok()?["items"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .cloned()
+                .collect();
+            (pods.len() == 2 && pods.iter().all(pod_ready)).then_some(pods)
+        },
+    );
     for operator in &operators {
         assert!(pod_ready(operator), "{operator}");
         assert!(
