@@ -35,8 +35,8 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags, l
 	__u64 pod = find_pod_entry(&flags, &entry);
 	if (unwatched(pod))
 		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
 	if (skip_runtime_opens && runtime_root) {
-		struct task_struct *task = bpf_get_current_task_btf();
 		if ((__u64)BPF_CORE_READ(task, fs, root.dentry) == runtime_root) {
 			count(C_RUNTIME_SETUP);
 			return 0;
@@ -46,21 +46,24 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags, l
 	 * to a map value, and a repeated open never needs it anywhere else. */
 	struct stack_path path;
 	long n = 0;
-	if (ret >= 0) {
-		__u32 zero = 0;
-		struct path_buf *buf = bpf_map_lookup_elem(&path_heap, &zero);
-		struct task_struct *task = bpf_get_current_task_btf();
-		struct file *file = fd_file(task, ret);
-		long at = buf && file ? resolve_path(buf, file, task) : -1;
-		if (at >= 0)
-			n = bpf_probe_read_kernel_str(path.path, sizeof(path.path),
-						      &buf->data[at & (PATH_LEN - 1)]);
-	}
-	if (n <= 0 && filename)
-		n = bpf_probe_read_user_str(path.path, sizeof(path.path), filename);
-	if (n <= 0) {
-		path.path[0] = 0;
-		n = 1;
+	struct file *file = ret >= 0 ? fd_file(task, ret) : 0;
+	/* What makes a repeat: the file opened (its dentry, whatever text named it: another
+	 * directory, a swapped link or a rename is another dentry), or for a failed open the text
+	 * asked for. Repeats, most opens, skip the walk up the file's dentries below. */
+	__u64 identity;
+	if (file) {
+		/* The inode number too: a freed dentry reused for another file within the window
+		 * does not pass for it. */
+		__u64 dentry = (__u64)BPF_CORE_READ(file, f_path.dentry);
+		__u64 ino = BPF_CORE_READ(file, f_inode, i_ino);
+		identity = hash_key ^ ((dentry ^ (ino << 17)) * 0x9E3779B97F4A7C15ULL);
+	} else {
+		n = filename ? bpf_probe_read_user_str(path.path, sizeof(path.path), filename) : 0;
+		if (n <= 0) {
+			path.path[0] = 0;
+			n = 1;
+		}
+		identity = path_hash(path.path, n);
 	}
 	struct open_key key = {};
 	struct open_key *seen = 0;
@@ -68,7 +71,7 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags, l
 		__u32 zero = 0;
 		__u64 *epoch = bpf_map_lookup_elem(&open_epoch, &zero);
 		key.pod = pod;
-		key.path_hash = path_hash(path.path, n);
+		key.path_hash = identity;
 		key.flags = open_flags;
 		key.epoch = epoch ? (__u32)*epoch : 0;
 		__u32 slot = (__u32)(key.path_hash ^ pod) & (OPEN_CACHE_SLOTS - 1);
@@ -82,6 +85,22 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags, l
 				count(C_OPEN_REPEATED);
 			}
 			return 0;
+		}
+	}
+	/* A file opened is named by its path from the task's root; one too deep to resolve keeps
+	 * the text asked for. */
+	if (file) {
+		__u32 zero = 0;
+		struct path_buf *buf = bpf_map_lookup_elem(&path_heap, &zero);
+		long at = buf ? resolve_path(buf, file, task) : -1;
+		if (at >= 0)
+			n = bpf_probe_read_kernel_str(path.path, sizeof(path.path),
+						      &buf->data[at & (PATH_LEN - 1)]);
+		if (n <= 0 && filename)
+			n = bpf_probe_read_user_str(path.path, sizeof(path.path), filename);
+		if (n <= 0) {
+			path.path[0] = 0;
+			n = 1;
 		}
 	}
 	/* Mute paths: longest-prefix match of the path against the mute_paths trie. Bytes after
