@@ -101,18 +101,23 @@ fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
 }
 
 /// `path` resolved inside `root` as the container sees it (symbolic links followed, none
-/// leaving the root).
-fn resolve_in(root: &OwnedFd, path: &str) -> Option<OwnedFd> {
+/// leaving the root), opened with `flags`.
+fn open_in(root: &OwnedFd, path: &str, flags: OFlags) -> Option<OwnedFd> {
     let relative = path.trim_start_matches('/');
     let relative = if relative.is_empty() { "." } else { relative };
     rustix::fs::openat2(
         root.as_fd(),
         relative,
-        OFlags::PATH | OFlags::CLOEXEC,
+        flags | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )
     .ok()
+}
+
+/// [`open_in`] for a file's identity only (`O_PATH`: nothing is read).
+fn resolve_in(root: &OwnedFd, path: &str) -> Option<OwnedFd> {
+    open_in(root, path, OFlags::PATH)
 }
 
 fn file_id(fd: &OwnedFd) -> Option<FileId> {
@@ -125,17 +130,7 @@ fn file_id(fd: &OwnedFd) -> Option<FileId> {
 fn loaders_in(root: &OwnedFd) -> BTreeSet<FileId> {
     let mut found = BTreeSet::new();
     for dir in LOADER_DIRS {
-        let Some(fd) = resolve_in(root, dir) else {
-            continue;
-        };
-        // O_PATH descriptors cannot be read; reopen the directory for reading, still in root.
-        let Ok(dir_fd) = rustix::fs::openat2(
-            fd.as_fd(),
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        ) else {
+        let Some(dir_fd) = open_in(root, dir, OFlags::RDONLY | OFlags::DIRECTORY) else {
             continue;
         };
         let Ok(entries) = rustix::fs::Dir::read_from(&dir_fd) else {
