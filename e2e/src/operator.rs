@@ -33,6 +33,7 @@ pub fn free_port() -> u16 {
 pub struct OperatorProcess {
     child: Child,
     pub name: String,
+    pub namespace: String,
     pub trust_api: SocketAddr,
     pub metrics: SocketAddr,
     pub webhook: SocketAddr,
@@ -75,7 +76,8 @@ impl OperatorProcess {
             .env("MESHLOGIC_WEBHOOK_ADDR", webhook.to_string())
             // The API server is a host process here: it reaches the webhook on loopback.
             .env("MESHLOGIC_WEBHOOK_URL", format!("https://{webhook}/inject"))
-            .env("MESHLOGIC_TRUST_API_URL", format!("http://{trust_api}"))
+            // TLS: the serving certificate is valid for 127.0.0.1.
+            .env("MESHLOGIC_TRUST_API_URL", format!("https://{trust_api}"))
             .env("AGENTMESH_LOG_FORMAT", "text")
             .env("AGENTMESH_LOG_LEVEL", "debug")
             .env("RUST_LOG", "info,meshlogic_operator=debug")
@@ -102,6 +104,7 @@ impl OperatorProcess {
         let mut process = Self {
             child,
             name: name.to_owned(),
+            namespace: namespace.to_owned(),
             trust_api,
             metrics,
             webhook,
@@ -111,6 +114,37 @@ impl OperatorProcess {
             p.get("/health").is_some()
         });
         process
+    }
+
+    /// The CA bundle (PEM) of this operator's certificate Secret (the default
+    /// `agentmesh-webhook-tls` of its namespace), once its leader has written it.
+    pub fn ca_bundle(&self) -> String {
+        let started = Instant::now();
+        loop {
+            let output = cluster().kubectl(&[
+                "get",
+                "secret",
+                "agentmesh-webhook-tls",
+                "-n",
+                &self.namespace,
+                "-o",
+                r"jsonpath={.data.ca\.crt}",
+            ]);
+            use base64::Engine;
+            if let Ok(pem) = base64::engine::general_purpose::STANDARD
+                .decode(String::from_utf8_lossy(&output.stdout).trim())
+                && !pem.is_empty()
+            {
+                return String::from_utf8(pem).unwrap();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "operator {}: no CA bundle written within 30 s:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// `GET` on the trust API; the body when the status is 2xx.
@@ -197,7 +231,9 @@ impl Drop for OperatorProcess {
     }
 }
 
-/// A minimal HTTP/1.0 request on loopback: the status code and the body.
+/// A minimal HTTP/1.0 request: the status code and the body. A path under `/v1/` is the trust
+/// API's, which answers over TLS only: it is sent over TLS, the server's certificate checked
+/// against the CA bundles of the operators in the cluster ([`trust_roots`]).
 pub fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -217,11 +253,48 @@ pub fn http_request_with(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Option<(u16, String)> {
+    let tls = path.starts_with("/v1/");
+    let answer = request_over(tls, addr, method, path, token, headers, body);
+    if tls && answer.is_none() {
+        // Perhaps an operator started since the roots were read: read them again, once.
+        forget_trust_roots();
+        return request_over(tls, addr, method, path, token, headers, body);
+    }
+    answer
+}
+
+/// [`http_request_with`] over plain HTTP whatever the path: what a client that does not speak
+/// TLS gets from the trust API.
+pub fn plain_http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    request_over(false, addr, method, path, token, &[], body)
+}
+
+fn request_over(
+    tls: bool,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(40)))
         .ok()?;
+    let mut stream: Box<dyn ReadWrite> = if tls {
+        let connection = rustls::ClientConnection::new(trust_roots(), server_name(addr)).ok()?;
+        Box::new(rustls::StreamOwned::new(connection, stream))
+    } else {
+        Box::new(stream)
+    };
     let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
@@ -235,11 +308,81 @@ pub fn http_request_with(
         body.len()
     ));
     stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    let mut response = Vec::new();
+    // A TLS server may close without close_notify after an HTTP/1.0 answer: keep what came.
+    let read = stream.read_to_end(&mut response);
+    if read.is_err() && response.is_empty() {
+        return None;
+    }
+    let response = String::from_utf8_lossy(&response);
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// The name the trust API's certificate is checked for: 127.0.0.1 for an operator run as a
+/// host process (its certificate is made for it), the chart's Service name for a replica
+/// reached at its pod IP (every replica serves the certificate of `agentmesh.agentmesh.svc`).
+fn server_name(addr: SocketAddr) -> rustls::pki_types::ServerName<'static> {
+    if addr.ip().is_loopback() {
+        rustls::pki_types::ServerName::IpAddress(addr.ip().into())
+    } else {
+        rustls::pki_types::ServerName::try_from("agentmesh.agentmesh.svc")
+            .expect("a DNS name")
+            .to_owned()
+    }
+}
+
+static TRUST_ROOTS: std::sync::Mutex<Option<std::sync::Arc<rustls::ClientConfig>>> =
+    std::sync::Mutex::new(None);
+
+fn forget_trust_roots() {
+    *TRUST_ROOTS.lock().unwrap() = None;
+}
+
+/// TLS that trusts the CA bundles (`ca.crt`) of every certificate Secret the operators of the
+/// cluster have written (labelled `app.kubernetes.io/managed-by: meshlogic-operator`), and
+/// nothing else: read once, and again after a failed request.
+pub fn trust_roots() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut cached = TRUST_ROOTS.lock().unwrap();
+    if let Some(config) = cached.as_ref() {
+        return config.clone();
+    }
+    let output = cluster().kubectl(&[
+        "get",
+        "secrets",
+        "-A",
+        "-l",
+        "app.kubernetes.io/managed-by=meshlogic-operator",
+        "-o",
+        r#"jsonpath={range .items[*]}{.data.ca\.crt}{"\n"}{end}"#,
+    ]);
+    let mut roots = rustls::RootCertStore::empty();
+    for encoded in String::from_utf8_lossy(&output.stdout).lines() {
+        use base64::Engine;
+        let Ok(pem) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+            continue;
+        };
+        for certificate in CertificateDer::pem_slice_iter(&pem).flatten() {
+            let _ = roots.add(certificate);
+        }
+    }
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    *cached = Some(config.clone());
+    config
 }
 
 /// A minimal HTTP/1.0 GET on loopback; the body of a 2xx answer.

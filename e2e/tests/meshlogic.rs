@@ -302,7 +302,12 @@ fn a_meshlogicagent_becomes_a_probe_daemonset_with_least_privilege_rbac_and_its_
     );
     assert_eq!(
         env_var("MESHLOGIC_TRUST_API")["value"],
-        format!("http://{}", operator.trust_api)
+        format!("https://{}", operator.trust_api)
+    );
+    // The probe trusts the operator's CA, as the operator's certificate Secret holds it.
+    assert_eq!(
+        env_var("MESHLOGIC_TRUST_API_CA")["value"],
+        operator.ca_bundle().as_str()
     );
     assert_eq!(
         env_var("MESHLOGIC_PROBE_CONFIG")["value"],

@@ -466,8 +466,26 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         events.trim().is_empty(),
         "probe failures of the agent pod: {events}"
     );
-    let restarts = &pod(ns, "agent")["status"]["initContainerStatuses"][0]["restartCount"];
-    assert_eq!(restarts, 0, "the sidecar was restarted");
+    let status = pod(ns, "agent")["status"]["initContainerStatuses"][0].clone();
+    if status["restartCount"] != 0 {
+        // What ended it, and what it said before: the kubelet's record and the earlier logs.
+        let previous = cluster.kubectl(&[
+            "logs",
+            "agent",
+            "-n",
+            ns,
+            "-c",
+            "agentmesh-sidecar",
+            "--previous",
+            "--tail=60",
+        ]);
+        panic!(
+            "the sidecar was restarted: {}\nits previous logs:\n{}{}",
+            status["lastState"],
+            String::from_utf8_lossy(&previous.stdout),
+            String::from_utf8_lossy(&previous.stderr)
+        );
+    }
     cluster.kubectl_ok(&[
         "delete",
         "meshlogicagent",

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use agentmesh_e2e::operator::{OperatorProcess, http_request, http_request_with};
+use agentmesh_e2e::operator::{
+    OperatorProcess, http_request, http_request_with, plain_http_request,
+};
 use agentmesh_e2e::{TestNamespace, cluster, condition};
 use serde_json::{Value, json};
 
@@ -826,6 +828,31 @@ fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
     // A token bound to no pod does not say which identity is asking.
     let unbound = cluster().token(ns, "default", None);
     assert_eq!(get_view(&operator, "/v1/sidecar/config", &unbound).0, 403);
+
+    // Over plain HTTP the same port answers health only: the valid token and the enforcement
+    // set never cross the network in the clear (the seed's `curl http://…:8080/health` and the
+    // kubelet's probes still work). Each refusal is counted.
+    let refused_before = operator
+        .metric(r#"meshlogic_operator_reports_refused_total{reason="plain_http"}"#)
+        .unwrap_or(0.0);
+    for (method, path) in [
+        ("GET", "/v1/sidecar/config"),
+        ("GET", "/v1/enforcement?node=kwok-node-0"),
+        ("POST", "/v1/reports"),
+    ] {
+        let (code, answer) =
+            plain_http_request(operator.trust_api, method, path, Some(&bound), Some("{}"))
+                .expect("an answer");
+        assert_eq!(code, 403, "{method} {path} over plain HTTP: {answer}");
+        assert!(answer.contains("TLS only"), "{answer}");
+        assert!(!answer.contains("policy"), "{answer}");
+    }
+    assert_eq!(
+        operator.metric(r#"meshlogic_operator_reports_refused_total{reason="plain_http"}"#),
+        Some(refused_before + 3.0)
+    );
+    let (code, _) = plain_http_request(operator.trust_api, "GET", "/health", None, None).unwrap();
+    assert_eq!(code, 200, "/health over plain HTTP");
 
     // The probe's view of the node: the pod's deny rules, not quarantined.
     let probe = reporter_token(ns, true);

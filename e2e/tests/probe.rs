@@ -131,7 +131,8 @@ fn behaviour_in_a_pod_cgroup_lowers_that_pods_identity_score() {
     let log = work.join("probe.log");
     let probe = Command::new(probe_binary())
         .args(["--config", config.to_str().unwrap(), "--node-name", NODE])
-        .args(["--trust-api", &format!("http://{}", operator.trust_api)])
+        .args(["--trust-api", &format!("https://{}", operator.trust_api)])
+        .env("MESHLOGIC_TRUST_API_CA", operator.ca_bundle())
         .args(["--token-file", token.to_str().unwrap()])
         .args(["--kubeconfig", cluster().kubeconfig.to_str().unwrap()])
         .args(["--cgroup-root", root.to_str().unwrap()])

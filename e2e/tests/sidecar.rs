@@ -161,8 +161,9 @@ impl Sidecar {
             .env("POD_NAME", pod)
             .env(
                 "AGENTMESH_TRUST_API_URL",
-                format!("http://{}", operator.trust_api),
+                format!("https://{}", operator.trust_api),
             )
+            .env("AGENTMESH_TRUST_API_CA", operator.ca_bundle())
             .env("AGENTMESH_SIDECAR_REPORT_INTERVAL_SECONDS", "0.5")
             .env("AGENTMESH_LOG_FORMAT", "text")
             .stdout(Stdio::null())

@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let identity = inject::identity_of(pod);
-    let ops = inject::patch(pod, spec, &settings, &identity, &inject::Key::Managed);
+    let ops = inject::patch(pod, spec, &settings, &identity, &inject::Key::Managed, None);
     let body = review::encode(&request.uid, &review::Answer::Patch(ops.clone()));
     let (allowed, decoded_ops) = review::decode_response(&body).expect("our own answer reads");
     assert!(allowed);

@@ -77,7 +77,7 @@ fuzz_target!(|input: &[u8]| {
     let names = sans(
         "agentmesh-webhook",
         "agentmesh",
-        Some("https://127.0.0.1:9443/inject"),
+        &["https://127.0.0.1:9443/inject"],
     );
 
     // Every certificate of the bundle kept at a CA rotation is one of the bundle's, and valid.

@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
     let overrides = Overrides {
         node_name: env.get("NODE_NAME").map_or("node-1", |v| v).to_string(),
         trust_api: trust_api.to_string(),
+        trust_api_ca: env.get("MESHLOGIC_TRUST_API_CA").map(|v| v.to_string()),
         token_file: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
         cgroup_root: env.get("MESHLOGIC_CGROUP_ROOT").map(PathBuf::from),
         metrics_addr,

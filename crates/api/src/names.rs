@@ -222,6 +222,9 @@ pub mod probe_env {
     pub const NODE_NAME: &str = "NODE_NAME";
     /// URL of the operator's trust API.
     pub const TRUST_API: &str = "MESHLOGIC_TRUST_API";
+    /// The operator's CA bundle (PEM): the roots the probe checks the trust API's certificate
+    /// with.
+    pub const TRUST_API_CA: &str = "MESHLOGIC_TRUST_API_CA";
     /// Where the host's `/proc` is.
     pub const PROC_ROOT: &str = "MESHLOGIC_PROC_ROOT";
     /// AWS region of telemetry (seed chart `agent.region`).
@@ -238,10 +241,11 @@ pub mod probe_env {
 
     /// Every variable the operator may set on the probe container: `spec.pod.extraEnv` may name
     /// none of them (a CEL rule of the CRD refuses it).
-    pub const OPERATOR_SET: [&str; 9] = [
+    pub const OPERATOR_SET: [&str; 10] = [
         NODE_NAME,
         CONFIG,
         TRUST_API,
+        TRUST_API_CA,
         PROC_ROOT,
         AWS_REGION,
         AWS_ACCESS_KEY_ID,

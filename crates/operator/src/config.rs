@@ -112,11 +112,13 @@ pub struct Args {
     #[arg(long, env = "MESHLOGIC_SIDECAR_IMAGE", default_value = agentmesh_api::names::objects::SIDECAR_IMAGE)]
     pub sidecar_image: String,
 
-    /// URL at which probes and sidecars reach this operator's trust API.
+    /// URL at which probes and sidecars reach this operator's trust API: `https://`, its host
+    /// one the serving certificate is made for (the Service's names are; this host is added).
     #[arg(
         long,
         env = "MESHLOGIC_TRUST_API_URL",
-        default_value = "http://agentmesh.agentmesh.svc:8080"
+        default_value = "https://agentmesh.agentmesh.svc:8080",
+        value_parser = https_url
     )]
     pub trust_api_url: String,
 
@@ -290,6 +292,19 @@ fn label_selector(text: &str) -> Result<LabelSelector, String> {
 }
 
 /// A Kubernetes resource quantity (`100m`, `0.5`, `128Mi`, `1G`, `1e3`).
+/// An `https://` URL with a host: the trust API carries tokens, so never plain HTTP.
+fn https_url(text: &str) -> Result<String, String> {
+    match text.strip_prefix("https://") {
+        Some(_) if meshlogic_webhook_certs::url_host(text).is_some() => {
+            Ok(text.trim_end_matches('/').to_owned())
+        }
+        Some(_) => Err(format!("MESHLOGIC_TRUST_API_URL: {text:?} has no host")),
+        None => Err(format!(
+            "MESHLOGIC_TRUST_API_URL: {text:?} is not an https:// URL: probes and sidecars send their tokens to it, and the trust API answers them over TLS only"
+        )),
+    }
+}
+
 fn quantity(text: &str) -> Result<String, String> {
     let digits_end = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -380,6 +395,34 @@ mod tests {
         assert_eq!(selector.match_expressions.unwrap()[0].key, "env");
         let error = label_selector("env=prod").unwrap_err();
         assert!(error.contains("not a JSON LabelSelector"), "{error}");
+    }
+
+    /// The trust API carries tokens: a plain `http://` URL stops start-up naming the variable.
+    #[test]
+    fn the_trust_api_url_must_be_https() {
+        assert_eq!(
+            https_url("https://agentmesh.agentmesh.svc:8080/"),
+            Ok("https://agentmesh.agentmesh.svc:8080".to_owned())
+        );
+        for bad in [
+            "http://agentmesh.agentmesh.svc:8080",
+            "HTTP://x",
+            "agentmesh:8080",
+            "https://",
+        ] {
+            assert!(https_url(bad).is_err(), "{bad}");
+        }
+        let error = Args::try_parse_from([
+            "meshlogic-operator",
+            "--trust-api-url",
+            "http://agentmesh.agentmesh.svc:8080",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("MESHLOGIC_TRUST_API_URL: \"http://agentmesh.agentmesh.svc:8080\" is not an https:// URL"),
+            "{error}"
+        );
     }
 
     #[test]

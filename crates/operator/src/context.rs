@@ -13,8 +13,9 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub probes: ProbeRegistry,
-    /// The webhook's serving certificate, once the webhook runs on this replica.
-    pub webhook_certs: std::sync::OnceLock<Arc<crate::webhook::server::CertStore>>,
+    /// The serving certificate of the webhook and of the trust API's TLS side, and the CA
+    /// bundle their clients trust (kept current by [`crate::webhook::certs::Manager`]).
+    pub certs: Arc<crate::webhook::server::CertStore>,
     /// The audit store's connection, as last checked.
     pub storage: Arc<crate::storage::Health>,
     pub events: crate::events::Events,
@@ -39,7 +40,7 @@ impl Context {
             config,
             metrics,
             probes: ProbeRegistry::default(),
-            webhook_certs: std::sync::OnceLock::new(),
+            certs: Arc::default(),
             status_writes: Default::default(),
             leading,
         }
@@ -54,15 +55,11 @@ impl Context {
         crate::index::api(&self.client, self.config.args.watch_namespace.as_deref())
     }
 
-    /// Why this replica must not get traffic yet, if it must not: a webhook without its
-    /// serving certificate would fail every TLS handshake the API server starts.
+    /// Why this replica must not get traffic yet, if it must not: without its serving
+    /// certificate it would fail every TLS handshake (the API server's to the webhook, probes'
+    /// and sidecars' to the trust API).
     pub fn not_ready(&self) -> Option<&'static str> {
-        match self.webhook_certs.get() {
-            Some(store) if !store.is_loaded() => {
-                Some("the webhook's serving certificate is not loaded yet")
-            }
-            _ => None,
-        }
+        (!self.certs.is_loaded()).then_some("the serving certificate is not loaded yet")
     }
 
     /// Whether this replica leads: only the leader writes status and ingests reports.

@@ -74,9 +74,13 @@ pub async fn run() -> anyhow::Result<()> {
             )
         }
     }));
+    // Every replica loads the serving certificate (the webhook's, and the trust API's TLS);
+    // only the leader writes it.
+    webhook::start_certificates(&ctx);
     let engine_slot = Arc::new(OnceLock::new());
     servers.spawn(trust_api::serve(
         trust_listener,
+        webhook::server::acceptor(ctx.certs.clone(), None)?,
         ctx.clone(),
         engine_slot.clone(),
     ));

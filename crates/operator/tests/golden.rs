@@ -232,7 +232,7 @@ async fn settings_change_the_patch() {
     let mut settings = Settings::seed(OPERATOR_NAMESPACE, true);
     settings.resources.limits_memory = "1Gi".into();
     let spec = typed.spec.as_ref().unwrap();
-    let other = inject::patch(&typed, spec, &settings, "default", &Key::Managed);
+    let other = inject::patch(&typed, spec, &settings, "default", &Key::Managed, None);
     assert_ne!(seed, other);
     let sidecar = other
         .iter()

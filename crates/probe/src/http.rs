@@ -6,12 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_runtime::client::HttpsClient;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::metrics::Metrics;
 use crate::status::Status;
@@ -43,19 +42,30 @@ impl HttpError {
 }
 
 /// A JSON client that sends `Authorization: Bearer <token>`, the token re-read from its file for
-/// each request (projected ServiceAccount tokens rotate).
+/// each request (projected ServiceAccount tokens rotate). `https://` URLs are checked against
+/// the roots it was made with (the operator's CA), `http://` ones are plain.
 #[derive(Clone, Debug)]
 pub struct JsonClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpsClient<Full<Bytes>>,
     token_file: Option<PathBuf>,
 }
 
 impl JsonClient {
+    /// A client without TLS roots (`https://` URLs fail their handshake).
     pub fn new(token_file: Option<PathBuf>) -> Self {
+        Self::with_tls(token_file, None)
+    }
+
+    /// A client that trusts `tls`'s roots for `https://` URLs.
+    pub fn with_tls(
+        token_file: Option<PathBuf>,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Self {
         Self {
-            client: agentmesh_runtime::client::client(
+            client: agentmesh_runtime::client::https_client(
                 Duration::from_secs(5),
                 agentmesh_runtime::client::OWN_SERVERS_POOL_IDLE,
+                tls,
             ),
             token_file,
         }

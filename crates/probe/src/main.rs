@@ -18,9 +18,13 @@ struct Args {
     /// Name of this node (the DaemonSet sets it from spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Base URL of the operator's trust API, e.g. http://meshlogic-operator.agentmesh.svc:8080.
+    /// Base URL of the operator's trust API, e.g. https://agentmesh.agentmesh.svc:8080.
     #[arg(long, env = "MESHLOGIC_TRUST_API")]
     trust_api: String,
+    /// The operator's CA bundle (PEM): the only roots the trust API's certificate is checked
+    /// with. Required with an https:// trust API.
+    #[arg(long, env = "MESHLOGIC_TRUST_API_CA", hide_env_values = true)]
+    trust_api_ca: Option<String>,
     /// File holding the bearer token sent to the trust API (re-read for every request).
     #[arg(long, env = "MESHLOGIC_TOKEN_FILE", default_value = DEFAULT_TOKEN_FILE)]
     token_file: PathBuf,
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         node_name: args.node_name,
         trust_api: args.trust_api,
+        trust_api_ca: args.trust_api_ca,
         token_file: args.token_file,
         cgroup_root: args.cgroup_root,
         metrics_addr: args.metrics_addr,

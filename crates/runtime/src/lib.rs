@@ -6,7 +6,7 @@ pub mod client;
 pub mod logging;
 pub mod serve;
 
-pub use serve::{Accept, Limits, Plain, serve};
+pub use serve::{Accept, Limits, OverTls, Plain, TlsOrPlain, serve};
 
 /// Resolves on SIGTERM or Ctrl-C: what every component stops on.
 pub async fn shutdown_signal() {

@@ -74,6 +74,45 @@ impl Default for Limits {
 pub trait Accept: Clone + Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn accept(&self, stream: TcpStream) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+    /// Whether `io` is TLS: every request read from it carries [`OverTls`] saying so.
+    fn over_tls(_io: &Self::Io) -> bool {
+        false
+    }
+}
+
+/// In every request's extensions: whether its connection is TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverTls(pub bool);
+
+/// The first byte of every TLS connection: a handshake record (RFC 8446, 5.1). No HTTP/1
+/// request starts with it (a method is a token of letters).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// TLS and plain HTTP on one port, told apart by the connection's first byte: a client that
+/// starts a TLS handshake gets TLS with `acceptor`, any other is served plain. The handler
+/// decides what each may reach by the request's [`OverTls`] (the operator's port 8080 answers
+/// the seed's plain `curl http://…:8080/health` and the kubelet's probes, and serves the trust
+/// API's calls, which carry tokens, only over TLS). The wait for the first byte counts toward
+/// the header timeout.
+#[derive(Clone)]
+pub struct TlsOrPlain(pub tokio_rustls::TlsAcceptor);
+
+impl Accept for TlsOrPlain {
+    type Io = tokio_util::either::Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>;
+    async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Io> {
+        use tokio_util::either::Either;
+        let _ = stream.set_nodelay(true);
+        let mut first = [0u8; 1];
+        let read = stream.peek(&mut first).await?;
+        if read == 1 && first[0] == TLS_HANDSHAKE_RECORD {
+            Ok(Either::Left(self.0.accept(stream).await?))
+        } else {
+            Ok(Either::Right(stream))
+        }
+    }
+    fn over_tls(io: &Self::Io) -> bool {
+        matches!(io, tokio_util::either::Either::Left(_))
+    }
 }
 
 /// Plain TCP.
@@ -167,7 +206,9 @@ pub async fn serve<A, H, F, B>(
                         return;
                     }
                 };
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let over_tls = OverTls(A::over_tls(&io));
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(over_tls);
                     let span = request_span(limits.request_span, name, &request);
                     let busy = Busy::start(tracker.clone(), id);
                     let response = handler(request, peer);

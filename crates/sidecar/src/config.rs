@@ -1,6 +1,7 @@
 //! Start-up configuration: the seed's `AGENTMESH_*` variables (every one read, a bad value
 //! stops start-up naming the variable), what the injection webhook sets for the sidecar
-//! (`AGENTMESH_IDENTITY`, `AGENTMESH_TRUST_API_URL`, `POD_NAME`, `POD_NAMESPACE`), and the
+//! (`AGENTMESH_IDENTITY`, `AGENTMESH_TRUST_API_URL`, `AGENTMESH_TRUST_API_CA`, `POD_NAME`,
+//! `POD_NAMESPACE`), and the
 //! sidecar's own flags, each with an environment fallback.
 
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ use clap::Parser;
 pub mod env {
     pub const IDENTITY: &str = "AGENTMESH_IDENTITY";
     pub const TRUST_API_URL: &str = "AGENTMESH_TRUST_API_URL";
+    /// The operator's CA bundle (PEM), required with an `https://` trust API.
+    pub const TRUST_API_CA: &str = "AGENTMESH_TRUST_API_CA";
     pub const POD_NAME: &str = "POD_NAME";
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
     pub const UPSTREAMS: &str = "AGENTMESH_UPSTREAMS";
@@ -101,6 +104,8 @@ pub struct Config {
     /// The operator's trust API; without it the sidecar enforces the `AGENTMESH_POLICY` preset
     /// alone and reports nothing.
     pub trust_api_url: Option<String>,
+    /// TLS to an `https://` trust API: the operator's CA bundle as the only roots.
+    pub trust_api_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub pod_name: Option<String>,
     pub pod_namespace: Option<String>,
     pub upstreams: Vec<StaticUpstream>,
@@ -172,6 +177,28 @@ impl Config {
             }
             None => None,
         };
+        let trust_api_tls = match (&trust_api_url, non_empty(env::TRUST_API_CA)) {
+            (Some(url), Some(pem)) if url.starts_with("https://") => Some(
+                agentmesh_runtime::client::tls_config(pem.as_bytes()).map_err(|problem| {
+                    ConfigError {
+                        variable: env::TRUST_API_CA,
+                        value: format!("<{} bytes>", pem.len()),
+                        expected: format!("the operator's CA bundle (PEM): {problem}"),
+                    }
+                })?,
+            ),
+            (Some(url), None) if url.starts_with("https://") => {
+                return Err(ConfigError {
+                    variable: env::TRUST_API_CA,
+                    value: String::new(),
+                    expected: format!(
+                        "the operator's CA bundle (PEM), required with an https:// {}",
+                        env::TRUST_API_URL
+                    ),
+                });
+            }
+            _ => None,
+        };
         if trust_api_url.is_some() && identity.is_none() {
             return Err(ConfigError {
                 variable: env::IDENTITY,
@@ -205,6 +232,7 @@ impl Config {
             flags,
             identity,
             trust_api_url,
+            trust_api_tls,
             pod_name: non_empty(env::POD_NAME),
             pod_namespace,
             upstreams,
@@ -319,6 +347,25 @@ mod tests {
         assert_eq!(e.variable, env::UPSTREAMS);
         let e = config(&[(env::UPSTREAMS, "search=ftp://x")]).unwrap_err();
         assert!(e.to_string().starts_with("AGENTMESH_UPSTREAMS="), "{e}");
+        // TLS to the trust API needs the operator's CA, and a CA that parses.
+        let https = (env::TRUST_API_URL, "https://agentmesh.agentmesh.svc:8080");
+        let e = config(&[https, (env::IDENTITY, "a/b")]).unwrap_err();
+        assert_eq!(e.variable, env::TRUST_API_CA);
+        let e = config(&[https, (env::IDENTITY, "a/b"), (env::TRUST_API_CA, "junk")]).unwrap_err();
+        assert_eq!(e.variable, env::TRUST_API_CA);
+        assert!(e.to_string().contains("no certificate"), "{e}");
+    }
+
+    #[test]
+    fn an_https_trust_api_is_checked_against_the_operators_ca() {
+        let (ca, _) = meshlogic_webhook_certs::new_ca(Duration::from_secs(3600)).unwrap();
+        let c = config(&[
+            (env::TRUST_API_URL, "https://agentmesh.agentmesh.svc:8080"),
+            (env::IDENTITY, "a/b"),
+            (env::TRUST_API_CA, &ca),
+        ])
+        .unwrap();
+        assert!(c.trust_api_tls.is_some());
     }
 
     #[test]

@@ -132,10 +132,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tokio::spawn(serve_metrics(metrics_listener, Arc::new(registry)));
 
-    let api = config
-        .trust_api_url
-        .clone()
-        .map(|url| operator::TrustApi::new(url, config.flags.token_file.clone()));
+    let api = config.trust_api_url.clone().map(|url| {
+        operator::TrustApi::new(
+            url,
+            config.flags.token_file.clone(),
+            config.trust_api_tls.clone(),
+        )
+    });
     let outbox = api
         .as_ref()
         .map(|_| operator::Outbox::new(config.flags.report_queue, metrics.clone()));

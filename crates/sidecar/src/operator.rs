@@ -15,32 +15,37 @@ use std::time::Duration;
 
 use agentmesh_api::wire::{self, Outcome, ReportBatch, ReportSource, SidecarConfig};
 use agentmesh_identity::SigningKey;
+use agentmesh_runtime::client::HttpsClient;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use rand::RngCore;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::policy::Governor;
 
-/// A JSON client for the trust API, authenticated by the pod's ServiceAccount token.
+/// A JSON client for the trust API, authenticated by the pod's ServiceAccount token; over TLS
+/// (`https://`), the operator's certificate checked against its CA bundle only.
 #[derive(Clone)]
 pub struct TrustApi {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpsClient<Full<Bytes>>,
     base: String,
     token_file: PathBuf,
 }
 
 impl TrustApi {
-    pub fn new(base: String, token_file: PathBuf) -> Self {
+    pub fn new(
+        base: String,
+        token_file: PathBuf,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Self {
         Self {
-            client: agentmesh_runtime::client::client(
+            client: agentmesh_runtime::client::https_client(
                 Duration::from_secs(5),
                 agentmesh_runtime::client::OWN_SERVERS_POOL_IDLE,
+                tls,
             ),
             base,
             token_file,

@@ -51,8 +51,8 @@ pub enum Source {
 }
 
 /// The DNS names and IPs the serving certificate is valid for: loopback, the Service's names,
-/// and the host of `--webhook-url`.
-pub fn sans(service: &str, namespace: &str, url: Option<&str>) -> Vec<String> {
+/// and the hosts of `urls` (`--webhook-url`, the trust API's URL).
+pub fn sans(service: &str, namespace: &str, urls: &[&str]) -> Vec<String> {
     let mut sans = vec![
         "127.0.0.1".to_owned(),
         "localhost".to_owned(),
@@ -61,15 +61,16 @@ pub fn sans(service: &str, namespace: &str, url: Option<&str>) -> Vec<String> {
         format!("{service}.{namespace}.svc"),
         format!("{service}.{namespace}.svc.cluster.local"),
     ];
-    if let Some(host) = url.and_then(url_host)
-        && !sans.contains(&host)
-    {
-        sans.push(host);
+    for host in urls.iter().filter_map(|url| url_host(url)) {
+        if !sans.contains(&host) {
+            sans.push(host);
+        }
     }
     sans
 }
 
-fn url_host(url: &str) -> Option<String> {
+/// The host of a URL (`https://host:port/path`; an IPv6 address without its brackets).
+pub fn url_host(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split(['/', '?', '#']).next()?;
     let host = if let Some(bracketed) = authority.strip_prefix('[') {

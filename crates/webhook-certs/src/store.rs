@@ -11,6 +11,8 @@ use rustls::sign::CertifiedKey;
 #[derive(Debug, Default)]
 pub struct CertStore {
     current: RwLock<Option<(Vec<u8>, Arc<CertifiedKey>)>>,
+    /// The CA bundle (`ca.crt`) that clients of the servers using this certificate trust.
+    bundle: RwLock<Option<Arc<Vec<u8>>>>,
 }
 
 impl CertStore {
@@ -37,6 +39,27 @@ impl CertStore {
             .map_err(|_| anyhow::anyhow!("certificate store poisoned"))? =
             Some((fingerprint, Arc::new(certified)));
         Ok(true)
+    }
+
+    /// Records the CA bundle clients must trust (PEM); unchanged input is a no-op. Returns
+    /// whether it changed.
+    pub fn set_bundle(&self, bundle_pem: &[u8]) -> bool {
+        let Ok(mut bundle) = self.bundle.write() else {
+            return false;
+        };
+        if bundle
+            .as_deref()
+            .is_some_and(|b| b.as_slice() == bundle_pem)
+        {
+            return false;
+        }
+        *bundle = Some(Arc::new(bundle_pem.to_vec()));
+        true
+    }
+
+    /// The CA bundle clients must trust (PEM), once known.
+    pub fn bundle(&self) -> Option<Arc<Vec<u8>>> {
+        self.bundle.read().ok()?.clone()
     }
 
     pub fn is_loaded(&self) -> bool {

@@ -8,7 +8,10 @@ fn sans() -> Vec<String> {
     super::sans(
         "agentmesh",
         "agentmesh",
-        Some("https://127.0.0.1:9443/inject"),
+        &[
+            "https://127.0.0.1:9443/inject",
+            "https://agentmesh.agentmesh.svc:8080",
+        ],
     )
 }
 
@@ -60,7 +63,7 @@ fn certificates_are_renewed_with_a_third_of_their_life_left() {
         Plan::NewCa
     );
     // A different set of names needs a new certificate.
-    let other = super::sans("agentmesh", "other", None);
+    let other = super::sans("agentmesh", "other", &[]);
     assert_eq!(plan(&data, now, DAY, 365 * DAY, &other), Plan::Renew);
 
     let renewed = execute(&Plan::Renew, &data, DAY, 365 * DAY, &sans()).unwrap();

@@ -3,14 +3,16 @@
 //! its calls would be answered 503 and wait out a back-off before landing on the leader.
 //!
 //! The leader is the holder of the election Lease (its pod name); its address is that pod's IP
-//! and this replica's own trust-API port. The request goes on unchanged — the leader checks the
+//! and this replica's own trust-API port. The hop is TLS like the client's: the leader's
+//! certificate is checked against the operator's CA bundle and the trust API URL's host (every
+//! replica serves the same certificate), so a pod that takes over the leader's IP gets no token. The request goes on unchanged — the leader checks the
 //! caller's token itself — with a header that stops a second hop: a forwarded request that
 //! reaches a replica which does not lead (the Lease just moved) is answered 503 as before.
 //! Bodies are small JSON documents, buffered both ways (the request within the API's size
 //! limit); a long-poll simply takes as long as it takes on the leader.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,7 +35,12 @@ const TIMEOUT: Duration = Duration::from_secs(45);
 #[derive(Default)]
 pub struct Forwarder {
     leader: Mutex<Option<(SocketAddr, Instant)>>,
+    /// TLS to the leader, and the CA bundle it was made from.
+    tls: Mutex<Option<MadeFrom>>,
 }
+
+/// A client TLS configuration and the CA bundle it trusts.
+type MadeFrom = (Arc<Vec<u8>>, Arc<rustls::ClientConfig>);
 
 impl Forwarder {
     /// Whether this request may be forwarded (it was not forwarded already).
@@ -60,7 +67,11 @@ impl Forwarder {
             hyper::header::HeaderValue::from_str(&ctx.config.args.holder_identity())?,
         );
         let outgoing = Request::from_parts(parts, Full::new(body));
-        let result = tokio::time::timeout(TIMEOUT, send(leader, outgoing)).await;
+        let tls = self.tls(ctx)?;
+        let server_name = meshlogic_webhook_certs::url_host(&ctx.config.args.trust_api_url)
+            .ok_or_else(|| anyhow::anyhow!("MESHLOGIC_TRUST_API_URL has no host"))?;
+        let server_name = rustls::pki_types::ServerName::try_from(server_name)?;
+        let result = tokio::time::timeout(TIMEOUT, send(leader, tls, server_name, outgoing)).await;
         match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => {
@@ -72,6 +83,27 @@ impl Forwarder {
                 anyhow::bail!("the leader at {leader} did not answer within {TIMEOUT:?}")
             }
         }
+    }
+
+    /// TLS that trusts the operator's CA bundle as last loaded.
+    fn tls(&self, ctx: &Context) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let bundle = ctx
+            .certs
+            .bundle()
+            .ok_or_else(|| anyhow::anyhow!("the CA bundle is not loaded yet"))?;
+        let mut cached = self
+            .tls
+            .lock()
+            .map_err(|_| anyhow::anyhow!("TLS cache poisoned"))?;
+        if let Some((made_from, config)) = cached.as_ref()
+            && *made_from == bundle
+        {
+            return Ok(config.clone());
+        }
+        let config = agentmesh_runtime::client::tls_config(&bundle)
+            .map_err(|e| anyhow::anyhow!("the CA bundle: {e}"))?;
+        *cached = Some((bundle, config.clone()));
+        Ok(config)
     }
 
     fn forget(&self) {
@@ -116,8 +148,17 @@ impl Forwarder {
     }
 }
 
-async fn send(leader: SocketAddr, request: Request<Full<Bytes>>) -> anyhow::Result<Response<Body>> {
+async fn send(
+    leader: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<Response<Body>> {
     let stream = tokio::net::TcpStream::connect(leader).await?;
+    let _ = stream.set_nodelay(true);
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, stream)
+        .await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(async move {

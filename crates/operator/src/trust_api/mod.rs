@@ -2,6 +2,12 @@
 //! (`agentmesh_api::wire`). Only the leader ingests and answers the long-polls; the others
 //! pass those calls on to it (`forward`), and answer 503 with `Retry-After` when they cannot
 //! (no leader yet, or it does not answer), so a client retries and lands on the leader.
+//!
+//! One port, two transports ([`agentmesh_runtime::TlsOrPlain`]): TLS with the operator's
+//! serving certificate (the webhook's, signed by its CA, valid for the Service's names and the
+//! host of `MESHLOGIC_TRUST_API_URL`), and plain HTTP for `/health` and `/ready` only — the
+//! kubelet's probes and the seed's `curl http://localhost:8080/health`. Everything else, every
+//! call that carries a token or an enforcement set, is refused over plain HTTP (403).
 
 mod auth;
 mod forward;
@@ -38,16 +44,27 @@ struct Server {
     forwarder: Forwarder,
 }
 
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, engine: Arc<OnceLock<Arc<Engine>>>) {
+/// Serves the trust API on `listener` (TLS with `acceptor`, or plain for health) until SIGTERM.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: Arc<Context>,
+    engine: Arc<OnceLock<Arc<Engine>>>,
+) {
     let server = Arc::new(Server {
         ctx,
         engine,
         auth: Authenticator::default(),
         forwarder: Forwarder::default(),
     });
-    http::serve("trust-api", listener, move |request| {
-        server.clone().route(request)
-    })
+    agentmesh_runtime::serve(
+        "trust-api",
+        listener,
+        agentmesh_runtime::TlsOrPlain(acceptor),
+        agentmesh_runtime::Limits::default(),
+        move |request, _peer| server.clone().route(request),
+        crate::runtime::shutdown_signal(),
+    )
     .await;
 }
 
@@ -61,7 +78,17 @@ impl Server {
             wire::SIDECAR_CONFIG_PATH,
         ]
         .contains(&path.as_str());
-        let response = if leader_only && !self.ctx.is_leader() && Forwarder::may_forward(&request) {
+        let over_tls = request
+            .extensions()
+            .get::<agentmesh_runtime::OverTls>()
+            .is_some_and(|tls| tls.0);
+        let response = if !over_tls && path != paths::HEALTH && path != paths::READY {
+            self.refuse(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "plain_http",
+                "the trust API answers over TLS only (https://); plain HTTP serves /health and /ready",
+            ))
+        } else if leader_only && !self.ctx.is_leader() && Forwarder::may_forward(&request) {
             match self.forwarder.forward(&self.ctx, request, MAX_BODY).await {
                 Ok(response) => response,
                 Err(error) => {

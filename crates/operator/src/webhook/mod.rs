@@ -262,7 +262,9 @@ impl Injector {
                 None,
             );
         }
-        let ops = inject::patch(pod, spec, &self.settings, &identity, &key);
+        let ca = self.ctx.as_ref().and_then(|ctx| ctx.certs.bundle());
+        let ca = ca.as_deref().map(|pem| String::from_utf8_lossy(pem));
+        let ops = inject::patch(pod, spec, &self.settings, &identity, &key, ca.as_deref());
         (Answer::Patch(ops), "injected", note)
     }
 
@@ -349,8 +351,58 @@ pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
     }
 }
 
-/// Binds the webhook's port and starts, on this replica, the HTTPS server, the certificate and
-/// configuration manager, and the AgentIdentity cache.
+/// Starts, on this replica, the loop that keeps the serving certificate of the webhook and the
+/// trust API in `ctx.certs` (writing it, and the webhook configuration when the webhook is
+/// enabled, on the leader).
+pub fn start_certificates(ctx: &Arc<Context>) {
+    let args = &ctx.config.args;
+    let source = match args.webhook_certs {
+        crate::config::CertSource::SelfManaged => certs::Source::SelfManaged {
+            serving_lifetime: Duration::from_secs(args.webhook_cert_seconds),
+            ca_lifetime: Duration::from_secs(args.webhook_ca_seconds),
+            sans: certs::sans(
+                &args.webhook_service,
+                &args.namespace,
+                &[
+                    args.webhook_url.as_deref().unwrap_or_default(),
+                    &args.trust_api_url,
+                ],
+            ),
+        },
+        crate::config::CertSource::CertManager => certs::Source::CertManager,
+    };
+    let options = config::Options {
+        operator_namespace: args.namespace.clone(),
+        watch_namespace: args.watch_namespace.clone(),
+        url: args.webhook_url.clone(),
+        service: args.webhook_service.clone(),
+        failure_policy: args.webhook_failure_policy,
+        timeout_seconds: args.webhook_timeout_seconds,
+        creates_identities: args.auto_create_identities,
+        cert_manager_certificate: (args.webhook_certs == crate::config::CertSource::CertManager)
+            .then(|| {
+                format!(
+                    "{}/{}",
+                    args.namespace, args.webhook_cert_manager_certificate
+                )
+            }),
+        namespace_selector: args.webhook_namespace_selector.clone(),
+        owner_cluster_role: args.owner_cluster_role.clone(),
+    };
+    let manager = certs::Manager {
+        ctx: ctx.clone(),
+        store: ctx.certs.clone(),
+        refresh: certs::refresh_interval(&source),
+        source,
+        secret_name: args.webhook_secret.clone(),
+        options,
+        apply_webhook: args.webhook_enabled,
+    };
+    tokio::spawn(manager.run());
+}
+
+/// Binds the webhook's port and starts, on this replica, the HTTPS server and the
+/// AgentIdentity cache (the certificate is [`start_certificates`]').
 pub async fn start(
     ctx: Arc<Context>,
     identities: Store<AgentIdentity>,
@@ -376,36 +428,6 @@ pub async fn start(
         operator_namespace: args.namespace.clone(),
         sidecar_env: Settings::seed_env(|name| std::env::var(name).ok()),
     };
-    let source = match args.webhook_certs {
-        crate::config::CertSource::SelfManaged => certs::Source::SelfManaged {
-            serving_lifetime: Duration::from_secs(args.webhook_cert_seconds),
-            ca_lifetime: Duration::from_secs(args.webhook_ca_seconds),
-            sans: certs::sans(
-                &args.webhook_service,
-                &args.namespace,
-                args.webhook_url.as_deref(),
-            ),
-        },
-        crate::config::CertSource::CertManager => certs::Source::CertManager,
-    };
-    let options = config::Options {
-        operator_namespace: args.namespace.clone(),
-        watch_namespace: args.watch_namespace.clone(),
-        url: args.webhook_url.clone(),
-        service: args.webhook_service.clone(),
-        failure_policy: args.webhook_failure_policy,
-        timeout_seconds: args.webhook_timeout_seconds,
-        creates_identities: args.auto_create_identities,
-        cert_manager_certificate: (args.webhook_certs == crate::config::CertSource::CertManager)
-            .then(|| {
-                format!(
-                    "{}/{}",
-                    args.namespace, args.webhook_cert_manager_certificate
-                )
-            }),
-        namespace_selector: args.webhook_namespace_selector.clone(),
-        owner_cluster_role: args.owner_cluster_role.clone(),
-    };
 
     let listener = TcpListener::bind(args.webhook_addr)
         .await
@@ -414,11 +436,9 @@ pub async fn start(
         addr = %args.webhook_addr,
         native_sidecar,
         server_version = %version.git_version,
-        configuration = %options.config_name(),
+        configuration = %format!("agentmesh-sidecar-injector-{}", args.namespace),
         "webhook starting"
     );
-    let store = Arc::new(server::CertStore::default());
-    let _ = ctx.webhook_certs.set(store.clone());
     let client_auth = args
         .webhook_client_ca_file
         .as_ref()
@@ -433,7 +453,7 @@ pub async fn start(
             "the webhook requires the API server's client certificate"
         );
     }
-    let acceptor = server::acceptor(store.clone(), client_auth.as_ref())?;
+    let acceptor = server::acceptor(ctx.certs.clone(), client_auth.as_ref())?;
     let injector = Arc::new(Injector::new(
         settings,
         Identities::watched(&ctx, identities),
@@ -447,15 +467,6 @@ pub async fn start(
         injector,
         crate::runtime::shutdown_signal(),
     ));
-    let manager = certs::Manager {
-        ctx: ctx.clone(),
-        store,
-        refresh: certs::refresh_interval(&source),
-        source,
-        secret_name: args.webhook_secret.clone(),
-        options,
-    };
-    tokio::spawn(manager.run());
     Ok(())
 }
 

@@ -54,6 +54,8 @@ pub struct ConfigFile {
 pub struct Overrides {
     pub node_name: String,
     pub trust_api: String,
+    /// The operator's CA bundle (PEM): required with an `https://` trust API.
+    pub trust_api_ca: Option<String>,
     pub token_file: PathBuf,
     pub cgroup_root: Option<PathBuf>,
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -112,6 +114,8 @@ pub struct ProbeConfig {
     pub telemetry_batch_size: usize,
     pub report_interval: Duration,
     pub trust_api: String,
+    /// The CA bundle (PEM) the trust API's certificate is checked with.
+    pub trust_api_ca: Option<String>,
     pub token_file: PathBuf,
     pub btf_path: PathBuf,
     pub proc_root: PathBuf,
@@ -165,10 +169,24 @@ impl ProbeConfig {
         if overrides.node_name.is_empty() {
             return Err(bad("NODE_NAME (--node-name)", "must not be empty"));
         }
-        if !(overrides.trust_api.starts_with("http://")) {
+        let https = overrides.trust_api.starts_with("https://");
+        if !(https || overrides.trust_api.starts_with("http://")) {
             return Err(bad(
                 "MESHLOGIC_TRUST_API (--trust-api)",
-                format!("must be an http:// URL, got {:?}", overrides.trust_api),
+                format!(
+                    "must be an https:// (or, outside a cluster, http://) URL, got {:?}",
+                    overrides.trust_api
+                ),
+            ));
+        }
+        let trust_api_ca = overrides
+            .trust_api_ca
+            .clone()
+            .filter(|ca| !ca.trim().is_empty());
+        if https && trust_api_ca.is_none() {
+            return Err(bad(
+                "MESHLOGIC_TRUST_API_CA",
+                "must hold the operator's CA bundle (PEM) with an https:// trust API",
             ));
         }
         let requested_tier = match spec.safety_tier {
@@ -290,6 +308,7 @@ impl ProbeConfig {
             telemetry_batch_size: batch_size as usize,
             report_interval: Duration::from_secs(spec.report_interval_seconds as u64),
             trust_api: overrides.trust_api.trim_end_matches('/').to_string(),
+            trust_api_ca,
             token_file: overrides.token_file,
             btf_path: overrides.btf_path,
             proc_root: overrides.proc_root,

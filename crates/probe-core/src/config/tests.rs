@@ -4,6 +4,7 @@ fn overrides() -> Overrides {
     Overrides {
         node_name: "node-1".into(),
         trust_api: "http://127.0.0.1:8080".into(),
+        trust_api_ca: None,
         token_file: "/tmp/token".into(),
         cgroup_root: None,
         metrics_addr: None,
@@ -157,5 +158,16 @@ fn agent_node_and_trust_api_are_checked() {
             .unwrap_err()
             .to_string()
             .contains("MESHLOGIC_TRUST_API")
+    );
+    // TLS needs the roots to check the operator's certificate with.
+    let mut o = overrides();
+    o.trust_api = "https://agentmesh.agentmesh.svc:8080".into();
+    let error = ProbeConfig::from_json(&text, o.clone()).unwrap_err();
+    assert_eq!(error.field, "MESHLOGIC_TRUST_API_CA", "{error}");
+    o.trust_api_ca = Some("-----BEGIN CERTIFICATE-----".into());
+    let config = ProbeConfig::from_json(&text, o).unwrap();
+    assert_eq!(
+        config.trust_api_ca.as_deref(),
+        Some("-----BEGIN CERTIFICATE-----")
     );
 }

@@ -46,6 +46,8 @@ pub fn now_ms() -> i64 {
 pub enum StartError {
     #[error("spec.cgroup.root (--cgroup-root): {0}")]
     CgroupRoot(String),
+    #[error("MESHLOGIC_TRUST_API_CA: {0}")]
+    TrustApiCa(String),
     #[error("metrics address {addr} (spec.metrics.port, --metrics-addr): {error}")]
     Bind {
         addr: SocketAddr,
@@ -144,6 +146,13 @@ fn load_kernel(
 /// tasks on the current tokio runtime.
 pub async fn start(mut config: ProbeConfig) -> Result<ProbeHandle, StartError> {
     config.cgroup_root = resolve_cgroup_root(&config.cgroup_root)?;
+    // The trust API's certificate is checked against the operator's CA only.
+    let trust_api_tls = config
+        .trust_api_ca
+        .as_deref()
+        .map(|pem| agentmesh_runtime::client::tls_config(pem.as_bytes()))
+        .transpose()
+        .map_err(StartError::TrustApiCa)?;
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(Status::new(config.requested_tier));
     metrics
@@ -210,7 +219,7 @@ pub async fn start(mut config: ProbeConfig) -> Result<ProbeHandle, StartError> {
         }
     }
 
-    let client = JsonClient::new(Some(config.token_file.clone()));
+    let client = JsonClient::with_tls(Some(config.token_file.clone()), trust_api_tls);
     let backoff = Backoff::default();
 
     // Enforcement (tier 3 in force only).

@@ -189,6 +189,7 @@ pub fn config(server: &TrustServer, spec: serde_json::Value) -> ProbeConfig {
         Overrides {
             node_name: "test-node".into(),
             trust_api: server.url.clone(),
+            trust_api_ca: None,
             token_file: token,
             cgroup_root: Some(cgroup_root()),
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),

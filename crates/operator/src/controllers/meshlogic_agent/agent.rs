@@ -25,6 +25,8 @@ pub struct OperatorSettings {
     pub default_image_tag: String,
     /// URL at which probes reach the trust API.
     pub trust_api_url: String,
+    /// The CA bundle (PEM) probes check the trust API's certificate with.
+    pub trust_api_ca: String,
     /// The operator's namespace, where MeshLogicAgents are always honoured.
     pub operator_namespace: String,
     /// Other namespaces whose MeshLogicAgents are honoured (`*`: any).

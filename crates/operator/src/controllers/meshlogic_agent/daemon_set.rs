@@ -100,6 +100,7 @@ fn env(agent: &Agent, settings: &OperatorSettings) -> Vec<EnvVar> {
         ),
         env_value(probe_env::CONFIG, paths::PROBE_CONFIG_FILE),
         env_value(probe_env::TRUST_API, settings.trust_api_url.as_str()),
+        env_value(probe_env::TRUST_API_CA, settings.trust_api_ca.as_str()),
         env_value(probe_env::PROC_ROOT, paths::PROBE_HOST_PROC),
         env_value(probe_env::AWS_REGION, spec.region.as_str()),
     ];

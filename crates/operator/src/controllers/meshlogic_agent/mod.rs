@@ -133,9 +133,16 @@ where
 async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
     let agent = Agent::new(resource)?;
     let args = &ctx.config.args;
+    // The probes trust the operator's CA only: until this replica has loaded it (seconds after
+    // the leader starts), there is no DaemonSet to write.
+    let Some(trust_api_ca) = ctx.certs.bundle() else {
+        tracing::debug!("the CA bundle is not loaded yet; the agent waits for it");
+        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+    };
     let settings = OperatorSettings {
         default_image_tag: args.probe_image_tag.clone(),
         trust_api_url: args.trust_api_url.clone(),
+        trust_api_ca: String::from_utf8_lossy(&trust_api_ca).into_owned(),
         operator_namespace: args.namespace.clone(),
         agent_namespaces: args.agent_namespaces.clone(),
         probe_images: args.probe_images.clone(),

@@ -1,4 +1,5 @@
-//! The loop that keeps the serving certificate and the webhook configuration current.
+//! The loop that keeps the serving certificate (the webhook's and the trust API's) and the
+//! webhook configuration current.
 
 use crate::context::Context;
 use crate::webhook::config;
@@ -26,6 +27,9 @@ pub struct Manager {
     pub secret_name: String,
     pub options: config::Options,
     pub refresh: Duration,
+    /// Whether the leader applies the MutatingWebhookConfiguration (the webhook is enabled);
+    /// the certificate is kept either way, for the trust API.
+    pub apply_webhook: bool,
 }
 
 /// How often a replica re-reads the Secret: a tenth of the serving certificate's lifetime, at
@@ -115,7 +119,7 @@ impl Manager {
             }
         }
 
-        if leader {
+        if leader && self.apply_webhook {
             let bundle = data.get(CA_BUNDLE).map(|bundle| bundle.0.as_slice());
             let desired = config::desired(&self.options, bundle, owner.as_ref());
             let fresh = applied.as_ref().is_some_and(|(last, at)| {
@@ -135,10 +139,15 @@ impl Manager {
             }
         }
 
+        if let Some(bundle) = data.get(CA_BUNDLE)
+            && self.store.set_bundle(&bundle.0)
+        {
+            tracing::info!("CA bundle loaded");
+        }
         if let (Some(cert), Some(key)) = (data.get(TLS_CRT), data.get(TLS_KEY))
             && self.store.set_pem(&cert.0, &key.0)?
         {
-            tracing::info!("webhook serving certificate loaded");
+            tracing::info!("serving certificate loaded");
         }
         Ok(())
     }

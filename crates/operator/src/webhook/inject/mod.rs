@@ -49,11 +49,15 @@ pub const KEY_FILE_MODE: i32 = 0o400;
 pub const SIDECAR_UID: i64 = 1000;
 /// Version of the layout recorded in the `agentmesh.io/sidecar-status` annotation (2: the key
 /// is a file, no longer an environment variable; 3: the trust-API token volume; 4: no API
-/// token in the sidecar).
-pub const STATUS_VERSION: u32 = 4;
+/// token in the sidecar; 5: the trust API over TLS, its CA in the sidecar's environment).
+pub const STATUS_VERSION: u32 = 5;
 /// Environment variables set in the sidecar besides the seed's (for the sidecar, a later issue).
 pub const ENV_IDENTITY: &str = "AGENTMESH_IDENTITY";
 pub const ENV_TRUST_API_URL: &str = "AGENTMESH_TRUST_API_URL";
+/// The operator's CA bundle (PEM), the roots the sidecar checks the trust API's certificate
+/// with: a value, as Linkerd sets its trust anchors, so nothing in the pod's namespace can
+/// change it.
+pub const ENV_TRUST_API_CA: &str = "AGENTMESH_TRUST_API_CA";
 /// The sidecar's trust-API token file (the projected token of [`TOKEN_VOLUME`]).
 pub const ENV_TOKEN_FILE: &str = "AGENTMESH_SIDECAR_TOKEN_FILE";
 /// Set from the pod annotation `agentmesh.io/inbound-port`: where the sidecar forwards the
@@ -126,7 +130,7 @@ impl Settings {
             image: objects::SIDECAR_IMAGE.into(),
             native_sidecar,
             resources: Resources::default(),
-            trust_api_url: format!("http://agentmesh.{operator_namespace}.svc:8080"),
+            trust_api_url: format!("https://agentmesh.{operator_namespace}.svc:8080"),
             operator_namespace: operator_namespace.into(),
             sidecar_env: Vec::new(),
         }

@@ -46,8 +46,14 @@ fn agent_containers(spec: &PodSpec) -> Vec<&str> {
         .collect()
 }
 
-/// The sidecar container.
-pub fn sidecar_container(settings: &Settings, identity: &str, inbound_port: Option<u16>) -> Value {
+/// The sidecar container. `trust_api_ca` is the operator's CA bundle (PEM), set as
+/// [`ENV_TRUST_API_CA`]: the only roots the sidecar trusts the trust API's certificate with.
+pub fn sidecar_container(
+    settings: &Settings,
+    identity: &str,
+    inbound_port: Option<u16>,
+    trust_api_ca: Option<&str>,
+) -> Value {
     let resources = &settings.resources;
     let mut container = json!({
         "name": objects::SIDECAR_CONTAINER,
@@ -106,6 +112,9 @@ pub fn sidecar_container(settings: &Settings, identity: &str, inbound_port: Opti
             (settings.sidecar_env.iter())
                 .map(|(name, value)| json!({"name": name, "value": value})),
         );
+    }
+    if let (Some(ca), Some(env)) = (trust_api_ca, container["env"].as_array_mut()) {
+        env.push(json!({"name": ENV_TRUST_API_CA, "value": ca}));
     }
     if let (Some(port), Some(env)) = (inbound_port, container["env"].as_array_mut()) {
         env.push(
@@ -175,6 +184,7 @@ pub fn patch(
     settings: &Settings,
     identity: &str,
     key: &Key,
+    trust_api_ca: Option<&str>,
 ) -> Vec<Value> {
     let mut ops = Vec::with_capacity(12);
 
@@ -257,7 +267,12 @@ pub fn patch(
         }
     }
 
-    let sidecar = sidecar_container(settings, identity, inbound_port(pod).ok().flatten());
+    let sidecar = sidecar_container(
+        settings,
+        identity,
+        inbound_port(pod).ok().flatten(),
+        trust_api_ca,
+    );
     if settings.native_sidecar {
         match spec.init_containers {
             None => {

@@ -24,7 +24,7 @@ fn the_inbound_port_annotation_is_a_port_or_an_error_naming_it() {
             "{error}"
         );
     }
-    let container = sidecar_container(&Settings::seed("agentmesh", true), "a", Some(3000));
+    let container = sidecar_container(&Settings::seed("agentmesh", true), "a", Some(3000), None);
     assert!(
         container["env"]
             .as_array()
@@ -54,8 +54,15 @@ fn the_sidecar_is_configured_by_the_operators_settings_not_the_pods_namespace() 
             ("AGENTMESH_POLICY".to_string(), "strict".to_string()),
         ]
     );
-    let container = sidecar_container(&settings, "a", None);
+    let container = sidecar_container(&settings, "a", None, Some("PEM"));
     assert!(container["envFrom"].is_null(), "{container}");
+    // The trust API's CA is a value too: what the operator's certificate Secret holds.
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": ENV_TRUST_API_CA, "value": "PEM"}))
+    );
     let env = container["env"].as_array().unwrap();
     assert!(env.contains(&json!({"name": "AGENTMESH_POLICY", "value": "strict"})));
     let key: Vec<&Value> = env

@@ -32,7 +32,12 @@ fn the_container_gets_what_the_probe_reads() {
     );
     assert_eq!(
         env["MESHLOGIC_TRUST_API"].value.as_deref(),
-        Some("http://agentmesh.agentmesh.svc:8080")
+        Some("https://agentmesh.agentmesh.svc:8080")
+    );
+    // The operator's CA bundle, as a value: the probe trusts nothing else.
+    assert_eq!(
+        env["MESHLOGIC_TRUST_API_CA"].value.as_deref(),
+        Some(settings().trust_api_ca.as_str())
     );
     assert_eq!(
         env["MESHLOGIC_PROC_ROOT"].value.as_deref(),
@@ -202,7 +207,7 @@ fn extra_volumes_mounts_and_env_come_after_the_operators() {
     assert_eq!(mounts.len(), 6);
     let env = container.env.as_ref().unwrap();
     assert_eq!(env.last().unwrap().name, "MESHLOGIC_REPORT_QUEUE");
-    assert_eq!(env.len(), 6);
+    assert_eq!(env.len(), 7);
 }
 
 #[test]

@@ -36,7 +36,8 @@ use k8s_openapi::api::core::v1::{
 fn settings() -> OperatorSettings {
     OperatorSettings {
         default_image_tag: "0.1.0".into(),
-        trust_api_url: "http://agentmesh.agentmesh.svc:8080".into(),
+        trust_api_url: "https://agentmesh.agentmesh.svc:8080".into(),
+        trust_api_ca: "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n".into(),
         operator_namespace: "agentmesh".into(),
         agent_namespaces: vec!["meshlogic".into()],
         probe_images: vec!["registry.meshlogic.ai/meshlogic/agent".into()],

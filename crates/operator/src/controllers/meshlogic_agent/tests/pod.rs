@@ -208,7 +208,10 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
     // The same release binds the probe to the installation's ClusterRole instead of making
     // one per agent: the rendering lost its ClusterRole and the binding's roleRef changed
     // (neither is in the pod template); and the pod template gained the probe's trust-API
-    // token volume (a projected token of the trust API's audience).
+    // token volume (a projected token of the trust API's audience). Then the trust API moved
+    // to TLS (issue 16, transport): the URL became https:// and the container gained the
+    // operator's CA bundle (MESHLOGIC_TRUST_API_CA); nothing else changed, and an upgrade
+    // rolls the probe once.
     let mut mla = default_resource();
     mla.spec.image.repository = "registry.meshlogic.ai/meshlogic-agent".into();
     let rendered = serde_json::to_vec(&rendered_defaults(&mla)).unwrap();
@@ -229,7 +232,7 @@ fn an_all_defaults_spec_renders_byte_for_byte_as_before_the_pod_keys() {
 }
 
 const PINNED_DEFAULTS_SHA256: &str =
-    "85c99cb452b4c0729847f6fee97d932cbbc6cba74a79a0997bd338f9d70a6fb7";
+    "3c565aa7fd8168fdddce00279c09a48e26f692cd32375b3804cffa801255a4de";
 
 #[test]
 fn pod_labels_and_annotations_are_added_and_the_operators_win() {
