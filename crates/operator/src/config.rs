@@ -291,7 +291,6 @@ fn label_selector(text: &str) -> Result<LabelSelector, String> {
         .map_err(|error| format!("{text:?} is not a JSON LabelSelector: {error}"))
 }
 
-/// A Kubernetes resource quantity (`100m`, `0.5`, `128Mi`, `1G`, `1e3`).
 /// An `https://` URL with a host: the trust API carries tokens, so never plain HTTP.
 fn https_url(text: &str) -> Result<String, String> {
     match text.strip_prefix("https://") {
@@ -305,6 +304,7 @@ fn https_url(text: &str) -> Result<String, String> {
     }
 }
 
+/// A Kubernetes resource quantity (`100m`, `0.5`, `128Mi`, `1G`, `1e3`).
 fn quantity(text: &str) -> Result<String, String> {
     let digits_end = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

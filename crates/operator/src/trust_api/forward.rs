@@ -5,8 +5,9 @@
 //! The leader is the holder of the election Lease (its pod name); its address is that pod's IP
 //! and this replica's own trust-API port. The hop is TLS like the client's: the leader's
 //! certificate is checked against the operator's CA bundle and the trust API URL's host (every
-//! replica serves the same certificate), so a pod that takes over the leader's IP gets no token. The request goes on unchanged — the leader checks the
-//! caller's token itself — with a header that stops a second hop: a forwarded request that
+//! replica serves the same certificate), so a pod that takes over the leader's IP gets no
+//! token. The request goes on unchanged — the leader checks the caller's token itself — with
+//! a header that stops a second hop: a forwarded request that
 //! reaches a replica which does not lead (the Lease just moved) is answered 503 as before.
 //! Bodies are small JSON documents, buffered both ways (the request within the API's size
 //! limit); a long-poll simply takes as long as it takes on the leader.

@@ -200,6 +200,9 @@ impl<R: Reviewer> agentmesh_runtime::Accept for Tls<R> {
         }
         Ok(io)
     }
+    fn over_tls(_io: &Self::Io) -> bool {
+        true
+    }
 }
 
 /// Whether a failed handshake failed on the client's certificate (none, or not trusted).
