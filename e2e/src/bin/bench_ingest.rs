@@ -1,8 +1,10 @@
 //! `make bench-operator`: the trust API's report ingestion under load, against the real API
 //! server.
 //!
-//! - Baseline: a bare HTTP server on loopback that reads each request and answers 202, driven
-//!   by the same client in the same run. Ratio = operator batches/s ÷ baseline requests/s.
+//! - Baseline: a bare HTTPS server on loopback (rustls, a certificate of its own CA) that reads
+//!   each request and answers 202, driven by the same client in the same run: the trust API
+//!   answers reports over TLS only, so both pay a TLS handshake per request. Ratio = operator
+//!   batches/s ÷ baseline requests/s.
 //! - Status writes: signed sidecar reports (each batch signed with the identity's key from its
 //!   Secret, a fresh batch id each) of one denied call (-1, the policy's weight) per identity every
 //!   `SIDECAR_PERIOD`, so every report changes a score and the score stays inside one tier
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agentmesh_e2e::operator::{OperatorProcess, http_get};
+use agentmesh_e2e::operator::{OperatorProcess, http_get, trust_roots};
 use agentmesh_e2e::{TestNamespace, cluster};
 use base64::Engine;
 use serde_json::json;
@@ -101,10 +103,12 @@ fn main() {
         .collect();
     let body = json!({"source": {"kind": "probe", "node": "kwok-node-0", "agent": format!("{ns}/probe"), "tier": 2, "programsLoaded": 7, "ringBufferDrops": 0}, "pods": pods}).to_string();
 
-    let baseline = bare_server();
+    let (baseline, baseline_tls) = bare_server();
     let same = vec![vec![(token.clone(), body.clone())]; CLIENTS];
-    let (baseline_rate, _) = drive(baseline, &same);
-    let (operator_rate, refused) = drive(operator.trust_api, &same);
+    let (baseline_rate, _) = drive(baseline, &baseline_tls, &same);
+    operator.ca_bundle();
+    let operator_tls = trust_roots();
+    let (operator_rate, refused) = drive(operator.trust_api, &operator_tls, &same);
 
     // Sidecar reports: one pod-bound token and the key of each identity.
     let mut sidecars = Vec::new();
@@ -130,7 +134,8 @@ fn main() {
         sidecars.push((format!("{ns}/agent-{i}"), bound, key));
     }
     let writes_before = status_writes(&operator);
-    let (sidecar_rate, sidecar_refused) = drive_sidecars(operator.trust_api, &sidecars);
+    let (sidecar_rate, sidecar_refused) =
+        drive_sidecars(operator.trust_api, &operator_tls, &sidecars);
     let writes = status_writes(&operator) - writes_before;
     let per_identity_per_5s = writes as f64 / IDENTITIES as f64 / (SECONDS as f64 / 5.0);
 
@@ -138,7 +143,7 @@ fn main() {
         "ingest: {operator_rate:.0} batches/s = {:.0} pod reports/s ({refused} refused), {CLIENTS} clients, {SECONDS} s",
         operator_rate * IDENTITIES as f64
     );
-    println!("baseline (bare HTTP server, same client): {baseline_rate:.0} requests/s");
+    println!("baseline (bare HTTPS server, same client): {baseline_rate:.0} requests/s");
     println!(
         "ingest ratio = {:.3} (operator batches/s ÷ baseline requests/s)",
         operator_rate / baseline_rate
@@ -166,7 +171,11 @@ fn main() {
 
 /// Each client thread sends its own (token, body) requests in turn for `SECONDS`;
 /// requests/s and the non-2xx count.
-fn drive(addr: SocketAddr, per_client: &[Vec<(String, String)>]) -> (f64, u64) {
+fn drive(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    per_client: &[Vec<(String, String)>],
+) -> (f64, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let (done, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let format = |(token, body): &(String, String)| {
@@ -181,15 +190,13 @@ fn drive(addr: SocketAddr, per_client: &[Vec<(String, String)>]) -> (f64, u64) {
         .map(|requests| {
             let requests: Vec<String> = requests.iter().map(format).collect();
             let (stop, done, refused) = (stop.clone(), done.clone(), refused.clone());
+            let tls = tls.clone();
             std::thread::spawn(move || {
                 let mut next = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let request = &requests[next % requests.len()];
                     next += 1;
-                    let mut stream = TcpStream::connect(addr).expect("connect");
-                    stream.write_all(request.as_bytes()).expect("send");
-                    let mut response = Vec::new();
-                    stream.read_to_end(&mut response).expect("receive");
+                    let response = exchange(addr, &tls, request);
                     if response.starts_with(b"HTTP/1.1 2") || response.starts_with(b"HTTP/1.0 2") {
                         done.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -214,6 +221,7 @@ fn drive(addr: SocketAddr, per_client: &[Vec<(String, String)>]) -> (f64, u64) {
 /// `SECONDS`; reports/s and the non-2xx count.
 fn drive_sidecars(
     addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
     sidecars: &[(String, String, agentmesh_identity::SigningKey)],
 ) -> (f64, u64) {
     let (mut done, mut refused) = (0u64, 0u64);
@@ -237,10 +245,7 @@ fn drive_sidecars(
                 agentmesh_api::wire::REPORT_SIGNATURE_HEADER,
                 body.len()
             );
-            let mut stream = TcpStream::connect(addr).expect("connect");
-            stream.write_all(request.as_bytes()).expect("send");
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response).expect("receive");
+            let response = exchange(addr, tls, &request);
             if response.starts_with(b"HTTP/1.1 2") || response.starts_with(b"HTTP/1.0 2") {
                 done += 1;
             } else {
@@ -259,14 +264,66 @@ fn drive_sidecars(
     (done as f64 / started.elapsed().as_secs_f64(), refused)
 }
 
-/// A bare HTTP/1.0 server: reads the request (headers and body) and answers 202.
-fn bare_server() -> SocketAddr {
+/// One request on a new TLS connection to 127.0.0.1 (the name both certificates carry); the
+/// whole response (a server may close without close_notify after an HTTP/1.0 answer).
+fn exchange(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, request: &str) -> Vec<u8> {
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let connection = rustls::ClientConnection::new(tls.clone(), name).expect("a TLS client");
+    let mut stream =
+        rustls::StreamOwned::new(connection, TcpStream::connect(addr).expect("connect"));
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response
+}
+
+/// A bare HTTP/1.0 server over TLS (a certificate of a CA of its own, for 127.0.0.1): reads the
+/// request (headers and body) and answers 202. Its address, and TLS that trusts its CA.
+fn bare_server() -> (SocketAddr, Arc<rustls::ClientConfig>) {
+    use rustls::pki_types::pem::PemObject;
+    let (ca, ca_key) = meshlogic_webhook_certs::new_ca(Duration::from_secs(3600)).unwrap();
+    let (cert, key) = meshlogic_webhook_certs::issue(
+        &ca,
+        &ca_key,
+        &["127.0.0.1".to_owned()],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            let server = server.clone();
             std::thread::spawn(move || {
-                let mut stream = stream;
+                let Ok(connection) = rustls::ServerConnection::new(server) else {
+                    return;
+                };
+                let mut stream = rustls::StreamOwned::new(connection, stream);
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 16384];
                 loop {
@@ -298,10 +355,12 @@ fn bare_server() -> SocketAddr {
                     body.len()
                 );
                 let _ = stream.write_all(response.as_bytes());
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
             });
         }
     });
-    addr
+    (addr, client)
 }
 
 fn status_writes(operator: &OperatorProcess) -> u64 {
