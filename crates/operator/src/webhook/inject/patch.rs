@@ -235,7 +235,10 @@ pub fn patch(
         json!({"name": TMP_VOLUME, "emptyDir": {}}),
         key_volume(identity, key),
         token_volume(),
-        json!({"name": NO_API_TOKEN_VOLUME, "emptyDir": {"sizeLimit": "1Ki"}}),
+        // No sizeLimit: nothing can write to it (mounted read-only, in the sidecar only), and
+        // the kubelet counts an empty directory as 4 KiB, so a limit of 1 KiB had it evict
+        // every injected pod at its next storage check.
+        json!({"name": NO_API_TOKEN_VOLUME, "emptyDir": {}}),
     ];
     match spec.volumes {
         None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),
