@@ -317,19 +317,32 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
         },
     );
     // Inside the agent's container: an exec of /bin/env, an open under /etc/agentmesh-e2e and a
-    // connect to the API server's Service address, repeated until the score has moved by all
-    // three penalties (the probe watches the pod within a second of seeing it).
+    // connect to the API server's Service address, until the score has moved by all three
+    // penalties. The probe watches the pod within a second of seeing it, so the script runs
+    // again only while the score has not moved for 5 s since its last run: every run that the
+    // probe sees costs 300 points, and a second one seen would quarantine the agent (800 - 600
+    // is below the threshold of 300) before the MCP call below.
     let script = "cp /bin/busybox /bin/env 2>/dev/null; /bin/env true; \
                   mkdir -p /etc/agentmesh-e2e && echo x > /etc/agentmesh-e2e/secret; \
                   cat /etc/agentmesh-e2e/secret >/dev/null; \
                   nc -w 1 10.96.0.1 443 </dev/null >/dev/null 2>&1; true";
+    let mut last = (before, None::<Instant>);
     let identity = wait(
         Duration::from_secs(90),
         "the exec, open and connect in the agent's container to cost 300 points",
         || {
-            in_agent(script);
+            let (score_then, ran_at) = last;
+            if ran_at.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+                in_agent(script);
+                last = (score_then, Some(Instant::now()));
+            }
             let identity = cluster.get("agentidentity", "agent", Some(ns))?;
-            (identity["status"]["trustScore"].as_i64()? <= before - 300).then_some(identity)
+            let score = identity["status"]["trustScore"].as_i64()?;
+            if score != last.0 {
+                // Seen: wait for the rest of this run's penalties before running it again.
+                last = (score, Some(Instant::now()));
+            }
+            (score <= before - 300).then_some(identity)
         },
     );
     let anomalies = identity["status"]["behavior"]["recentAnomalies"]
