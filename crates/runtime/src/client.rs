@@ -57,15 +57,17 @@ pub fn tls_config(bundle_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String
             .add(certificate)
             .map_err(|e| format!("a certificate of the bundle is not a CA: {e}"))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    // No ALPN here: the HTTPS connector sets it from the protocols it enables.
-    Ok(Arc::new(config))
+    Ok(Arc::new(with_roots(roots)))
+}
+
+/// TLS with these roots and the ring provider. No ALPN here: the HTTPS connector sets it from
+/// the protocols it enables.
+fn with_roots(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// [`client`] that also speaks HTTPS to `https://` URLs, checking the server's certificate
@@ -82,13 +84,7 @@ where
 {
     let config = match tls {
         Some(config) => (*config).clone(),
-        None => rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default protocol versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth(),
+        None => with_roots(rustls::RootCertStore::empty()),
     };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
