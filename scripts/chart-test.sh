@@ -156,7 +156,7 @@ render() { "$HELM" template agentmesh charts/agentmesh --namespace agentmesh "$@
 mkdir -p "$WORK/deploy/standalone"
 {
   echo "# Generated from charts/agentmesh with its default values by scripts/chart-test.sh (UPDATE_GOLDEN=1"
-  echo "# rewrites it; make chart-test fails when it drifts): the ClusterRoles of meshlogic-operator and of its probes."
+  echo "# rewrites it; make chart-test fails when it drifts): the ClusterRoles of meshlogic-operator and of its probes, and the operator's Role in its own namespace (its only Secret rights)."
   render --show-only templates/clusterrole.yaml
 } >"$WORK/deploy/operator-rbac.yaml"
 {

@@ -94,6 +94,20 @@ pub fn documented_cluster_roles() -> (Value, Value) {
     (named("-operator"), named("-probe"))
 }
 
+/// The rules of the operator's Role in its own namespace in `deploy/operator-rbac.yaml`: its
+/// only rights to Secrets.
+pub fn documented_operator_role_rules() -> Value {
+    let path = repo_root().join("deploy/operator-rbac.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    documents
+        .into_iter()
+        .find(|d| d["kind"] == "Role")
+        .unwrap_or_else(|| panic!("{}: no Role", path.display()))["rules"]
+        .clone()
+}
+
 /// The documented probes' ClusterRole under the name `name`.
 pub fn probe_cluster_role(name: &str) -> Value {
     let (_, probe) = documented_cluster_roles();

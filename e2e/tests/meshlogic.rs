@@ -741,6 +741,12 @@ fn the_operator_needs_only_the_rbac_it_documents() {
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
          "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]},
         agentmesh_e2e::probe_cluster_role(&probe_role),
+        // Its Secrets: in its own namespace, and nowhere else.
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "operator", "namespace": ns},
+         "rules": agentmesh_e2e::documented_operator_role_rules()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "operator", "namespace": ns},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator"},
+         "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]},
     ]});
     cluster.apply(ns, &rbac.to_string());
     let token = cluster.kubectl_ok(&["create", "token", "operator", "-n", ns, "--duration=1h"]);
@@ -767,6 +773,18 @@ fn the_operator_needs_only_the_rbac_it_documents() {
     assert!(!may(&["bind", "clusterroles/cluster-admin"]));
     assert!(may(&["bind", &format!("clusterroles/{probe_role}")]));
     assert!(!may(&["get", "clusterroles/cluster-admin"]));
+    // It may read and write the Secrets of its own namespace, and of no other.
+    assert!(may(&["create", "secrets", "-n", ns]));
+    assert!(may(&["get", "secrets", "-n", ns]));
+    for elsewhere in ["default", "kube-system"] {
+        for verb in ["get", "list", "create", "watch"] {
+            assert!(
+                !may(&[verb, "secrets", "-n", elsewhere]),
+                "{verb} secrets in {elsewhere}"
+            );
+        }
+    }
+    assert!(!may(&["list", "secrets", "--all-namespaces"]));
     // It may change its own webhook configuration, and no other.
     let own_webhook = format!("mutatingwebhookconfigurations/agentmesh-sidecar-injector-{ns}");
     assert!(may(&["patch", &own_webhook]));

@@ -254,19 +254,26 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
     assert_eq!(status["started"], true, "{status}");
     assert_eq!(status["ready"], true, "{status}");
     assert!(status["state"]["running"].is_object(), "{status}");
-    // The kubelet mounted the identity's key as a file (the sidecar is healthy only once it
-    // holds the key, so Ready above already says it read it).
-    let key_mount = sidecar["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| {
-            m["mountPath"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("/var/run/secrets/agentmesh"))
-        })
-        .unwrap_or_else(|| panic!("no key mount: {sidecar}"));
-    assert_eq!(key_mount["readOnly"], true);
+    // No key in the pod: the sidecar fetched the identity's key from the trust API (it is
+    // healthy only once it holds a key, so Ready above already says it has one), and the key
+    // it holds is the identity's (its DID in the sidecar's log).
+    assert!(
+        !sidecar["volumeMounts"]
+            .to_string()
+            .contains("\"/var/run/secrets/agentmesh\""),
+        "a key mount: {sidecar}"
+    );
+    let did = wait(Duration::from_secs(30), "the identity's DID", || {
+        cluster.get("agentidentity", "agent", Some(ns))?["status"]["did"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let log = cluster.kubectl_ok(&["logs", "-n", ns, "agent", "-c", "agentmesh-sidecar"]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("key loaded") && l.contains(&did)),
+        "the sidecar loaded no key of {did}:\n{log}"
+    );
     // A shell script run in the agent's container: its output.
     let in_agent = |script: &str| {
         cluster.kubectl_ok(&[

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use agentmesh_api::names::objects::key_secret_name;
 use agentmesh_e2e::operator::{
     OperatorProcess, http_request, http_request_with, plain_http_request,
 };
@@ -77,7 +78,15 @@ fn identities_get_a_key_secret_a_did_a_score_and_verified_delegations() {
     cluster().ensure_crds();
     let namespace = TestNamespace::create("identity", &[]);
     let ns = namespace.name.as_str();
-    let mut operator = OperatorProcess::start(ns, "op", &FAST_LEASE);
+    let mut operator = OperatorProcess::start(
+        ns,
+        "op",
+        &[
+            FAST_LEASE[0],
+            FAST_LEASE[1],
+            ("MESHLOGIC_KEY_SWEEP_SECONDS", "1"),
+        ],
+    );
     apply(
         ns,
         identity(
@@ -101,14 +110,16 @@ fn identities_get_a_key_secret_a_did_a_score_and_verified_delegations() {
     );
     assert_eq!(parent["status"]["tier"], "trusted");
     assert_eq!(parent["status"]["quarantined"], false);
-    assert_eq!(parent["status"]["keySecretName"], "parent-agentmesh-key");
+    let secret_name = key_secret_name(ns, "parent");
+    assert_eq!(parent["status"]["keySecretName"], secret_name.as_str());
+    // In the operator's namespace (here the same as the identity's), naming its identity.
     let secret = cluster()
-        .get("secret", "parent-agentmesh-key", Some(ns))
+        .get("secret", &secret_name, Some(ns))
         .expect("the key Secret exists");
     assert!(secret["data"]["private-key"].is_string());
     assert_eq!(
-        secret["metadata"]["ownerReferences"][0]["name"], "parent",
-        "the Secret is owned by its identity"
+        secret["metadata"]["annotations"]["agentmesh.io/identity-uid"], parent["metadata"]["uid"],
+        "the Secret names its identity"
     );
     // The printer columns show it.
     let table = cluster().kubectl_ok(&["get", "agentidentities", "-n", ns]);
@@ -185,6 +196,27 @@ fn identities_get_a_key_secret_a_did_a_score_and_verified_delegations() {
         "{refused}"
     );
     delegation_needs_the_parents_consent(&mut operator, ns, &narrow);
+
+    // A deleted identity's key Secret goes (no owner reference across namespaces: the leader
+    // sweeps it); the others' stay.
+    let wide_secret = key_secret_name(ns, "wide");
+    assert!(cluster().get("secret", &wide_secret, Some(ns)).is_some());
+    cluster().kubectl_ok(&["delete", "agentidentity", "wide", "-n", ns]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster().get("secret", &wide_secret, Some(ns)).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key Secret of a deleted identity stayed:\n{}",
+            operator.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        cluster()
+            .get("secret", &key_secret_name(ns, "parent"), Some(ns))
+            .is_some(),
+        "the sweep took a live identity's key"
+    );
 }
 
 fn no_links(identity: &Value) -> bool {
@@ -667,15 +699,23 @@ fn identities_are_bound_by_the_operator_not_chosen_by_the_pod_author() {
     let ns = namespace.name.as_str();
     let mut operator = OperatorProcess::start(ns, "op", &FAST_LEASE);
 
-    // A key Secret made by someone else before the identity exists, with a key they know.
+    // A key Secret made by someone else before the identity exists, with a key they know:
+    // where the operator keeps keys (its namespace, here the identity's too), with its label,
+    // and where they used to be (`<name>-agentmesh-key` beside the identity).
     let known = agentmesh_identity::SigningKey::from_bytes(&[42; 32]);
     let pem = agentmesh_identity::keys::private_key_to_pem(&known).unwrap();
-    apply(
-        ns,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "squatted-agentmesh-key",
-               "labels": {"app.kubernetes.io/managed-by": "meshlogic-operator"}},
-               "data": {"private-key": base64::engine::general_purpose::STANDARD.encode(pem)}}),
-    );
+    for name in [
+        key_secret_name(ns, "squatted"),
+        "squatted-agentmesh-key".into(),
+    ] {
+        apply(
+            ns,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name,
+                   "labels": {"app.kubernetes.io/managed-by": "meshlogic-operator"},
+                   "annotations": {"agentmesh.io/identity": format!("{ns}/squatted")}},
+                   "data": {"private-key": base64::engine::general_purpose::STANDARD.encode(&pem)}}),
+        );
+    }
     apply(ns, identity("payments", json!({})));
     apply(ns, identity("squatted", json!({})));
     let payments = wait_for(
@@ -756,6 +796,39 @@ fn identities_are_bound_by_the_operator_not_chosen_by_the_pod_author() {
         (200, &json!("payments")),
         "{view}"
     );
+
+    // The key: handed to payments' own pod only. The thief's pod (labelled payments, another
+    // account), a token of payments' account bound to no pod, and a pod-bound token of
+    // payments' account naming the thief's pod (the API server refuses to issue it) get none.
+    let (code, key) = get_view(&operator, "/v1/sidecar/key", &thief);
+    assert_eq!(code, 404, "the thief got payments' key: {key}");
+    let unbound = cluster().token(ns, "payments", None);
+    let (code, key) = get_view(&operator, "/v1/sidecar/key", &unbound);
+    assert_eq!(code, 403, "a token bound to no pod got a key: {key}");
+    let (code, key) = get_view(&operator, "/v1/sidecar/key", &own);
+    assert_eq!(code, 200, "{key}");
+    assert_eq!(key["identity"], format!("{ns}/payments"));
+    let pem = key["privateKey"].as_str().unwrap();
+    let signing = agentmesh_identity::keys::private_key_from_pem(pem).unwrap();
+    assert_eq!(
+        agentmesh_identity::keys::Did::from_public_key(&signing.verifying_key()).to_string(),
+        payments["status"]["did"].as_str().unwrap(),
+        "the key handed out is payments' own"
+    );
+    // An identity with a key of its own: the operator holds none to give (once it knows the
+    // pod, it says why).
+    let copy_uid = pod_on(ns, "copycat-0", "copycat", "kwok-node-0");
+    let token = cluster().token(ns, "copycat", Some(("copycat-0", &copy_uid)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, answer) = get_view(&operator, "/v1/sidecar/key", &token);
+        assert_eq!(code, 404, "{answer}");
+        if answer.to_string().contains("spec.publicKey") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{answer}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         cluster()
@@ -947,8 +1020,9 @@ fn sidecars_and_probes_get_their_views_and_changes_arrive_within_seconds() {
 /// The private key of AgentIdentity `name`, from the Secret the operator made for it.
 fn identity_key(namespace: &str, name: &str) -> agentmesh_identity::SigningKey {
     use base64::Engine;
+    // The operator runs in the identity's namespace in these tests: its key Secrets are there.
     let secret = cluster()
-        .get("secret", &format!("{name}-agentmesh-key"), Some(namespace))
+        .get("secret", &key_secret_name(namespace, name), Some(namespace))
         .unwrap_or_else(|| panic!("no key Secret for {name}"));
     let pem = base64::engine::general_purpose::STANDARD
         .decode(secret["data"]["private-key"].as_str().unwrap())

@@ -90,7 +90,8 @@ fn private_key_pem(namespace: &str, identity: &str) -> String {
     let secret = cluster()
         .get(
             "secret",
-            &format!("{identity}-agentmesh-key"),
+            &agentmesh_api::names::objects::key_secret_name(namespace, identity),
+            // The operator runs in the identities' namespace in these tests.
             Some(namespace),
         )
         .expect("the key Secret");
@@ -268,7 +269,11 @@ fn wait_identity(ns: &str, name: &str) {
             .get("agentidentity", name, Some(ns))
             .is_some_and(|o| o["status"]["did"].is_string() && o["status"]["trustScore"].is_i64());
         let secret = cluster()
-            .get("secret", &format!("{name}-agentmesh-key"), Some(ns))
+            .get(
+                "secret",
+                &agentmesh_api::names::objects::key_secret_name(ns, name),
+                Some(ns),
+            )
             .is_some();
         if ready && secret {
             return;

@@ -152,7 +152,8 @@ pub struct AgentIdentityStatus {
     pub public_key: Option<String>,
 
     /// Name of the Secret that holds the private key (key `private-key`), when the operator
-    /// manages the key.
+    /// manages the key: in the operator's own namespace, not the identity's (the sidecars of
+    /// the identity's pods fetch the key from the operator's trust API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_secret_name: Option<String>,
 

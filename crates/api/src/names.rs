@@ -56,6 +56,12 @@ pub mod annotations {
     /// Pod annotation: the port of the agent's own MCP server on the pod's loopback, for calls
     /// from other agents; the injector sets the sidecar's `AGENTMESH_INBOUND_UPSTREAM` from it.
     pub const INBOUND_PORT: &str = "agentmesh.io/inbound-port";
+    /// On a key Secret (in the operator's namespace): `<namespace>/<name>` of the
+    /// AgentIdentity it was made for (an annotation: a name may be longer than a label value).
+    pub const IDENTITY: &str = "agentmesh.io/identity";
+    /// On a key Secret: the UID of the AgentIdentity it was made for (a namesake made again
+    /// later does not inherit it).
+    pub const IDENTITY_UID: &str = "agentmesh.io/identity-uid";
     /// Written by the injector: what it injected (JSON), so that a second pass injects nothing.
     pub const SIDECAR_STATUS: &str = "agentmesh.io/sidecar-status";
     /// ServiceAccount annotation used by IRSA (seed chart, "Using IRSA").
@@ -156,9 +162,31 @@ pub mod objects {
     /// Value of `AGENTMESH_PROXY_URL` set in agent containers.
     pub const PROXY_URL: &str = "http://localhost:8081";
 
-    /// Name of the Secret holding the key pair of the AgentIdentity `identity` (same
-    /// namespace), created by the operator when the identity brings no public key.
-    pub fn key_secret_name(identity: &str) -> String {
+    /// Name of the Secret holding the key pair the operator made for the AgentIdentity
+    /// `identity` of `namespace` (when it brings no public key). It lives in the operator's own
+    /// namespace, the only one where the operator may touch Secrets:
+    /// `agentmesh-key.<namespace>.<identity>` (a namespace has no dot, so no two identities
+    /// share one), or, past the 253 characters of a name, the identity's name cut and followed
+    /// by a hash of the whole.
+    pub fn key_secret_name(namespace: &str, identity: &str) -> String {
+        const MAX: usize = 253;
+        let name = format!("agentmesh-key.{namespace}.{identity}");
+        if name.len() <= MAX {
+            return name;
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(name.as_bytes());
+        let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        // Cut on a character boundary (names are ASCII), and end on an alphanumeric.
+        let keep = MAX - hash.len() - 1;
+        let head = name[..keep].trim_end_matches(['.', '-']);
+        format!("{head}-{hash}")
+    }
+
+    /// Name of the Secret, in the pod's namespace, that the injector mounts (optionally) for an
+    /// AgentIdentity that brings its own public key: its owner puts the private key there.
+    /// The operator never reads it.
+    pub fn own_key_secret_name(identity: &str) -> String {
         format!("{identity}-agentmesh-key")
     }
 }
@@ -283,3 +311,56 @@ pub mod conditions {
 
 /// Namespaces that are never injected, whatever their labels say.
 pub const NEVER_INJECTED_NAMESPACES: [&str; 1] = ["kube-system"];
+
+#[cfg(test)]
+mod tests {
+    use super::objects::key_secret_name;
+    use proptest::prelude::*;
+
+    /// A DNS-1123 subdomain as the API server checks a Secret's name (no length per label).
+    fn is_subdomain(name: &str) -> bool {
+        name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    }
+
+    #[test]
+    fn a_key_secret_is_named_after_its_namespace_and_identity() {
+        assert_eq!(
+            key_secret_name("agents", "researcher"),
+            "agentmesh-key.agents.researcher"
+        );
+        // Distinct identities, distinct names, also when a name has a dot.
+        assert_ne!(key_secret_name("ab", "c"), key_secret_name("a", "bc"));
+        assert_ne!(key_secret_name("a", "b.c"), key_secret_name("a", "b-c"));
+        // At the limit: cut, with a hash of the whole.
+        let long = "x".repeat(253);
+        let name = key_secret_name("agents", &long);
+        assert_eq!(name.len(), 253, "{name}");
+        assert_ne!(name, key_secret_name("agents", &"x".repeat(252)));
+    }
+
+    proptest! {
+        /// Any namespace and identity name the API server accepts give a valid Secret name,
+        /// and two identities never share one.
+        #[test]
+        fn key_secret_names_are_valid_and_distinct(
+            ns in "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
+            a in "[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?",
+            b in "[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?",
+        ) {
+            let (name_a, name_b) = (key_secret_name(&ns, &a), key_secret_name(&ns, &b));
+            prop_assume!(a.split('.').all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-')));
+            prop_assert!(is_subdomain(&name_a), "{name_a}");
+            if a != b {
+                prop_assert_ne!(name_a, name_b);
+            }
+        }
+    }
+}

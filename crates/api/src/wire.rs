@@ -24,9 +24,35 @@ pub const BATCH_ID_LEN: usize = 22;
 /// `GET ?since=<version>`: the calling sidecar's [`SidecarConfig`], long-polled like
 /// [`ENFORCEMENT_PATH`]. The caller is the pod whose ServiceAccount token it presents.
 pub const SIDECAR_CONFIG_PATH: &str = "/v1/sidecar/config";
+/// `GET`: the calling sidecar's [`SidecarKey`], the private key the operator made for the
+/// identity its pod is bound to (over TLS only; the caller is the pod whose projected,
+/// pod-bound token it presents). 404 while the pod or the identity's key is not known yet.
+pub const SIDECAR_KEY_PATH: &str = "/v1/sidecar/key";
 /// `GET ?node=<name>&since=<version>`: the node's [`EnforcementSet`]. Long-polls up to 30 s
 /// when `since` equals the current version, so a change arrives within a second.
 pub const ENFORCEMENT_PATH: &str = "/v1/enforcement";
+
+/// The answer of [`SIDECAR_KEY_PATH`].
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarKey {
+    /// `namespace/name` of the AgentIdentity.
+    pub identity: String,
+    /// Its DID (`did:mesh:…`), for the sidecar to check the key against.
+    pub did: String,
+    /// The private key, PKCS#8 PEM.
+    pub private_key: String,
+}
+
+impl std::fmt::Debug for SidecarKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidecarKey")
+            .field("identity", &self.identity)
+            .field("did", &self.did)
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
 
 /// What one reporter sends in one request.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

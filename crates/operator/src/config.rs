@@ -69,6 +69,11 @@ pub struct Args {
     #[arg(long, env = "MESHLOGIC_STATUS_INTERVAL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub status_interval_seconds: u64,
 
+    /// Seconds between two looks for key Secrets whose AgentIdentity is gone (then deleted); a
+    /// Secret younger than twice this is left alone.
+    #[arg(long, env = "MESHLOGIC_KEY_SWEEP_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub key_sweep_seconds: u64,
+
     /// Create an AgentIdentity for an injected pod that names none that exists.
     #[arg(long, env = "MESHLOGIC_AUTO_CREATE_IDENTITIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_create_identities: bool,

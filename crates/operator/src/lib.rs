@@ -121,6 +121,7 @@ pub async fn run() -> anyhow::Result<()> {
         identities,
         &ctx.client,
         config.args.watch_namespace.as_deref(),
+        &config.args.namespace,
         metrics.clone(),
         &mut controllers,
     )

@@ -41,7 +41,7 @@ pub fn init_logging(settings: &Settings) {
 async fn load_key(value: Option<String>) -> anyhow::Result<SigningKey> {
     let Some(value) = value else {
         anyhow::bail!(
-            "{} is not set: the sidecar needs its identity's private key (PEM, or the path of a file holding it)",
+            "{} is not set and there is no trust API to fetch the key from: the sidecar needs its identity's private key (PEM, or the path of a file holding it)",
             agentmesh_api::names::env::AGENT_PRIVATE_KEY
         );
     };
@@ -186,7 +186,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let identity = config.identity.clone();
         let interval = config.report_interval();
         tokio::spawn(async move {
-            let key = load_key(key_value).await?;
+            // A key of the identity's own is the pod's (the variable); one the operator made
+            // is asked of the trust API, never written in the pod.
+            let key = match (&key_value, &api) {
+                (None, Some(api)) => operator::fetch_key(api, identity.as_deref()).await?,
+                _ => load_key(key_value).await?,
+            };
             tracing::info!(did = %agentmesh_identity::keys::Did::from_public_key(&key.verifying_key()), "key loaded");
             peers.set_key(key.clone());
             health.key_loaded()?;

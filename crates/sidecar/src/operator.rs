@@ -95,6 +95,22 @@ impl TrustApi {
         Ok(serde_json::from_slice(&body)?)
     }
 
+    /// The private key the operator made for this pod's identity (`GET /v1/sidecar/key`).
+    pub async fn key(&self) -> anyhow::Result<wire::SidecarKey> {
+        let url = format!("{}{}", self.base, wire::SIDECAR_KEY_PATH);
+        let (status, body) = self
+            .send(
+                Request::builder().method(Method::GET).uri(url),
+                Bytes::new(),
+                Duration::from_secs(10),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            anyhow::bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
     /// Posts one signed batch.
     pub async fn report(&self, body: Bytes, signature: String) -> anyhow::Result<StatusCode> {
         let url = format!("{}{}", self.base, wire::REPORTS_PATH);
@@ -113,6 +129,38 @@ impl TrustApi {
             tracing::warn!(%status, body = %String::from_utf8_lossy(&text), "report refused");
         }
         Ok(status)
+    }
+}
+
+/// The key of `identity` (`namespace/name`) from the trust API, asked again (backing off up
+/// to 10 s) until the operator has it: a new identity's key is made within a second or two of
+/// its pod. An answer for another identity, or whose key is not its DID's, stops start-up.
+pub async fn fetch_key(api: &TrustApi, identity: Option<&str>) -> anyhow::Result<SigningKey> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match api.key().await {
+            Ok(answer) => {
+                if identity.is_some_and(|identity| identity != answer.identity) {
+                    anyhow::bail!(
+                        "the trust API gave the key of {}, not of {}",
+                        answer.identity,
+                        identity.unwrap_or_default()
+                    );
+                }
+                let key = agentmesh_identity::keys::private_key_from_pem(&answer.private_key)
+                    .map_err(|e| anyhow::anyhow!("the key from the trust API: {e}"))?;
+                let did = agentmesh_identity::keys::Did::from_public_key(&key.verifying_key());
+                if did.to_string() != answer.did {
+                    anyhow::bail!("the key from the trust API is not that of {}", answer.did);
+                }
+                return Ok(key);
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "waiting for the identity's key from the trust API");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
     }
 }
 

@@ -118,7 +118,7 @@ fn main() {
         let pem = cluster().kubectl_ok(&[
             "get",
             "secret",
-            &format!("agent-{i}-agentmesh-key"),
+            &agentmesh_api::names::objects::key_secret_name(&ns, &format!("agent-{i}")),
             "-n",
             &ns,
             "-o",

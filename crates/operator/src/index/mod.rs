@@ -112,8 +112,9 @@ pub struct Indexes {
     pub identities: Shared<AgentIdentity>,
     pub policies: Shared<TrustPolicy>,
     pub pods: PodIndex,
-    /// The key Secrets this operator made (`app.kubernetes.io/managed-by=meshlogic-operator`),
-    /// not every Secret of the cluster.
+    /// The Secrets of the operator's own namespace it made
+    /// (`app.kubernetes.io/managed-by=meshlogic-operator`): the identities' keys (and its
+    /// certificate). It may read no Secret elsewhere.
     pub key_secrets: Shared<Secret>,
 }
 
@@ -127,18 +128,19 @@ impl Indexes {
         Shared::start(api(client, watch_namespace), metrics)
     }
 
-    /// Adds the leader's watches (TrustPolicies, pods) on `tasks`; returns once every index is
-    /// filled.
+    /// Adds the leader's watches (TrustPolicies, pods, the key Secrets of `home`, its own
+    /// namespace) on `tasks`; returns once every index is filled.
     pub async fn lead(
         identities: Shared<AgentIdentity>,
         client: &kube::Client,
         watch_namespace: Option<&str>,
+        home: &str,
         metrics: Arc<Metrics>,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Self {
         let policies = Shared::start(api(client, watch_namespace), metrics.clone());
         let key_secrets = Shared::start_with(
-            api(client, watch_namespace),
+            kube::Api::namespaced(client.clone(), home),
             watcher::Config::default().labels(&format!(
                 "{}={}",
                 agentmesh_api::names::labels::APP_MANAGED_BY,

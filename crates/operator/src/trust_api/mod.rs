@@ -76,6 +76,7 @@ impl Server {
             wire::REPORTS_PATH,
             wire::ENFORCEMENT_PATH,
             wire::SIDECAR_CONFIG_PATH,
+            wire::SIDECAR_KEY_PATH,
         ]
         .contains(&path.as_str());
         let over_tls = request
@@ -112,6 +113,7 @@ impl Server {
             wire::REPORTS_PATH,
             wire::ENFORCEMENT_PATH,
             wire::SIDECAR_CONFIG_PATH,
+            wire::SIDECAR_KEY_PATH,
         ];
         let label = if known.contains(&path.as_str()) {
             path
@@ -152,9 +154,14 @@ impl Server {
             (&Method::POST, wire::REPORTS_PATH) => self.reports(request).await,
             (&Method::GET, wire::ENFORCEMENT_PATH) => self.enforcement(request).await,
             (&Method::GET, wire::SIDECAR_CONFIG_PATH) => self.sidecar_config(request).await,
+            (&Method::GET, wire::SIDECAR_KEY_PATH) => self.sidecar_key(request).await,
             (
                 _,
-                paths::HEALTH | paths::READY | wire::ENFORCEMENT_PATH | wire::SIDECAR_CONFIG_PATH,
+                paths::HEALTH
+                | paths::READY
+                | wire::ENFORCEMENT_PATH
+                | wire::SIDECAR_CONFIG_PATH
+                | wire::SIDECAR_KEY_PATH,
             ) => http::error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
             (_, wire::REPORTS_PATH) => http::error(StatusCode::METHOD_NOT_ALLOWED, "POST only"),
             _ => http::error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),

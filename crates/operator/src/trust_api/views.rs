@@ -1,5 +1,5 @@
-//! What probes and sidecars long-poll: a node's enforcement set, an identity's sidecar
-//! configuration.
+//! What probes and sidecars read: a node's enforcement set and an identity's sidecar
+//! configuration (long-polled), and a sidecar's key.
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -84,6 +84,100 @@ impl Server {
                     "the identity has no score yet; retry",
                 )),
             }
+        }
+        .await;
+        result.unwrap_or_else(|refusal| self.refuse(refusal))
+    }
+}
+
+impl Server {
+    /// `GET /v1/sidecar/key`: the private key the operator made for the identity the calling
+    /// pod is bound to (by the same rule as everything else: the pod's ServiceAccount and
+    /// selector, [`crate::index::PodInfo::is_of`]). The caller is the pod of its projected,
+    /// pod-bound token, so a pod can fetch its own identity's key and no other.
+    pub(super) async fn sidecar_key(&self, request: Request<Incoming>) -> Response<Body> {
+        use agentmesh_api::names::objects;
+        use k8s_openapi::api::core::v1::Secret;
+        use kube::ResourceExt;
+        let result = async {
+            let caller = self.caller(&request).await?;
+            let engine = self.engine()?;
+            let uid = caller.pod_uid.clone().ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "a pod-bound ServiceAccount token is required",
+                )
+            })?;
+            let (identity, pod) = engine.identity_of_pod(&uid).ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_pod",
+                    "the calling pod has no AgentIdentity (yet); retry",
+                )
+            })?;
+            // The token's account is the pod's (the API server issued it for that pod).
+            let account = format!(
+                "system:serviceaccount:{}:{}",
+                pod.namespace, pod.service_account
+            );
+            if caller.username != account {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the token is not of the pod's ServiceAccount",
+                ));
+            }
+            let reference = format!("{}/{}", pod.namespace, identity.name_any());
+            if identity.spec.public_key.is_some() {
+                return Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    "own_key",
+                    format!(
+                        "AgentIdentity {reference} brings its own key (spec.publicKey): the operator holds no private key for it; give the sidecar AGENTMESH_AGENT_PRIVATE_KEY"
+                    ),
+                ));
+            }
+            let name = objects::key_secret_name(&pod.namespace, &identity.name_any());
+            let secrets: kube::Api<Secret> =
+                kube::Api::namespaced(self.ctx.client.clone(), &self.ctx.config.args.namespace);
+            let secret = secrets.get_opt(&name).await.map_err(|error| {
+                tracing::warn!(%error, secret = name, "cannot read a key Secret");
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "the key cannot be read now; retry",
+                )
+            })?;
+            let key = secret
+                .as_ref()
+                .and_then(|secret| {
+                    crate::controllers::agent_identity::key::private_key_of(secret, &identity)
+                })
+                .ok_or_else(|| {
+                    Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        "no_key",
+                        format!("AgentIdentity {reference} has no key yet; retry"),
+                    )
+                })?;
+            let answer = agentmesh_api::wire::SidecarKey {
+                identity: reference,
+                did: agentmesh_identity::keys::Did::from_public_key(&key.verifying_key())
+                    .to_string(),
+                private_key: agentmesh_identity::keys::private_key_to_pem(&key).map_err(
+                    |_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "retry"),
+                )?,
+            };
+            let mut response = http::json(
+                StatusCode::OK,
+                &serde_json::to_value(&answer).expect("serializes"),
+            );
+            response.headers_mut().insert(
+                hyper::header::CACHE_CONTROL,
+                hyper::header::HeaderValue::from_static("no-store"),
+            );
+            Ok(response)
         }
         .await;
         result.unwrap_or_else(|refusal| self.refuse(refusal))

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_api::identity::AgentIdentity;
-use agentmesh_api::names::objects;
 use anyhow::Context as _;
 use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
@@ -199,9 +198,8 @@ impl Injector {
                     reason: "IdentityCreated",
                     action: "CreateIdentity",
                     text: format!(
-                        "pod {}: created AgentIdentity {identity}; the sidecar starts once its key Secret {} exists",
+                        "pod {}: created AgentIdentity {identity}; the sidecar fetches its key once the operator has made it",
                         pod_name(pod),
-                        objects::key_secret_name(&identity)
                     ),
                 }),
             ),
@@ -212,9 +210,8 @@ impl Injector {
                     reason: "IdentityMissing",
                     action: "Inject",
                     text: format!(
-                        "pod {}: no AgentIdentity {identity} and auto-creation is off; the pod waits for Secret {}",
+                        "pod {}: no AgentIdentity {identity} and auto-creation is off; its sidecar waits for one",
                         pod_name(pod),
-                        objects::key_secret_name(&identity)
                     ),
                 }),
             ),

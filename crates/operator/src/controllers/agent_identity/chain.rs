@@ -245,9 +245,10 @@ async fn parent_signing_key(
             ),
         ));
     }
-    let name = objects::key_secret_name(&parent.name_any());
-    let api = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
-    let secret = super::key::find(secrets, &api, namespace, &name)
+    let name = objects::key_secret_name(namespace, &parent.name_any());
+    let home = ctx.config.args.namespace.as_str();
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), home);
+    let secret = super::key::find(secrets, &api, home, &name)
         .await
         .map_err(|e| ("ParentNotReady", e.to_string()))?
         .ok_or((

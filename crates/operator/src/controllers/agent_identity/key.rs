@@ -50,31 +50,44 @@ pub(super) async fn ensure(
             )),
         });
     }
-    let secret_name = objects::key_secret_name(&identity.name_any());
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    // The operator's own namespace: it has no right to Secrets anywhere else.
+    let home = ctx.config.args.namespace.as_str();
+    let secret_name = objects::key_secret_name(namespace, &identity.name_any());
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), home);
     // The index of the operator's Secrets first; when it has none (a new identity, or a
     // Secret the index has not seen yet) create one, and read the API only if that conflicts:
     // one request for a new identity, not a read and then a create.
-    if let Some(secret) = secrets.get(&ObjectRef::new(&secret_name).within(namespace)) {
+    if let Some(secret) = secrets.get(&ObjectRef::new(&secret_name).within(home)) {
         return Ok(key_in(&secret, identity, secret_name));
     }
     let signing = keys::generate(&mut rand_core::OsRng);
     let public_key = signing.verifying_key();
     let pem = keys::private_key_to_pem(&signing).map_err(|e| Error::Key(e.to_string()))?;
-    let owner = identity
-        .controller_owner_ref(&())
+    let uid = identity
+        .uid()
         .ok_or(Error::Invalid("the AgentIdentity has no uid".into()))?;
+    // No owner reference (an owner must be in the same namespace): the annotations name the
+    // identity, and the leader deletes the Secret once it is gone (`sweep_orphans`).
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(secret_name.clone()),
-            namespace: Some(namespace.to_owned()),
-            owner_references: Some(vec![owner]),
+            namespace: Some(home.to_owned()),
             labels: Some(BTreeMap::from([
                 (
                     names::labels::APP_MANAGED_BY.into(),
                     names::labels::MANAGED_BY_VALUE.into(),
                 ),
-                (names::labels::IDENTITY.into(), identity.name_any()),
+                (
+                    names::labels::APP_PART_OF.into(),
+                    names::labels::PART_OF_VALUE.into(),
+                ),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (
+                    names::annotations::IDENTITY.into(),
+                    format!("{namespace}/{}", identity.name_any()),
+                ),
+                (names::annotations::IDENTITY_UID.into(), uid),
             ])),
             ..Default::default()
         },
@@ -112,7 +125,7 @@ pub(super) async fn ensure(
         }
         // It exists (made by an earlier reconcile the index has not caught up with): its key.
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            match find(secrets, &api, namespace, &secret_name).await? {
+            match find(secrets, &api, home, &secret_name).await? {
                 Some(existing) => Ok(key_in(&existing, identity, secret_name)),
                 None => Err(Error::Invalid(format!(
                     "Secret {secret_name} was deleted while being created; retrying"
@@ -158,18 +171,37 @@ pub(super) fn older_holder(
         .min()
 }
 
-/// Whether `secret` is the one the operator made for `identity`: its controller is this very
-/// AgentIdentity (by UID, so not a namesake deleted and made again).
+/// Whether `secret` is the one the operator made for `identity`: its annotations name this
+/// very AgentIdentity (by UID, so not a namesake deleted and made again), and it carries the
+/// operator's label.
 pub(super) fn owned_by(secret: &Secret, identity: &AgentIdentity) -> bool {
     let Some(uid) = identity.metadata.uid.as_deref() else {
         return false;
     };
-    secret.owner_references().iter().any(|owner| {
-        owner.controller == Some(true)
-            && owner.uid == uid
-            && owner.kind == AgentIdentity::kind(&())
-            && owner.api_version == AgentIdentity::api_version(&())
-    })
+    let annotation = |key: &str| secret.annotations().get(key).map(String::as_str);
+    let reference = format!(
+        "{}/{}",
+        identity.namespace().unwrap_or_default(),
+        identity.name_any()
+    );
+    secret
+        .labels()
+        .get(names::labels::APP_MANAGED_BY)
+        .map(String::as_str)
+        == Some(names::labels::MANAGED_BY_VALUE)
+        && annotation(names::annotations::IDENTITY_UID) == Some(uid)
+        && annotation(names::annotations::IDENTITY) == Some(reference.as_str())
+}
+
+/// The identity (`namespace/name`) and its UID a key Secret was made for, from its
+/// annotations.
+pub fn made_for(secret: &Secret) -> Option<(&str, &str, &str)> {
+    let annotations = secret.metadata.annotations.as_ref()?;
+    let (namespace, name) = annotations
+        .get(names::annotations::IDENTITY)?
+        .split_once('/')?;
+    let uid = annotations.get(names::annotations::IDENTITY_UID)?;
+    Some((namespace, name, uid))
 }
 
 /// The key held by the key Secret `secret_name` of `identity`, or why it holds none. Only a
@@ -184,7 +216,8 @@ fn key_in(
         return Err((
             "SecretNotOwned",
             format!(
-                "Secret {secret_name} exists but was not made by the operator for this AgentIdentity (its controller owner is not this identity's UID): delete it to have a key made, or set spec.publicKey"
+                "Secret {secret_name} exists but was not made by the operator for this AgentIdentity (its annotation {} is not this identity's UID): delete it to have a key made, or set spec.publicKey",
+                names::annotations::IDENTITY_UID
             ),
         ));
     }
@@ -221,6 +254,17 @@ pub(super) async fn find(
     Ok(api.get_opt(name).await?.map(Arc::new))
 }
 
+/// The private key in `secret` when it is the one the operator made for `identity`: what the
+/// trust API hands that identity's sidecars.
+pub(crate) fn private_key_of(
+    secret: &Secret,
+    identity: &AgentIdentity,
+) -> Option<agentmesh_identity::SigningKey> {
+    owned_by(secret, identity)
+        .then(|| keys::private_key_from_pem(&private_key_pem(secret)).ok())
+        .flatten()
+}
+
 /// The PEM under `private-key` in a key Secret (empty when absent, which then fails to parse).
 pub(super) fn private_key_pem(secret: &Secret) -> String {
     secret
@@ -234,7 +278,6 @@ pub(super) fn private_key_pem(secret: &Secret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn identity(uid: &str) -> AgentIdentity {
         let mut identity = AgentIdentity::new("agent", Default::default());
@@ -243,13 +286,25 @@ mod tests {
         identity
     }
 
-    fn secret(owner: Option<OwnerReference>) -> Secret {
+    /// A key Secret with the operator's label (when `labelled`) and these annotations.
+    fn secret(labelled: bool, annotations: &[(&str, &str)]) -> Secret {
         let pem = keys::private_key_to_pem(&agentmesh_identity::SigningKey::from_bytes(&[7; 32]))
             .unwrap();
         Secret {
             metadata: ObjectMeta {
-                name: Some("agent-agentmesh-key".into()),
-                owner_references: owner.map(|o| vec![o]),
+                name: Some(objects::key_secret_name("ns", "agent")),
+                labels: labelled.then(|| {
+                    BTreeMap::from([(
+                        names::labels::APP_MANAGED_BY.to_owned(),
+                        names::labels::MANAGED_BY_VALUE.to_owned(),
+                    )])
+                }),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([(
@@ -304,37 +359,34 @@ mod tests {
         assert_eq!(older_holder(&thief, &other, &all), None);
     }
 
-    /// The attack: whoever may create Secrets in the namespace makes `<name>-agentmesh-key`
-    /// with a private key they know, before (or after deleting) the operator's. Adopting it
-    /// would let them sign as the identity.
+    /// The attack: whoever may create Secrets in the operator's namespace (an administrator
+    /// of it, not a tenant: tenants have no say there) makes the identity's key Secret with a
+    /// private key they know, before (or after deleting) the operator's. Adopting it would let
+    /// them sign as the identity. Only the Secret made for this very identity (UID) is adopted.
     #[test]
-    fn only_a_secret_the_identity_controls_is_adopted() {
+    fn only_a_secret_made_for_the_identity_is_adopted() {
+        use names::annotations::{IDENTITY, IDENTITY_UID};
         let agent = identity("uid-1");
-        let own = agent.controller_owner_ref(&()).unwrap();
-        assert!(key_in(&secret(Some(own.clone())), &agent, "s".into()).is_ok());
-        let forged = [
-            None,
-            // Owned, but not as controller.
-            Some(OwnerReference {
-                controller: None,
-                ..own.clone()
-            }),
+        let own = [(IDENTITY, "ns/agent"), (IDENTITY_UID, "uid-1")];
+        assert!(key_in(&secret(true, &own), &agent, "s".into()).is_ok());
+        assert_eq!(
+            made_for(&secret(true, &own)),
+            Some(("ns", "agent", "uid-1"))
+        );
+        let forged: [(bool, &[(&str, &str)]); 5] = [
+            (true, &[]),
+            // Not labelled as the operator's.
+            (false, &own),
             // A namesake identity's (deleted and made again: another UID).
-            Some(OwnerReference {
-                uid: "uid-0".into(),
-                ..own.clone()
-            }),
-            // Another kind with the same UID string.
-            Some(OwnerReference {
-                kind: "ConfigMap".into(),
-                api_version: "v1".into(),
-                ..own.clone()
-            }),
+            (true, &[(IDENTITY, "ns/agent"), (IDENTITY_UID, "uid-0")]),
+            // The same UID string, another identity named.
+            (true, &[(IDENTITY, "other/agent"), (IDENTITY_UID, "uid-1")]),
+            (true, &[(IDENTITY_UID, "uid-1")]),
         ];
-        for owner in forged {
-            let (reason, _) = key_in(&secret(owner.clone()), &agent, "s".into())
+        for (labelled, annotations) in forged {
+            let (reason, _) = key_in(&secret(labelled, annotations), &agent, "s".into())
                 .err()
-                .unwrap_or_else(|| panic!("adopted with owner {owner:?}"));
+                .unwrap_or_else(|| panic!("adopted with {labelled} {annotations:?}"));
             assert_eq!(reason, "SecretNotOwned");
         }
     }

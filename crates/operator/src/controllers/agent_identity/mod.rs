@@ -11,6 +11,7 @@ use agentmesh_api::identity::{AgentIdentity, AgentIdentityStatus, SignedDelegati
 use agentmesh_api::names::conditions as types;
 use agentmesh_identity::keys;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::Controller;
@@ -21,7 +22,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
 mod chain;
-mod key;
+pub(crate) mod key;
 
 use super::Reconcilers;
 use crate::conditions::condition;
@@ -55,10 +56,96 @@ pub async fn run(shared: Arc<Reconcilers>) {
         })
     });
     let controller = Controller::for_shared_stream(identities.changes(), identities.store.clone())
-        .owns_shared_stream(shared.indexes.key_secrets.changes())
+        // Key Secrets live in the operator's namespace, so no owner reference: their
+        // annotations name the identity.
+        .watches_shared_stream(shared.indexes.key_secrets.changes(), |secret| {
+            key::made_for(&secret)
+                .map(|(namespace, name, _)| ObjectRef::new(name).within(namespace))
+        })
         .reconcile_on(pods)
         .reconcile_on(children);
-    super::run(CONTROLLER, controller, reconcile, shared.clone()).await;
+    tokio::join!(
+        super::run(CONTROLLER, controller, reconcile, shared.clone()),
+        sweep_orphans(shared.clone()),
+    );
+}
+
+/// Deletes the key Secrets (in the operator's namespace) of AgentIdentities that no longer
+/// exist: what an owner reference did while the Secrets lived beside their identities. Every
+/// `MESHLOGIC_KEY_SWEEP_SECONDS`; a Secret younger than twice that is left alone (the index may
+/// not show its identity yet).
+async fn sweep_orphans(shared: Arc<Reconcilers>) {
+    let ctx = &shared.ctx;
+    let home = ctx.config.args.namespace.as_str();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), home);
+    let every = Duration::from_secs(ctx.config.args.key_sweep_seconds);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let identities = &shared.indexes.identities.store;
+        for secret in shared.indexes.key_secrets.store.state() {
+            let Some((namespace, name, uid)) =
+                orphan_candidate(&secret, now, every * 2, |ns, n| {
+                    identities
+                        .get(&ObjectRef::new(n).within(ns))
+                        .and_then(|i| i.metadata.uid.clone())
+                })
+            else {
+                continue;
+            };
+            // The index may lag: the API has the last word.
+            let api = Api::<AgentIdentity>::namespaced(ctx.client.clone(), namespace);
+            match api.get_opt(name).await {
+                Ok(Some(identity)) if identity.metadata.uid.as_deref() == Some(uid) => continue,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, namespace, name, "cannot check the identity of a key Secret");
+                    continue;
+                }
+            }
+            let secret_name = secret.name_any();
+            let params =
+                kube::api::DeleteParams {
+                    preconditions: secret.metadata.uid.clone().map(|uid| {
+                        kube::api::Preconditions {
+                            uid: Some(uid),
+                            resource_version: None,
+                        }
+                    }),
+                    ..Default::default()
+                };
+            match secrets.delete(&secret_name, &params).await {
+                Ok(_) => tracing::info!(
+                    secret = %secret_name,
+                    identity = %format!("{namespace}/{name}"),
+                    "deleted the key Secret of a deleted AgentIdentity"
+                ),
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(error) => {
+                    tracing::warn!(%error, secret = %secret_name, "cannot delete an orphaned key Secret")
+                }
+            }
+        }
+    }
+}
+
+/// The identity (`namespace`, `name`, UID) of a key Secret older than `grace` when
+/// `uid_of` (the index) has no identity of that name with that UID: a candidate for deletion.
+/// Secrets that name no identity (the webhook's certificate) are never candidates.
+fn orphan_candidate(
+    secret: &Secret,
+    now: k8s_openapi::jiff::Timestamp,
+    grace: Duration,
+    uid_of: impl Fn(&str, &str) -> Option<String>,
+) -> Option<(&str, &str, &str)> {
+    let (namespace, name, uid) = key::made_for(secret)?;
+    let created = secret.metadata.creation_timestamp.as_ref()?.0;
+    let grace = k8s_openapi::jiff::SignedDuration::try_from(grace).ok()?;
+    if now.duration_since(created) < grace {
+        return None;
+    }
+    (uid_of(namespace, name).as_deref() != Some(uid)).then_some((namespace, name, uid))
 }
 
 async fn reconcile(identity: Arc<AgentIdentity>, shared: Arc<Reconcilers>) -> Result<Action> {
@@ -317,4 +404,58 @@ fn count_pods(identity: &AgentIdentity, namespace: &str, pods: &PodIndex) -> Res
             .map_err(|e| Error::Invalid(format!("spec.selector: {e}")))?;
     }
     Ok(pods.count_in(namespace, |pod| pod.running && pod.is_of(identity)) as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_api::names::annotations::{IDENTITY, IDENTITY_UID};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+    const GRACE: Duration = Duration::from_secs(60);
+
+    fn key_secret(created: Timestamp, annotations: &[(&str, &str)]) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.creation_timestamp = Some(Time(created));
+        secret.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        secret
+    }
+
+    /// A key Secret goes when its identity is gone or was made again (another UID), never
+    /// while young, and never when it names no identity (the webhook's certificate).
+    #[test]
+    fn only_old_key_secrets_of_identities_gone_are_swept() {
+        let now = Timestamp::from_second(10_000).unwrap();
+        let old = now - SignedDuration::from_secs(120);
+        let young = now - SignedDuration::from_secs(5);
+        let made_for = [(IDENTITY, "ns/agent"), (IDENTITY_UID, "uid-1")];
+        let present = |_: &str, _: &str| Some("uid-1".to_owned());
+        let gone = |_: &str, _: &str| None;
+        let remade = |_: &str, _: &str| Some("uid-2".to_owned());
+
+        let secret = key_secret(old, &made_for);
+        assert_eq!(orphan_candidate(&secret, now, GRACE, present), None);
+        assert_eq!(
+            orphan_candidate(&secret, now, GRACE, gone),
+            Some(("ns", "agent", "uid-1"))
+        );
+        assert_eq!(
+            orphan_candidate(&secret, now, GRACE, remade),
+            Some(("ns", "agent", "uid-1"))
+        );
+        assert_eq!(
+            orphan_candidate(&key_secret(young, &made_for), now, GRACE, gone),
+            None
+        );
+        assert_eq!(
+            orphan_candidate(&key_secret(old, &[]), now, GRACE, gone),
+            None
+        );
+    }
 }

@@ -3,20 +3,27 @@
 //! includes this file).
 //!
 //! The sidecar is the seed deployment guide's `agentmesh-sidecar` container: ports `proxy` 8081
-//! and `metrics` 9091, the operator's own `AGENTMESH_*` settings as values, the identity's key
-//! Secret as a read-only file named by `AGENTMESH_AGENT_PRIVATE_KEY`, the seed's security
+//! and `metrics` 9091, the operator's own `AGENTMESH_*` settings as values, the seed's security
 //! context, resources and probes, and the `agentmesh-health` emptyDir at `/var/run/agentmesh`
 //! plus an emptyDir at `/tmp`.
 //!
-//! **The key file.** The Secret `<identity>-agentmesh-key` is a volume (`agentmesh-key`, item
-//! `private-key`, mode 0400) mounted read-only into the sidecar only, at
-//! `/var/run/secrets/agentmesh`; the agent containers do not mount it, so they cannot read it.
-//! The kubelet writes Secret files owned by root; with a pod `fsGroup` it changes their group
-//! to the fsGroup and adds group read (0400 becomes 0440), and gives every container of the
-//! pod the fsGroup as a supplementary group. The sidecar runs as uid 1000, not root, so it
-//! reads the file through that group: a pod without `fsGroup` gets `fsGroup: 1000` (with
-//! `fsGroupChangePolicy: OnRootMismatch`, so large volumes are not re-chowned at every
-//! start); a pod with its own `fsGroup` keeps it. The file is never world-readable.
+//! **The key.** A key the operator made for the identity is not in the pod at all: it lives in
+//! a Secret of the operator's own namespace (the operator has no right to Secrets anywhere
+//! else), and the sidecar fetches it at start from the trust API (`GET /v1/sidecar/key`, over
+//! TLS, with its pod-bound token), which hands it only to a pod the operator has bound to that
+//! identity.
+//!
+//! **A key of the identity's own** (`spec.publicKey`): its owner may put the private key in the
+//! Secret `<identity>-agentmesh-key` of the pod's namespace. It is a volume (`agentmesh-key`,
+//! optional, item `private-key`, mode 0400) mounted read-only into the sidecar only, at
+//! `/var/run/secrets/agentmesh`, named by `AGENTMESH_AGENT_PRIVATE_KEY`; the agent containers
+//! do not mount it. The kubelet writes Secret files owned by root; with a pod `fsGroup` it
+//! changes their group to the fsGroup and adds group read (0400 becomes 0440), and gives every
+//! container of the pod the fsGroup as a supplementary group. The sidecar runs as uid 1000,
+//! not root, so it reads the file through that group: such a pod without `fsGroup` gets
+//! `fsGroup: 1000` (with `fsGroupChangePolicy: OnRootMismatch`, so large volumes are not
+//! re-chowned at every start); a pod with its own `fsGroup` keeps it. The file is never
+//! world-readable.
 
 use agentmesh_api::names::{NEVER_INJECTED_NAMESPACES, annotations, labels, objects};
 use k8s_openapi::api::core::v1::Pod;
@@ -27,7 +34,7 @@ pub const HEALTH_VOLUME: &str = "agentmesh-health";
 /// it is prefixed here because agent pods often have a volume called `tmp` of their own, and two
 /// volumes of one name make the pod invalid.
 pub const TMP_VOLUME: &str = "agentmesh-tmp";
-/// The identity's key Secret, mounted into the sidecar only.
+/// The Secret of an identity's own key, mounted into the sidecar only.
 pub const KEY_VOLUME: &str = "agentmesh-key";
 /// The sidecar's trust-API token: a projected ServiceAccount token of the trust API's audience,
 /// mounted into the sidecar only (the agent's containers keep what they had).
@@ -49,8 +56,9 @@ pub const KEY_FILE_MODE: i32 = 0o400;
 pub const SIDECAR_UID: i64 = 1000;
 /// Version of the layout recorded in the `agentmesh.io/sidecar-status` annotation (2: the key
 /// is a file, no longer an environment variable; 3: the trust-API token volume; 4: no API
-/// token in the sidecar; 5: the trust API over TLS, its CA in the sidecar's environment).
-pub const STATUS_VERSION: u32 = 5;
+/// token in the sidecar; 5: the trust API over TLS, its CA in the sidecar's environment; 6: a
+/// key the operator made comes from the trust API, no longer a Secret of the pod's namespace).
+pub const STATUS_VERSION: u32 = 6;
 /// Environment variables set in the sidecar besides the seed's (for the sidecar, a later issue).
 pub const ENV_IDENTITY: &str = "AGENTMESH_IDENTITY";
 pub const ENV_TRUST_API_URL: &str = "AGENTMESH_TRUST_API_URL";
@@ -199,11 +207,12 @@ impl Skip {
 /// Where the sidecar's private key comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Key {
-    /// The operator manages the key pair: its Secret (`<identity>-agentmesh-key`) must exist
-    /// before the sidecar starts (the kubelet waits for it).
+    /// The operator manages the key pair (in a Secret of its own namespace): the sidecar
+    /// fetches it from the trust API at start, retrying until the identity has it.
     Managed,
     /// The AgentIdentity brings its own `spec.publicKey`: the operator creates no Secret. The
-    /// user may provide the private key in a Secret of the same name; it is optional.
+    /// user may provide the private key in the Secret `<identity>-agentmesh-key` of the pod's
+    /// namespace; it is optional.
     UserSupplied,
 }
 

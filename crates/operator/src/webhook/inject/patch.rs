@@ -51,6 +51,7 @@ fn agent_containers(spec: &PodSpec) -> Vec<&str> {
 pub fn sidecar_container(
     settings: &Settings,
     identity: &str,
+    key: &Key,
     inbound_port: Option<u16>,
     trust_api_ca: Option<&str>,
 ) -> Value {
@@ -64,7 +65,6 @@ pub fn sidecar_container(
             {"name": "metrics", "containerPort": ports::SIDECAR_METRICS, "protocol": "TCP"},
         ],
         "env": [
-            {"name": env::AGENT_PRIVATE_KEY, "value": KEY_PATH},
             {"name": ENV_IDENTITY, "value": identity},
             {"name": ENV_TRUST_API_URL, "value": settings.trust_api_url},
             {"name": ENV_TOKEN_FILE, "value": paths::TRUST_API_TOKEN_FILE},
@@ -99,13 +99,28 @@ pub fn sidecar_container(
         "volumeMounts": [
             {"name": HEALTH_VOLUME, "mountPath": paths::SIDECAR_HEALTH_DIR},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
-            {"name": KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": true},
             {"name": TOKEN_VOLUME, "mountPath": paths::TRUST_API_TOKEN_DIR, "readOnly": true},
             {"name": NO_API_TOKEN_VOLUME, "mountPath": API_TOKEN_DIR, "readOnly": true},
         ],
     });
     if settings.native_sidecar {
         container["restartPolicy"] = "Always".into();
+    }
+    // A key of the identity's own: the file its owner may put in the pod's namespace. A key
+    // the operator made is fetched from the trust API at start, and is never in the pod spec.
+    if *key == Key::UserSupplied {
+        if let Some(env) = container["env"].as_array_mut() {
+            env.insert(
+                0,
+                json!({"name": env::AGENT_PRIVATE_KEY, "value": KEY_PATH}),
+            );
+        }
+        if let Some(mounts) = container["volumeMounts"].as_array_mut() {
+            mounts.insert(
+                2,
+                json!({"name": KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": true}),
+            );
+        }
     }
     if let Some(env) = container["env"].as_array_mut() {
         env.extend(
@@ -124,18 +139,18 @@ pub fn sidecar_container(
     container
 }
 
-/// The key Secret's volume. With [`Key::Managed`] the kubelet waits for the Secret the
-/// AgentIdentity reconciler makes; with [`Key::UserSupplied`] it is optional.
-pub fn key_volume(identity: &str, key: &Key) -> Value {
-    let mut secret = json!({
-        "secretName": objects::key_secret_name(identity),
-        "items": [{"key": objects::PRIVATE_KEY_KEY, "path": objects::PRIVATE_KEY_KEY, "mode": KEY_FILE_MODE}],
-        "defaultMode": KEY_FILE_MODE,
-    });
-    if *key == Key::UserSupplied {
-        secret["optional"] = true.into();
-    }
-    json!({"name": KEY_VOLUME, "secret": secret})
+/// The volume of the Secret (in the pod's namespace, made by the identity's owner, optional)
+/// holding the private key of an identity that brings its own key; none for a key the
+/// operator made (the sidecar fetches that one from the trust API).
+pub fn key_volume(identity: &str, key: &Key) -> Option<Value> {
+    (*key == Key::UserSupplied).then(|| {
+        json!({"name": KEY_VOLUME, "secret": {
+            "secretName": objects::own_key_secret_name(identity),
+            "items": [{"key": objects::PRIVATE_KEY_KEY, "path": objects::PRIVATE_KEY_KEY, "mode": KEY_FILE_MODE}],
+            "defaultMode": KEY_FILE_MODE,
+            "optional": true,
+        }})
+    })
 }
 
 /// The sidecar's trust-API token ([`TOKEN_VOLUME`]): the kubelet requests it for the pod's
@@ -148,32 +163,41 @@ pub fn token_volume() -> Value {
     }}]}})
 }
 
-/// The pod's `fsGroup`, and whether the injector adds it (the pod has none).
-fn fs_group(spec: &PodSpec) -> (i64, bool) {
+/// The pod's `fsGroup`, and whether the injector adds it: only when a key file is mounted
+/// (the identity brings its own key) and the pod has none.
+fn fs_group(spec: &PodSpec, key: &Key) -> (Option<i64>, bool) {
     match spec.security_context.as_ref().and_then(|sc| sc.fs_group) {
-        Some(group) => (group, false),
-        None => (SIDECAR_UID, true),
+        Some(group) => (Some(group), false),
+        None if *key == Key::UserSupplied => (Some(SIDECAR_UID), true),
+        None => (None, false),
     }
 }
 
 /// The value of the `agentmesh.io/sidecar-status` annotation: what was injected.
 pub fn status_annotation(settings: &Settings, identity: &str, key: &Key, spec: &PodSpec) -> String {
-    let (fs_group, fs_group_added) = fs_group(spec);
-    json!({
+    let (fs_group, fs_group_added) = fs_group(spec, key);
+    let volumes: Vec<&str> = [HEALTH_VOLUME, TMP_VOLUME]
+        .into_iter()
+        .chain((*key == Key::UserSupplied).then_some(KEY_VOLUME))
+        .chain([TOKEN_VOLUME, NO_API_TOKEN_VOLUME])
+        .collect();
+    let mut status = json!({
         "version": STATUS_VERSION,
         "container": objects::SIDECAR_CONTAINER,
         "mode": if settings.native_sidecar { "native-sidecar" } else { "container" },
         "image": settings.image,
         "identity": identity,
-        "keySecret": objects::key_secret_name(identity),
         "keySource": match key { Key::Managed => "operator", Key::UserSupplied => "user" },
-        "volumes": [HEALTH_VOLUME, TMP_VOLUME, KEY_VOLUME, TOKEN_VOLUME, NO_API_TOKEN_VOLUME],
-        "keyPath": KEY_PATH,
+        "volumes": volumes,
         "fsGroup": fs_group,
         "fsGroupAdded": fs_group_added,
         "proxyEnv": agent_containers(spec),
-    })
-    .to_string()
+    });
+    if *key == Key::UserSupplied {
+        status["keySecret"] = objects::own_key_secret_name(identity).into();
+        status["keyPath"] = KEY_PATH.into();
+    }
+    status.to_string()
 }
 
 /// The JSON patch that injects the sidecar into `pod` as `identity`. The caller has checked
@@ -230,16 +254,20 @@ pub fn patch(
     }
 
     // Volumes.
-    let volumes = [
+    let volumes: Vec<Value> = [
         json!({"name": HEALTH_VOLUME, "emptyDir": {}}),
         json!({"name": TMP_VOLUME, "emptyDir": {}}),
-        key_volume(identity, key),
+    ]
+    .into_iter()
+    .chain(key_volume(identity, key))
+    .chain([
         token_volume(),
         // No sizeLimit: nothing can write to it (mounted read-only, in the sidecar only), and
         // the kubelet counts an empty directory as 4 KiB, so a limit of 1 KiB had it evict
         // every injected pod at its next storage check.
         json!({"name": NO_API_TOKEN_VOLUME, "emptyDir": {}}),
-    ];
+    ])
+    .collect();
     match spec.volumes {
         None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),
         Some(_) => ops.extend(
@@ -253,7 +281,7 @@ pub fn patch(
     // init containers and for the whole life of the pod), else last of the containers (so that
     // `kubectl logs` and `kubectl exec` still default to the agent).
     // The fsGroup through which the sidecar (uid 1000) reads the root-owned key file.
-    if fs_group(spec).1 {
+    if fs_group(spec, key).1 {
         match spec.security_context.as_ref() {
             None => ops.push(
                 json!({"op": "add", "path": "/spec/securityContext", "value": {
@@ -273,6 +301,7 @@ pub fn patch(
     let sidecar = sidecar_container(
         settings,
         identity,
+        key,
         inbound_port(pod).ok().flatten(),
         trust_api_ca,
     );

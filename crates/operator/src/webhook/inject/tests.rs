@@ -24,7 +24,13 @@ fn the_inbound_port_annotation_is_a_port_or_an_error_naming_it() {
             "{error}"
         );
     }
-    let container = sidecar_container(&Settings::seed("agentmesh", true), "a", Some(3000), None);
+    let container = sidecar_container(
+        &Settings::seed("agentmesh", true),
+        "a",
+        &Key::Managed,
+        Some(3000),
+        None,
+    );
     assert!(
         container["env"]
             .as_array()
@@ -54,7 +60,7 @@ fn the_sidecar_is_configured_by_the_operators_settings_not_the_pods_namespace() 
             ("AGENTMESH_POLICY".to_string(), "strict".to_string()),
         ]
     );
-    let container = sidecar_container(&settings, "a", None, Some("PEM"));
+    let container = sidecar_container(&settings, "a", &Key::Managed, None, Some("PEM"));
     assert!(container["envFrom"].is_null(), "{container}");
     // The trust API's CA is a value too: what the operator's certificate Secret holds.
     assert!(
@@ -65,14 +71,26 @@ fn the_sidecar_is_configured_by_the_operators_settings_not_the_pods_namespace() 
     );
     let env = container["env"].as_array().unwrap();
     assert!(env.contains(&json!({"name": "AGENTMESH_POLICY", "value": "strict"})));
-    let key: Vec<&Value> = env
-        .iter()
-        .filter(|e| e["name"] == "AGENTMESH_AGENT_PRIVATE_KEY")
-        .collect();
+    let key = |container: &Value| -> Vec<Value> {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "AGENTMESH_AGENT_PRIVATE_KEY")
+            .cloned()
+            .collect()
+    };
+    // A key the operator made is fetched from the trust API: never in the pod spec.
+    assert_eq!(key(&container), Vec::<Value>::new());
+    let mounts = container["volumeMounts"].to_string();
+    assert!(!mounts.contains(KEY_VOLUME), "{mounts}");
+    // A key of the identity's own: the file of its owner's Secret.
+    let own = sidecar_container(&settings, "a", &Key::UserSupplied, None, Some("PEM"));
     assert_eq!(
-        key,
-        [&json!({"name": "AGENTMESH_AGENT_PRIVATE_KEY", "value": KEY_PATH})]
+        key(&own),
+        [json!({"name": "AGENTMESH_AGENT_PRIVATE_KEY", "value": KEY_PATH})]
     );
+    assert!(own["volumeMounts"].to_string().contains(KEY_VOLUME));
 }
 
 fn pod(value: Value) -> Pod {
