@@ -113,7 +113,8 @@ struct Sidecar {
 
 impl Sidecar {
     /// The sidecar of pod `pod` of identity `identity`, as the webhook would configure it, as a
-    /// host process: the pod's bound token in a file, the key from the identity's Secret.
+    /// host process: the pod's bound token in a file, and no key (it fetches the identity's
+    /// from the trust API with that token).
     fn start(
         ns: &str,
         identity: &str,
@@ -138,8 +139,6 @@ impl Sidecar {
         let token = cluster().token(ns, identity, Some((pod, &pod_uid(ns, pod))));
         let token_file = dir.join(format!("{pod}.token"));
         std::fs::write(&token_file, token).unwrap();
-        let key_file = dir.join(format!("{pod}.key"));
-        std::fs::write(&key_file, private_key_pem(ns, identity)).unwrap();
         let metrics_port = free_port();
         let log = dir.join(format!("{pod}.log"));
         let mut command = Command::new(sidecar_binary());
@@ -156,7 +155,6 @@ impl Sidecar {
                 dir.join(format!("{pod}.healthy")),
             )
             .env("AGENTMESH_SIDECAR_TOKEN_FILE", &token_file)
-            .env("AGENTMESH_AGENT_PRIVATE_KEY", &key_file)
             .env("AGENTMESH_IDENTITY", identity)
             .env("POD_NAMESPACE", ns)
             .env("POD_NAME", pod)
@@ -187,12 +185,13 @@ impl Sidecar {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let health = sidecar.health();
-            if health["policySource"].get("operator").is_some() {
+            // ... and for the key it fetched from the trust API (healthy only with one).
+            if health["policySource"].get("operator").is_some() && health["status"] == "healthy" {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{pod}'s sidecar never got the operator's policy: {health}\n{}",
+                "{pod}'s sidecar never got the operator's policy and its key: {health}\n{}",
                 std::fs::read_to_string(&sidecar.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));

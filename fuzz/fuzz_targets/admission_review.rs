@@ -39,7 +39,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let identity = inject::identity_of(pod);
-    let ops = inject::patch(pod, spec, &settings, &identity, &inject::Key::Managed, None);
+    // Both key sources: the operator's (fetched by the sidecar) and the identity's own (a
+    // Secret volume, an fsGroup when the pod has none).
+    let key = if data.len() % 3 == 0 {
+        inject::Key::UserSupplied
+    } else {
+        inject::Key::Managed
+    };
+    let ops = inject::patch(pod, spec, &settings, &identity, &key, None);
     let body = review::encode(&request.uid, &review::Answer::Patch(ops.clone()));
     let (allowed, decoded_ops) = review::decode_response(&body).expect("our own answer reads");
     assert!(allowed);
