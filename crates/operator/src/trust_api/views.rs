@@ -4,8 +4,13 @@
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
+use std::sync::Arc;
+
+use agentmesh_api::identity::AgentIdentity;
+
 use super::auth::Refusal;
 use crate::engine::Engine;
+use crate::index::PodInfo;
 use crate::runtime::http::{self, Body};
 
 use super::{LONG_POLL, Server, query};
@@ -42,22 +47,7 @@ impl Server {
 
     pub(super) async fn sidecar_config(&self, request: Request<Incoming>) -> Response<Body> {
         let result = async {
-            let caller = self.caller(&request).await?;
-            let engine = self.engine()?;
-            let uid = caller.pod_uid.clone().ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "a pod-bound ServiceAccount token is required",
-                )
-            })?;
-            let (identity, pod) = engine.identity_of_pod(&uid).ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_pod",
-                    "the calling pod has no AgentIdentity",
-                )
-            })?;
+            let (engine, identity, pod) = self.calling_pod(&request).await?;
             let k = crate::engine::key(
                 &pod.namespace,
                 &kube::ResourceExt::name_any(identity.as_ref()),
@@ -91,6 +81,44 @@ impl Server {
 }
 
 impl Server {
+    /// The pod of the request's token (a projected, pod-bound one of the pod's own
+    /// ServiceAccount) and the AgentIdentity the operator binds it to, from the leader's
+    /// engine.
+    async fn calling_pod(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<(Arc<Engine>, Arc<AgentIdentity>, PodInfo), Refusal> {
+        let caller = self.caller(request).await?;
+        let engine = self.engine()?;
+        let uid = caller.pod_uid.clone().ok_or_else(|| {
+            Refusal::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a pod-bound ServiceAccount token is required",
+            )
+        })?;
+        let (identity, pod) = engine.identity_of_pod(&uid).ok_or_else(|| {
+            Refusal::new(
+                StatusCode::NOT_FOUND,
+                "unknown_pod",
+                "the calling pod has no AgentIdentity (yet); retry",
+            )
+        })?;
+        // The token's account is the pod's (the API server issued it for that pod).
+        let account = format!(
+            "system:serviceaccount:{}:{}",
+            pod.namespace, pod.service_account
+        );
+        if caller.username != account {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the token is not of the pod's ServiceAccount",
+            ));
+        }
+        Ok((engine, identity, pod))
+    }
+
     /// `GET /v1/sidecar/key`: the private key the operator made for the identity the calling
     /// pod is bound to (by the same rule as everything else: the pod's ServiceAccount and
     /// selector, [`crate::index::PodInfo::is_of`]). The caller is the pod of its projected,
@@ -100,34 +128,7 @@ impl Server {
         use k8s_openapi::api::core::v1::Secret;
         use kube::ResourceExt;
         let result = async {
-            let caller = self.caller(&request).await?;
-            let engine = self.engine()?;
-            let uid = caller.pod_uid.clone().ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "a pod-bound ServiceAccount token is required",
-                )
-            })?;
-            let (identity, pod) = engine.identity_of_pod(&uid).ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_pod",
-                    "the calling pod has no AgentIdentity (yet); retry",
-                )
-            })?;
-            // The token's account is the pod's (the API server issued it for that pod).
-            let account = format!(
-                "system:serviceaccount:{}:{}",
-                pod.namespace, pod.service_account
-            );
-            if caller.username != account {
-                return Err(Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "the token is not of the pod's ServiceAccount",
-                ));
-            }
+            let (_, identity, pod) = self.calling_pod(&request).await?;
             let reference = format!("{}/{}", pod.namespace, identity.name_any());
             if identity.spec.public_key.is_some() {
                 return Err(Refusal::new(
