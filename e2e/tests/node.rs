@@ -269,6 +269,13 @@ fn the_operator_sidecar_and_probe_run_as_pods_on_the_real_node() {
             .map(str::to_owned)
     });
     let log = cluster.kubectl_ok(&["logs", "-n", ns, "agent", "-c", "agentmesh-sidecar"]);
+    // How the fetch went (each refusal the sidecar met before it had the key).
+    for line in log
+        .lines()
+        .filter(|l| l.contains("waiting for the identity's key"))
+    {
+        eprintln!("node: sidecar: {line}");
+    }
     assert!(
         log.lines()
             .any(|l| l.contains("key loaded") && l.contains(&did)),

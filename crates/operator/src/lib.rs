@@ -77,20 +77,23 @@ pub async fn run() -> anyhow::Result<()> {
     // Every replica loads the serving certificate (the webhook's, and the trust API's TLS);
     // only the leader writes it.
     webhook::start_certificates(&ctx);
+    // Every replica keeps the AgentIdentities (the webhook and the trust API's key hand-out
+    // read them).
+    let identities = index::Indexes::identities(
+        &client,
+        config.args.watch_namespace.as_deref(),
+        metrics.clone(),
+    );
     let engine_slot = Arc::new(OnceLock::new());
     servers.spawn(trust_api::serve(
         trust_listener,
         webhook::server::acceptor(ctx.certs.clone(), None)?,
         ctx.clone(),
         engine_slot.clone(),
+        identities.store.clone(),
     ));
     tokio::spawn(storage::run(ctx.storage.clone(), metrics.clone()));
     // Every replica serves the webhook; only the leader writes its certificate and configuration.
-    let identities = index::Indexes::identities(
-        &client,
-        config.args.watch_namespace.as_deref(),
-        metrics.clone(),
-    );
     if config.args.webhook_enabled {
         webhook::start(ctx.clone(), identities.store.clone(), &mut servers).await?;
     } else {

@@ -133,10 +133,11 @@ impl TrustApi {
 }
 
 /// The key of `identity` (`namespace/name`) from the trust API, asked again (backing off up
-/// to 10 s) until the operator has it: a new identity's key is made within a second or two of
-/// its pod. An answer for another identity, or whose key is not its DID's, stops start-up.
+/// to 2 s: the sidecar is not healthy until it has it) until the operator has it: a new
+/// identity's key is made within a second or two of its pod. An answer for another identity,
+/// or whose key is not its DID's, stops start-up.
 pub async fn fetch_key(api: &TrustApi, identity: Option<&str>) -> anyhow::Result<SigningKey> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Duration::from_millis(100);
     loop {
         match api.key().await {
             Ok(answer) => {
@@ -158,7 +159,7 @@ pub async fn fetch_key(api: &TrustApi, identity: Option<&str>) -> anyhow::Result
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "waiting for the identity's key from the trust API");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }

@@ -255,13 +255,8 @@ impl Engine {
     /// The identity of the pod with this UID, and the pod.
     pub fn identity_of_pod(&self, uid: &str) -> Option<(Arc<AgentIdentity>, PodInfo)> {
         let pod = self.pods.get(uid)?;
-        let identities = self.identities.state();
-        let mut candidates: Vec<&Arc<AgentIdentity>> =
-            identities.iter().filter(|i| pod.is_of(i)).collect();
-        candidates.sort_by_key(|i| i.name_any());
-        candidates
-            .first()
-            .map(|identity| ((*identity).clone(), pod.clone()))
+        let identity = pod.bound_identity(&self.identities.state())?;
+        Some((identity, pod))
     }
 
     /// The AgentIdentity `namespace/name` from the store.

@@ -30,6 +30,7 @@ use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
 
+pub(crate) use pods::info as pod_info;
 pub use pods::{PodIndex, PodInfo};
 
 /// Changes kept for a slow reader of a shared watch before it lags (and is given every

@@ -39,6 +39,19 @@ impl PodInfo {
             }
     }
 
+    /// The AgentIdentity among `identities` this pod is bound to ([`Self::is_of`]; the first by
+    /// name when several are).
+    pub fn bound_identity<'a>(
+        &self,
+        identities: impl IntoIterator<Item = &'a Arc<agentmesh_api::identity::AgentIdentity>>,
+    ) -> Option<Arc<agentmesh_api::identity::AgentIdentity>> {
+        identities
+            .into_iter()
+            .filter(|identity| self.is_of(identity))
+            .min_by_key(|identity| identity.metadata.name.clone())
+            .cloned()
+    }
+
     /// The identity the pod names: its non-empty `agentmesh.io/identity` label, else its
     /// ServiceAccount's name.
     pub fn claimed_identity(&self) -> &str {
@@ -161,7 +174,8 @@ impl PodIndex {
     }
 }
 
-fn info(pod: &Pod) -> Option<(String, PodInfo)> {
+/// What the index keeps of `pod`, by its UID.
+pub(crate) fn info(pod: &Pod) -> Option<(String, PodInfo)> {
     Some((
         pod.uid()?,
         PodInfo {

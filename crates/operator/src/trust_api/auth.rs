@@ -21,6 +21,8 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_MAX: usize = 4096;
 /// `user.extra` key of the pod a bound ServiceAccount token was issued for.
 const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+/// `user.extra` key of that pod's name.
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 /// What an unauthenticated caller is told: nothing of why (the API server's reasons stay in
 /// the operator's log).
 const NOT_ACCEPTED: &str = "the bearer token was not accepted";
@@ -37,6 +39,16 @@ pub struct Caller {
     /// The node of that pod, written into the token by the API server when it issued it.
     pub node: Option<String>,
     extra: BTreeMap<String, Vec<String>>,
+}
+
+impl Caller {
+    /// The name of the pod the token is bound to, for a pod's projected token.
+    pub fn pod_name(&self) -> Option<&str> {
+        self.extra
+            .get(POD_NAME_EXTRA)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
 }
 
 /// Why a request is refused: the HTTP status and the metric reason.

@@ -40,6 +40,8 @@ struct Server {
     ctx: Arc<Context>,
     /// The trust engine, once this replica leads.
     engine: Arc<OnceLock<Arc<Engine>>>,
+    /// Every AgentIdentity, on every replica: which identity a pod is bound to.
+    identities: kube::runtime::reflector::Store<agentmesh_api::identity::AgentIdentity>,
     auth: Authenticator,
     forwarder: Forwarder,
 }
@@ -50,10 +52,12 @@ pub async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     ctx: Arc<Context>,
     engine: Arc<OnceLock<Arc<Engine>>>,
+    identities: kube::runtime::reflector::Store<agentmesh_api::identity::AgentIdentity>,
 ) {
     let server = Arc::new(Server {
         ctx,
         engine,
+        identities,
         auth: Authenticator::default(),
         forwarder: Forwarder::default(),
     });
@@ -76,7 +80,6 @@ impl Server {
             wire::REPORTS_PATH,
             wire::ENFORCEMENT_PATH,
             wire::SIDECAR_CONFIG_PATH,
-            wire::SIDECAR_KEY_PATH,
         ]
         .contains(&path.as_str());
         let over_tls = request

@@ -104,19 +104,63 @@ impl Server {
                 "the calling pod has no AgentIdentity (yet); retry",
             )
         })?;
-        // The token's account is the pod's (the API server issued it for that pod).
-        let account = format!(
-            "system:serviceaccount:{}:{}",
-            pod.namespace, pod.service_account
-        );
-        if caller.username != account {
-            return Err(Refusal::new(
+        own_account(&caller, &pod)?;
+        Ok((engine, identity, pod))
+    }
+
+    /// The pod of the request's token, read from the API (so that any replica answers, also
+    /// while the leader changes hands), and the AgentIdentity it is bound to, from this
+    /// replica's index: the same rule as [`Self::calling_pod`].
+    async fn bound_pod(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<(Arc<AgentIdentity>, PodInfo), Refusal> {
+        use k8s_openapi::api::core::v1::Pod;
+        let caller = self.caller(request).await?;
+        let not_bound = || {
+            Refusal::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "the token is not of the pod's ServiceAccount",
-            ));
-        }
-        Ok((engine, identity, pod))
+                "a pod-bound ServiceAccount token is required",
+            )
+        };
+        let uid = caller.pod_uid.clone().ok_or_else(not_bound)?;
+        let name = caller.pod_name().ok_or_else(not_bound)?;
+        let namespace = caller
+            .username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(namespace, _)| namespace)
+            .ok_or_else(not_bound)?;
+        let unknown = || {
+            Refusal::new(
+                StatusCode::NOT_FOUND,
+                "unknown_pod",
+                "the calling pod has no AgentIdentity (yet); retry",
+            )
+        };
+        let pods: kube::Api<Pod> = kube::Api::namespaced(self.ctx.client.clone(), namespace);
+        let pod = pods
+            .get_opt(name)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, namespace, name, "cannot read a calling pod");
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "retry")
+            })?
+            .as_ref()
+            .and_then(crate::index::pod_info)
+            // The pod of that name now, not one deleted and made again.
+            .filter(|(current, _)| *current == uid)
+            .map(|(_, pod)| pod)
+            .ok_or_else(unknown)?;
+        own_account(&caller, &pod)?;
+        let identity = pod
+            .bound_identity(&crate::index::Indexes::in_namespace(
+                &self.identities,
+                &pod.namespace,
+            ))
+            .ok_or_else(unknown)?;
+        Ok((identity, pod))
     }
 
     /// `GET /v1/sidecar/key`: the private key the operator made for the identity the calling
@@ -128,7 +172,7 @@ impl Server {
         use k8s_openapi::api::core::v1::Secret;
         use kube::ResourceExt;
         let result = async {
-            let (_, identity, pod) = self.calling_pod(&request).await?;
+            let (identity, pod) = self.bound_pod(&request).await?;
             let reference = format!("{}/{}", pod.namespace, identity.name_any());
             if identity.spec.public_key.is_some() {
                 return Err(Refusal::new(
@@ -182,6 +226,23 @@ impl Server {
         }
         .await;
         result.unwrap_or_else(|refusal| self.refuse(refusal))
+    }
+}
+
+/// The token's account must be the pod's (the API server issued it for that pod).
+fn own_account(caller: &super::auth::Caller, pod: &PodInfo) -> Result<(), Refusal> {
+    let account = format!(
+        "system:serviceaccount:{}:{}",
+        pod.namespace, pod.service_account
+    );
+    if caller.username == account {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token is not of the pod's ServiceAccount",
+        ))
     }
 }
 
