@@ -82,27 +82,26 @@ impl TrustApi {
             wire::SIDECAR_CONFIG_PATH,
             wire::encode_query(&[("since", since)])
         );
-        let (status, body) = self
-            .send(
-                Request::builder().method(Method::GET).uri(url),
-                Bytes::new(),
-                Duration::from_secs(40),
-            )
-            .await?;
-        if status != StatusCode::OK {
-            anyhow::bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
-        }
-        Ok(serde_json::from_slice(&body)?)
+        self.get_json(url, Duration::from_secs(40)).await
     }
 
     /// The private key the operator made for this pod's identity (`GET /v1/sidecar/key`).
     pub async fn key(&self) -> anyhow::Result<wire::SidecarKey> {
         let url = format!("{}{}", self.base, wire::SIDECAR_KEY_PATH);
+        self.get_json(url, Duration::from_secs(10)).await
+    }
+
+    /// `GET url`: its JSON answer when 200, else the status and body as the error.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: String,
+        timeout: Duration,
+    ) -> anyhow::Result<T> {
         let (status, body) = self
             .send(
                 Request::builder().method(Method::GET).uri(url),
                 Bytes::new(),
-                Duration::from_secs(10),
+                timeout,
             )
             .await?;
         if status != StatusCode::OK {

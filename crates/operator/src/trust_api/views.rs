@@ -90,20 +90,8 @@ impl Server {
     ) -> Result<(Arc<Engine>, Arc<AgentIdentity>, PodInfo), Refusal> {
         let caller = self.caller(request).await?;
         let engine = self.engine()?;
-        let uid = caller.pod_uid.clone().ok_or_else(|| {
-            Refusal::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "a pod-bound ServiceAccount token is required",
-            )
-        })?;
-        let (identity, pod) = engine.identity_of_pod(&uid).ok_or_else(|| {
-            Refusal::new(
-                StatusCode::NOT_FOUND,
-                "unknown_pod",
-                "the calling pod has no AgentIdentity (yet); retry",
-            )
-        })?;
+        let uid = caller.pod_uid.clone().ok_or_else(not_pod_bound)?;
+        let (identity, pod) = engine.identity_of_pod(&uid).ok_or_else(unknown_pod)?;
         own_account(&caller, &pod)?;
         Ok((engine, identity, pod))
     }
@@ -117,28 +105,14 @@ impl Server {
     ) -> Result<(Arc<AgentIdentity>, PodInfo), Refusal> {
         use k8s_openapi::api::core::v1::Pod;
         let caller = self.caller(request).await?;
-        let not_bound = || {
-            Refusal::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "a pod-bound ServiceAccount token is required",
-            )
-        };
-        let uid = caller.pod_uid.clone().ok_or_else(not_bound)?;
-        let name = caller.pod_name().ok_or_else(not_bound)?;
+        let uid = caller.pod_uid.clone().ok_or_else(not_pod_bound)?;
+        let name = caller.pod_name().ok_or_else(not_pod_bound)?;
         let namespace = caller
             .username
             .strip_prefix("system:serviceaccount:")
             .and_then(|rest| rest.split_once(':'))
             .map(|(namespace, _)| namespace)
-            .ok_or_else(not_bound)?;
-        let unknown = || {
-            Refusal::new(
-                StatusCode::NOT_FOUND,
-                "unknown_pod",
-                "the calling pod has no AgentIdentity (yet); retry",
-            )
-        };
+            .ok_or_else(not_pod_bound)?;
         let pods: kube::Api<Pod> = kube::Api::namespaced(self.ctx.client.clone(), namespace);
         let pod = pods
             .get_opt(name)
@@ -152,14 +126,14 @@ impl Server {
             // The pod of that name now, not one deleted and made again.
             .filter(|(current, _)| *current == uid)
             .map(|(_, pod)| pod)
-            .ok_or_else(unknown)?;
+            .ok_or_else(unknown_pod)?;
         own_account(&caller, &pod)?;
         let identity = pod
             .bound_identity(&crate::index::Indexes::in_namespace(
                 &self.identities,
                 &pod.namespace,
             ))
-            .ok_or_else(unknown)?;
+            .ok_or_else(unknown_pod)?;
         Ok((identity, pod))
     }
 
@@ -227,6 +201,24 @@ impl Server {
         .await;
         result.unwrap_or_else(|refusal| self.refuse(refusal))
     }
+}
+
+/// The caller's token is bound to no pod.
+fn not_pod_bound() -> Refusal {
+    Refusal::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "a pod-bound ServiceAccount token is required",
+    )
+}
+
+/// The caller's pod is not known, or bound to no AgentIdentity.
+fn unknown_pod() -> Refusal {
+    Refusal::new(
+        StatusCode::NOT_FOUND,
+        "unknown_pod",
+        "the calling pod has no AgentIdentity (yet); retry",
+    )
 }
 
 /// The token's account must be the pod's (the API server issued it for that pod).
