@@ -11,8 +11,9 @@ mkdir -p "$AGENTMESH_CACHE"
 # bpf/*.bpf.c (libbpf-cargo), libelf/zlib/pkg-config build the vendored libbpf (libbpf-sys).
 # The local cluster's node (e2e/cluster/node.sh): runc (cgo + libseccomp, so not built from Go
 # modules like the rest), iptables and conntrack for kube-proxy, a static busybox for the test
-# pods' image, gcc to build the sandbox image's program statically.
-APT_PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make runc iptables conntrack busybox-static gcc libc6-dev)
+# pods' image, gcc to build the sandbox image's program statically. The audit stores' servers
+# (Redis, PostgreSQL): the tests start their own on loopback, never the packages' services.
+APT_PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make runc iptables conntrack busybox-static gcc libc6-dev redis-server postgresql)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -90,7 +90,7 @@ impl Standing {
                 at: now,
                 identity: identity.to_owned(),
                 subject: truncate(subject, MAX_TEXT),
-                effect,
+                decision: crate::audit::AuditDecision::from(effect),
                 rule: truncate(rule, MAX_TEXT),
                 score: standing.trust.score(),
                 policy_version: policy.version().to_owned(),

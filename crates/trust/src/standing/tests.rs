@@ -301,7 +301,7 @@ fn an_unknown_effect_counts_as_a_deny_and_the_audit_says_so() {
     );
     assert_eq!(applied.violations.len(), 1);
     let record = &applied.audit[0];
-    assert_eq!(record.effect, Effect::Deny);
+    assert_eq!(record.decision, crate::audit::AuditDecision::Deny);
     assert_eq!(record.subject, "tool:search");
     assert_eq!(record.identity, "ns/a");
     assert_eq!(record.policy_version, p.version());
