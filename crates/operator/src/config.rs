@@ -74,6 +74,11 @@ pub struct Args {
     #[arg(long, env = "MESHLOGIC_KEY_SWEEP_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub key_sweep_seconds: u64,
 
+    /// Audit records held while the audit store is down or slow; beyond it new records are
+    /// dropped and counted (`meshlogic_operator_audit_dropped_total`).
+    #[arg(long, env = "MESHLOGIC_AUDIT_BUFFER", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub audit_buffer: u64,
+
     /// Create an AgentIdentity for an injected pod that names none that exists.
     #[arg(long, env = "MESHLOGIC_AUTO_CREATE_IDENTITIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_create_identities: bool,

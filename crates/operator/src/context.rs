@@ -16,8 +16,8 @@ pub struct Context {
     /// The serving certificate of the webhook and of the trust API's TLS side, and the CA
     /// bundle their clients trust (kept current by [`crate::webhook::certs::Manager`]).
     pub certs: Arc<crate::webhook::server::CertStore>,
-    /// The audit store's connection, as last checked.
-    pub storage: Arc<crate::storage::Health>,
+    /// The audit log's writer, its store and the store's state.
+    pub storage: Arc<crate::storage::Audit>,
     pub events: crate::events::Events,
     /// The reconcilers' last status writes ([`crate::controllers::apply_status`]).
     pub status_writes: crate::controllers::StatusWrites,
@@ -32,9 +32,7 @@ impl Context {
         leading: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            storage: Arc::new(crate::storage::Health::new(crate::storage::Remote::of(
-                &config,
-            ))),
+            storage: Arc::new(crate::storage::Audit::new(&config, metrics.clone())),
             events: crate::events::Events::new(client.clone(), config.args.holder_identity()),
             client,
             config,

@@ -92,7 +92,7 @@ pub async fn run() -> anyhow::Result<()> {
         engine_slot.clone(),
         identities.store.clone(),
     ));
-    tokio::spawn(storage::run(ctx.storage.clone(), metrics.clone()));
+    tokio::spawn(ctx.storage.clone().run());
     // Every replica serves the webhook; only the leader writes its certificate and configuration.
     if config.args.webhook_enabled {
         webhook::start(ctx.clone(), identities.store.clone(), &mut servers).await?;
@@ -118,6 +118,7 @@ pub async fn run() -> anyhow::Result<()> {
         changed = leading.wait_for(|leads| *leads) => { changed?; }
     }
     metrics.is_leader.set(1);
+    ctx.storage.set_leading(true);
     tracing::info!("leading: starting the reconcilers");
     let mut controllers = tokio::task::JoinSet::new();
     let indexes = index::Indexes::lead(
@@ -135,6 +136,7 @@ pub async fn run() -> anyhow::Result<()> {
         &indexes,
         writer,
         metrics.clone(),
+        ctx.storage.clone(),
     );
     engine.run(&mut controllers);
     let _ = engine_slot.set(engine.clone());
@@ -151,15 +153,21 @@ pub async fn run() -> anyhow::Result<()> {
         _ = shutdown_signal() => {
             tracing::info!("terminating");
             controllers.abort_all();
+            ctx.storage.drain(AUDIT_DRAIN).await;
             drain(servers).await;
             Ok(())
         }
         _ = leading.wait_for(|leads| !*leads) => {
             controllers.abort_all();
+            ctx.storage.set_leading(false);
+            ctx.storage.drain(AUDIT_DRAIN).await;
             anyhow::bail!("lost leadership; exiting so that a fresh start rejoins as a candidate")
         }
     }
 }
+
+/// Longest the audit records still pending may take to be written before the process exits.
+const AUDIT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Waits for the servers to finish what is in flight (each stops on SIGTERM and drains), at
 /// most their drain period.

@@ -75,6 +75,16 @@ pub struct Metrics {
     pub is_leader: Gauge,
     /// 1 while the audit store answers (always 1 with the memory backend).
     pub storage_up: Gauge,
+    /// Audit records waiting for the store.
+    pub audit_pending: Gauge,
+    /// Audit records dropped because the buffer was full.
+    pub audit_dropped: Counter,
+    /// Audit entries the store accepted.
+    pub audit_written: Counter,
+    /// Appends refused because another writer had moved the chain's head.
+    pub audit_conflicts: Counter,
+    /// Entries deleted by retention.
+    pub audit_pruned: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -99,6 +109,11 @@ impl Metrics {
             admissions: Family::default(),
             is_leader: Gauge::default(),
             storage_up: Gauge::default(),
+            audit_pending: Gauge::default(),
+            audit_dropped: Counter::default(),
+            audit_written: Counter::default(),
+            audit_conflicts: Counter::default(),
+            audit_pruned: Counter::default(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -178,6 +193,31 @@ impl Metrics {
             "meshlogic_operator_storage_up",
             "1 while the audit store of AGENTMESH_STORAGE_BACKEND answers, 0 while it does not (always 1 with memory)",
             metrics.storage_up.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_audit_pending",
+            "Audit records waiting for the audit store (held while it is down, at most MESHLOGIC_AUDIT_BUFFER)",
+            metrics.audit_pending.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_audit_dropped",
+            "Audit records dropped because the buffer (MESHLOGIC_AUDIT_BUFFER) was full",
+            metrics.audit_dropped.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_audit_written",
+            "Audit entries the audit store accepted",
+            metrics.audit_written.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_audit_conflicts",
+            "Audit appends refused because another writer had moved the chain's head (then chained after it)",
+            metrics.audit_conflicts.clone(),
+        );
+        registry.register(
+            "meshlogic_operator_audit_pruned",
+            "Audit entries deleted by retention (AGENTMESH_GOVERNANCE_AUDIT_RETENTION_DAYS)",
+            metrics.audit_pruned.clone(),
         );
         (Arc::new(metrics), registry)
     }

@@ -1,271 +1,426 @@
-//! The audit store named by `AGENTMESH_STORAGE_BACKEND`: its connection, checked at start-up
-//! and every [`CHECK_INTERVAL`], reported in `/ready` and `meshlogic_operator_storage_up`.
+//! The audit log's way to its store (`AGENTMESH_STORAGE_BACKEND`): the engine hands every
+//! decision's record to [`Audit::record`]; one writer task chains them after the store's head
+//! and appends them ([`agentmesh_store`]), retries while the store is down, and enforces
+//! retention. The store's state is reported in `/ready` and in
+//! `meshlogic_operator_storage_up`.
 //!
-//! What is written there is not this module's business: in this version the audit hash chain
-//! stays in memory whatever the backend (see the README's status); this module proves the
-//! connection settings an installation gives (host, port, password from a Secret) reach a real
-//! server that accepts them. A store that is down never stops the operator nor makes it unready:
-//! the webhook and the trust API matter more than the audit copy.
+//! A store that is down never stops the operator nor makes it unready — the webhook and the
+//! trust API matter more than the audit copy. Records wait in a bounded buffer
+//! (`MESHLOGIC_AUDIT_BUFFER`) and are written when the store is back; beyond the bound new
+//! records are dropped and counted (`meshlogic_operator_audit_dropped_total`).
 
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use agentmesh_api::settings::StorageBackend;
+use agentmesh_store::{Appended, AuditStore, Remote, StoreError};
+use agentmesh_trust::audit::{AuditRecord, Head};
 use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-/// Time between two connection checks.
+/// Time between two connection checks while nothing is written.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
-/// Longest a check may take.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time between two retention passes (and the first, after leading starts).
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// Records appended in one go.
+const BATCH: usize = 500;
+/// Entries the memory backend keeps.
+pub const MEMORY_CAPACITY: usize = 100_000;
+/// Waits after a failed write: from the first, doubling, to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_LAST: Duration = Duration::from_secs(5);
 
-/// Where a remote store is and how to log in.
-#[derive(Clone)]
-pub enum Remote {
-    Redis {
-        host: String,
-        port: u16,
-        password: Option<String>,
-    },
-    Postgres {
-        host: String,
-        port: u16,
-        user: String,
-        database: String,
-        password: Option<String>,
-    },
-}
-
-impl std::fmt::Debug for Remote {
-    // Never the password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.describe())
+/// The remote store of a configuration, `None` for the memory backend.
+pub fn remote_of(config: &Config) -> Option<Remote> {
+    let (settings, args) = (&config.settings, &config.args);
+    match settings.storage_backend {
+        StorageBackend::Memory => None,
+        StorageBackend::Redis => Some(Remote::Redis {
+            host: settings.redis_host.clone(),
+            port: settings.redis_port,
+            password: args.redis_password.clone().filter(|p| !p.is_empty()),
+        }),
+        StorageBackend::Postgres => Some(Remote::Postgres {
+            host: args.postgres_host.clone().unwrap_or_default(),
+            port: args.postgres_port,
+            user: args.postgres_user.clone(),
+            database: args.postgres_database.clone(),
+            password: args.postgres_password.clone().filter(|p| !p.is_empty()),
+        }),
     }
 }
 
-impl Remote {
-    /// The remote store of a configuration, `None` for the memory backend.
-    pub fn of(config: &Config) -> Option<Self> {
-        let (settings, args) = (&config.settings, &config.args);
-        match settings.storage_backend {
-            StorageBackend::Memory => None,
-            StorageBackend::Redis => Some(Self::Redis {
-                host: settings.redis_host.clone(),
-                port: settings.redis_port,
-                password: args.redis_password.clone().filter(|p| !p.is_empty()),
-            }),
-            StorageBackend::Postgres => Some(Self::Postgres {
-                host: args.postgres_host.clone().unwrap_or_default(),
-                port: args.postgres_port,
-                user: args.postgres_user.clone(),
-                database: args.postgres_database.clone(),
-                password: args.postgres_password.clone().filter(|p| !p.is_empty()),
-            }),
-        }
-    }
-
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Self::Redis { .. } => "redis",
-            Self::Postgres { .. } => "postgres",
-        }
-    }
-
-    /// `redis://host:port` or `postgres://user@host:port/database`, without the password.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Redis { host, port, .. } => format!("redis://{host}:{port}"),
-            Self::Postgres {
-                host,
-                port,
-                user,
-                database,
-                ..
-            } => format!("postgres://{user}@{host}:{port}/{database}"),
-        }
-    }
-
-    /// Connects, logs in and runs a trivial command (`PING`, `SELECT 1`).
-    pub async fn check(&self) -> Result<(), String> {
-        match tokio::time::timeout(CHECK_TIMEOUT, self.check_inner()).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
-        }
-    }
-
-    async fn check_inner(&self) -> Result<(), String> {
-        match self {
-            Self::Redis {
-                host,
-                port,
-                password,
-            } => {
-                let mut info = redis::IntoConnectionInfo::into_connection_info(
-                    redis::ConnectionAddr::Tcp(host.clone(), *port),
-                )
-                .map_err(|e| e.to_string())?;
-                if let Some(password) = password {
-                    let settings = info.redis_settings().clone().set_password(password);
-                    info = info.set_redis_settings(settings);
-                }
-                let client = redis::Client::open(info).map_err(|e| e.to_string())?;
-                let mut connection = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let pong: String = redis::cmd("PING")
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                (pong == "PONG")
-                    .then_some(())
-                    .ok_or_else(|| format!("PING answered {pong:?}"))
-            }
-            Self::Postgres {
-                host,
-                port,
-                user,
-                database,
-                password,
-            } => {
-                let mut config = tokio_postgres::Config::new();
-                config
-                    .host(host)
-                    .port(*port)
-                    .user(user)
-                    .dbname(database)
-                    .connect_timeout(CHECK_TIMEOUT)
-                    .application_name("meshlogic-operator");
-                if let Some(password) = password {
-                    config.password(password);
-                }
-                let (client, connection) = config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let connection = tokio::spawn(connection);
-                let result = client
-                    .simple_query("SELECT 1")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                drop(client);
-                let _ = connection.await;
-                result
-            }
-        }
-    }
-}
-
-/// The last check's result, shared with `/ready`.
-#[derive(Debug, Default)]
-pub struct Health {
+/// The audit log's writer and its store.
+pub struct Audit {
+    store: AuditStore,
     remote: Option<Remote>,
-    /// `None` before the first check; then `Ok` or the error.
+    pending: Mutex<VecDeque<AuditRecord>>,
+    capacity: usize,
+    wake: tokio::sync::Notify,
+    /// `None` before the first contact; then `Ok` or the error.
     last: RwLock<Option<Result<(), String>>>,
+    metrics: Arc<Metrics>,
+    retention_days: u32,
+    /// Set while this replica leads: only the leader prunes.
+    leading: AtomicBool,
 }
 
-impl Health {
-    pub fn new(remote: Option<Remote>) -> Self {
-        Self {
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Audit({})", self.store.backend())
+    }
+}
+
+impl Audit {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let remote = remote_of(config);
+        Self::with_store(
+            remote
+                .as_ref()
+                .map_or_else(|| AuditStore::memory(MEMORY_CAPACITY), AuditStore::remote),
             remote,
+            usize::try_from(config.args.audit_buffer).unwrap_or(usize::MAX),
+            config.settings.audit_retention_days,
+            metrics,
+        )
+    }
+
+    pub fn with_store(
+        store: AuditStore,
+        remote: Option<Remote>,
+        capacity: usize,
+        retention_days: u32,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            remote,
+            pending: Mutex::new(VecDeque::new()),
+            capacity,
+            wake: tokio::sync::Notify::new(),
             last: RwLock::new(None),
+            metrics,
+            retention_days,
+            leading: AtomicBool::new(false),
         }
     }
 
-    /// What `/ready` says of the store: `{"backend": "memory"}`, or the remote store, whether
-    /// it answered and, if not, why.
+    pub fn store(&self) -> &AuditStore {
+        &self.store
+    }
+
+    /// Queues records for the store, in order; beyond the buffer's bound they are dropped and
+    /// counted. Never waits.
+    pub fn record(&self, records: Vec<AuditRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let room = self.capacity.saturating_sub(pending.len());
+        let dropped = records.len().saturating_sub(room);
+        pending.extend(records.into_iter().take(room));
+        self.metrics.audit_pending.set(pending.len() as i64);
+        drop(pending);
+        if dropped > 0 {
+            self.metrics.audit_dropped.inc_by(dropped as u64);
+            tracing::warn!(
+                dropped,
+                capacity = self.capacity,
+                "audit buffer full: records dropped"
+            );
+        }
+        self.wake.notify_one();
+    }
+
+    /// Records waiting for the store.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// This replica leads (retention is its job) or not.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// What `/ready` says of the store: the backend, where it is, whether it answered (and
+    /// why not), what waits for it and what was dropped.
     pub fn report(&self) -> Value {
-        let Some(remote) = &self.remote else {
-            return json!({"backend": "memory"});
-        };
-        let last = self.last.read().unwrap_or_else(|e| e.into_inner()).clone();
-        match last {
-            None => json!({"backend": remote.backend(), "at": remote.describe(), "up": null}),
-            Some(Ok(())) => {
-                json!({"backend": remote.backend(), "at": remote.describe(), "up": true})
+        let mut report = json!({
+            "backend": self.store.backend(),
+            "pending": self.pending(),
+            "dropped": self.metrics.audit_dropped.get(),
+        });
+        if let Some(remote) = &self.remote {
+            report["at"] = json!(remote.describe());
+            let last = self.last.read().unwrap_or_else(|e| e.into_inner()).clone();
+            match last {
+                None => report["up"] = Value::Null,
+                Some(Ok(())) => report["up"] = json!(true),
+                Some(Err(error)) => {
+                    report["up"] = json!(false);
+                    report["error"] = json!(error);
+                }
             }
-            Some(Err(error)) => json!({
-                "backend": remote.backend(), "at": remote.describe(), "up": false, "error": error,
-            }),
+        }
+        report
+    }
+
+    fn contact(&self, result: Result<(), &StoreError>) {
+        let up = result.is_ok();
+        let was = self
+            .last
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Result::is_ok);
+        let described = self
+            .remote
+            .as_ref()
+            .map_or_else(|| "memory".to_owned(), Remote::describe);
+        match (&result, was) {
+            (Ok(()), Some(true)) | (Err(_), Some(false)) => {}
+            (Ok(()), _) => tracing::info!(store = %described, "audit store reachable"),
+            (Err(error), _) => {
+                tracing::warn!(store = %described, %error, "audit store unreachable; audit records are buffered")
+            }
+        }
+        self.metrics.storage_up.set(i64::from(up));
+        *self.last.write().unwrap_or_else(|e| e.into_inner()) =
+            Some(result.map_err(ToString::to_string));
+    }
+
+    /// Writes what is pending until nothing is (or the store fails); returns the failure.
+    async fn flush(&self, writer: &mut Writer) -> Result<(), StoreError> {
+        loop {
+            let batch: Vec<AuditRecord> = {
+                let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                pending.iter().take(BATCH).cloned().collect()
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let written = writer.append(&self.store, batch).await?;
+            if written > 0 {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                pending.drain(..written);
+                self.metrics.audit_pending.set(pending.len() as i64);
+                drop(pending);
+                self.metrics.audit_written.inc_by(written as u64);
+            } else {
+                self.metrics.audit_conflicts.inc();
+            }
         }
     }
 
-    fn record(&self, result: Result<(), String>) {
-        *self.last.write().unwrap_or_else(|e| e.into_inner()) = Some(result);
+    /// Before the process exits (shutdown, lost leadership): writes what is pending, for at
+    /// most `limit`.
+    pub async fn drain(&self, limit: Duration) {
+        let pending = self.pending();
+        if pending == 0 {
+            return;
+        }
+        let mut writer = Writer::default();
+        match tokio::time::timeout(limit, self.flush(&mut writer)).await {
+            Ok(Ok(())) => tracing::info!(records = pending, "audit records written before exit"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, lost = self.pending(), "audit records not written before exit")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    lost = self.pending(),
+                    "audit records not written before exit (time)"
+                )
+            }
+        }
+    }
+
+    /// The writer: appends what is pending, checks the store while idle, prunes while leading.
+    pub async fn run(self: Arc<Self>) {
+        let mut writer = Writer::default();
+        let mut retry = RETRY_FIRST;
+        let mut next_check = tokio::time::Instant::now();
+        let mut next_prune: Option<tokio::time::Instant> = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            let result = if self.pending() > 0 {
+                Some(self.flush(&mut writer).await)
+            } else if now >= next_check {
+                next_check = now + CHECK_INTERVAL;
+                Some(self.store.check().await)
+            } else {
+                None
+            };
+            if let Some(result) = &result {
+                self.contact(result.as_ref().map(|_| ()));
+            }
+            if let Some(Err(_)) = result {
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_LAST);
+                continue;
+            }
+            retry = RETRY_FIRST;
+            if self.leading.load(Ordering::Relaxed) && next_prune.is_none_or(|at| now >= at) {
+                next_prune = Some(now + RETENTION_INTERVAL);
+                self.prune().await;
+            }
+            if self.pending() == 0 {
+                let idle = next_check.saturating_duration_since(tokio::time::Instant::now());
+                let _ = tokio::time::timeout(idle, self.wake.notified()).await;
+            }
+        }
+    }
+
+    async fn prune(&self) {
+        let now = crate::engine::now();
+        let cutoff = now.plus_millis(-i64::from(self.retention_days) * 86_400_000);
+        match agentmesh_store::prune(&self.store, cutoff, now, self.retention_days).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                self.metrics.audit_pruned.inc_by(deleted);
+                tracing::info!(
+                    deleted,
+                    retention_days = self.retention_days,
+                    "audit entries past retention deleted behind a checkpoint"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "audit retention failed; retrying later"),
+        }
     }
 }
 
-/// Checks the remote store every [`CHECK_INTERVAL`], logging each change of state.
-pub async fn run(health: Arc<Health>, metrics: Arc<Metrics>) {
-    let Some(remote) = health.remote.clone() else {
-        metrics.storage_up.set(1);
-        return;
-    };
-    let mut was_up: Option<bool> = None;
-    loop {
-        let result = remote.check().await;
-        let up = result.is_ok();
-        metrics.storage_up.set(i64::from(up));
-        match (&result, was_up) {
-            (Ok(()), Some(true)) | (Err(_), Some(false)) => {}
-            (Ok(()), _) => tracing::info!(store = %remote.describe(), "audit store reachable"),
-            (Err(error), _) => {
-                tracing::warn!(store = %remote.describe(), %error, "audit store unreachable")
+/// The writer's idea of the store's head, and the outcome of an append it does not know.
+#[derive(Default)]
+struct Writer {
+    head: Option<Head>,
+    /// An append that failed without an answer (a timeout, a dropped connection): the head it
+    /// would have led to and how many records it held. If the store's head is that, it went in.
+    /// (Had another writer appended after it too, the records would be written twice: both
+    /// copies chained, verifiable, and told apart by their sequence numbers.)
+    unsure: Option<(Head, usize)>,
+}
+
+impl Writer {
+    /// Appends `batch` (or finds a previous unanswered append of its first records went in);
+    /// returns how many of its records are now in the store, 0 after a conflict.
+    async fn append(
+        &mut self,
+        store: &AuditStore,
+        batch: Vec<AuditRecord>,
+    ) -> Result<usize, StoreError> {
+        let head = match self.head.take() {
+            Some(head) => head,
+            None => store.head().await?,
+        };
+        if let Some((led_to, count)) = self.unsure.take()
+            && led_to == head
+        {
+            self.head = Some(head);
+            return Ok(count);
+        }
+        let (entries, to) = head.chain(batch);
+        let count = entries.len();
+        match store.append(&head, &entries).await {
+            Ok(Appended::Yes(_)) => {
+                self.head = Some(to);
+                Ok(count)
+            }
+            // Another writer appended: chain after its entries next time.
+            Ok(Appended::Conflict) => Ok(0),
+            Err(error) => {
+                self.unsure = Some((to, count));
+                Err(error)
             }
         }
-        was_up = Some(up);
-        health.record(result);
-        tokio::time::sleep(CHECK_INTERVAL).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentmesh_trust::Timestamp;
+    use agentmesh_trust::audit::AuditDecision;
+
+    fn record(i: usize) -> AuditRecord {
+        AuditRecord {
+            at: Timestamp::from_secs(1_800_000_000),
+            identity: "default/a".into(),
+            subject: format!("tool:t{i}"),
+            decision: AuditDecision::Allow,
+            rule: "preset:standard".into(),
+            score: 800,
+            policy_version: "v".into(),
+            detail: String::new(),
+        }
+    }
+
+    fn audit(capacity: usize) -> Arc<Audit> {
+        let (metrics, _) = Metrics::new();
+        Arc::new(Audit::with_store(
+            AuditStore::memory(100),
+            None,
+            capacity,
+            90,
+            metrics,
+        ))
+    }
 
     #[test]
-    fn descriptions_never_carry_the_password() {
-        let remote = Remote::Redis {
-            host: "agentmesh-redis-master".into(),
-            port: 6379,
-            password: Some("s3cret".into()),
-        };
-        assert_eq!(remote.describe(), "redis://agentmesh-redis-master:6379");
-        assert!(!format!("{remote:?}").contains("s3cret"));
-        let health = Health::new(Some(remote));
-        health.record(Err("WRONGPASS invalid username-password pair".into()));
-        let report = health.report();
-        assert_eq!(report["up"], false);
-        assert!(!report.to_string().contains("s3cret"));
+    fn a_full_buffer_drops_new_records_and_counts_each() {
+        let audit = audit(5);
+        audit.record((0..3).map(record).collect());
+        audit.record((3..9).map(record).collect());
+        assert_eq!(audit.pending(), 5);
+        assert_eq!(audit.metrics.audit_dropped.get(), 4);
+        assert_eq!(audit.report()["dropped"], 4);
+        assert_eq!(audit.report()["backend"], "memory");
     }
 
     #[tokio::test]
-    async fn a_store_nobody_listens_on_is_reported_down_with_the_reason() {
-        // A port just released: nothing listens there.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        for remote in [
-            Remote::Redis {
-                host: "127.0.0.1".into(),
-                port,
-                password: None,
-            },
-            Remote::Postgres {
-                host: "127.0.0.1".into(),
-                port,
-                user: "agentmesh".into(),
-                database: "agentmesh".into(),
-                password: None,
-            },
-        ] {
-            let error = remote.check().await.unwrap_err();
-            assert!(!error.is_empty(), "{remote:?}");
-        }
+    async fn the_writer_chains_pending_records_into_the_store() {
+        let audit = audit(100);
+        audit.record((0..7).map(record).collect());
+        let mut writer = Writer::default();
+        audit.flush(&mut writer).await.unwrap();
+        assert_eq!(audit.pending(), 0);
+        let entries = audit.store.read_all().await.unwrap();
+        assert_eq!(entries.len(), 7);
+        let head = audit.store.head().await.unwrap();
+        agentmesh_trust::audit::verify_store(&entries, Some(&head.hash)).unwrap();
+        assert_eq!(audit.metrics.audit_written.get(), 7);
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_append_that_went_in_is_not_written_twice() {
+        let store = AuditStore::memory(100);
+        // The append went in, but the writer saw an error.
+        let mut writer = Writer::default();
+        let (entries, to) = Head::default().chain((0..3).map(record));
+        store.append(&Head::default(), &entries).await.unwrap();
+        writer.unsure = Some((to, 3));
+        assert_eq!(
+            writer
+                .append(&store, (0..3).map(record).collect())
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(store.read_all().await.unwrap().len(), 3);
+        // One that did not go in is written.
+        let (_, to) = store.head().await.unwrap().chain((3..5).map(record));
+        writer.head = None;
+        writer.unsure = Some((to, 2));
+        assert_eq!(
+            writer
+                .append(&store, (3..5).map(record).collect())
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(store.read_all().await.unwrap().len(), 5);
     }
 }

@@ -320,3 +320,50 @@ pub(crate) async fn timed<T>(future: impl std::future::Future<Output = Result<T>
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_never_carry_the_password() {
+        let remote = Remote::Redis {
+            host: "agentmesh-redis-master".into(),
+            port: 6379,
+            password: Some("s3cret".into()),
+        };
+        assert_eq!(remote.describe(), "redis://agentmesh-redis-master:6379");
+        assert!(!format!("{remote:?}").contains("s3cret"));
+        assert!(!format!("{:?}", AuditStore::remote(&remote)).contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_store_nobody_listens_on_is_unavailable_with_the_reason() {
+        // A port just released: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for remote in [
+            Remote::Redis {
+                host: "127.0.0.1".into(),
+                port,
+                password: None,
+            },
+            Remote::Postgres {
+                host: "127.0.0.1".into(),
+                port,
+                user: "agentmesh".into(),
+                database: "agentmesh".into(),
+                password: None,
+            },
+        ] {
+            let store = AuditStore::remote(&remote);
+            match store.head().await {
+                Err(StoreError::Unavailable(reason)) => assert!(!reason.is_empty()),
+                other => panic!("{remote:?}: {other:?}"),
+            }
+        }
+    }
+}

@@ -91,11 +91,10 @@ impl Engine {
             .standing(k, &identity, &policy, now)
             .apply_sidecar_batch(&policy, k, &batch, now)
             .map_err(SidecarRefusal::Replay)?;
-        let entries = applied.audit.len() as u64;
-        for record in applied.audit {
-            state.audit.append(record);
-        }
-        self.metrics.audit_entries.inc_by(entries);
+        self.metrics
+            .audit_entries
+            .inc_by(applied.audit.len() as u64);
+        self.audit.record(applied.audit);
         self.count_violations(&identity, &policy, applied.violations.len());
         state
             .policies

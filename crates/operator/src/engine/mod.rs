@@ -30,7 +30,6 @@ use std::time::Duration;
 use agentmesh_api::identity::AgentIdentity;
 use agentmesh_api::policy::TrustPolicy;
 use agentmesh_api::wire::Destination;
-use agentmesh_trust::audit::AuditLog;
 use agentmesh_trust::{Policy, Standing, Timestamp, TrustState};
 use futures::StreamExt;
 use kube::ResourceExt;
@@ -49,8 +48,6 @@ pub use status::StatusWriter;
 pub const STATUS_MANAGER: &str = "meshlogic-operator-trust";
 /// Status writes in flight at once.
 const CONCURRENT_WRITES: usize = 16;
-/// Most audit entries kept in memory, whatever the retention (about 40 MB).
-pub const MAX_AUDIT_ENTRIES: usize = 100_000;
 
 /// `namespace/name`.
 pub fn key(namespace: &str, name: &str) -> String {
@@ -86,6 +83,8 @@ pub struct Engine {
     config: EngineConfig,
     metrics: Arc<Metrics>,
     writer: StatusWriter,
+    /// Where every decision's audit record goes.
+    audit: Arc<crate::storage::Audit>,
     pub identities: Store<AgentIdentity>,
     pub policies: Store<TrustPolicy>,
     pub pods: PodIndex,
@@ -100,8 +99,6 @@ pub struct Engine {
 struct State {
     standings: HashMap<String, Standing>,
     policies: policies::Policies,
-    /// Every sidecar decision, as a hash chain (the `memory` audit backend).
-    audit: AuditLog,
 }
 
 impl State {
@@ -153,16 +150,17 @@ impl Engine {
         indexes: &Indexes,
         writer: StatusWriter,
         metrics: Arc<Metrics>,
+        audit: Arc<crate::storage::Audit>,
     ) -> Arc<Self> {
         let default_policy = crate::governance::default_policy(&config.settings);
         Arc::new(Self {
             state: Mutex::new(State {
                 standings: HashMap::new(),
                 policies: policies::Policies::new(default_policy),
-                audit: AuditLog::new(),
             }),
             config,
             metrics,
+            audit,
             writer,
             identities: indexes.identities.store.clone(),
             policies: indexes.policies.store.clone(),
@@ -228,9 +226,6 @@ impl Engine {
             }
             let policy_writes = state.policies.due_writes(self.config.status_interval);
             self.metrics.registry_size.set(identities.len() as i64);
-            let retention_ms = i64::from(self.config.settings.audit_retention_days) * 86_400_000;
-            state.audit.prune_before(now.plus_millis(-retention_ms));
-            state.audit.keep_newest(MAX_AUDIT_ENTRIES);
             (writes, policy_writes)
         };
         // Many identities appear at once (an apply of thousands, a new leader): write side by
@@ -244,12 +239,6 @@ impl Engine {
             })
             .await;
         self.changed.notify_waiters();
-    }
-
-    /// A copy of the audit chain's entries kept now, oldest first, and its head hash.
-    pub fn audit(&self) -> (Vec<agentmesh_trust::audit::AuditEntry>, String) {
-        let state = self.state.lock().expect("engine lock");
-        (state.audit.to_vec(), state.audit.head().to_owned())
     }
 
     /// The identity of the pod with this UID, and the pod.
