@@ -1,5 +1,6 @@
 //! `agentmesh`: the AgentMesh command line.
 
+mod audit;
 mod crds;
 mod identity;
 mod output;
@@ -21,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Read and check the audit hash chain in its store (Redis or PostgreSQL).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print the CustomResourceDefinitions, or write one file per kind.
     Crds(crds::CrdsArgs),
     /// Generate and inspect agent keys.
@@ -36,6 +40,10 @@ enum Command {
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
+        Command::Audit(command) => audit::run(command).or_else(|err| {
+            eprintln!("error: {}", trust::one_line(&err));
+            Ok(std::process::ExitCode::FAILURE)
+        }),
         Command::Crds(args) => crds::run(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Identity(command) => {
             identity::run(command).map(|()| std::process::ExitCode::SUCCESS)
