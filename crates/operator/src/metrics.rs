@@ -171,7 +171,7 @@ impl Metrics {
         );
         registry.register(
             "meshlogic_operator_audit_entries",
-            "Entries appended to the audit hash chain (one per sidecar decision: tool call, prompt, resource read or handshake)",
+            "Records appended to the audit hash chain (one per sidecar decision: tool call, prompt, resource read or handshake; and one per quarantine or release)",
             metrics.audit_entries.clone(),
         );
         registry.register(

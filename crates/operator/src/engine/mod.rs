@@ -200,6 +200,7 @@ impl Engine {
                 .collect();
             state.standings.retain(|k, _| live.contains(k));
             let mut writes = Vec::new();
+            let mut changes = Vec::new();
             for identity in &identities {
                 let namespace = identity.namespace().unwrap_or_default();
                 let k = key(&namespace, &identity.name_any());
@@ -219,13 +220,18 @@ impl Engine {
                     .as_ref()
                     .map(agentmesh_api::convert::stored_standing);
                 if let Some(update) =
-                    standing.status_due(&policy, stored.as_ref(), interval_ms, now)
+                    standing.status_due(&k, &policy, stored.as_ref(), interval_ms, now)
                 {
+                    if let Some(record) = update.quarantine_change.clone() {
+                        changes.push(record);
+                    }
                     writes.push(status::IdentityWrite::new(identity, update));
                 }
             }
             let policy_writes = state.policies.due_writes(self.config.status_interval);
             self.metrics.registry_size.set(identities.len() as i64);
+            self.metrics.audit_entries.inc_by(changes.len() as u64);
+            self.audit.record(changes);
             (writes, policy_writes)
         };
         // Many identities appear at once (an apply of thousands, a new leader): write side by

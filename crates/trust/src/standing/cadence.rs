@@ -3,6 +3,7 @@
 //! first sight (a new identity, or a new leader) unless status already says it all.
 
 use super::{AnomalyNote, DecisionNote, Standing, Window};
+use crate::audit::{AuditDecision, AuditRecord};
 use crate::{PersistedScore, Policy, Tier, Timestamp, WindowCounts};
 
 /// What status shows now.
@@ -39,12 +40,17 @@ pub struct StatusUpdate {
     /// Newest first.
     pub recent: Vec<AnomalyNote>,
     pub last_decision: Option<DecisionNote>,
+    /// The audit record of a quarantine or release this write makes known: the identity was
+    /// not quarantined (by the last write, or by status on first sight) and now is, or the
+    /// reverse. Written once per change, and not again after a restart (status says it).
+    pub quarantine_change: Option<AuditRecord>,
 }
 
 impl Standing {
     /// The status write due now, if one is; a write starts a new window.
     pub fn status_due(
         &mut self,
+        identity: &str,
         policy: &Policy,
         stored: Option<&Stored>,
         interval_ms: i64,
@@ -74,6 +80,34 @@ impl Standing {
             self.written.get_or_insert(current);
             return None;
         }
+        let was_quarantined = self
+            .written
+            .map(|w| w.quarantined)
+            .or(stored.map(|s| s.quarantined))
+            .unwrap_or(false);
+        let quarantine_change = (was_quarantined != current.quarantined).then(|| AuditRecord {
+            at: now,
+            identity: identity.to_owned(),
+            subject: "identity".to_owned(),
+            decision: if current.quarantined {
+                AuditDecision::Quarantine
+            } else {
+                AuditDecision::Release
+            },
+            rule: "trust.minThreshold".to_owned(),
+            score: current.score,
+            policy_version: policy.version().to_owned(),
+            detail: format!(
+                "score {} {} the quarantine threshold {}",
+                current.score,
+                if current.quarantined {
+                    "fell below"
+                } else {
+                    "is back at or above"
+                },
+                policy.trust().min_threshold
+            ),
+        });
         self.written = Some(current);
         self.decision_unwritten = false;
         let window = std::mem::replace(
@@ -93,6 +127,7 @@ impl Standing {
             counts: window.counts,
             recent: self.recent.iter().cloned().collect(),
             last_decision: self.last_decision.clone(),
+            quarantine_change,
         })
     }
 }

@@ -434,29 +434,38 @@ fn status_is_written_on_first_sight_only_when_it_does_not_say_it_already() {
     let p = policy(|_| {});
     let mut s = standing(&p, T0);
     let same = stored(&s, &p);
-    assert_eq!(s.status_due(&p, Some(&same), 5000, T0), None);
+    assert_eq!(s.status_due("default/a", &p, Some(&same), 5000, T0), None);
     let mut fresh = standing(&p, T0);
-    assert!(fresh.status_due(&p, None, 5000, T0).is_some());
+    assert!(fresh.status_due("default/a", &p, None, 5000, T0).is_some());
     let mut untimed = standing(&p, T0);
     let no_time = Stored {
         has_score_time: false,
         ..same
     };
-    assert!(untimed.status_due(&p, Some(&no_time), 5000, T0).is_some());
+    assert!(
+        untimed
+            .status_due("default/a", &p, Some(&no_time), 5000, T0)
+            .is_some()
+    );
 }
 
 #[test]
 fn a_score_change_waits_for_the_interval_a_tier_change_does_not() {
     let p = policy(|_| {});
     let mut s = standing(&p, T0);
-    assert!(s.status_due(&p, None, 5000, T0).is_some());
+    assert!(s.status_due("default/a", &p, None, 5000, T0).is_some());
     let mut w = window("p");
     w.blocked = vec![Blocked::Exec { path: "/x" }];
     s.apply_probe_window(&p, &w, T0);
     // 800 → 750: still the same tier.
     assert_eq!(s.trust().tier(), Tier::of(p.trust().initial_score));
-    assert_eq!(s.status_due(&p, None, 5000, T0.plus_millis(4999)), None);
-    let update = s.status_due(&p, None, 5000, T0.plus_millis(5000)).unwrap();
+    assert_eq!(
+        s.status_due("default/a", &p, None, 5000, T0.plus_millis(4999)),
+        None
+    );
+    let update = s
+        .status_due("default/a", &p, None, 5000, T0.plus_millis(5000))
+        .unwrap();
     assert_eq!(update.counts.violations, 1);
     assert_eq!(update.window_start, T0);
     assert_eq!(update.last_decision.unwrap().verdict, Verdict::Blocked);
@@ -466,9 +475,45 @@ fn a_score_change_waits_for_the_interval_a_tier_change_does_not() {
     let mut many = window("p");
     many.blocked = vec![Blocked::Exec { path: "/x" }; 12];
     s.apply_probe_window(&p, &many, T0.plus_millis(5001));
-    let update = s.status_due(&p, None, 5000, T0.plus_millis(5002)).unwrap();
+    let update = s
+        .status_due("default/a", &p, None, 5000, T0.plus_millis(5002))
+        .unwrap();
     assert!(update.quarantined);
     assert_eq!(update.threshold, p.trust().min_threshold);
+    let record = update.quarantine_change.expect("the quarantine is audited");
+    assert_eq!(record.decision, crate::audit::AuditDecision::Quarantine);
+    assert_eq!(record.identity, "default/a");
+    assert_eq!(record.score, s.trust().score());
+    assert_eq!(record.policy_version, p.version());
+}
+
+#[test]
+fn quarantine_and_release_are_audited_once_each_and_not_again_after_a_restart() {
+    let p = policy(|_| {});
+    // Status says quarantined; the score now says otherwise: the first write releases.
+    let mut s = standing(&p, T0);
+    let mut quarantined = stored(&s, &p);
+    quarantined.quarantined = true;
+    let update = s
+        .status_due("default/a", &p, Some(&quarantined), 5000, T0)
+        .unwrap();
+    let record = update.quarantine_change.expect("the release is audited");
+    assert_eq!(record.decision, crate::audit::AuditDecision::Release);
+    // Nothing changes after: no more records.
+    let later = s.status_due("default/a", &p, None, 5000, T0.plus_millis(60_000));
+    assert!(later.is_none_or(|u| u.quarantine_change.is_none()));
+    // A new leader whose status already says it: no record at all.
+    let mut restarted = standing(&p, T0);
+    let same = stored(&restarted, &p);
+    assert_eq!(
+        restarted.status_due("default/a", &p, Some(&same), 5000, T0),
+        None
+    );
+    let mut first_sight = standing(&p, T0);
+    let update = first_sight
+        .status_due("default/a", &p, None, 5000, T0)
+        .unwrap();
+    assert_eq!(update.quarantine_change, None, "not quarantined, never was");
 }
 
 proptest! {
