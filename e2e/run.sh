@@ -15,7 +15,7 @@ if [[ "${1:-}" == --bench ]]; then mode=bench; shift; fi
 
 run_suite() {
   # The components under test run as host processes; build them first.
-  "$CARGO" build --locked -p meshlogic-operator -p meshlogic-probe -p agentmesh-sidecar
+  "$CARGO" build --locked -p meshlogic-operator -p meshlogic-probe -p agentmesh-sidecar -p agentmesh-cli
   if [[ $mode == bench ]]; then
     "$CARGO" build --locked --release -p meshlogic-operator
     export E2E_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/release/meshlogic-operator"
@@ -34,7 +34,7 @@ fi
 # Compile the suite before starting the control plane: a compile error should not cost a
 # cluster start, and the build should not compete with the API server for the CPU.
 "$CARGO" test --locked -p agentmesh-e2e --no-run
-"$CARGO" build --locked -p meshlogic-operator -p meshlogic-probe -p agentmesh-sidecar
+"$CARGO" build --locked -p meshlogic-operator -p meshlogic-probe -p agentmesh-sidecar -p agentmesh-cli
 e2e/cluster/build.sh
 # The real node runs the product's images (make images) beside two kwok nodes for the tests
 # whose pods are only objects (they select `type: kwok`).

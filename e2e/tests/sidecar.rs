@@ -298,6 +298,11 @@ struct World {
 /// an operator, the Python SDK's 2026-07-28 server, and a policy naming the server and the
 /// summarizer agent as upstreams of the researcher.
 fn world(prefix: &str, extra_policy: Value) -> World {
+    world_with(prefix, extra_policy, &[])
+}
+
+/// [`world`] with more of the operator's environment.
+fn world_with(prefix: &str, extra_policy: Value, operator_env: &[(&str, &str)]) -> World {
     cluster().ensure_crds();
     let namespace = TestNamespace::create(prefix, &[]);
     let ns = namespace.name.clone();
@@ -316,7 +321,8 @@ fn world(prefix: &str, extra_policy: Value) -> World {
             .unwrap(),
     );
     wait_port(server_port);
-    let operator = OperatorProcess::start(&ns, "op", &FAST);
+    let env: Vec<(&str, &str)> = FAST.iter().chain(operator_env).copied().collect();
+    let operator = OperatorProcess::start(&ns, "op", &env);
     let summarizer_port = free_port();
     let mut spec = json!({
         "trust": {"decayRate": 0},
@@ -753,4 +759,253 @@ fn a_widened_delegation_is_refused_by_peers() {
         "{status}"
     );
     assert!(status["trustScore"].as_i64().unwrap() < start, "{status}");
+}
+
+/// The seed guide's ConfigMap (`agentmesh-config`), as written, but for the store's address
+/// (`agentmesh-redis-master` is the chart's Service; here Redis runs on loopback) and
+/// `AGENTMESH_OTEL_ENABLED`, false until OpenTelemetry export exists.
+const SEED_CONFIG: [(&str, &str); 15] = [
+    ("AGENTMESH_STORAGE_BACKEND", "redis"),
+    ("AGENTMESH_CACHE_ENABLED", "true"),
+    ("AGENTMESH_CACHE_TTL", "300"),
+    ("AGENTMESH_TRUST_INITIAL_SCORE", "800"),
+    ("AGENTMESH_TRUST_DECAY_RATE", "2.0"),
+    ("AGENTMESH_TRUST_DECAY_FLOOR", "100"),
+    ("AGENTMESH_TRUST_MIN_THRESHOLD", "300"),
+    ("AGENTMESH_DELEGATION_MAX_DEPTH", "5"),
+    ("AGENTMESH_GOVERNANCE_DEFAULT_POLICY", "standard"),
+    ("AGENTMESH_GOVERNANCE_SHADOW_MODE", "false"),
+    ("AGENTMESH_GOVERNANCE_AUDIT_RETENTION_DAYS", "90"),
+    ("AGENTMESH_LOG_LEVEL", "INFO"),
+    ("AGENTMESH_LOG_FORMAT", "json"),
+    ("AGENTMESH_OTEL_ENABLED", "false"),
+    ("AGENTMESH_POLICY", "strict"),
+];
+
+/// `agentmesh audit <args>` with the store's variables; (exit code, stdout).
+fn agentmesh_audit(store_env: &[(String, String)], args: &[&str]) -> (i32, String) {
+    let binary = agentmesh_e2e::operator::operator_binary().with_file_name("agentmesh");
+    let output = Command::new(&binary)
+        .arg("audit")
+        .args(args)
+        .envs(store_env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (e2e/run.sh builds it)", binary.display()));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+/// Waits until the chain holds an entry for `identity` on `subject`; returns the entries.
+fn wait_audited(store_env: &[(String, String)], identity: &str, subject: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out) = agentmesh_audit(
+            store_env,
+            &["tail", "-n", "100000", "-o", "json", "--identity", identity],
+        );
+        let entries: Vec<Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if code == 0 && entries.iter().any(|e| e["subject"] == subject) {
+            return entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{subject} of {identity} never reached the audit store: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn leader_of(replicas: &mut [OperatorProcess]) -> &mut OperatorProcess {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(i) = replicas.iter().position(OperatorProcess::is_leader) {
+            return &mut replicas[i];
+        }
+        assert!(Instant::now() < deadline, "no replica leads");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn decisions_reach_redis_and_one_chain_survives_a_leader_change_and_a_restart() {
+    let scratch = std::env::temp_dir().join(format!("agentmesh-e2e-audit-{}", std::process::id()));
+    let redis = agentmesh_store::testing::RedisServer::start(&scratch.join("redis"));
+    let port = redis.port.to_string();
+    let mut env: Vec<(&str, &str)> = SEED_CONFIG.to_vec();
+    env.extend([
+        ("AGENTMESH_REDIS_HOST", "127.0.0.1"),
+        ("AGENTMESH_REDIS_PORT", port.as_str()),
+        (
+            "AGENTMESH_REDIS_PASSWORD",
+            agentmesh_store::testing::PASSWORD,
+        ),
+    ]);
+    let store_env: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.contains("STORAGE") || k.contains("REDIS"))
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let w = world_with("sidecar-audit", json!({}), &env);
+    let identity = format!("{}/researcher", w.ns);
+    let ready: Value = serde_json::from_str(&w.operator.get("/ready").unwrap()).unwrap();
+    assert_eq!(ready["storage"]["backend"], "redis", "{ready}");
+
+    // A second replica; the sidecar talks to whichever does not lead.
+    let all_env: Vec<(&str, &str)> = FAST.iter().chain(&env).copied().collect();
+    let mut replicas = vec![w.operator, OperatorProcess::start(&w.ns, "op-b", &all_env)];
+    let leader = leader_of(&mut replicas).name.clone();
+    let follower = replicas.iter().find(|r| r.name != leader).unwrap();
+    let sidecar = Sidecar::start(&w.ns, "researcher", "researcher-0", follower, None, &w.dir);
+    let (status, answer) = call_through(&sidecar, "/servers/tools/mcp", "echo", 1);
+    assert_eq!(status, 200, "{answer}");
+    let (_, answer) = call_through(&sidecar, "/servers/tools/mcp", "run_shell", 2);
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    let entries = wait_audited(&store_env, &identity, "tool:run_shell");
+    let denied = entries
+        .iter()
+        .find(|e| e["subject"] == "tool:run_shell")
+        .unwrap();
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["policyVersion"].as_str().map(str::len), Some(16));
+
+    // The leader dies; the follower leads and continues the chain.
+    leader_of(&mut replicas).kill();
+    replicas.retain_mut(OperatorProcess::is_running);
+    let survivor = leader_of(&mut replicas).name.clone();
+    assert_ne!(survivor, leader);
+    call_through(
+        &sidecar,
+        "/servers/tools/mcp",
+        "echo_after_leader_change",
+        3,
+    );
+    wait_audited(&store_env, &identity, "tool:echo_after_leader_change");
+
+    // The whole operator restarts: a new process, the old one gone.
+    let restarted = OperatorProcess::start(&w.ns, "op-c", &all_env);
+    replicas[0].kill();
+    drop(sidecar);
+    let mut replicas = vec![restarted];
+    leader_of(&mut replicas);
+    let sidecar = Sidecar::start(
+        &w.ns,
+        "researcher",
+        "researcher-0",
+        &replicas[0],
+        None,
+        &w.dir,
+    );
+    call_through(&sidecar, "/servers/tools/mcp", "echo_after_restart", 4);
+    let entries = wait_audited(&store_env, &identity, "tool:echo_after_restart");
+    let subjects: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["subject"].as_str())
+        .collect();
+    for subject in [
+        "tool:echo",
+        "tool:run_shell",
+        "tool:echo_after_leader_change",
+    ] {
+        assert!(
+            subjects.contains(&subject),
+            "{subject} missing: {subjects:?}"
+        );
+    }
+
+    // One chain: it verifies end to end, sequence numbers 0.. with no gap.
+    let (code, out) = agentmesh_audit(&store_env, &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("verified: "), "{out}");
+    let (_, all) = agentmesh_audit(&store_env, &["tail", "-n", "100000", "-o", "json"]);
+    let seqs: Vec<u64> = all
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+
+    // An entry edited in Redis by hand: verify names it.
+    let position = seqs.len() / 2;
+    let stored = redis.cli(&["LINDEX", "agentmesh:audit:entries", &position.to_string()]);
+    let edited = stored.replacen("\"score\":", "\"score\":1", 1);
+    assert_eq!(
+        redis.cli(&[
+            "LSET",
+            "agentmesh:audit:entries",
+            &position.to_string(),
+            &edited
+        ]),
+        "OK"
+    );
+    let (code, out) = agentmesh_audit(&store_env, &["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("FAILED at entry seq {position} ")),
+        "{out}"
+    );
+}
+
+#[test]
+fn decisions_reach_postgres_and_a_row_edited_by_hand_is_named() {
+    let scratch =
+        std::env::temp_dir().join(format!("agentmesh-e2e-audit-pg-{}", std::process::id()));
+    let postgres = agentmesh_store::testing::PostgresServer::start(&scratch);
+    let port = postgres.port.to_string();
+    let env = [
+        ("AGENTMESH_STORAGE_BACKEND", "postgres"),
+        ("AGENTMESH_POSTGRES_HOST", "127.0.0.1"),
+        ("AGENTMESH_POSTGRES_PORT", port.as_str()),
+        (
+            "AGENTMESH_POSTGRES_PASSWORD",
+            agentmesh_store::testing::PASSWORD,
+        ),
+    ];
+    let store_env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let w = world_with("sidecar-audit-pg", json!({}), &env);
+    let identity = format!("{}/researcher", w.ns);
+    let sidecar = Sidecar::start(
+        &w.ns,
+        "researcher",
+        "researcher-0",
+        &w.operator,
+        None,
+        &w.dir,
+    );
+    call_through(&sidecar, "/servers/tools/mcp", "echo", 1);
+    call_through(&sidecar, "/servers/tools/mcp", "run_shell", 2);
+    wait_audited(&store_env, &identity, "tool:run_shell");
+    let (code, out) = agentmesh_audit(&store_env, &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    let seq = postgres.psql(&format!(
+        "SELECT seq FROM agentmesh_audit WHERE identity = '{identity}' AND subject = 'tool:run_shell'"
+    ));
+    postgres.psql(&format!(
+        "UPDATE agentmesh_audit SET decision = 'allow' WHERE seq = {seq}"
+    ));
+    let (code, out) = agentmesh_audit(&store_env, &["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("FAILED at entry seq {seq} ")),
+        "{out}"
+    );
+    // The export names the events of the decisions.
+    let (_, out) = agentmesh_audit(&store_env, &["export", "--identity", &identity]);
+    let types: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        types.iter().any(|t| t == "ai.agentmesh.tool.invoked"),
+        "{types:?}"
+    );
 }
