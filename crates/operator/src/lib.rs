@@ -138,6 +138,7 @@ pub async fn run() -> anyhow::Result<()> {
         metrics.clone(),
         ctx.storage.clone(),
     );
+    engine.load_baselines().await;
     engine.run(&mut controllers);
     let _ = engine_slot.set(engine.clone());
     controllers::start(

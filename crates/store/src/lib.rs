@@ -14,6 +14,10 @@
 //! - PostgreSQL: the tables `agentmesh_audit` (one row per entry, `seq` its primary key) and
 //!   `agentmesh_audit_head` (one row), created when missing.
 //!
+//! The same store keeps the identities' behaviour baselines (the hash `agentmesh:baselines` in
+//! Redis, the table `agentmesh_baselines` in PostgreSQL: key → JSON), so that they survive a
+//! change of leader.
+//!
 //! Retention ([`prune`]) first appends a retention checkpoint naming the first entry kept, then
 //! deletes what precedes it, so the kept chain still verifies
 //! ([`agentmesh_trust::audit::verify_store`]).
@@ -113,6 +117,7 @@ pub struct Memory {
     entries: VecDeque<AuditEntry>,
     head: Head,
     capacity: usize,
+    baselines: std::collections::BTreeMap<String, String>,
 }
 
 /// An audit store.
@@ -130,6 +135,7 @@ impl AuditStore {
             entries: VecDeque::new(),
             head: Head::default(),
             capacity: capacity.max(1),
+            baselines: Default::default(),
         })))
     }
 
@@ -234,6 +240,52 @@ impl AuditStore {
             }
             Self::Redis(store) => store.delete_before(seq).await,
             Self::Postgres(store) => store.delete_before(seq).await,
+        }
+    }
+
+    /// Saves behaviour baselines: (key, JSON) pairs, each replacing what the key held.
+    pub async fn save_baselines(&self, baselines: &[(String, String)]) -> Result<()> {
+        if baselines.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Memory(memory) => {
+                lock(memory).baselines.extend(baselines.iter().cloned());
+                Ok(())
+            }
+            Self::Redis(store) => store.save_baselines(baselines).await,
+            Self::Postgres(store) => store.save_baselines(baselines).await,
+        }
+    }
+
+    /// Every saved baseline: (key, JSON).
+    pub async fn load_baselines(&self) -> Result<Vec<(String, String)>> {
+        match self {
+            Self::Memory(memory) => Ok(lock(memory)
+                .baselines
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()),
+            Self::Redis(store) => store.load_baselines().await,
+            Self::Postgres(store) => store.load_baselines().await,
+        }
+    }
+
+    /// Deletes the baselines of these keys.
+    pub async fn delete_baselines(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Memory(memory) => {
+                let mut memory = lock(memory);
+                for key in keys {
+                    memory.baselines.remove(key);
+                }
+                Ok(())
+            }
+            Self::Redis(store) => store.delete_baselines(keys).await,
+            Self::Postgres(store) => store.delete_baselines(keys).await,
         }
     }
 

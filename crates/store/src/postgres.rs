@@ -12,32 +12,48 @@ use crate::{Appended, Remote, Result, StoreError, parse_decision, timed};
 
 /// The tables, made when missing. `at_ms` is the entry's time in milliseconds since the epoch,
 /// exactly as hashed; `at` is the same instant for people's queries.
+///
+/// Made in one transaction, under an advisory lock, and only when missing: `CREATE INDEX IF
+/// NOT EXISTS` locks its table even when the index exists, which deadlocked with another
+/// replica's append (its inserts waiting for that lock, the lock's holder waiting for the head
+/// row the append had updated).
 const SCHEMA: &str = "
 SELECT pg_advisory_xact_lock(7412290117);
-CREATE TABLE IF NOT EXISTS agentmesh_audit (
-    seq            BIGINT PRIMARY KEY,
-    at_ms          BIGINT NOT NULL,
-    at             TIMESTAMPTZ GENERATED ALWAYS AS (to_timestamp(at_ms / 1000.0)) STORED,
-    identity       TEXT NOT NULL,
-    subject        TEXT NOT NULL,
-    decision       TEXT NOT NULL,
-    rule           TEXT NOT NULL,
-    score          INTEGER NOT NULL,
-    policy_version TEXT NOT NULL,
-    detail         TEXT NOT NULL,
-    prev_hash      TEXT NOT NULL,
-    hash           TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS agentmesh_audit_identity ON agentmesh_audit (identity, seq);
-CREATE INDEX IF NOT EXISTS agentmesh_audit_at ON agentmesh_audit (at_ms);
-CREATE TABLE IF NOT EXISTS agentmesh_audit_head (
-    one      BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
-    next_seq BIGINT NOT NULL,
-    hash     TEXT NOT NULL
-);
-INSERT INTO agentmesh_audit_head (one, next_seq, hash)
-    VALUES (true, 0, '0000000000000000000000000000000000000000000000000000000000000000')
-    ON CONFLICT DO NOTHING;
+DO $$
+BEGIN
+IF to_regclass('agentmesh_baselines') IS NULL THEN
+    CREATE TABLE IF NOT EXISTS agentmesh_audit (
+        seq            BIGINT PRIMARY KEY,
+        at_ms          BIGINT NOT NULL,
+        at             TIMESTAMPTZ GENERATED ALWAYS AS (to_timestamp(at_ms / 1000.0)) STORED,
+        identity       TEXT NOT NULL,
+        subject        TEXT NOT NULL,
+        decision       TEXT NOT NULL,
+        rule           TEXT NOT NULL,
+        score          INTEGER NOT NULL,
+        policy_version TEXT NOT NULL,
+        detail         TEXT NOT NULL,
+        prev_hash      TEXT NOT NULL,
+        hash           TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS agentmesh_audit_identity ON agentmesh_audit (identity, seq);
+    CREATE INDEX IF NOT EXISTS agentmesh_audit_at ON agentmesh_audit (at_ms);
+    CREATE TABLE IF NOT EXISTS agentmesh_audit_head (
+        one      BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+        next_seq BIGINT NOT NULL,
+        hash     TEXT NOT NULL
+    );
+    INSERT INTO agentmesh_audit_head (one, next_seq, hash)
+        VALUES (true, 0, '0000000000000000000000000000000000000000000000000000000000000000')
+        ON CONFLICT DO NOTHING;
+    CREATE TABLE agentmesh_baselines (
+        identity   TEXT PRIMARY KEY,
+        baseline   TEXT NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+END IF;
+END
+$$;
 ";
 
 const COLUMNS: &str =
@@ -259,6 +275,50 @@ impl PostgresStore {
                     &[&to_i64(seq)],
                 )
                 .await
+        })
+        .await
+    }
+}
+
+impl PostgresStore {
+    pub(crate) async fn save_baselines(&self, baselines: &[(String, String)]) -> Result<()> {
+        self.run(async |client| {
+            let transaction = client.transaction().await?;
+            let upsert = transaction
+                .prepare(
+                    "INSERT INTO agentmesh_baselines (identity, baseline) VALUES ($1, $2) \
+                     ON CONFLICT (identity) DO UPDATE \
+                     SET baseline = EXCLUDED.baseline, updated_at = now()",
+                )
+                .await?;
+            for (key, json) in baselines {
+                transaction.execute(&upsert, &[key, json]).await?;
+            }
+            transaction.commit().await
+        })
+        .await
+    }
+
+    pub(crate) async fn load_baselines(&self) -> Result<Vec<(String, String)>> {
+        let rows = self
+            .run(async |client| {
+                client
+                    .query("SELECT identity, baseline FROM agentmesh_baselines", &[])
+                    .await
+            })
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    pub(crate) async fn delete_baselines(&self, keys: &[String]) -> Result<()> {
+        self.run(async |client| {
+            client
+                .execute(
+                    "DELETE FROM agentmesh_baselines WHERE identity = ANY($1)",
+                    &[&keys],
+                )
+                .await
+                .map(|_| ())
         })
         .await
     }

@@ -11,6 +11,7 @@ use crate::{Appended, Remote, Result, StoreError, timed};
 
 pub const ENTRIES_KEY: &str = "agentmesh:audit:entries";
 pub const HEAD_KEY: &str = "agentmesh:audit:head";
+pub const BASELINES_KEY: &str = "agentmesh:baselines";
 
 /// Appends ARGV[3..] if the head is ARGV[1] (`''` when there is none yet), then sets it to ARGV[2].
 const APPEND: &str = r"
@@ -219,6 +220,35 @@ impl RedisStore {
             .await
             .map_err(unreadable_first)?;
         Ok(deleted)
+    }
+}
+
+impl RedisStore {
+    pub(crate) async fn save_baselines(&self, baselines: &[(String, String)]) -> Result<()> {
+        let mut command = redis::cmd("HSET");
+        command.arg(BASELINES_KEY);
+        for (key, json) in baselines {
+            command.arg(key).arg(json);
+        }
+        self.run(|mut c| async move { command.query_async::<()>(&mut c).await })
+            .await
+    }
+
+    pub(crate) async fn load_baselines(&self) -> Result<Vec<(String, String)>> {
+        self.run(|mut c| async move {
+            redis::cmd("HGETALL")
+                .arg(BASELINES_KEY)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_baselines(&self, keys: &[String]) -> Result<()> {
+        let mut command = redis::cmd("HDEL");
+        command.arg(BASELINES_KEY).arg(keys);
+        self.run(|mut c| async move { command.query_async::<()>(&mut c).await })
+            .await
     }
 }
 

@@ -314,3 +314,43 @@ async fn a_wrong_password_is_refused_with_the_servers_reason() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baselines_are_saved_replaced_listed_and_deleted() {
+    let backends = backends("baselines");
+    for store in &backends.stores {
+        let backend = store.backend();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, j)| ((*k).to_owned(), (*j).to_owned()))
+                .collect()
+        };
+        store
+            .save_baselines(&pairs(&[
+                ("ns/a/uid-a", "{\"v\":1}"),
+                ("ns/b/uid-b", "{\"v\":1}"),
+            ]))
+            .await
+            .unwrap();
+        store
+            .save_baselines(&pairs(&[("ns/a/uid-a", "{\"v\":2}")]))
+            .await
+            .unwrap();
+        let mut loaded = store.load_baselines().await.unwrap();
+        loaded.sort();
+        assert_eq!(
+            loaded,
+            pairs(&[("ns/a/uid-a", "{\"v\":2}"), ("ns/b/uid-b", "{\"v\":1}")]),
+            "{backend}"
+        );
+        store
+            .delete_baselines(&["ns/b/uid-b".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.load_baselines().await.unwrap(),
+            pairs(&[("ns/a/uid-a", "{\"v\":2}")]),
+            "{backend}"
+        );
+    }
+}

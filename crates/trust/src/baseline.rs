@@ -51,6 +51,23 @@ pub struct Baseline {
     first_seen: Option<Timestamp>,
     executables: HashSet<Box<str>>,
     destinations: HashSet<(IpAddr, u16)>,
+    /// Bumped by every change (learning starts, an item is learned): what is saved is compared
+    /// with it.
+    changes: u64,
+}
+
+/// A baseline as kept outside the leader's memory (the audit store of
+/// `AGENTMESH_STORAGE_BACKEND`), so that a new leader continues learning where the last one
+/// was instead of starting every identity's learning period again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineSnapshot {
+    /// When learning started (`null`: nothing seen yet).
+    pub first_seen: Option<Timestamp>,
+    /// Executables learned, sorted.
+    pub executables: Vec<String>,
+    /// Destinations learned (`10.0.0.1:443`, `[2001:db8::1]:443`), sorted.
+    pub destinations: Vec<String>,
 }
 
 fn cut(path: &str) -> &str {
@@ -69,7 +86,56 @@ impl Baseline {
         Self::default()
     }
 
+    /// What to keep outside the leader.
+    pub fn snapshot(&self) -> BaselineSnapshot {
+        let mut executables: Vec<String> = self.executables.iter().map(|e| e.to_string()).collect();
+        executables.sort();
+        let mut destinations: Vec<(IpAddr, u16)> = self.destinations.iter().copied().collect();
+        destinations.sort();
+        BaselineSnapshot {
+            first_seen: self.first_seen,
+            executables,
+            destinations: destinations
+                .into_iter()
+                .map(|(ip, port)| std::net::SocketAddr::new(ip, port).to_string())
+                .collect(),
+        }
+    }
+
+    /// A baseline continued from a snapshot, within the same bounds as one learned here: at
+    /// most [`MAX_EXECUTABLES`] and [`MAX_DESTINATIONS`] items, paths cut at
+    /// [`MAX_PATH_LEN`]; destinations that do not parse are left out.
+    pub fn restore(snapshot: &BaselineSnapshot) -> Self {
+        let executables = snapshot
+            .executables
+            .iter()
+            .map(|e| Box::from(cut(e)))
+            .take(MAX_EXECUTABLES)
+            .collect();
+        let destinations = snapshot
+            .destinations
+            .iter()
+            .filter_map(|d| d.parse::<std::net::SocketAddr>().ok())
+            .map(|a| (a.ip(), a.port()))
+            .take(MAX_DESTINATIONS)
+            .collect();
+        Self {
+            first_seen: snapshot.first_seen,
+            executables,
+            destinations,
+            changes: 0,
+        }
+    }
+
+    /// A counter that moves with every change; equal values, equal baselines.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     fn learning(&mut self, settings: &AnomalySpec, now: Timestamp) -> bool {
+        if self.first_seen.is_none() {
+            self.changes += 1;
+        }
         let first = *self.first_seen.get_or_insert(now);
         now.millis_since(first) < i64::from(settings.learning_period_seconds) * 1000
     }
@@ -101,6 +167,7 @@ impl Baseline {
         }
         if self.executables.len() < MAX_EXECUTABLES {
             self.executables.insert(path.into());
+            self.changes += 1;
         }
         (!learning).then_some(Anomaly {
             kind: AnomalyKind::NewExecutable,
@@ -121,6 +188,7 @@ impl Baseline {
         }
         if self.destinations.len() < MAX_DESTINATIONS {
             self.destinations.insert((ip, port));
+            self.changes += 1;
         }
         (!learning).then_some(Anomaly {
             kind: AnomalyKind::NewDestination,
@@ -163,6 +231,68 @@ impl Baseline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restored_baseline_goes_on_where_the_saved_one_was() {
+        let s = AnomalySpec::default();
+        let mut b = Baseline::new();
+        assert_eq!(b.changes(), 0);
+        b.observe_exec(&s, "/usr/bin/python3", T0);
+        b.observe_connect(&s, "10.0.0.1".parse().unwrap(), 443, T0);
+        b.observe_connect(&s, "2001:db8::1".parse().unwrap(), 8443, T0);
+        assert_eq!(b.changes(), 4, "learning started, three items");
+        let snapshot = b.snapshot();
+        assert_eq!(
+            snapshot.destinations,
+            ["10.0.0.1:443", "[2001:db8::1]:8443"]
+        );
+        let json = serde_json::to_string(&snapshot).unwrap();
+        let mut restored = Baseline::restore(&serde_json::from_str(&json).unwrap());
+        assert_eq!(restored.snapshot(), snapshot);
+        // Past the learning period (counted from the saved start): known items cost nothing,
+        // new ones are anomalies — the learning period does not start again.
+        let after = T0.plus_millis(300_000);
+        assert_eq!(restored.observe_exec(&s, "/usr/bin/python3", after), None);
+        assert_eq!(
+            restored.observe_connect(&s, "2001:db8::1".parse().unwrap(), 8443, after),
+            None
+        );
+        assert!(restored.observe_exec(&s, "/bin/sh", after).is_some());
+        let fresh_after_restart = Baseline::new().observe_exec(&s, "/bin/sh", after);
+        assert_eq!(
+            fresh_after_restart, None,
+            "what a new leader without it would do"
+        );
+    }
+
+    #[test]
+    fn a_restored_snapshot_keeps_the_bounds_whatever_the_store_held() {
+        let snapshot = BaselineSnapshot {
+            first_seen: Some(T0),
+            executables: (0..MAX_EXECUTABLES + 50)
+                .map(|i| {
+                    format!(
+                        "/bin/{i}{}",
+                        "x".repeat(if i == 0 { MAX_PATH_LEN } else { 0 })
+                    )
+                })
+                .collect(),
+            destinations: (0..MAX_DESTINATIONS as u32 + 10)
+                .map(|i| format!("10.0.{}.{}:80", i / 256, i % 256))
+                .chain(["not an address".to_owned(), "10.0.0.1".to_owned()])
+                .collect(),
+        };
+        let restored = Baseline::restore(&snapshot);
+        assert_eq!(restored.executables(), MAX_EXECUTABLES);
+        assert_eq!(restored.destinations(), MAX_DESTINATIONS);
+        assert!(
+            restored
+                .snapshot()
+                .executables
+                .iter()
+                .all(|e| e.len() <= MAX_PATH_LEN)
+        );
+    }
 
     const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
 

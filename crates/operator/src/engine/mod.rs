@@ -18,6 +18,7 @@
 //! - What a report does to trust is decided by [`agentmesh_trust::standing`]; the engine
 //!   schedules, looks objects up, converts, counts and writes.
 
+mod baselines;
 mod ingest;
 mod policies;
 pub mod status;
@@ -98,6 +99,8 @@ pub struct Engine {
 
 struct State {
     standings: HashMap<String, Standing>,
+    /// What the audit store keeps of behaviour baselines ([`baselines`]).
+    baselines: baselines::Kept,
     policies: policies::Policies,
 }
 
@@ -134,10 +137,12 @@ impl State {
             let last_decision = status
                 .and_then(|s| s.last_decision.as_ref())
                 .map(agentmesh_api::convert::decision_note);
-            self.standings.insert(
-                k.to_owned(),
-                Standing::new(trust, recent, last_decision, now),
-            );
+            let standing = Standing::new(trust, recent, last_decision, now);
+            let standing = match self.baselines.restore(k, identity) {
+                Some(baseline) => standing.with_baseline(baseline),
+                None => standing,
+            };
+            self.standings.insert(k.to_owned(), standing);
         }
         self.standings.get_mut(k).expect("inserted above")
     }
@@ -157,6 +162,7 @@ impl Engine {
             state: Mutex::new(State {
                 standings: HashMap::new(),
                 policies: policies::Policies::new(default_policy),
+                baselines: baselines::Kept::default(),
             }),
             config,
             metrics,
@@ -173,6 +179,7 @@ impl Engine {
     /// Starts the engine's tick and the refresh of quarantine exits on `tasks`.
     pub fn run(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) {
         tasks.spawn(self.clone().tick_forever());
+        tasks.spawn(self.clone().save_baselines_forever());
         tasks.spawn(view::refresh_quarantine_exits(self.clone()));
     }
 
@@ -199,6 +206,7 @@ impl Engine {
                 .map(|i| key(&i.namespace().unwrap_or_default(), &i.name_any()))
                 .collect();
             state.standings.retain(|k, _| live.contains(k));
+            state.baselines.forget_gone(&live);
             let mut writes = Vec::new();
             let mut changes = Vec::new();
             for identity in &identities {

@@ -177,6 +177,16 @@ impl Standing {
         }
     }
 
+    /// Continue from a baseline kept outside the leader ([`Baseline::restore`]).
+    pub fn with_baseline(mut self, baseline: Baseline) -> Self {
+        self.baseline = baseline;
+        self
+    }
+
+    pub fn baseline(&self) -> &Baseline {
+        &self.baseline
+    }
+
     pub fn trust(&self) -> &TrustState {
         &self.trust
     }
