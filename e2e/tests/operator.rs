@@ -1355,3 +1355,99 @@ fn a_huge_count_saturates_and_the_status_write_still_lands() {
         );
     }
 }
+
+/// Behaviour baselines survive a change of leader when the audit store is Redis: what the old
+/// leader learned stays known (no anomaly), and the learning period is not started again (a
+/// new executable is an anomaly at once). Without the store, the new leader would learn both
+/// for free and the score would stay at 800.
+#[test]
+fn a_new_leader_continues_the_behaviour_baseline_from_the_store() {
+    cluster().ensure_crds();
+    let redis = agentmesh_store::testing::RedisServer::start(
+        &std::env::temp_dir().join(format!("agentmesh-e2e-baseline-{}", std::process::id())),
+    );
+    let port = redis.port.to_string();
+    let env: Vec<(&str, &str)> = FAST_LEASE
+        .iter()
+        .copied()
+        .chain([
+            ("AGENTMESH_STORAGE_BACKEND", "redis"),
+            ("AGENTMESH_REDIS_HOST", "127.0.0.1"),
+            ("AGENTMESH_REDIS_PORT", port.as_str()),
+            (
+                "AGENTMESH_REDIS_PASSWORD",
+                agentmesh_store::testing::PASSWORD,
+            ),
+        ])
+        .collect();
+    let namespace = TestNamespace::create("baseline", &[]);
+    let ns = namespace.name.as_str();
+    let mut first = OperatorProcess::start(ns, "op-a", &env);
+    apply(
+        ns,
+        json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "policy"},
+        "spec": {"trust": {"decayRate": 0},
+                 "behavior": {"anomalies": {"learningPeriodSeconds": 4, "newExecutable": 20}}}}),
+    );
+    apply(ns, identity("learner", json!({})));
+    let pod = pod_on(ns, "learner-0", "learner", "kwok-node-0");
+    wait_for(
+        &mut first,
+        "agentidentity",
+        "learner",
+        ns,
+        "score 800 and a pod",
+        |o| o["status"]["trustScore"] == 800 && o["status"]["podsMatched"] == 1,
+    );
+    let probe = reporter_token(ns, true);
+    let body = |executable: &str| {
+        json!({"source": {"kind": "probe", "node": "kwok-node-0", "agent": format!("{ns}/probe"), "tier": 2, "programsLoaded": 7, "ringBufferDrops": 0},
+               "pods": [{"podUid": pod, "windowStartMs": 0, "windowEndMs": 1000,
+                         "counts": {"execs": 1, "exits": 0, "fileOpens": 0, "connects": 0},
+                         "executables": [executable]}]})
+        .to_string()
+    };
+    // Learned while learning: free.
+    let (code, answer) = post_report(&mut [&mut first], &probe, &body("/usr/bin/python3"));
+    assert_eq!(code, 202, "{answer}");
+    // Saved within the save interval (10 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !redis
+        .cli(&["HGETALL", "agentmesh:baselines"])
+        .contains("/usr/bin/python3")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the baseline never reached Redis\n{}",
+            first.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The leader goes; a new one starts, past the learning period.
+    first.kill();
+    std::thread::sleep(Duration::from_secs(4));
+    let mut second = OperatorProcess::start(ns, "op-b", &env);
+    second.wait_until(
+        Duration::from_secs(30),
+        "leading, with the baselines loaded",
+        |p| p.logs().contains("behaviour baselines loaded"),
+    );
+    let (code, answer) = post_report(&mut [&mut second], &probe, &body("/usr/bin/python3"));
+    assert_eq!(code, 202, "{answer}");
+    let (code, answer) = post_report(&mut [&mut second], &probe, &body("/bin/sh"));
+    assert_eq!(code, 202, "{answer}");
+    let identity = wait_for(
+        &mut second,
+        "agentidentity",
+        "learner",
+        ns,
+        "score 780",
+        |o| o["status"]["trustScore"] == 780,
+    );
+    let anomalies = identity["status"]["behavior"]["recentAnomalies"].to_string();
+    assert!(anomalies.contains("/bin/sh"), "{anomalies}");
+    assert!(
+        !anomalies.contains("python3"),
+        "a learned executable counted: {anomalies}"
+    );
+}

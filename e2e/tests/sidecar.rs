@@ -856,12 +856,15 @@ fn decisions_reach_redis_and_one_chain_survives_a_leader_change_and_a_restart() 
     let ready: Value = serde_json::from_str(&w.operator.get("/ready").unwrap()).unwrap();
     assert_eq!(ready["storage"]["backend"], "redis", "{ready}");
 
-    // A second replica; the sidecar talks to whichever does not lead.
+    // A second replica. The sidecar talks to the leader: host-process followers cannot
+    // forward to it (they find the leader's pod by the Lease's holder, and these are no pods).
     let all_env: Vec<(&str, &str)> = FAST.iter().chain(&env).copied().collect();
     let mut replicas = vec![w.operator, OperatorProcess::start(&w.ns, "op-b", &all_env)];
     let leader = leader_of(&mut replicas).name.clone();
-    let follower = replicas.iter().find(|r| r.name != leader).unwrap();
-    let sidecar = Sidecar::start(&w.ns, "researcher", "researcher-0", follower, None, &w.dir);
+    let sidecar = {
+        let leading = replicas.iter().find(|r| r.name == leader).unwrap();
+        Sidecar::start(&w.ns, "researcher", "researcher-0", leading, None, &w.dir)
+    };
     let (status, answer) = call_through(&sidecar, "/servers/tools/mcp", "echo", 1);
     assert_eq!(status, 200, "{answer}");
     let (_, answer) = call_through(&sidecar, "/servers/tools/mcp", "run_shell", 2);
@@ -874,11 +877,13 @@ fn decisions_reach_redis_and_one_chain_survives_a_leader_change_and_a_restart() 
     assert_eq!(denied["decision"], "deny");
     assert_eq!(denied["policyVersion"].as_str().map(str::len), Some(16));
 
-    // The leader dies; the follower leads and continues the chain.
+    // The leader dies; the other replica leads and continues the chain.
+    drop(sidecar);
     leader_of(&mut replicas).kill();
     replicas.retain_mut(OperatorProcess::is_running);
-    let survivor = leader_of(&mut replicas).name.clone();
-    assert_ne!(survivor, leader);
+    let survivor = leader_of(&mut replicas);
+    assert_ne!(survivor.name, leader);
+    let sidecar = Sidecar::start(&w.ns, "researcher", "researcher-0", survivor, None, &w.dir);
     call_through(
         &sidecar,
         "/servers/tools/mcp",
