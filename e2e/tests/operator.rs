@@ -1451,3 +1451,75 @@ fn a_new_leader_continues_the_behaviour_baseline_from_the_store() {
         "a learned executable counted: {anomalies}"
     );
 }
+
+/// `AGENTMESH_CACHE_ENABLED` governs how long the trust API believes a review: with caching
+/// off, a probe whose ServiceAccount is deleted (its tokens void) is refused at its very next
+/// report; with the seed's cache (300 s, capped at 60 s for reviews), the token reviewed
+/// before is still believed for a while — the cost the cache buys its API requests with.
+#[test]
+fn with_caching_off_a_voided_token_is_refused_at_once() {
+    cluster().ensure_crds();
+    let namespace = TestNamespace::create("nocache", &[]);
+    let ns = namespace.name.as_str();
+    let uncached: Vec<(&str, &str)> = FAST_LEASE
+        .iter()
+        .copied()
+        .chain([("AGENTMESH_CACHE_ENABLED", "false")])
+        .collect();
+    let mut operator = OperatorProcess::start(ns, "op", &uncached);
+    apply(ns, identity("watched", json!({})));
+    let pod = pod_on(ns, "watched-0", "watched", "kwok-node-0");
+    wait_for(
+        &mut operator,
+        "agentidentity",
+        "watched",
+        ns,
+        "a pod",
+        |o| o["status"]["podsMatched"] == 1,
+    );
+    let probe = reporter_token(ns, true);
+    let (code, answer) = post_report(&mut [&mut operator], &probe, &report(&pod, ns, &[]));
+    assert_eq!(code, 202, "{answer}");
+
+    cluster().kubectl_ok(&["delete", "serviceaccount", "probe", "-n", ns, "--wait"]);
+    // The API server's token cache may need a moment; ours adds nothing.
+    let deleted = std::time::Instant::now();
+    loop {
+        let (code, answer) = post_report(&mut [&mut operator], &probe, &report(&pod, ns, &[]));
+        if code == 401 {
+            break;
+        }
+        assert_eq!(code, 202, "{answer}");
+        assert!(
+            deleted.elapsed() < Duration::from_secs(10),
+            "still accepted {:?} after the permission went",
+            deleted.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "no cache: refused {:?} after the ClusterRoleBinding's deletion",
+        deleted.elapsed()
+    );
+
+    // The same with the seed's cache on a second operator: the permission it reviewed before
+    // the deletion is still believed.
+    let cached_ns = TestNamespace::create("cache", &[]);
+    let cns = cached_ns.name.as_str();
+    let mut cached = OperatorProcess::start(cns, "op", &FAST_LEASE);
+    apply(cns, identity("watched", json!({})));
+    let pod = pod_on(cns, "watched-0", "watched", "kwok-node-0");
+    wait_for(&mut cached, "agentidentity", "watched", cns, "a pod", |o| {
+        o["status"]["podsMatched"] == 1
+    });
+    let probe = reporter_token(cns, true);
+    let (code, _) = post_report(&mut [&mut cached], &probe, &report(&pod, cns, &[]));
+    assert_eq!(code, 202);
+    cluster().kubectl_ok(&["delete", "serviceaccount", "probe", "-n", cns, "--wait"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, answer) = post_report(&mut [&mut cached], &probe, &report(&pod, cns, &[]));
+    assert_eq!(
+        code, 202,
+        "the cached review should still be believed: {answer}"
+    );
+}

@@ -1,6 +1,11 @@
 //! Who is calling: a ServiceAccount token for the trust API's audience
-//! ([`TRUST_API_AUDIENCE`]) checked with a TokenReview (cached for a minute), then, for probes,
-//! a SubjectAccessReview for `create` on `reports.agentmesh.io`.
+//! ([`TRUST_API_AUDIENCE`]) checked with a TokenReview, then, for probes, a
+//! SubjectAccessReview for `create` on `reports.agentmesh.io`.
+//!
+//! Both reviews' outcomes are cached for [`review_ttl`]: `AGENTMESH_CACHE_TTL`, at most
+//! [`MAX_REVIEW_TTL`] (a revoked token or a removed RoleBinding must not keep working for the
+//! seed's five minutes), and not at all with `AGENTMESH_CACHE_ENABLED=false` (every request
+//! reviewed: two API requests per report).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -17,8 +22,18 @@ use sha2::{Digest, Sha256};
 
 use crate::context::Context;
 
-const CACHE_TTL: Duration = Duration::from_secs(60);
+/// The longest a review's outcome is believed.
+pub const MAX_REVIEW_TTL: Duration = Duration::from_secs(60);
 const CACHE_MAX: usize = 4096;
+
+/// How long a review's outcome is believed under these settings.
+pub fn review_ttl(settings: &agentmesh_api::settings::Settings) -> Duration {
+    if settings.cache_enabled {
+        Duration::from_secs(settings.cache_ttl_seconds).min(MAX_REVIEW_TTL)
+    } else {
+        Duration::ZERO
+    }
+}
 /// `user.extra` key of the pod a bound ServiceAccount token was issued for.
 const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 /// `user.extra` key of that pod's name.
@@ -76,9 +91,18 @@ pub struct Authenticator {
     /// sha256(token) → the review's outcome and when it was made.
     cache: Mutex<HashMap<[u8; 32], CachedReview>>,
     allowed: Mutex<HashMap<String, (bool, Instant)>>,
+    /// [`review_ttl`]; zero: nothing is cached.
+    ttl: Duration,
 }
 
 impl Authenticator {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            ..Self::default()
+        }
+    }
+
     /// The caller of a request with this `Authorization` header.
     pub async fn authenticate(
         &self,
@@ -98,18 +122,20 @@ impl Authenticator {
             })?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some((result, at)) = self.cache.lock().expect("auth cache").get(&digest)
-            && at.elapsed() < CACHE_TTL
+            && at.elapsed() < self.ttl
         {
             return result.clone().map_err(|_| {
                 Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", NOT_ACCEPTED)
             });
         }
         let result = review_token(ctx, token).await?;
-        let mut cache = self.cache.lock().expect("auth cache");
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
+        if !self.ttl.is_zero() {
+            let mut cache = self.cache.lock().expect("auth cache");
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(digest, (result.clone(), Instant::now()));
         }
-        cache.insert(digest, (result.clone(), Instant::now()));
         result.map_err(|detail| {
             tracing::debug!(%detail, "trust API: a token was refused");
             Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", NOT_ACCEPTED)
@@ -123,7 +149,7 @@ impl Authenticator {
             .lock()
             .expect("authz cache")
             .get(&caller.username)
-            && at.elapsed() < CACHE_TTL
+            && at.elapsed() < self.ttl
         {
             return if *allowed {
                 Ok(())
@@ -159,11 +185,13 @@ impl Authenticator {
             })?
             .status
             .is_some_and(|s| s.allowed);
-        let mut cache = self.allowed.lock().expect("authz cache");
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
+        if !self.ttl.is_zero() {
+            let mut cache = self.allowed.lock().expect("authz cache");
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(caller.username.clone(), (allowed, Instant::now()));
         }
-        cache.insert(caller.username.clone(), (allowed, Instant::now()));
         if allowed {
             Ok(())
         } else {
@@ -239,6 +267,34 @@ async fn review_token(ctx: &Context, token: &str) -> Result<Result<Caller, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reviews_are_cached_for_the_cache_ttl_at_most_a_minute_and_not_when_disabled() {
+        let settings = |vars: &[(&str, &str)]| {
+            agentmesh_api::settings::Settings::from_lookup(|name| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+            .unwrap()
+        };
+        // The seed's 300 s: capped.
+        assert_eq!(
+            review_ttl(&settings(&[("AGENTMESH_CACHE_TTL", "300")])),
+            MAX_REVIEW_TTL
+        );
+        assert_eq!(
+            review_ttl(&settings(&[("AGENTMESH_CACHE_TTL", "5")])),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            review_ttl(&settings(&[
+                ("AGENTMESH_CACHE_ENABLED", "false"),
+                ("AGENTMESH_CACHE_TTL", "300")
+            ])),
+            Duration::ZERO
+        );
+    }
 
     #[test]
     fn only_a_token_for_the_trust_api_is_believed() {

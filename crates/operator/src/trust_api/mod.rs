@@ -54,11 +54,12 @@ pub async fn serve(
     engine: Arc<OnceLock<Arc<Engine>>>,
     identities: kube::runtime::reflector::Store<agentmesh_api::identity::AgentIdentity>,
 ) {
+    let auth = Authenticator::new(auth::review_ttl(&ctx.config.settings));
     let server = Arc::new(Server {
         ctx,
         engine,
         identities,
-        auth: Authenticator::default(),
+        auth,
         forwarder: Forwarder::default(),
     });
     agentmesh_runtime::serve(
