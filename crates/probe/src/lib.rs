@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod counters;
+pub mod dynamodb;
 pub mod enforce;
 pub mod files;
 pub mod http;

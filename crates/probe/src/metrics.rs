@@ -27,6 +27,8 @@ pub struct Metrics {
     pub epsilon_spent: Counter<f64, AtomicU64>,
     pub telemetry_exports: Counter,
     pub telemetry_drops: Counter,
+    /// Rounds of resending telemetry items DynamoDB left unprocessed.
+    pub telemetry_retries: Counter,
 }
 
 impl Metrics {
@@ -51,6 +53,7 @@ impl Metrics {
             epsilon_spent: Counter::default(),
             telemetry_exports: Counter::default(),
             telemetry_drops: Counter::default(),
+            telemetry_retries: Counter::default(),
             registry: Registry::default(),
             sensors: sensors.clone(),
         };
@@ -135,6 +138,12 @@ impl Metrics {
             "Telemetry records dropped undelivered because the backlog of records waiting for the \
              telemetry sink was full",
             metrics.telemetry_drops.clone(),
+        );
+        registry.register(
+            "telemetry_retries",
+            "Rounds of resending the telemetry items DynamoDB left unprocessed (throttled \
+             requests are retried by the AWS SDK itself)",
+            metrics.telemetry_retries.clone(),
         );
         registry.register(
             "unattributed_events",

@@ -109,6 +109,12 @@ pub struct ProbeConfig {
     pub metrics_addr: std::net::SocketAddr,
     pub telemetry_sink: TelemetrySink,
     pub telemetry_endpoint: Option<String>,
+    /// DynamoDB table of the `dynamodb` sink (`spec.telemetry.table`).
+    pub telemetry_table: String,
+    /// `spec.customerId`: written with every telemetry item.
+    pub customer_id: String,
+    /// `spec.region`: the AWS region of the `dynamodb` sink.
+    pub region: String,
     pub telemetry_interval: Duration,
     /// Most telemetry records sent in one export (`spec.telemetry.batchSize`).
     pub telemetry_batch_size: usize,
@@ -304,6 +310,9 @@ impl ProbeConfig {
                 .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], port))),
             telemetry_sink: spec.telemetry.sink,
             telemetry_endpoint: spec.telemetry.endpoint.clone(),
+            telemetry_table: spec.telemetry.table.clone(),
+            customer_id: spec.customer_id.clone(),
+            region: spec.region.clone(),
             telemetry_interval: Duration::from_secs(spec.telemetry.interval_seconds as u64),
             telemetry_batch_size: batch_size as usize,
             report_interval: Duration::from_secs(spec.report_interval_seconds as u64),

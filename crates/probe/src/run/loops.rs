@@ -168,15 +168,20 @@ pub(super) async fn report_windows(
     }
 }
 
+/// Where telemetry goes.
+pub(super) enum TelemetryOut {
+    /// One POST of JSON per record to the endpoint.
+    Http(Box<JsonClient>, String),
+    /// `BatchWriteItem`s ([`crate::dynamodb`]).
+    Dynamodb(crate::dynamodb::DynamoSink),
+}
+
 pub(super) async fn telemetry_loop(
     config: ProbeConfig,
     shared: Arc<Mutex<Shared>>,
     metrics: Arc<Metrics>,
-    client: JsonClient,
+    out: TelemetryOut,
 ) {
-    let Some(endpoint) = config.telemetry_endpoint.clone() else {
-        return;
-    };
     let mut backlog = Backlog::new(BACKLOG_CAPACITY);
     let mut tick = tokio::time::interval(config.telemetry_interval);
     tick.tick().await;
@@ -206,6 +211,15 @@ pub(super) async fn telemetry_loop(
         if dropped > 0 {
             metrics.telemetry_drops.inc_by(dropped as u64);
         }
+        let (client, endpoint) = match &out {
+            TelemetryOut::Dynamodb(sink) => {
+                let batch = backlog.batch(config.telemetry_batch_size);
+                let written = sink.write(&batch).await;
+                backlog.delivered(written);
+                continue;
+            }
+            TelemetryOut::Http(client, endpoint) => (client, endpoint),
+        };
         // The http sink takes one record per POST.
         telemetry::export(&mut backlog, config.telemetry_batch_size, |record| {
             let (client, endpoint, metrics) = (&client, &endpoint, &metrics);

@@ -294,15 +294,26 @@ pub async fn start(mut config: ProbeConfig) -> Result<ProbeHandle, StartError> {
     // Noised telemetry.
     match config.telemetry_sink {
         TelemetrySink::None => {}
-        TelemetrySink::Http => tasks.push(tokio::spawn(telemetry_loop(
-            config.clone(),
-            shared.clone(),
-            metrics.clone(),
-            JsonClient::new(None),
-        ))),
-        TelemetrySink::Dynamodb => tracing::warn!(
-            "spec.telemetry.sink dynamodb is not implemented by this probe: no telemetry is exported"
-        ),
+        TelemetrySink::Http => {
+            if let Some(endpoint) = config.telemetry_endpoint.clone() {
+                tasks.push(tokio::spawn(telemetry_loop(
+                    config.clone(),
+                    shared.clone(),
+                    metrics.clone(),
+                    loops::TelemetryOut::Http(Box::new(JsonClient::new(None)), endpoint),
+                )));
+            }
+        }
+        TelemetrySink::Dynamodb => {
+            let sink = crate::dynamodb::DynamoSink::new(&config, metrics.clone()).await;
+            tracing::info!(table = %config.telemetry_table, region = %config.region, "telemetry to DynamoDB");
+            tasks.push(tokio::spawn(telemetry_loop(
+                config.clone(),
+                shared.clone(),
+                metrics.clone(),
+                loops::TelemetryOut::Dynamodb(sink),
+            )));
+        }
     }
     if config.telemetry_sink != TelemetrySink::None && !config.enable_noise {
         tracing::warn!("spec.privacy.enableNoise is false: exact counts leave the node");
