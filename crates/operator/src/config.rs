@@ -374,12 +374,6 @@ impl Config {
     pub fn load() -> anyhow::Result<Self> {
         let args = Args::parse();
         let settings = Settings::from_env()?;
-        if settings.otel_enabled {
-            anyhow::bail!(
-                "{}=true: OpenTelemetry export is not available in this version of the operator; set it to false",
-                agentmesh_api::names::env::OTEL_ENABLED
-            );
-        }
         if settings.storage_backend == agentmesh_api::settings::StorageBackend::Postgres
             && args.postgres_host.as_deref().unwrap_or("").is_empty()
         {

@@ -35,13 +35,23 @@ use crate::runtime::{crd_check, http, leader, logging, shutdown_signal};
 /// Runs the operator until a termination signal, or until leadership is lost.
 pub async fn run() -> anyhow::Result<()> {
     let config = Config::load()?;
-    logging::init(&config.settings);
+    // Kept to the end of `run`: dropping it sends the spans still queued.
+    let traces = logging::init(&config.settings)?;
+    if traces.is_some() {
+        tracing::info!(endpoint = %config.settings.otel_endpoint, "OpenTelemetry traces exported over OTLP/gRPC");
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     crd_check::ensure_installed(&client).await?;
 
-    let (metrics, registry) = metrics::Metrics::new();
+    let (metrics, mut registry) = metrics::Metrics::new();
+    if let Some(traces) = &traces {
+        registry.register_collector(Box::new(agentmesh_runtime::traces::SpanMetrics::new(
+            "meshlogic_operator",
+            traces.counters.clone(),
+        )));
+    }
     let (leading_tx, leading_rx) = watch::channel(false);
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod logging;
 pub mod serve;
+pub mod traces;
 
 pub use serve::{Accept, Limits, OverTls, Plain, TlsOrPlain, serve};
 

@@ -428,13 +428,19 @@ fn request_span(
             )
         };
     }
-    match level {
+    let span = match level {
         tracing::Level::ERROR => span_at!(tracing::Level::ERROR),
         tracing::Level::WARN => span_at!(tracing::Level::WARN),
         tracing::Level::INFO => span_at!(tracing::Level::INFO),
         tracing::Level::DEBUG => span_at!(tracing::Level::DEBUG),
         tracing::Level::TRACE => span_at!(tracing::Level::TRACE),
+    };
+    // The caller's trace (W3C `traceparent`), when it sent one and traces are exported.
+    if request.headers().contains_key("traceparent") && !span.is_disabled() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let _ = span.set_parent(crate::traces::extract(request.headers()));
     }
+    span
 }
 
 #[cfg(test)]
