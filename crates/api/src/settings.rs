@@ -145,6 +145,18 @@ impl Settings {
         Ok((vars.log_level()?, vars.log_format()?))
     }
 
+    /// `AGENTMESH_OTEL_ENABLED` and `AGENTMESH_OTEL_ENDPOINT` alone, parsed as [`Settings`]
+    /// parses them: for the probe.
+    pub fn otel_from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(bool, String), SettingsError> {
+        let vars = Vars(&lookup);
+        Ok((
+            vars.boolean(env::OTEL_ENABLED, false)?,
+            vars.url(env::OTEL_ENDPOINT, "http://otel-collector:4317")?,
+        ))
+    }
+
     /// Reads every variable through `lookup` (`None`: unset).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let vars = Vars(&lookup);

@@ -36,21 +36,15 @@ use crate::runtime::{crd_check, http, leader, logging, shutdown_signal};
 pub async fn run() -> anyhow::Result<()> {
     let config = Config::load()?;
     // Kept to the end of `run`: dropping it sends the spans still queued.
-    let traces = logging::init(&config.settings)?;
-    if traces.is_some() {
-        tracing::info!(endpoint = %config.settings.otel_endpoint, "OpenTelemetry traces exported over OTLP/gRPC");
-    }
+    let _traces = logging::init(&config.settings)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     crd_check::ensure_installed(&client).await?;
 
     let (metrics, mut registry) = metrics::Metrics::new();
-    if let Some(traces) = &traces {
-        registry.register_collector(Box::new(agentmesh_runtime::traces::SpanMetrics::new(
-            "meshlogic_operator",
-            traces.counters.clone(),
-        )));
+    if let Some(spans) = agentmesh_runtime::traces::metrics("meshlogic_operator") {
+        registry.register_collector(Box::new(spans));
     }
     let (leading_tx, leading_rx) = watch::channel(false);
     let ctx = Arc::new(Context::new(

@@ -89,9 +89,11 @@ impl JsonClient {
         if body.is_some() {
             request = request.header("content-type", "application/json");
         }
-        let request = request
+        let mut request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|error| HttpError::Request(error.to_string()))?;
+        // The trace goes on to the operator (with traces on).
+        agentmesh_runtime::traces::inject(request.headers_mut());
         let exchange = async {
             let response = self
                 .client

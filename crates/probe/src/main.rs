@@ -52,22 +52,26 @@ struct Args {
     report_queue: usize,
 }
 
-/// Logs as every AgentMesh component logs ([`agentmesh_runtime::logging`]); a bad
-/// `AGENTMESH_LOG_LEVEL` or `AGENTMESH_LOG_FORMAT` stops start-up naming the variable.
-fn init_logging() -> Result<(), String> {
-    let (level, format) =
-        agentmesh_api::settings::Settings::logging_from_lookup(|name| std::env::var(name).ok())
-            .map_err(|error| error.to_string())?;
-    agentmesh_runtime::logging::init(level, format);
-    Ok(())
+/// Logs as every AgentMesh component logs ([`agentmesh_runtime::logging`]), and with
+/// `AGENTMESH_OTEL_ENABLED=true` exports traces to `AGENTMESH_OTEL_ENDPOINT` (the operator
+/// passes its own settings on); a bad value stops start-up naming the variable.
+fn init_logging() -> Result<Option<agentmesh_runtime::traces::Traces>, String> {
+    use agentmesh_api::settings::Settings;
+    let lookup = |name: &str| std::env::var(name).ok();
+    let (level, format) = Settings::logging_from_lookup(lookup).map_err(|e| e.to_string())?;
+    let (enabled, endpoint) = Settings::otel_from_lookup(lookup).map_err(|e| e.to_string())?;
+    agentmesh_runtime::traces::init(level, format, enabled, &endpoint, "meshlogic-probe")
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(message) = init_logging() {
-        eprintln!("meshlogic-probe: {message}");
-        return ExitCode::from(2);
-    }
+    let _traces = match init_logging() {
+        Ok(traces) => traces,
+        Err(message) => {
+            eprintln!("meshlogic-probe: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let kube = if args.no_kube {
         KubeAccess::Disabled
     } else if let Some(path) = args.kubeconfig {

@@ -34,6 +34,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("meshlogic_probe");
+        if let Some(spans) = agentmesh_runtime::traces::metrics("") {
+            registry.register_collector(Box::new(spans));
+        }
         let sensors = Arc::new(SensorCounters::default());
         registry.register(
             "events",

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use agentmesh_api::wire::{REPORTS_PATH, ReportBatch};
 use backon::Retryable;
@@ -88,12 +89,14 @@ impl ReportQueue {
                 self.ready.notified().await;
                 continue;
             }
+            let span = tracing::info_span!("report send", queued = self.len());
             let _ = (|| self.send_front(&client, &url))
                 .retry(backoff.schedule())
                 .notify(|error, delay| {
                     self.metrics.report_failures.inc();
                     tracing::warn!(%error, %url, retry_in = ?delay, "report not delivered");
                 })
+                .instrument(span)
                 .await;
         }
     }

@@ -5,6 +5,8 @@
 pub mod client;
 pub mod logging;
 pub mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod traces;
 
 pub use serve::{Accept, Limits, OverTls, Plain, TlsOrPlain, serve};

@@ -19,6 +19,21 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor};
 
+static COUNTERS: std::sync::OnceLock<Arc<SpanCounters>> = std::sync::OnceLock::new();
+
+/// Whether this process exports traces ([`start`] was called).
+pub fn enabled() -> bool {
+    COUNTERS.get().is_some()
+}
+
+/// The metrics of this process's exporter, when it exports traces: to register in the
+/// component's registry.
+pub fn metrics(prefix: &'static str) -> Option<SpanMetrics> {
+    COUNTERS
+        .get()
+        .map(|counters| SpanMetrics::new(prefix, counters.clone()))
+}
+
 /// Finished spans waiting for the exporter.
 pub const QUEUE: usize = 2048;
 /// Spans per export.
@@ -27,6 +42,31 @@ pub const BATCH: usize = 512;
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a partial batch waits.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// Starts exporting when `enabled` (`AGENTMESH_OTEL_ENABLED`) to `endpoint`
+/// (`AGENTMESH_OTEL_ENDPOINT`), then logging ([`crate::logging::init_with_traces`]); the
+/// returned value is kept until the process exits (dropping it sends what is queued).
+pub fn init(
+    level: agentmesh_api::settings::LogLevel,
+    format: agentmesh_api::settings::LogFormat,
+    enabled: bool,
+    endpoint: &str,
+    service: &'static str,
+) -> Result<Option<Traces>, String> {
+    let traces = if enabled {
+        Some(start(&TraceConfig {
+            endpoint: endpoint.to_owned(),
+            service,
+        })?)
+    } else {
+        None
+    };
+    crate::logging::init_with_traces(level, format, traces.as_ref().map(|t| (t, service)));
+    if traces.is_some() {
+        tracing::info!(%endpoint, service, "OpenTelemetry traces exported over OTLP/gRPC");
+    }
+    Ok(traces)
+}
 
 /// Where traces go and under which service name.
 #[derive(Clone, Debug)]
@@ -206,6 +246,7 @@ pub fn start(config: &TraceConfig) -> Result<Traces, String> {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
+    let _ = COUNTERS.set(counters.clone());
     Ok(Traces { provider, counters })
 }
 
@@ -277,7 +318,12 @@ impl prometheus_client::collector::Collector for SpanMetrics {
             ),
         ] {
             let counter = ConstCounter::new(value);
-            let name = format!("{}_{name}", self.prefix);
+            // A registry made `with_prefix` adds its prefix itself: pass "" there.
+            let name = if self.prefix.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{}_{name}", self.prefix)
+            };
             let metric = encoder.encode_descriptor(&name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }

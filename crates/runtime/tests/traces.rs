@@ -3,92 +3,17 @@
 //! hop, and Jaeger's query API shows it; a collector nobody listens on never holds the caller
 //! up, and what is lost is counted.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agentmesh_runtime::testing::{Jaeger, free_port};
 use agentmesh_runtime::traces::{self, TraceConfig};
 use tracing_subscriber::layer::SubscriberExt as _;
-
-fn repo_root() -> std::path::PathBuf {
-    let manifest = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    std::path::PathBuf::from(manifest).join("../..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Jaeger {
-    child: Child,
-    otlp: u16,
-    query: u16,
-}
-
-impl Drop for Jaeger {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Jaeger {
-    fn start() -> Self {
-        let out = Command::new(repo_root().join("scripts/jaeger.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/jaeger.sh runs");
-        assert!(out.status.success());
-        let binary = String::from_utf8(out.stdout).unwrap();
-        let binary = binary.lines().last().unwrap().trim().to_owned();
-        let (otlp, query, query_grpc) = (free_port(), free_port(), free_port());
-        let config = repo_root().join("e2e/jaeger/config.yaml");
-        let child = Command::new(binary)
-            .arg("--config")
-            .arg(format!("file:{}", config.display()))
-            .env("OTLP_PORT", otlp.to_string())
-            .env("QUERY_PORT", query.to_string())
-            .env("QUERY_GRPC_PORT", query_grpc.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("jaeger");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for port in [otlp, query] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "jaeger did not listen on {port}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        Self { child, otlp, query }
-    }
-
-    /// `GET /api/traces/<id>` of the query API, as JSON.
-    fn trace(&self, trace_id: &str) -> Option<serde_json::Value> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.query)).ok()?;
-        write!(
-            stream,
-            "GET /api/traces/{trace_id} HTTP/1.0\r\nHost: localhost\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let body = response.split("\r\n\r\n").nth(1)?;
-        let json: serde_json::Value = serde_json::from_str(body).ok()?;
-        json["data"].as_array()?.first().cloned()
-    }
-}
 
 #[test]
 fn a_span_joins_the_callers_trace_passes_it_on_and_reaches_jaeger() {
     let jaeger = Jaeger::start();
     let traces = traces::start(&TraceConfig {
-        endpoint: format!("http://127.0.0.1:{}", jaeger.otlp),
+        endpoint: jaeger.endpoint(),
         service: "agentmesh-test",
     })
     .unwrap();
@@ -117,16 +42,7 @@ fn a_span_joins_the_callers_trace_passes_it_on_and_reaches_jaeger() {
     let counters = traces.counters.clone();
     drop(traces); // sends what is queued
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let trace = loop {
-        if let Some(trace) = jaeger.trace(trace_id)
-            && trace["spans"].as_array().is_some_and(|s| s.len() >= 2)
-        {
-            break trace;
-        }
-        assert!(Instant::now() < deadline, "the trace never reached Jaeger");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let trace = jaeger.wait_trace(trace_id, 2);
     assert_eq!(counters.exported(), 2);
     let spans = trace["spans"].as_array().unwrap();
     let request = spans

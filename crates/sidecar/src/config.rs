@@ -253,12 +253,6 @@ impl Config {
                     .into(),
             );
         }
-        if self.settings.otel_enabled {
-            notes.push(
-                "AGENTMESH_OTEL_ENABLED=true: the sidecar does not export OpenTelemetry traces yet; use /metrics on 9091"
-                    .into(),
-            );
-        }
         notes
     }
 }

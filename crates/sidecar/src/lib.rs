@@ -30,9 +30,21 @@ use config::Config;
 
 pub use agentmesh_api::convert::now;
 
-/// Logs: see [`agentmesh_runtime::logging`].
-pub fn init_logging(settings: &Settings) {
-    agentmesh_runtime::logging::init(settings.log_level, settings.log_format);
+/// The service name of the sidecar's spans.
+pub const SERVICE: &str = "agentmesh-sidecar";
+
+/// Logs, and with `AGENTMESH_OTEL_ENABLED=true` traces: see [`agentmesh_runtime::traces`].
+/// Keep what it returns until the process exits.
+pub fn init_logging(
+    settings: &Settings,
+) -> Result<Option<agentmesh_runtime::traces::Traces>, String> {
+    agentmesh_runtime::traces::init(
+        settings.log_level,
+        settings.log_format,
+        settings.otel_enabled,
+        &settings.otel_endpoint,
+        SERVICE,
+    )
 }
 
 /// Loads the key named by `AGENTMESH_AGENT_PRIVATE_KEY`: the PEM itself, or a file path. A
@@ -103,7 +115,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.settings,
         config.flags.policy_file.as_deref(),
     )?);
-    let (metrics, registry) = metrics::Metrics::new();
+    let (metrics, mut registry) = metrics::Metrics::new();
+    if let Some(spans) = agentmesh_runtime::traces::metrics("agentmesh_sidecar") {
+        registry.register_collector(Box::new(spans));
+    }
     metrics.trust_score.set(i64::from(governor.current().score));
     let health = health::Health::new(config.flags.healthy_file.clone(), governor.clone());
 

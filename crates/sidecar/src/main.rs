@@ -47,7 +47,13 @@ async fn serve() {
             std::process::exit(2);
         }
     };
-    agentmesh_sidecar::init_logging(&config.settings);
+    let _traces = match agentmesh_sidecar::init_logging(&config.settings) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("agentmesh-sidecar: {error}");
+            std::process::exit(2);
+        }
+    };
     if let Err(error) = agentmesh_sidecar::run(config).await {
         tracing::error!("{error:#}");
         eprintln!("agentmesh-sidecar: {error:#}");

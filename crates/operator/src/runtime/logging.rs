@@ -2,7 +2,7 @@
 //! initialiser for every component).
 
 use agentmesh_api::settings::Settings;
-use agentmesh_runtime::traces::{TraceConfig, Traces};
+use agentmesh_runtime::traces::Traces;
 
 /// The service name of the operator's spans.
 pub const SERVICE: &str = "meshlogic-operator";
@@ -10,21 +10,12 @@ pub const SERVICE: &str = "meshlogic-operator";
 /// Starts logging, and with `AGENTMESH_OTEL_ENABLED=true` the export of spans to
 /// `AGENTMESH_OTEL_ENDPOINT` (never waiting for the collector).
 pub fn init(settings: &Settings) -> anyhow::Result<Option<Traces>> {
-    let traces = if settings.otel_enabled {
-        Some(
-            agentmesh_runtime::traces::start(&TraceConfig {
-                endpoint: settings.otel_endpoint.clone(),
-                service: SERVICE,
-            })
-            .map_err(anyhow::Error::msg)?,
-        )
-    } else {
-        None
-    };
-    agentmesh_runtime::logging::init_with_traces(
+    agentmesh_runtime::traces::init(
         settings.log_level,
         settings.log_format,
-        traces.as_ref().map(|t| (t, SERVICE)),
-    );
-    Ok(traces)
+        settings.otel_enabled,
+        &settings.otel_endpoint,
+        SERVICE,
+    )
+    .map_err(anyhow::Error::msg)
 }

@@ -35,6 +35,9 @@ pub struct OperatorSettings {
     pub probe_images: Vec<String>,
     /// The ClusterRole the probes are bound to.
     pub probe_cluster_role: String,
+    /// Where the operator sends its traces (`AGENTMESH_OTEL_ENDPOINT`, when
+    /// `AGENTMESH_OTEL_ENABLED`): the probes send theirs there too.
+    pub otel_endpoint: Option<String>,
 }
 
 /// Why a MeshLogicAgent is not acted on: its `Degraded` reason and message.

@@ -104,6 +104,14 @@ fn env(agent: &Agent, settings: &OperatorSettings) -> Vec<EnvVar> {
         env_value(probe_env::PROC_ROOT, paths::PROBE_HOST_PROC),
         env_value(probe_env::AWS_REGION, spec.region.as_str()),
     ];
+    // Traces go where the operator's go.
+    if let Some(endpoint) = &settings.otel_endpoint {
+        env.push(env_value(agentmesh_api::names::env::OTEL_ENABLED, "true"));
+        env.push(env_value(
+            agentmesh_api::names::env::OTEL_ENDPOINT,
+            endpoint.as_str(),
+        ));
+    }
     // With IRSA, the ServiceAccount's annotation gives the pod its role; otherwise the keys
     // come from the seed's credentials Secret.
     if !spec.aws.use_irsa

@@ -147,6 +147,11 @@ async fn apply(resource: &MeshLogicAgent, ctx: &Context) -> Result<Action> {
         agent_namespaces: args.agent_namespaces.clone(),
         probe_images: args.probe_images.clone(),
         probe_cluster_role: args.probe_cluster_role.clone(),
+        otel_endpoint: ctx
+            .config
+            .settings
+            .otel_enabled
+            .then(|| ctx.config.settings.otel_endpoint.clone()),
     };
     if let Some(refusal) = settings.refusal(&agent) {
         return refuse(resource, &agent, refusal, ctx).await;

@@ -42,6 +42,7 @@ fn settings() -> OperatorSettings {
         agent_namespaces: vec!["meshlogic".into()],
         probe_images: vec!["registry.meshlogic.ai/meshlogic/agent".into()],
         probe_cluster_role: "agentmesh-probe".into(),
+        otel_endpoint: None,
     }
 }
 
