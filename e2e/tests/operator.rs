@@ -1366,19 +1366,11 @@ fn a_new_leader_continues_the_behaviour_baseline_from_the_store() {
     let redis = agentmesh_store::testing::RedisServer::start(
         &std::env::temp_dir().join(format!("agentmesh-e2e-baseline-{}", std::process::id())),
     );
-    let port = redis.port.to_string();
+    let store_env = agentmesh_store::testing::store_env(&redis.remote());
     let env: Vec<(&str, &str)> = FAST_LEASE
         .iter()
         .copied()
-        .chain([
-            ("AGENTMESH_STORAGE_BACKEND", "redis"),
-            ("AGENTMESH_REDIS_HOST", "127.0.0.1"),
-            ("AGENTMESH_REDIS_PORT", port.as_str()),
-            (
-                "AGENTMESH_REDIS_PASSWORD",
-                agentmesh_store::testing::PASSWORD,
-            ),
-        ])
+        .chain(store_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .collect();
     let namespace = TestNamespace::create("baseline", &[]);
     let ns = namespace.name.as_str();

@@ -836,21 +836,9 @@ fn leader_of(replicas: &mut [OperatorProcess]) -> &mut OperatorProcess {
 fn decisions_reach_redis_and_one_chain_survives_a_leader_change_and_a_restart() {
     let scratch = std::env::temp_dir().join(format!("agentmesh-e2e-audit-{}", std::process::id()));
     let redis = agentmesh_store::testing::RedisServer::start(&scratch.join("redis"));
-    let port = redis.port.to_string();
+    let store_env = agentmesh_store::testing::store_env(&redis.remote());
     let mut env: Vec<(&str, &str)> = SEED_CONFIG.to_vec();
-    env.extend([
-        ("AGENTMESH_REDIS_HOST", "127.0.0.1"),
-        ("AGENTMESH_REDIS_PORT", port.as_str()),
-        (
-            "AGENTMESH_REDIS_PASSWORD",
-            agentmesh_store::testing::PASSWORD,
-        ),
-    ]);
-    let store_env: Vec<(String, String)> = env
-        .iter()
-        .filter(|(k, _)| k.contains("STORAGE") || k.contains("REDIS"))
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    env.extend(store_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let w = world_with("sidecar-audit", json!({}), &env);
     let identity = format!("{}/researcher", w.ns);
     let ready: Value = serde_json::from_str(&w.operator.get("/ready").unwrap()).unwrap();
@@ -961,19 +949,10 @@ fn decisions_reach_postgres_and_a_row_edited_by_hand_is_named() {
     let scratch =
         std::env::temp_dir().join(format!("agentmesh-e2e-audit-pg-{}", std::process::id()));
     let postgres = agentmesh_store::testing::PostgresServer::start(&scratch);
-    let port = postgres.port.to_string();
-    let env = [
-        ("AGENTMESH_STORAGE_BACKEND", "postgres"),
-        ("AGENTMESH_POSTGRES_HOST", "127.0.0.1"),
-        ("AGENTMESH_POSTGRES_PORT", port.as_str()),
-        (
-            "AGENTMESH_POSTGRES_PASSWORD",
-            agentmesh_store::testing::PASSWORD,
-        ),
-    ];
-    let store_env: Vec<(String, String)> = env
+    let store_env = agentmesh_store::testing::store_env(&postgres.remote());
+    let env: Vec<(&str, &str)> = store_env
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let w = world_with("sidecar-audit-pg", json!({}), &env);
     let identity = format!("{}/researcher", w.ns);

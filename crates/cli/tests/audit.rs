@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use agentmesh_store::testing::{PASSWORD, PostgresServer, RedisServer};
+use agentmesh_store::testing::{PostgresServer, RedisServer, store_env};
 use agentmesh_store::{AuditStore, Remote};
 use agentmesh_trust::Timestamp;
 use agentmesh_trust::audit::{AuditDecision, AuditRecord};
@@ -16,21 +16,12 @@ fn scratch(name: &str) -> std::path::PathBuf {
 
 /// Runs `agentmesh audit ...` with the operator's variables for `remote`.
 fn audit(remote: &Remote, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agentmesh"));
-    command.arg("audit").args(args);
-    match remote {
-        Remote::Redis { port, .. } => command
-            .env("AGENTMESH_STORAGE_BACKEND", "redis")
-            .env("AGENTMESH_REDIS_HOST", "127.0.0.1")
-            .env("AGENTMESH_REDIS_PORT", port.to_string())
-            .env("AGENTMESH_REDIS_PASSWORD", PASSWORD),
-        Remote::Postgres { port, .. } => command
-            .env("AGENTMESH_STORAGE_BACKEND", "postgres")
-            .env("AGENTMESH_POSTGRES_HOST", "127.0.0.1")
-            .env("AGENTMESH_POSTGRES_PORT", port.to_string())
-            .env("AGENTMESH_POSTGRES_PASSWORD", PASSWORD),
-    };
-    command.output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .arg("audit")
+        .args(args)
+        .envs(store_env(remote))
+        .output()
+        .unwrap()
 }
 
 fn stdout(output: &Output) -> String {

@@ -67,6 +67,9 @@ pub struct Audit {
     retention_days: u32,
     /// Set while this replica leads: only the leader prunes.
     leading: AtomicBool,
+    /// One flush at a time (the writer task's, or [`Audit::drain`]'s before exit): two would
+    /// write the same pending records twice.
+    writer: tokio::sync::Mutex<Writer>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -106,6 +109,7 @@ impl Audit {
             metrics,
             retention_days,
             leading: AtomicBool::new(false),
+            writer: tokio::sync::Mutex::new(Writer::default()),
         }
     }
 
@@ -195,7 +199,8 @@ impl Audit {
     }
 
     /// Writes what is pending until nothing is (or the store fails); returns the failure.
-    async fn flush(&self, writer: &mut Writer) -> Result<(), StoreError> {
+    async fn flush(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer.lock().await;
         loop {
             let batch: Vec<AuditRecord> = {
                 let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -224,8 +229,7 @@ impl Audit {
         if pending == 0 {
             return;
         }
-        let mut writer = Writer::default();
-        match tokio::time::timeout(limit, self.flush(&mut writer)).await {
+        match tokio::time::timeout(limit, self.flush()).await {
             Ok(Ok(())) => tracing::info!(records = pending, "audit records written before exit"),
             Ok(Err(error)) => {
                 tracing::warn!(%error, lost = self.pending(), "audit records not written before exit")
@@ -241,14 +245,13 @@ impl Audit {
 
     /// The writer: appends what is pending, checks the store while idle, prunes while leading.
     pub async fn run(self: Arc<Self>) {
-        let mut writer = Writer::default();
         let mut retry = RETRY_FIRST;
         let mut next_check = tokio::time::Instant::now();
         let mut next_prune: Option<tokio::time::Instant> = None;
         loop {
             let now = tokio::time::Instant::now();
             let result = if self.pending() > 0 {
-                Some(self.flush(&mut writer).await)
+                Some(self.flush().await)
             } else if now >= next_check {
                 next_check = now + CHECK_INTERVAL;
                 Some(self.store.check().await)
@@ -384,8 +387,7 @@ mod tests {
     async fn the_writer_chains_pending_records_into_the_store() {
         let audit = audit(100);
         audit.record((0..7).map(record).collect());
-        let mut writer = Writer::default();
-        audit.flush(&mut writer).await.unwrap();
+        audit.flush().await.unwrap();
         assert_eq!(audit.pending(), 0);
         let entries = audit.store.read_all().await.unwrap();
         assert_eq!(entries.len(), 7);

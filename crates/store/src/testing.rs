@@ -269,3 +269,38 @@ impl Drop for PostgresServer {
         self.stop();
     }
 }
+
+/// The operator's (and `agentmesh audit`'s) variables that name `remote`: backend, host,
+/// port and password.
+pub fn store_env(remote: &Remote) -> Vec<(String, String)> {
+    let pairs: Vec<(&str, String)> = match remote {
+        Remote::Redis {
+            host,
+            port,
+            password,
+        } => vec![
+            ("AGENTMESH_STORAGE_BACKEND", "redis".into()),
+            ("AGENTMESH_REDIS_HOST", host.clone()),
+            ("AGENTMESH_REDIS_PORT", port.to_string()),
+            (
+                "AGENTMESH_REDIS_PASSWORD",
+                password.clone().unwrap_or_default(),
+            ),
+        ],
+        Remote::Postgres {
+            host,
+            port,
+            password,
+            ..
+        } => vec![
+            ("AGENTMESH_STORAGE_BACKEND", "postgres".into()),
+            ("AGENTMESH_POSTGRES_HOST", host.clone()),
+            ("AGENTMESH_POSTGRES_PORT", port.to_string()),
+            (
+                "AGENTMESH_POSTGRES_PASSWORD",
+                password.clone().unwrap_or_default(),
+            ),
+        ],
+    };
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
