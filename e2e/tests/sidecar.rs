@@ -761,10 +761,10 @@ fn a_widened_delegation_is_refused_by_peers() {
     assert!(status["trustScore"].as_i64().unwrap() < start, "{status}");
 }
 
-/// The seed guide's ConfigMap (`agentmesh-config`), as written, but for the store's address
-/// (`agentmesh-redis-master` is the chart's Service; here Redis runs on loopback) and
-/// `AGENTMESH_OTEL_ENABLED`, false until OpenTelemetry export exists.
-const SEED_CONFIG: [(&str, &str); 15] = [
+/// The seed guide's ConfigMap (`agentmesh-config`), as written, but for the addresses
+/// (`agentmesh-redis-master` and `otel-collector` are the cluster's Services; here Redis and
+/// Jaeger run on loopback, and the test adds their addresses after these).
+const SEED_CONFIG: [(&str, &str); 16] = [
     ("AGENTMESH_STORAGE_BACKEND", "redis"),
     ("AGENTMESH_CACHE_ENABLED", "true"),
     ("AGENTMESH_CACHE_TTL", "300"),
@@ -778,7 +778,8 @@ const SEED_CONFIG: [(&str, &str); 15] = [
     ("AGENTMESH_GOVERNANCE_AUDIT_RETENTION_DAYS", "90"),
     ("AGENTMESH_LOG_LEVEL", "INFO"),
     ("AGENTMESH_LOG_FORMAT", "json"),
-    ("AGENTMESH_OTEL_ENABLED", "false"),
+    ("AGENTMESH_OTEL_ENABLED", "true"),
+    ("AGENTMESH_OTEL_ENDPOINT", "http://otel-collector:4317"),
     ("AGENTMESH_POLICY", "strict"),
 ];
 
@@ -837,8 +838,11 @@ fn decisions_reach_redis_and_one_chain_survives_a_leader_change_and_a_restart() 
     let scratch = std::env::temp_dir().join(format!("agentmesh-e2e-audit-{}", std::process::id()));
     let redis = agentmesh_store::testing::RedisServer::start(&scratch.join("redis"));
     let store_env = agentmesh_store::testing::store_env(&redis.remote());
+    let jaeger = agentmesh_runtime::testing::Jaeger::start();
+    let collector = jaeger.endpoint();
     let mut env: Vec<(&str, &str)> = SEED_CONFIG.to_vec();
     env.extend(store_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    env.push(("AGENTMESH_OTEL_ENDPOINT", collector.as_str()));
     let w = world_with("sidecar-audit", json!({}), &env);
     let identity = format!("{}/researcher", w.ns);
     let ready: Value = serde_json::from_str(&w.operator.get("/ready").unwrap()).unwrap();
@@ -922,6 +926,16 @@ fn decisions_reach_redis_and_one_chain_survives_a_leader_change_and_a_restart() 
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+
+    // The operators' spans reached the collector: the reconciles, and the report ingestions
+    // of the sidecar's batches.
+    let operations = jaeger.operations("meshlogic-operator");
+    for operation in ["reconcile", "request"] {
+        assert!(
+            operations.iter().any(|o| o == operation),
+            "no {operation} span from the operator in Jaeger: {operations:?}"
+        );
+    }
 
     // An entry edited in Redis by hand: verify names it.
     let position = seqs.len() / 2;

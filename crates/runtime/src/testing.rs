@@ -4,10 +4,20 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The repository: the first directory holding `scripts/jaeger.sh` above the running test's
+/// manifest directory (any crate of the workspace), else above this crate's.
 pub fn repo_root() -> std::path::PathBuf {
-    let manifest = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    std::path::PathBuf::from(manifest).join("../..")
+    let running = std::env::var("CARGO_MANIFEST_DIR").ok();
+    [running.as_deref(), Some(env!("CARGO_MANIFEST_DIR"))]
+        .into_iter()
+        .flatten()
+        .find_map(|dir| {
+            std::path::Path::new(dir)
+                .ancestors()
+                .find(|d| d.join("scripts/jaeger.sh").exists())
+                .map(std::path::Path::to_path_buf)
+        })
+        .expect("scripts/jaeger.sh above the manifest directory")
 }
 
 pub fn free_port() -> u16 {
@@ -28,6 +38,29 @@ impl Jaeger {
     /// The OTLP endpoint to give an exporter.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.otlp)
+    }
+
+    /// The operation names Jaeger has for `service` (`GET /api/services/<service>/operations`),
+    /// waiting up to 30 s for some.
+    pub fn operations(&self, service: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let names: Vec<String> = self
+                .get(&format!("/api/services/{service}/operations"))
+                .and_then(|json| {
+                    json["data"].as_array().map(|ops| {
+                        ops.iter()
+                            // Plain names; objects with a `name` in newer APIs.
+                            .filter_map(|o| o.as_str().or(o["name"].as_str()).map(str::to_owned))
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
+            if !names.is_empty() || Instant::now() >= deadline {
+                return names;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// Waits (up to 30 s) for trace `trace_id` to hold at least `spans` spans.
@@ -86,19 +119,20 @@ impl Jaeger {
         Self { child, otlp, query }
     }
 
-    /// `GET /api/traces/<id>` of the query API, as JSON.
+    /// `GET /api/traces/<id>` of the query API: the trace.
     pub fn trace(&self, trace_id: &str) -> Option<serde_json::Value> {
+        let json = self.get(&format!("/api/traces/{trace_id}"))?;
+        json["data"].as_array()?.first().cloned()
+    }
+
+    /// A GET of the query API, as JSON.
+    fn get(&self, path: &str) -> Option<serde_json::Value> {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.query)).ok()?;
-        write!(
-            stream,
-            "GET /api/traces/{trace_id} HTTP/1.0\r\nHost: localhost\r\n\r\n"
-        )
-        .ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let body = response.split("\r\n\r\n").nth(1)?;
-        let json: serde_json::Value = serde_json::from_str(body).ok()?;
-        json["data"].as_array()?.first().cloned()
+        serde_json::from_str(body).ok()
     }
 }
