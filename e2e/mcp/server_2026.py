@@ -80,12 +80,28 @@ def notes() -> str:
     return NOTES
 
 
+def export_traces(endpoint: str) -> None:
+    """Sends the SDK's own spans (one per message, on by default) over OTLP/gRPC."""
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "mcp-fixture-2026"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+    trace.set_tracer_provider(provider)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="server_2026.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--otlp", help="export the SDK's spans to this OTLP/gRPC endpoint")
     p.add_argument("--json-response", action="store_true")
     p.add_argument("--any-host", action="store_true")
     args = p.parse_args()
+    if args.otlp:
+        export_traces(args.otlp)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False) if args.any_host else None
     server.run(
         "streamable-http",

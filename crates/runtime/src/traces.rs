@@ -270,6 +270,31 @@ pub fn extract(headers: &hyper::HeaderMap) -> opentelemetry::Context {
     })
 }
 
+/// The trace context of a bare `traceparent` (and `tracestate`) value, as MCP carries it in a
+/// message's `params._meta`.
+pub fn extract_traceparent(traceparent: &str, tracestate: Option<&str>) -> opentelemetry::Context {
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    if let Some(state) = tracestate {
+        carrier.insert("tracestate".to_owned(), state.to_owned());
+    }
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier))
+}
+
+/// The current span's `traceparent`, when traces are exported.
+pub fn current_traceparent() -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !enabled() {
+        return None;
+    }
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut carrier)
+    });
+    carrier.remove("traceparent")
+}
+
 /// Writes the current span's trace context into `headers`, for the next hop.
 pub fn inject(headers: &mut hyper::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;

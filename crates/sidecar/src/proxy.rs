@@ -450,6 +450,34 @@ impl Proxy {
             Ok(bytes) => bytes,
             Err(response) => return (*response, "other"),
         };
+        // The MCP SDKs carry the agent's trace in `params._meta`, not in a header: then the
+        // call is a span of that trace (the request's span, made before the body was read,
+        // is not).
+        let in_meta = (agentmesh_runtime::traces::enabled()
+            && !parts.headers.contains_key("traceparent"))
+        .then(|| meta_trace(&bytes))
+        .flatten();
+        match in_meta {
+            Some((parent, state)) => {
+                use tracing::Instrument as _;
+                use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                let span = tracing::info_span!("mcp call");
+                let _ = span.set_parent(agentmesh_runtime::traces::extract_traceparent(
+                    &parent,
+                    state.as_deref(),
+                ));
+                self.post_body(parts, bytes, target).instrument(span).await
+            }
+            None => self.post_body(parts, bytes, target).await,
+        }
+    }
+
+    async fn post_body(
+        self: &Arc<Self>,
+        parts: hyper::http::request::Parts,
+        bytes: Bytes,
+        target: Target,
+    ) -> (Response<ProxyBody>, &'static str) {
         let judged = match self.judge(&parts.headers, &bytes) {
             Ok(judged) => judged,
             Err(response) => return (*response, "refused"),
@@ -487,6 +515,11 @@ impl Proxy {
                 denials.into_iter().next().unwrap_or(Value::Null)
             };
             return (json_response(StatusCode::OK, &answer), method);
+        };
+        // The upstream's SDK reads the trace from `params._meta`: this request is its parent.
+        let forward = match agentmesh_runtime::traces::current_traceparent() {
+            Some(traceparent) => with_meta_traceparent(forward, &traceparent),
+            None => forward,
         };
         (self.send(parts, forward, target, denials).await, method)
     }
@@ -1215,6 +1248,53 @@ fn endpoint(target: &Target, data: &str) -> (String, String) {
     (client_uri, upstream_url)
 }
 
+/// The `traceparent` (and `tracestate`) of a message's `params._meta` (the first message of a
+/// batch), as MCP's SDKs carry a trace.
+fn meta_trace(bytes: &[u8]) -> Option<(String, Option<String>)> {
+    let message: Value = serde_json::from_slice(bytes).ok()?;
+    let message = match &message {
+        Value::Array(messages) => messages.first()?,
+        other => other,
+    };
+    let meta = message.get("params")?.get("_meta")?;
+    let parent = meta.get("traceparent")?.as_str()?.to_owned();
+    let state = meta
+        .get("tracestate")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Some((parent, state))
+}
+
+/// `bytes` with `params._meta.traceparent` of every request in it set to `traceparent`
+/// (`tracestate` is passed on as it came). Anything that is not JSON-RPC with object params goes
+/// unchanged.
+fn with_meta_traceparent(bytes: Bytes, traceparent: &str) -> Bytes {
+    let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
+        return bytes;
+    };
+    let mut changed = false;
+    let mut set = |message: &mut Value| {
+        let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let meta = params
+            .entry("_meta")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert("traceparent".into(), Value::String(traceparent.to_owned()));
+            changed = true;
+        }
+    };
+    match &mut message {
+        Value::Array(messages) => messages.iter_mut().for_each(&mut set),
+        other => set(other),
+    }
+    if !changed {
+        return bytes;
+    }
+    serde_json::to_vec(&message).map_or(bytes, Bytes::from)
+}
+
 /// Serves the proxy on `listener` until `shutdown` resolves; in-flight requests then get
 /// `drain` to finish ([`agentmesh_runtime::serve`]).
 pub async fn serve(
@@ -1251,6 +1331,33 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trace_in_meta_is_read_and_replaced_in_every_request() {
+        let single = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"traceparent":"00-aa-bb-01","tracestate":"v=1"}}}"#;
+        assert_eq!(
+            meta_trace(single),
+            Some(("00-aa-bb-01".to_owned(), Some("v=1".to_owned())))
+        );
+        let ours = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let replaced: Value =
+            serde_json::from_slice(&with_meta_traceparent(Bytes::from_static(single), ours))
+                .unwrap();
+        assert_eq!(replaced["params"]["_meta"]["traceparent"], ours);
+        assert_eq!(replaced["params"]["_meta"]["tracestate"], "v=1");
+        assert_eq!(replaced["params"]["name"], "echo");
+        // A batch: every request gets it, `_meta` made where missing.
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#;
+        let replaced: Value =
+            serde_json::from_slice(&with_meta_traceparent(Bytes::from_static(batch), ours))
+                .unwrap();
+        assert_eq!(replaced[0]["params"]["_meta"]["traceparent"], ours);
+        assert!(replaced[1].get("params").is_none());
+        // Not JSON, or no params: unchanged.
+        let junk = Bytes::from_static(b"not json");
+        assert_eq!(with_meta_traceparent(junk.clone(), ours), junk);
+        assert_eq!(meta_trace(b"[]"), None);
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -1,8 +1,10 @@
 //! Traces through the real sidecar binary, exported to a real Jaeger (scripts/jaeger.sh): an
-//! agent's request that carries a `traceparent` is a span of the sidecar in the agent's trace,
-//! with the decision as attributes, and the upstream gets the trace with the sidecar's span as
-//! its parent. The upstream here records the headers it gets (that is what is checked); a
-//! denied call is a span too, and never reaches it.
+//! agent's request that carries a `traceparent` (as a header, or in `params._meta` as the MCP
+//! SDKs carry it) is a span of the sidecar in the agent's trace, with the decision as
+//! attributes, and the upstream gets the trace with the sidecar's span as its parent: a
+//! recording upstream shows the header, and the official Python SDK server, exporting its own
+//! spans, shows the whole trace — agent, sidecar, server — in Jaeger. A denied call is a span
+//! too, and never reaches the upstream.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use agentmesh_runtime::testing::Jaeger;
-use common::{post, sidecar};
+use common::{post, server_2026_with, sidecar};
 
 /// An upstream that answers every request with an empty tool result and keeps each request's
 /// `traceparent`.
@@ -140,4 +142,63 @@ fn an_agents_trace_goes_through_the_sidecar_to_the_upstream_and_into_jaeger() {
     assert_eq!(tags(shell)["agentmesh.decision"], "deny");
     assert!(tags(shell)["agentmesh.rule"].contains("preset"), "{shell}");
     assert!(proxy.metric("agentmesh_sidecar_otel_spans_exported_total") >= 2.0);
+}
+
+#[test]
+fn agent_sidecar_and_the_official_sdk_server_are_one_trace_in_jaeger() {
+    let jaeger = Jaeger::start();
+    let endpoint = jaeger.endpoint();
+    let (_server, upstream) = server_2026_with(&["--otlp", endpoint.as_str()]);
+    let proxy = sidecar(
+        &format!("tools=http://127.0.0.1:{upstream}"),
+        None,
+        &[
+            ("AGENTMESH_OTEL_ENABLED", "true"),
+            ("AGENTMESH_OTEL_ENDPOINT", endpoint.as_str()),
+        ],
+    );
+    // The agent's trace in `params._meta`, as the MCP SDKs put it; no header.
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let agent_span = "eee19b7ec3c1b174";
+    let mut body: serde_json::Value = serde_json::from_str(&call("echo")).unwrap();
+    body["params"]["arguments"] = serde_json::json!({"message": "traced"});
+    body["params"]["_meta"]["traceparent"] =
+        serde_json::json!(format!("00-{trace_id}-{agent_span}-01"));
+    let headers = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "echo"),
+    ];
+    let (status, answer) = post(
+        proxy.port,
+        "/servers/tools/mcp",
+        &headers,
+        &body.to_string(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("traced"), "{answer}");
+
+    let trace = jaeger.wait_trace(trace_id, 2);
+    let spans = trace["spans"].as_array().unwrap();
+    let service = |span: &serde_json::Value| {
+        trace["processes"][span["processID"].as_str().unwrap()]["serviceName"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let sidecar_span = spans
+        .iter()
+        .find(|s| service(s) == "agentmesh-sidecar")
+        .unwrap_or_else(|| panic!("no sidecar span: {trace:#}"));
+    assert_eq!(sidecar_span["references"][0]["spanID"], agent_span);
+    assert_eq!(tags(sidecar_span)["agentmesh.decision"], "allow");
+    let server_span = spans
+        .iter()
+        .find(|s| service(s) == "mcp-fixture-2026")
+        .unwrap_or_else(|| panic!("no span of the SDK server: {trace:#}"));
+    assert_eq!(server_span["operationName"], "tools/call echo");
+    assert_eq!(
+        server_span["references"][0]["spanID"], sidecar_span["spanID"],
+        "the server's span is the sidecar's child"
+    );
 }

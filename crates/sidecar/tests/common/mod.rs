@@ -161,13 +161,17 @@ pub fn everything(mode: &str) -> (Running, u16) {
 
 /// The Python SDK server speaking 2026-07-28 (and 2025 on the same endpoint).
 pub fn server_2026() -> (Running, u16) {
+    server_2026_with(&[])
+}
+
+/// [`server_2026`] with more arguments (`--otlp <endpoint>`).
+pub fn server_2026_with(extra: &[&str]) -> (Running, u16) {
     spawn_listening("server_2026", |port| {
         let mut command = Command::new(python());
-        command.arg(repo().join("e2e/mcp/server_2026.py")).args([
-            "--port",
-            &port.to_string(),
-            "--any-host",
-        ]);
+        command
+            .arg(repo().join("e2e/mcp/server_2026.py"))
+            .args(["--port", &port.to_string(), "--any-host"])
+            .args(extra);
         command
     })
 }
