@@ -90,10 +90,14 @@ impl DynamoSink {
     /// — the records up to the first one that is not. Records after it that were written are
     /// written again with it next time, onto the same items.
     pub async fn write(&self, records: &[Value]) -> usize {
-        let mut pending: Vec<WriteRequest> = records
+        let items: Vec<_> = records
             .iter()
-            .filter_map(|record| {
-                let item = item(&self.customer_id, record);
+            .map(|record| item(&self.customer_id, record))
+            .collect();
+        let keys: Vec<_> = items.iter().map(key).collect();
+        let mut pending: Vec<WriteRequest> = items
+            .into_iter()
+            .filter_map(|item| {
                 PutRequest::builder()
                     .set_item(Some(item))
                     .build()
@@ -137,11 +141,9 @@ impl DynamoSink {
             .filter_map(|request| request.put_request())
             .filter_map(|put| key(put.item()))
             .collect();
-        let written = records
+        let written = keys
             .iter()
-            .take_while(|record| {
-                key(&item(&self.customer_id, record)).is_none_or(|k| !unwritten.contains(&k))
-            })
+            .take_while(|k| k.as_ref().is_none_or(|k| !unwritten.contains(k)))
             .count();
         self.metrics.telemetry_exports.inc_by(written as u64);
         written

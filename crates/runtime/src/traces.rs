@@ -68,6 +68,21 @@ pub fn init(
     Ok(traces)
 }
 
+/// [`init`] with the component's [`Settings`](agentmesh_api::settings::Settings):
+/// `AGENTMESH_LOG_*` and `AGENTMESH_OTEL_*`.
+pub fn init_from_settings(
+    settings: &agentmesh_api::settings::Settings,
+    service: &'static str,
+) -> Result<Option<Traces>, String> {
+    init(
+        settings.log_level,
+        settings.log_format,
+        settings.otel_enabled,
+        &settings.otel_endpoint,
+        service,
+    )
+}
+
 /// Where traces go and under which service name.
 #[derive(Clone, Debug)]
 pub struct TraceConfig {

@@ -38,13 +38,7 @@ pub const SERVICE: &str = "agentmesh-sidecar";
 pub fn init_logging(
     settings: &Settings,
 ) -> Result<Option<agentmesh_runtime::traces::Traces>, String> {
-    agentmesh_runtime::traces::init(
-        settings.log_level,
-        settings.log_format,
-        settings.otel_enabled,
-        &settings.otel_endpoint,
-        SERVICE,
-    )
+    agentmesh_runtime::traces::init_from_settings(settings, SERVICE)
 }
 
 /// Loads the key named by `AGENTMESH_AGENT_PRIVATE_KEY`: the PEM itself, or a file path. A

@@ -10,12 +10,5 @@ pub const SERVICE: &str = "meshlogic-operator";
 /// Starts logging, and with `AGENTMESH_OTEL_ENABLED=true` the export of spans to
 /// `AGENTMESH_OTEL_ENDPOINT` (never waiting for the collector).
 pub fn init(settings: &Settings) -> anyhow::Result<Option<Traces>> {
-    agentmesh_runtime::traces::init(
-        settings.log_level,
-        settings.log_format,
-        settings.otel_enabled,
-        &settings.otel_endpoint,
-        SERVICE,
-    )
-    .map_err(anyhow::Error::msg)
+    agentmesh_runtime::traces::init_from_settings(settings, SERVICE).map_err(anyhow::Error::msg)
 }
