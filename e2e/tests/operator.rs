@@ -18,7 +18,7 @@ const FAST_LEASE: [(&str, &str); 2] = [
     ("MESHLOGIC_STATUS_INTERVAL_SECONDS", "1"),
 ];
 
-/// Polls `kind/name` until `check` holds on it; panics with the last object and the logs.
+/// Polls `kind/name` until `check` holds on it; panics with the last object seen and the logs.
 fn wait_for(
     operator: &mut OperatorProcess,
     kind: &str,
@@ -27,18 +27,28 @@ fn wait_for(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let mut last = Value::Null;
-    operator.wait_until(
-        Duration::from_secs(60),
-        &format!("{kind}/{name}: {what} (last: {last})"),
-        |_| {
-            last = cluster()
-                .get(kind, name, Some(namespace))
-                .unwrap_or(Value::Null);
-            check(&last)
-        },
-    );
-    last
+    let start = std::time::Instant::now();
+    loop {
+        let last = cluster()
+            .get(kind, name, Some(namespace))
+            .unwrap_or(Value::Null);
+        if check(&last) {
+            return last;
+        }
+        assert!(
+            operator.is_running(),
+            "operator {} exited while waiting for {kind}/{name}: {what}:\n{}",
+            operator.name,
+            operator.logs()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "operator {}: timed out waiting for {kind}/{name}: {what}; last seen: {last}\n{}",
+            operator.name,
+            operator.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn condition_is(object: &Value, type_: &str, status: &str) -> bool {

@@ -136,16 +136,25 @@ pub(super) async fn ensure(
     }
 }
 
-/// Another identity holding `public_key` that came first (created earlier, or at the same
-/// second and first by namespace and name), as `namespace/name`.
+/// Another identity with a better claim to `public_key`, as `namespace/name`. Claims rank, best
+/// first: a key the operator made (no `spec.publicKey`: only a copy of it can collide), then a
+/// key already granted (in the status), then the identity created first, then namespace and
+/// name. Creation times have a resolution of one second, so two identities made the same second
+/// are told apart by what the operator already granted, not by a name an attacker chooses: the
+/// one granted first keeps the key and the other is refused, the same way on every reconcile.
 pub(super) fn older_holder(
     identity: &AgentIdentity,
     public_key: &VerifyingKey,
     identities: &[Arc<AgentIdentity>],
 ) -> Option<String> {
     let text = keys::public_key_to_text(public_key);
+    let granted = |i: &AgentIdentity| {
+        i.status.as_ref().and_then(|s| s.public_key.as_deref()) == Some(text.as_str())
+    };
     let rank = |i: &AgentIdentity| {
         (
+            i.spec.public_key.is_some(),
+            !granted(i),
             i.metadata.creation_timestamp.clone().map(|t| t.0),
             i.namespace().unwrap_or_default(),
             i.name_any(),
@@ -155,11 +164,7 @@ pub(super) fn older_holder(
     identities
         .iter()
         .filter(|other| other.metadata.uid != identity.metadata.uid)
-        .filter(|other| {
-            other.spec.public_key.as_deref() == Some(text.as_str())
-                || other.status.as_ref().and_then(|s| s.public_key.as_deref())
-                    == Some(text.as_str())
-        })
+        .filter(|other| other.spec.public_key.as_deref() == Some(text.as_str()) || granted(other))
         .filter(|other| rank(other) < own)
         .map(|other| {
             format!(
@@ -345,8 +350,28 @@ mod tests {
             Some("ns/victim")
         );
         assert_eq!(older_holder(&victim, &key, &all), None);
-        // Created the same second: the order of namespace and name decides, the same way for
-        // both.
+        // Created the same second, in the same namespace, under a name that sorts first (the
+        // e2e suite met this: `copycat` made within a second of `payments`): the key the
+        // operator made for the victim stays the victim's.
+        thief.metadata.creation_timestamp = at(100);
+        thief.metadata.namespace = Some("ns".into());
+        thief.metadata.name = Some("aaa".into());
+        let all = vec![Arc::new(victim.clone()), Arc::new(thief.clone())];
+        assert_eq!(older_holder(&victim, &key, &all), None);
+        assert_eq!(
+            older_holder(&thief, &key, &all).as_deref(),
+            Some("ns/victim")
+        );
+        // Even created earlier than the victim.
+        thief.metadata.creation_timestamp = at(50);
+        let all = vec![Arc::new(victim.clone()), Arc::new(thief.clone())];
+        assert_eq!(
+            older_holder(&thief, &key, &all).as_deref(),
+            Some("ns/victim")
+        );
+        // Two identities naming the same key of their own, made the same second: the one
+        // granted it first keeps it, whatever the names.
+        victim.spec.public_key = Some(text.clone());
         thief.metadata.creation_timestamp = at(100);
         let all = vec![Arc::new(victim.clone()), Arc::new(thief.clone())];
         assert_eq!(older_holder(&victim, &key, &all), None);
@@ -354,6 +379,14 @@ mod tests {
             older_holder(&thief, &key, &all).as_deref(),
             Some("ns/victim")
         );
+        // Neither granted yet: the older one, then namespace and name.
+        victim.status = None;
+        let all = vec![Arc::new(victim.clone()), Arc::new(thief.clone())];
+        assert_eq!(older_holder(&thief, &key, &all), None);
+        assert_eq!(older_holder(&victim, &key, &all).as_deref(), Some("ns/aaa"));
+        thief.metadata.creation_timestamp = at(200);
+        let all = vec![Arc::new(victim.clone()), Arc::new(thief.clone())];
+        assert_eq!(older_holder(&victim, &key, &all), None);
         // Another key: no one.
         let other = agentmesh_identity::SigningKey::from_bytes(&[8; 32]).verifying_key();
         assert_eq!(older_holder(&thief, &other, &all), None);
