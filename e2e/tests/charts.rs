@@ -13,6 +13,10 @@
 //!   validates each object, the CRDs' schemas and CEL rules included;
 //! - `helm upgrade` with a changed value rolls the operator (new pods with the new setting) and
 //!   the probe (new tier in status);
+//! - the audit chain in the chart's Redis, read as the README says (`kubectl port-forward` and
+//!   `agentmesh audit`): a quarantine recorded by the leader pod and its release recorded by the
+//!   next leader, once the first pod is deleted, verify as one chain, each recorded once; an
+//!   entry edited there by hand is named by `agentmesh audit verify`;
 //! - `helm uninstall` of both removes everything but the CRDs (kept on purpose, see the chart's
 //!   README): the Deployment, the Redis, RBAC, and the objects the operator made itself (the
 //!   webhook configuration and its certificate Secret, garbage-collected with the ClusterRole
@@ -69,9 +73,12 @@ fn tools() -> &'static HashMap<String, String> {
 fn sh(line: &str) -> Output {
     let helm = PathBuf::from(&tools()["HELM"]);
     let kubectl = cluster().kubectl.clone();
+    // `agentmesh` too, as e2e/run.sh builds it (beside the operator's binary).
+    let cli = agentmesh_e2e::operator::operator_binary();
     let path = format!(
-        "{}:{}:{}",
+        "{}:{}:{}:{}",
         helm.parent().unwrap().display(),
+        cli.parent().unwrap().display(),
         kubectl
             .parent()
             .map_or_else(|| ".".into(), |p| p.display().to_string()),
@@ -134,6 +141,209 @@ fn set_redis_password(password: &str) {
         "-p",
         &patch,
     ]);
+}
+
+const AUDIT_NAMESPACE: &str = "audit-e2e";
+
+/// `kubectl port-forward` to the chart's Redis on a free local port, stopped when dropped.
+struct PortForward {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PortForward {
+    fn to_redis() -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(&cluster().kubectl)
+            .args([
+                "port-forward",
+                "-n",
+                NAMESPACE,
+                "svc/agentmesh-redis-master",
+                ":6379",
+            ])
+            .env("KUBECONFIG", &cluster().kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // `Forwarding from 127.0.0.1:43127 -> 6379`
+        let mut line = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        // kubectl writes a line per connection: keep reading, or it dies of a broken pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let port = line
+            .strip_prefix("Forwarding from 127.0.0.1:")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("kubectl port-forward said {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The README's way to read the chart's audit store: its Redis through a port-forward, the
+/// password from the chart's Secret.
+fn agentmesh_audit(port: u16, args: &str) -> Output {
+    sh(&format!(
+        "AGENTMESH_STORAGE_BACKEND=redis AGENTMESH_REDIS_HOST=127.0.0.1 AGENTMESH_REDIS_PORT={port} \
+         AGENTMESH_REDIS_PASSWORD=\"$(kubectl get secret -n agentmesh agentmesh-redis \
+           -o jsonpath='{{.data.redis-password}}' | base64 -d)\" \
+         agentmesh audit {args}"
+    ))
+}
+
+/// Waits until the chain holds a `decision` entry of the test's identity; returns its entries,
+/// oldest first.
+fn wait_audited(port: u16, decision: &str) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = agentmesh_audit(
+            port,
+            &format!("tail -n 100000 -o json --identity {AUDIT_NAMESPACE}/auditor"),
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let entries: Vec<Value> = stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        if output.status.success() && count(&entries, decision) > 0 {
+            return entries;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {decision} of {AUDIT_NAMESPACE}/auditor in the chart's Redis: {}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn count(entries: &[Value], decision: &str) -> usize {
+    entries.iter().filter(|e| e["decision"] == decision).count()
+}
+
+fn lease_holder() -> Option<String> {
+    cluster().get("lease", "meshlogic-operator-leader", Some(NAMESPACE))?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Decisions of the operator's pods reach the chart's Redis, and `agentmesh audit`, run as the
+/// README says, reads them: a quarantine made by one leader pod and the release made by the next
+/// one, after the first was deleted, are one chain that verifies, each recorded once; an entry
+/// edited in that Redis by hand is named by `verify`.
+fn audit_chain_in_the_charts_redis() {
+    let apply = |object: Value| cluster().apply(AUDIT_NAMESPACE, &object.to_string());
+    cluster().kubectl_ok(&["create", "namespace", AUDIT_NAMESPACE]);
+    // The threshold must not exceed the initial score; an existing score stays where it is.
+    let policy = |min: i64| {
+        serde_json::json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "TrustPolicy",
+            "metadata": {"name": "audit"},
+            "spec": {"trust": {"initialScore": min.max(800), "decayRate": 0, "decayFloor": 100, "minThreshold": min}}})
+    };
+    apply(policy(300));
+    apply(
+        serde_json::json!({"apiVersion": "agentmesh.io/v1alpha1", "kind": "AgentIdentity",
+        "metadata": {"name": "auditor"}, "spec": {}}),
+    );
+    let quarantined = |want: bool| {
+        move || {
+            let identity = cluster().get("agentidentity", "auditor", Some(AUDIT_NAMESPACE))?;
+            (identity["status"]["trustScore"].is_i64() && identity["status"]["quarantined"] == want)
+                .then_some(())
+        }
+    };
+    wait(
+        Duration::from_secs(60),
+        "the identity scored",
+        quarantined(false),
+    );
+
+    // The threshold above the score: the leader quarantines the identity and records it.
+    let first_leader = lease_holder().expect("a leader");
+    apply(policy(900));
+    wait(
+        Duration::from_secs(60),
+        "the identity quarantined",
+        quarantined(true),
+    );
+    let forward = PortForward::to_redis();
+    let entries = wait_audited(forward.port, "quarantine");
+    assert_eq!(count(&entries, "release"), 0, "{entries:?}");
+
+    // The leader pod deleted: the other replica leads and records the release.
+    sh_ok(&format!("kubectl delete pod -n agentmesh {first_leader}"));
+    let second_leader = wait(Duration::from_secs(90), "another pod leading", || {
+        lease_holder().filter(|holder| *holder != first_leader)
+    });
+    apply(policy(300));
+    wait(
+        Duration::from_secs(60),
+        "the identity released",
+        quarantined(false),
+    );
+    let entries = wait_audited(forward.port, "release");
+    // Once each: the new leader did not record the first one's quarantine again.
+    assert_eq!(
+        (count(&entries, "quarantine"), count(&entries, "release")),
+        (1, 1),
+        "{entries:?}"
+    );
+    let verified = agentmesh_audit(forward.port, "verify");
+    let out = String::from_utf8_lossy(&verified.stdout).into_owned()
+        + &String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        verified.status.success() && out.starts_with("verified: "),
+        "{out}"
+    );
+    eprintln!(
+        "charts: quarantine by {first_leader}, release by {second_leader}: one chain in the chart's Redis ({})",
+        out.trim()
+    );
+
+    // The quarantine entry edited in that Redis by hand (its score changed): verify names it.
+    let seq = entries
+        .iter()
+        .find(|e| e["decision"] == "quarantine")
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let redis = |args: &str| {
+        sh_ok(&format!(
+            "redis-cli -p {} --no-auth-warning -a \"$(kubectl get secret -n agentmesh agentmesh-redis \
+               -o jsonpath='{{.data.redis-password}}' | base64 -d)\" {args}",
+            forward.port
+        ))
+    };
+    // The list holds the entries from the oldest kept, so the index is the seq minus the first.
+    let first: Value = serde_json::from_str(&redis("LINDEX agentmesh:audit:entries 0")).unwrap();
+    let index = seq - first["seq"].as_u64().unwrap();
+    let stored = redis(&format!("LINDEX agentmesh:audit:entries {index}"));
+    let edited = stored.trim().replacen("\"score\":", "\"score\":1", 1);
+    assert_ne!(edited, stored.trim(), "{stored}");
+    let quoted = edited.replace('\'', r"'\''");
+    assert_eq!(
+        redis(&format!("LSET agentmesh:audit:entries {index} '{quoted}'")).trim(),
+        "OK"
+    );
+    let refused = agentmesh_audit(forward.port, "verify");
+    let out = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(1), "{out}");
+    assert!(
+        out.starts_with(&format!("FAILED at entry seq {seq} ")),
+        "{out}"
+    );
+    drop(forward);
+    cluster().kubectl_ok(&["delete", "namespace", AUDIT_NAMESPACE, "--wait=false"]);
 }
 
 /// Renders every golden scenario of a chart and has the API server validate it (dry run).
@@ -273,7 +483,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = sh("helm uninstall meshlogic-agent -n meshlogic --wait --timeout 60s");
         let _ = sh("helm uninstall agentmesh -n agentmesh --wait --timeout 60s");
-        for namespace in [PROBE_NAMESPACE, NAMESPACE] {
+        for namespace in [AUDIT_NAMESPACE, PROBE_NAMESPACE, NAMESPACE] {
             let _ = cluster().kubectl(&[
                 "delete",
                 "namespace",
@@ -508,6 +718,9 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
         operator_ready("services/agentmesh").filter(|body| body["storage"]["up"] == true)
     });
 
+    // ------------------------------------------------------- the audit chain in the chart's Redis
+    audit_chain_in_the_charts_redis();
+
     sh_ok(
         "helm upgrade meshlogic-agent ./charts/meshlogic-agent --namespace meshlogic \
          --reuse-values --set agent.safetyTier=1",
@@ -575,6 +788,19 @@ fn the_seeds_helm_commands_install_upgrade_and_uninstall_on_the_real_node() {
     );
     sh_ok("kubectl delete namespace meshlogic");
 
+    // The audit test's identity is gone: the leader sweeps its key Secret (every 30 s), which
+    // the chart does not own and would otherwise be left behind.
+    let key = agentmesh_api::names::objects::key_secret_name(AUDIT_NAMESPACE, "auditor");
+    wait(
+        Duration::from_secs(90),
+        "the audit identity's key Secret swept",
+        || {
+            cluster()
+                .get("secret", &key, Some(NAMESPACE))
+                .is_none()
+                .then_some(())
+        },
+    );
     sh_ok("helm uninstall agentmesh -n agentmesh");
     wait(
         Duration::from_secs(120),
