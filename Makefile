@@ -10,7 +10,7 @@ CARGO ?= cargo
 
 .DEFAULT_GOAL := help
 .PHONY: help setup build test unit lint deny fmt crds fuzz-smoke e2e bench bench-operator bench-scale bench-probe bench-sidecar bench-webhook demo demo-check cluster-up cluster-down clean
-.PHONY: images images-push images-test chart-test
+.PHONY: images images-push images-test chart-test test-kernels
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ build: setup ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets --locked
 
 test: setup lint unit fuzz-smoke chart-test images-test e2e demo-check ## Every test: lint, unit and integration tests, a short fuzz run, charts, images, end-to-end, the demo
+
+test-kernels: setup ## The probe's kernel and fallback tests in QEMU VMs on Debian's 5.10, 6.1, 6.12 and newest kernels (TEST_KERNELS=... for a subset)
+	CARGO=$(CARGO) scripts/test-kernels.sh
 
 unit: ## cargo test over the workspace
 	$(CARGO) test --workspace --locked --exclude agentmesh-e2e
@@ -93,9 +96,10 @@ bench-operator: ## Trust API ingest throughput and status writes per identity un
 bench-scale: ## Operator at scale on kwok nodes: 5,000 identities + pods, converge time, API req/s, peak RSS (BENCH_SCALE_BASELINE=<ref>: before/after)
 	CARGO=$(CARGO) e2e/bench-scale.sh
 
-bench-probe: setup ## Probe overhead (exec/open/connect with vs without), zero-drop event rate, peak RSS (root)
+bench-probe: setup ## Probe overhead (exec/open/connect with vs without), zero-drop event rate, peak RSS (root); file hooks by instruction count per kernel (QEMU)
 	$(CARGO) build --release --locked -p meshlogic-probe --bins
 	$(CARGO_TARGET_DIR)/release/meshlogic-probe-bench
+	scripts/bench-kernels.sh $(CARGO_TARGET_DIR)/release/meshlogic-probe-bench
 
 bench-sidecar: ## MCP sidecar latency, throughput and RSS vs direct calls and a bare proxy (release build)
 	$(CARGO) build --release --locked -p agentmesh-sidecar --bins

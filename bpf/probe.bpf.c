@@ -9,12 +9,13 @@
 #include "probe.h"
 
 /* tp_btf programs attach through BTF, with no need for tracefs (often not mounted on nodes).
- * File opens are observed at the raw sys_exit tracepoint, filtered on the syscall number: on a
- * kernel without kprobes, fentry and BPF LSM it is the only hook that sees them, and its mere
- * presence puts every syscall of the node on the kernel's slow path, so it is attached only when
- * file events are wanted. At the exit rather than the entry, an open that succeeded is named by
- * the file it opened, not by the text it was asked with. Connects are observed by the cgroup
- * connect programs instead, which run on connect() alone. */
+ * File opens are observed at fexit of the kernel's open functions where the kernel allows it
+ * (only opens pay), else at the raw sys_exit tracepoint, filtered on the syscall number: on a
+ * kernel without fentry/fexit (lockdown), kprobes and BPF LSM it is the only hook that sees them,
+ * and its mere presence puts every syscall of the node on the kernel's slow path, so it is
+ * attached only when file events are wanted. At the exit rather than the entry, an open that
+ * succeeded is named by the file it opened, not by the text it was asked with. Connects are
+ * observed by the cgroup connect programs instead, which run on connect() alone. */
 #if defined(__TARGET_ARCH_x86)
 #define NR_OPEN 2
 #define NR_CREAT 85
@@ -79,6 +80,17 @@ enum counter counter_layout = C_COUNT;
 enum pod_flag pod_flag_layout = POD_WATCHED;
 enum exec_file_kind exec_file_kind_layout = EXEC_FILE_DENIED;
 enum probe_limit probe_limit_layout = PATH_LEN;
+
+_Static_assert((CGROUP_NAME_LEN & (CGROUP_NAME_LEN - 1)) == 0, "CGROUP_NAME_LEN is a power of two");
+
+/* The current task, read through BPF_CORE_READ. Not bpf_get_current_task_btf(), whose pointer
+ * could be dereferenced directly: it needs 5.11, and Amazon Linux 2's 5.10 refuses the whole
+ * object for it (`invalid func unknown#158`). The hot paths need no task: the cgroup comes from
+ * bpf_get_current_cgroup_id(). */
+static __always_inline struct task_struct *current_task(void)
+{
+	return (struct task_struct *)bpf_get_current_task();
+}
 
 /* By concern, in dependency order. */
 #include "probe/maps.bpf.h"

@@ -13,7 +13,7 @@ enum probe_limit {
 	EXEC_KEY_PATH = 240, /* bytes of an executable path in a deny key (LPM data max is 256) */
 	MAX_PORTS = 16,      /* ports in one denied-network rule */
 	MAX_CGROUP_LEVEL = 16,
-	CGROUP_NAME_LEN = 96, /* bytes of a cgroup directory name compared in the kernel */
+	CGROUP_NAME_LEN = 128, /* bytes of a cgroup directory name compared in the kernel (a power of two: indexes are masked) */
 	RESOLVE_DEPTH = 32,   /* path components (and mount crossings) walked to resolve a file */
 };
 

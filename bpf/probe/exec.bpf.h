@@ -33,7 +33,7 @@ static __always_inline bool exec_file_denied(__u64 pod, __u32 flags, struct file
 		return false;
 	/* runc starts its init from a memfd copy of itself (CVE-2019-5736), possibly already in
 	 * the pod's cgroup, at the node's root: not the pod's. A container cannot take that root. */
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	return !runtime_root || (__u64)BPF_CORE_READ(task, fs, root.dentry) != runtime_root;
 }
 

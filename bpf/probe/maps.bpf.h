@@ -40,6 +40,11 @@ struct {
 /* Per-CPU scratch where a file's path is built backwards from its dentries. */
 struct path_buf {
 	char data[2 * PATH_LEN];
+	/* resolve_path's position in data, kept here rather than in a register: the verifier
+	 * tracks no map value, so every step of the walk starts from the same state and the
+	 * 6.1 verifier prunes it (with pos in a register, each of the RESOLVE_DEPTH steps and
+	 * both of their branches was another state: over a million instructions, refused). */
+	__s64 pos;
 };
 
 struct {

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
-/* File opens at the raw sys_exit tracepoint, named by the file opened: repeats folded and mute
+/* File opens at the raw sys_exit tracepoint or at fexit of the kernel's open functions, named by
+ * the file opened: repeats folded and mute
  * paths dropped in the kernel. Included by probe.bpf.c only (one object, one skeleton). */
 #ifndef MESHLOGIC_PROBE_OPEN_BPF_H
 #define MESHLOGIC_PROBE_OPEN_BPF_H
@@ -35,7 +36,7 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags, l
 	__u64 pod = find_pod_entry(&flags, &entry);
 	if (unwatched(pod))
 		return 0;
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	if (skip_runtime_opens && runtime_root) {
 		if ((__u64)BPF_CORE_READ(task, fs, root.dentry) == runtime_root) {
 			count(C_RUNTIME_SETUP);
@@ -185,8 +186,8 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 	    id != NR_OPEN_BY_HANDLE_AT && id != IA32_OPEN && id != IA32_CREAT &&
 	    id != IA32_OPENAT && id != IA32_OPEN_BY_HANDLE_AT)
 		return 0;
-	struct task_struct *task = bpf_get_current_task_btf();
-	ia32 = task->thread_info.status & TS_COMPAT;
+	struct task_struct *task = current_task();
+	ia32 = BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
 #endif
 	const char *filename = 0;
 	__s32 open_flags = 0;
@@ -195,6 +196,25 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 	if (!filename && ret < 0)
 		return 0; /* a failed open_by_handle_at: no file, no path */
 	return handle_open(filename, open_flags, ret);
+}
+
+/* The cheaper hook, where the kernel lets fexit programs attach (not under lockdown): the same
+ * opens, seen at the exit of the two functions every open-like system call ends in, so that no
+ * other system call pays anything. do_sys_openat2 serves open, openat, openat2 and creat from
+ * both the 64-bit and the 32-bit entry (since 5.6); do_handle_open serves open_by_handle_at.
+ * User space loads these or handle_sys_exit, never both (kernel/load.rs). */
+SEC("fexit/do_sys_openat2")
+int BPF_PROG(handle_openat2_exit, int dfd, const char *filename, struct open_how *how, long ret)
+{
+	return handle_open(filename, (__s32)BPF_CORE_READ(how, flags), ret);
+}
+
+SEC("fexit/do_handle_open")
+int BPF_PROG(handle_by_handle_exit, int mountdirfd, void *ufh, int open_flag, long ret)
+{
+	if (ret < 0)
+		return 0; /* no file, no path */
+	return handle_open(0, open_flag, ret);
 }
 
 #endif

@@ -35,7 +35,7 @@ static __always_inline long resolve_path(struct path_buf *buf, struct file *file
 	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
 	struct dentry *root = BPF_CORE_READ(task, fs, root.dentry);
 	struct vfsmount *root_mnt = BPF_CORE_READ(task, fs, root.mnt);
-	long pos = PATH_LEN - 1;
+	buf->pos = PATH_LEN - 1;
 	buf->data[PATH_LEN - 1] = 0;
 	bool done = false;
 	for (int i = 0; i < RESOLVE_DEPTH; i++) {
@@ -56,6 +56,7 @@ static __always_inline long resolve_path(struct path_buf *buf, struct file *file
 		}
 		struct qstr name = BPF_CORE_READ(dentry, d_name);
 		long len = name.len;
+		long pos = buf->pos;
 		if (len <= 0 || len + 1 > pos)
 			return -1;
 		pos -= len;
@@ -64,10 +65,12 @@ static __always_inline long resolve_path(struct path_buf *buf, struct file *file
 			return -1;
 		pos -= 1;
 		buf->data[pos & (PATH_LEN - 1)] = '/';
+		buf->pos = pos;
 		dentry = BPF_CORE_READ(dentry, d_parent);
 	}
 	if (!done)
 		return -1;
+	long pos = buf->pos;
 	if (pos == PATH_LEN - 1) {
 		pos -= 1;
 		buf->data[pos & (PATH_LEN - 1)] = '/';

@@ -4,27 +4,57 @@
 #ifndef MESHLOGIC_PROBE_PODS_BPF_H
 #define MESHLOGIC_PROBE_PODS_BPF_H
 
+/* struct cgroup up to 5.18: the ids of its ancestors by level (from 5.19, ancestors[] holds
+ * pointers). CO-RE finds out which the kernel has. */
+struct cgroup___ancestor_ids {
+	int level;
+	__u64 ancestor_ids[];
+} __attribute__((preserve_access_index));
+
 /* The nearest ancestor of the current task's cgroup (itself included) that is a watched pod
- * cgroup, and its flags. Bounded loop: the verifier sees at most MAX_CGROUP_LEVEL turns. */
+ * cgroup, and its flags. Bounded loop: the verifier sees at most MAX_CGROUP_LEVEL turns.
+ * bpf_get_current_ancestor_cgroup_id() is for tracing programs only from 5.16 or so (5.10
+ * refuses it: `unknown func bpf_get_current_ancestor_cgroup_id#123`); a kernel that still has
+ * ancestor_ids is read directly instead, so the helper is used only where the field is gone. */
+static __always_inline bool pod_cgroup(__u64 id, __u32 *flags)
+{
+	__u32 *found = bpf_map_lookup_elem(&pod_cgroups, &id);
+	if (found)
+		*flags = *found;
+	return found;
+}
+
 static __always_inline __u64 walk_to_pod(__u32 *flags)
 {
+	/* Two loops, not one with a test inside: clang would hoist the relocated offset of
+	 * ancestor_ids out of the loop onto the helper's path too, where the kernel has no such
+	 * field and libbpf poisons the instruction. */
+	if (bpf_core_field_exists(struct cgroup___ancestor_ids, ancestor_ids)) {
+		struct cgroup___ancestor_ids *cgrp =
+			(void *)BPF_CORE_READ(current_task(), cgroups, dfl_cgrp);
+		int depth = BPF_CORE_READ(cgrp, level);
+		for (int level = 1; level <= MAX_CGROUP_LEVEL && level <= depth; level++) {
+			__u64 id = 0;
+			bpf_probe_read_kernel(&id, sizeof(id), &cgrp->ancestor_ids[level]);
+			if (!id)
+				break;
+			if (pod_cgroup(id, flags))
+				return id;
+		}
+		return 0;
+	}
 	for (int level = 1; level <= MAX_CGROUP_LEVEL; level++) {
 		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
 		if (!id)
 			break;
-		__u32 *found = bpf_map_lookup_elem(&pod_cgroups, &id);
-		if (found) {
-			*flags = *found;
+		if (pod_cgroup(id, flags))
 			return id;
-		}
 	}
 	return 0;
 }
 
 /* The current task's watched pod cgroup, 0 when none; its POD_* flags in *flags, and in *entry
- * its cgroup's cache entry (NULL if it could not be kept). The task's cgroup id is read through
- * BTF pointers: no helper call and no RCU section of its own on the path every observed syscall
- * takes. */
+ * its cgroup's cache entry (NULL if it could not be kept). */
 static __always_inline __u64 find_pod_entry(__u32 *flags, struct pod_of **entry)
 {
 	__u32 zero = 0;
@@ -32,8 +62,9 @@ static __always_inline __u64 find_pod_entry(__u32 *flags, struct pod_of **entry)
 	if (!current)
 		return 0;
 	__u64 generation = *current;
-	struct task_struct *task = bpf_get_current_task_btf();
-	__u64 cgroup = task->cgroups->dfl_cgrp->kn->id;
+	/* The task's cgroup v2 id (task->cgroups->dfl_cgrp->kn->id), by the helper every kernel
+	 * since 4.18 has. */
+	__u64 cgroup = bpf_get_current_cgroup_id();
 	__u32 slot = (__u32)cgroup & (UNWATCHED_SLOTS - 1);
 	struct unwatched *outside = bpf_map_lookup_elem(&unwatched_cgroups, &slot);
 	if (outside && outside->cgroup == cgroup && outside->generation == generation)
@@ -81,8 +112,13 @@ static __always_inline bool unwatched(__u64 pod)
 static __always_inline bool bytes_at(const char *name, long at, const char *word, int len)
 {
 	for (int i = 0; i < len; i++) {
-		long index = at + i;
-		if (index < 0 || index >= CGROUP_NAME_LEN || name[index] != word[i])
+		__u64 index = (__u64)(at + i); /* a negative one wraps, and is refused below */
+		if (index >= CGROUP_NAME_LEN)
+			return false;
+		/* Masked as well: once clang folds the check above with the offsets, the 6.1 verifier
+		 * loses the bound (`R2 invalid mem access 'scalar'` at name[index]); a mask it keeps. */
+		barrier_var(index);
+		if (name[index & (CGROUP_NAME_LEN - 1)] != word[i])
 			return false;
 	}
 	return true;
@@ -112,7 +148,7 @@ int BPF_PROG(handle_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 	if (skip_runtime_opens) {
 		__u32 task_flags = 0;
 		if (!find_pod(&task_flags)) {
-			struct task_struct *task = bpf_get_current_task_btf();
+			struct task_struct *task = current_task();
 			runtime_root = (__u64)BPF_CORE_READ(task, fs, root.dentry);
 		}
 	}

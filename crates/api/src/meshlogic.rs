@@ -355,6 +355,33 @@ pub enum CgroupDriver {
     Systemd,
 }
 
+/// Where the probe observes file opens (README, "The node probe": "File hook").
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum FileHook {
+    /// fexit of the kernel's open functions (`do_sys_openat2`, `do_handle_open`): only opens
+    /// pay. Needs fexit (x86-64 from 5.5, arm64 from 6.0) and a kernel not locked down.
+    #[serde(rename = "fexit")]
+    Fexit,
+    /// The raw `sys_exit` tracepoint: every system call of the node pays a little.
+    #[serde(rename = "sys_exit")]
+    SysExit,
+}
+
+impl FileHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fexit => "fexit",
+            Self::SysExit => "sys_exit",
+        }
+    }
+}
+
+impl std::fmt::Display for FileHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Differential privacy of telemetry (seed chart `privacy.*`). Noise is added only to the
 /// aggregates that leave the cluster, never to the counts used for trust.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -888,6 +915,9 @@ pub struct NodeProbeStatus {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub programs_loaded: i32,
+    /// Where file opens are observed (tiers 2 and 3 with `ebpf.enableFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_hook: Option<FileHook>,
     /// Last report received from the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report_at: Option<Time>,

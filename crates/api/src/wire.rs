@@ -163,6 +163,9 @@ pub enum ReportSource {
         fallback_reason: Option<String>,
         /// BPF programs loaded and attached.
         programs_loaded: u32,
+        /// Where file opens are observed, when they are.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_hook: Option<crate::meshlogic::FileHook>,
         /// Events lost to a full ring buffer since the probe started.
         ring_buffer_drops: u64,
     },
@@ -411,6 +414,7 @@ mod tests {
                 tier: 2,
                 fallback_reason: None,
                 programs_loaded: 7,
+                file_hook: Some(crate::meshlogic::FileHook::SysExit),
                 ring_buffer_drops: 0,
             },
             pods: vec![PodBehavior {
@@ -435,6 +439,7 @@ mod tests {
         let json = serde_json::to_value(&batch).unwrap();
         assert_eq!(json["source"]["kind"], "probe");
         assert_eq!(json["source"]["programsLoaded"], 7);
+        assert_eq!(json["source"]["fileHook"], "sys_exit");
         assert_eq!(
             json["pods"][0]["podUid"],
             "0b6c1f8e-3f6a-4d38-9d0e-3f2d1c0a9b11"

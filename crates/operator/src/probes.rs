@@ -67,7 +67,7 @@ impl ProbeRegistry {
     }
 
     /// Records what the probe on `status.node` of `agent` (`namespace/name`) reported; returns
-    /// whether it differs from what was known (tier, reason or programs loaded). Nothing is
+    /// whether it differs from what was known (tier, reason, programs loaded or file hook). Nothing is
     /// recorded for an agent not registered.
     pub fn record(&self, agent: &str, status: NodeProbeStatus) -> bool {
         self.record_at(agent, status, Instant::now())
@@ -79,8 +79,9 @@ impl ProbeRegistry {
             return false;
         };
         let changed = known.nodes.get(&status.node).is_none_or(|(previous, _)| {
-            (previous.tier, &previous.reason, previous.programs_loaded)
-                != (status.tier, &status.reason, status.programs_loaded)
+            let known = (previous.tier, &previous.reason, previous.programs_loaded);
+            known != (status.tier, &status.reason, status.programs_loaded)
+                || previous.file_hook != status.file_hook
         });
         known.nodes.insert(status.node.clone(), (status, now));
         known
@@ -124,6 +125,7 @@ mod tests {
             tier,
             reason: None,
             programs_loaded: 7,
+            file_hook: None,
             last_report_at: None,
         }
     }
@@ -183,6 +185,13 @@ mod tests {
         registry.expect("ns/mla", "ns", "mla-probe");
         assert!(registry.record_at("ns/mla", node("n1", 2), start));
         assert!(!registry.record_at("ns/mla", node("n1", 2), start));
+        // The file hook changing (a probe restarted on a kernel that now allows fexit) is news.
+        let fexit = NodeProbeStatus {
+            file_hook: Some(agentmesh_api::meshlogic::FileHook::Fexit),
+            ..node("n1", 2)
+        };
+        assert!(registry.record_at("ns/mla", fexit.clone(), start));
+        assert!(!registry.record_at("ns/mla", fexit, start));
         assert!(registry.record_at("ns/mla", node("n2", 1), start + NODE_STALE_AFTER / 2));
         assert_eq!(
             registry

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use agentmesh_api::names::paths;
 use clap::Parser;
-use meshlogic_probe::config::{DEFAULT_TOKEN_FILE, KubeAccess, Overrides, ProbeConfig};
+use meshlogic_probe::config::{
+    DEFAULT_TOKEN_FILE, FileHookChoice, KubeAccess, Overrides, ProbeConfig,
+};
 
 /// The AgentMesh node probe (MeshLogic agent).
 #[derive(Parser, Debug)]
@@ -50,6 +52,10 @@ struct Args {
     /// Report batches kept while the trust API is unreachable; the oldest are dropped beyond.
     #[arg(long, env = "MESHLOGIC_REPORT_QUEUE", default_value_t = 64)]
     report_queue: usize,
+    /// Where file opens are observed: auto (fexit where the kernel allows it, else sys_exit),
+    /// fexit or sys_exit (that hook or tier 1).
+    #[arg(long, env = "MESHLOGIC_FILE_HOOK", default_value = "auto")]
+    file_hook: FileHookChoice,
 }
 
 /// Logs as every AgentMesh component logs ([`agentmesh_runtime::logging`]), and with
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
         proc_root: args.proc_root,
         report_queue: args.report_queue,
         kube,
+        file_hook: args.file_hook,
     };
     let config = match ProbeConfig::load(&args.config, overrides) {
         Ok(config) => config,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -21,6 +22,8 @@ pub struct Metrics {
     pub report_failures: Counter,
     pub report_latency: Histogram,
     pub programs_loaded: Gauge,
+    /// 1 for the hook that observes file opens (`hook`: `fexit` or `sys_exit`).
+    pub file_hook: Family<Vec<(String, String)>, Gauge>,
     pub tier: Gauge,
     pub tier_requested: Gauge,
     pub pods_watched: Gauge,
@@ -50,6 +53,7 @@ impl Metrics {
             report_failures: Counter::default(),
             report_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             programs_loaded: Gauge::default(),
+            file_hook: Family::default(),
             tier: Gauge::default(),
             tier_requested: Gauge::default(),
             pods_watched: Gauge::default(),
@@ -110,6 +114,11 @@ impl Metrics {
             "programs_loaded",
             "BPF programs loaded and attached",
             metrics.programs_loaded.clone(),
+        );
+        registry.register(
+            "file_hook",
+            "1 for the hook observing file opens: fexit (only opens pay) or sys_exit (every system call pays; where the kernel refuses fexit)",
+            metrics.file_hook.clone(),
         );
         registry.register(
             "tier",

@@ -155,6 +155,7 @@ mod tests {
                 tier: 2,
                 fallback_reason: None,
                 programs_loaded: n,
+                file_hook: None,
                 ring_buffer_drops: 0,
             },
             pods: vec![],

@@ -3,6 +3,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use agentmesh_api::meshlogic::FileHook;
+
 use crate::config::Tier;
 
 #[derive(Debug)]
@@ -11,6 +13,7 @@ pub struct Status {
     requested: Tier,
     fallback_reason: Mutex<Option<String>>,
     programs_loaded: AtomicU32,
+    file_hook: Mutex<(Option<FileHook>, Option<String>)>,
     ready: AtomicBool,
     ring_buffer_drops: AtomicU64,
     enforcement_version: Mutex<Option<String>>,
@@ -23,6 +26,7 @@ impl Status {
             requested,
             fallback_reason: Mutex::new(None),
             programs_loaded: AtomicU32::new(0),
+            file_hook: Mutex::new((None, None)),
             ready: AtomicBool::new(false),
             ring_buffer_drops: AtomicU64::new(0),
             enforcement_version: Mutex::new(None),
@@ -58,6 +62,19 @@ impl Status {
 
     pub fn programs_loaded(&self) -> u32 {
         self.programs_loaded.load(Ordering::Relaxed)
+    }
+
+    /// The hook observing file opens, and why it is not the cheaper one when that was wanted.
+    pub fn set_file_hook(&self, hook: Option<FileHook>, note: Option<String>) {
+        *self.file_hook.lock().unwrap_or_else(|e| e.into_inner()) = (hook, note);
+    }
+
+    pub fn file_hook(&self) -> Option<FileHook> {
+        self.file_hook.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    fn file_hook_note(&self) -> Option<String> {
+        (self.file_hook.lock().unwrap_or_else(|e| e.into_inner()).1).clone()
     }
 
     pub fn set_ready(&self) {
@@ -98,6 +115,8 @@ impl Status {
             "requestedTier": self.requested.number(),
             "fallbackReason": self.fallback_reason(),
             "programsLoaded": self.programs_loaded(),
+            "fileHook": self.file_hook(),
+            "fileHookNote": self.file_hook_note(),
             "ready": self.is_ready(),
         })
         .to_string()

@@ -1,6 +1,8 @@
 //! Tier 1, user mode: no BPF. `/proc` is polled: processes are attributed to pods through
 //! their cgroup (`/proc/<pid>/cgroup`); a process first seen counts as an exec of its
-//! executable, one that disappeared as an exit; its open files (`/proc/<pid>/fd`) as file opens
+//! executable, and so does a known process whose executable changed (an exec in place, as a
+//! shell's `exec` does: the process keeps its pid and start time); one that disappeared as an
+//! exit; its open files (`/proc/<pid>/fd`) as file opens
 //! and its TCP sockets with a peer (`/proc/<pid>/net/tcp{,6}`) as connects, each once per
 //! process. Anything that starts and ends between two polls is not seen: tier 1 is a sampling
 //! fallback, not a substitute for the kernel programs.
@@ -31,6 +33,8 @@ pub struct UserModeOptions {
 struct Process {
     start_time: u64,
     pod_uid: String,
+    /// Its executable when last polled (with `enable_process`).
+    exe: String,
     paths: HashSet<String>,
     sockets: HashSet<u64>,
 }
@@ -81,6 +85,16 @@ impl UserModePoller {
                 .processes
                 .get(&pid)
                 .is_some_and(|process| process.start_time == start_time);
+            if known && self.options.enable_process {
+                let exe = self.exe(pid);
+                if let Some(process) = self.processes.get_mut(&pid)
+                    && !exe.is_empty()
+                    && exe != process.exe
+                {
+                    seen.push((process.pod_uid.clone(), Seen::Exec(exe.clone())));
+                    process.exe = exe;
+                }
+            }
             if !known {
                 if let Some(old) = self.processes.remove(&pid) {
                     seen.push((old.pod_uid, Seen::Exit)); // pid reused
@@ -90,17 +104,17 @@ impl UserModePoller {
                 else {
                     continue;
                 };
+                let mut exe = String::new();
                 if self.options.enable_process {
-                    let exe = std::fs::read_link(self.proc(pid).join("exe"))
-                        .map(|path| path.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    seen.push((pod_uid.clone(), Seen::Exec(exe)));
+                    exe = self.exe(pid);
+                    seen.push((pod_uid.clone(), Seen::Exec(exe.clone())));
                 }
                 self.processes.insert(
                     pid,
                     Process {
                         start_time,
                         pod_uid,
+                        exe,
                         paths: HashSet::new(),
                         sockets: HashSet::new(),
                     },
@@ -141,6 +155,13 @@ impl UserModePoller {
             counters.event(observation.kind());
             shared.aggregator.record(uid, observation);
         }
+    }
+
+    /// The process's executable; empty when it cannot be read (gone, a kernel thread).
+    fn exe(&self, pid: u32) -> String {
+        std::fs::read_link(self.proc(pid).join("exe"))
+            .map(|path| path.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     fn proc(&self, pid: u32) -> PathBuf {

@@ -20,6 +20,7 @@ fn batch(n: u32) -> ReportBatch {
             tier: 2,
             fallback_reason: None,
             programs_loaded: n,
+            file_hook: None,
             ring_buffer_drops: 0,
         },
         pods: vec![],

@@ -55,6 +55,7 @@ impl Server {
                 tier,
                 fallback_reason,
                 programs_loaded,
+                file_hook,
                 ..
             } => {
                 self.auth.may_report(&self.ctx, &caller).await?;
@@ -76,6 +77,7 @@ impl Server {
                         tier: i32::from(*tier),
                         reason: fallback_reason.clone(),
                         programs_loaded: i32::try_from(*programs_loaded).unwrap_or(i32::MAX),
+                        file_hook: *file_hook,
                         last_report_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                             k8s_openapi::jiff::Timestamp::now(),
                         )),

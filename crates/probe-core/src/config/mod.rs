@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use agentmesh_api::MeshLogicAgentSpec;
 use agentmesh_api::meshlogic::{
-    CgroupDriver, RING_BUFFER_MAX, RING_BUFFER_MIN, TELEMETRY_BATCH_MAX, TelemetrySink,
+    CgroupDriver, FileHook, RING_BUFFER_MAX, RING_BUFFER_MIN, TELEMETRY_BATCH_MAX, TelemetrySink,
 };
 use serde::Deserialize;
 
@@ -63,6 +63,32 @@ pub struct Overrides {
     pub proc_root: PathBuf,
     pub report_queue: usize,
     pub kube: KubeAccess,
+    pub file_hook: FileHookChoice,
+}
+
+/// Which hook observes file opens (`--file-hook`, `MESHLOGIC_FILE_HOOK`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FileHookChoice {
+    /// fexit where it attaches and fires here, else the `sys_exit` tracepoint.
+    #[default]
+    Auto,
+    /// This hook only: a kernel that refuses it gets tier 1, with the reason.
+    Only(FileHook),
+}
+
+impl std::str::FromStr for FileHookChoice {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "auto" => Ok(Self::Auto),
+            "fexit" => Ok(Self::Only(FileHook::Fexit)),
+            "sys_exit" => Ok(Self::Only(FileHook::SysExit)),
+            other => Err(format!(
+                "MESHLOGIC_FILE_HOOK {other:?}: expected auto, fexit or sys_exit"
+            )),
+        }
+    }
 }
 
 /// How the probe reaches the API server to learn the names of the pods on its node.
@@ -132,6 +158,8 @@ pub struct ProbeConfig {
     /// Skip opens of the container runtime setting containers up (see
     /// [`crate::kernel::KernelOptions::skip_runtime_opens`]); always on but in tests.
     pub skip_runtime_opens: bool,
+    /// Which hook observes file opens.
+    pub file_hook: FileHookChoice,
 }
 
 impl ProbeConfig {
@@ -325,6 +353,7 @@ impl ProbeConfig {
             kube: overrides.kube,
             filter_pods: true,
             skip_runtime_opens: true,
+            file_hook: overrides.file_hook,
         })
     }
 }

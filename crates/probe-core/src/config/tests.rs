@@ -12,6 +12,7 @@ fn overrides() -> Overrides {
         proc_root: "/proc".into(),
         report_queue: 16,
         kube: KubeAccess::Disabled,
+        file_hook: FileHookChoice::Auto,
     }
 }
 
@@ -170,4 +171,22 @@ fn agent_node_and_trust_api_are_checked() {
         config.trust_api_ca.as_deref(),
         Some("-----BEGIN CERTIFICATE-----")
     );
+}
+
+#[test]
+fn file_hook_choices_are_spelled_as_documented() {
+    use agentmesh_api::meshlogic::FileHook;
+    assert_eq!("auto".parse(), Ok(FileHookChoice::Auto));
+    assert_eq!("fexit".parse(), Ok(FileHookChoice::Only(FileHook::Fexit)));
+    assert_eq!(
+        "sys_exit".parse(),
+        Ok(FileHookChoice::Only(FileHook::SysExit))
+    );
+    for wrong in ["", "Fexit", "sys-exit", "lsm", "fexit "] {
+        let error = wrong.parse::<FileHookChoice>().unwrap_err();
+        assert!(
+            error.contains("expected auto, fexit or sys_exit"),
+            "{error}"
+        );
+    }
 }

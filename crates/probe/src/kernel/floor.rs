@@ -1,22 +1,82 @@
-//! An empty program at the raw `sys_exit` tracepoint (`bpf/floor.bpf.c`). `make bench-probe`
-//! attaches it to measure what the hook costs before the probe does any work there.
+//! Empty programs at the probe's file hooks (`bpf/floor.bpf.c`). `make bench-probe` attaches
+//! them to measure what each hook costs before the probe does any work there; the probe loads
+//! the fexit pair first to learn whether that hook can be had on this kernel
+//! ([`fexit_fires`]).
 
 use std::mem::MaybeUninit;
+use std::path::Path;
 
 use libbpf_rs::Link;
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use super::skel::floor as skel;
 
-/// Loads and attaches the empty program; it stays attached until the link is dropped.
+fn open_floor<'obj>(
+    object: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+    btf: Option<&Path>,
+    fexit: bool,
+) -> Result<skel::FloorSkel<'obj>, libbpf_rs::Error> {
+    let mut builder = skel::FloorSkelBuilder::default();
+    if let Some(btf) = btf {
+        builder.obj_builder.btf_custom_path(btf)?;
+    }
+    let mut open = builder.open(object)?;
+    open.progs.empty_sys_exit.set_autoload(!fexit);
+    open.progs.empty_openat2_exit.set_autoload(fexit);
+    open.progs.empty_by_handle_exit.set_autoload(fexit);
+    open.load()
+}
+
+/// Loads and attaches the empty `sys_exit` program; it stays attached until the link is
+/// dropped.
 pub fn attach_empty_sys_exit() -> Result<Link, libbpf_rs::Error> {
     let mut object = MaybeUninit::uninit();
-    let open = skel::FloorSkelBuilder::default().open(&mut object)?;
-    let mut loaded = open.load()?;
-    loaded.attach()?;
-    loaded
-        .links
-        .empty_sys_exit
-        .take()
-        .ok_or_else(|| libbpf_rs::Error::from(std::io::Error::other("no link")))
+    let loaded = open_floor(&mut object, None, false)?;
+    loaded.progs.empty_sys_exit.attach()
+}
+
+/// Loads and attaches the empty fexit pair; attached until the links are dropped.
+pub fn attach_empty_fexit(btf: Option<&Path>) -> Result<Vec<Link>, libbpf_rs::Error> {
+    let mut object = MaybeUninit::uninit();
+    let loaded = open_floor(&mut object, btf, true)?;
+    Ok(vec![
+        loaded.progs.empty_openat2_exit.attach()?,
+        loaded.progs.empty_by_handle_exit.attach()?,
+    ])
+}
+
+/// Whether the fexit hook can be had here: the empty pair loads and attaches (a kernel under
+/// lockdown, or without fexit on this architecture, refuses one or the other), and an open of
+/// this process is then seen (an attached program that never runs would observe nothing).
+/// Err: why not, for the status and the log. Everything is detached on return.
+pub fn fexit_fires(btf: Option<&Path>) -> Result<(), String> {
+    let mut object = MaybeUninit::uninit();
+    let mut loaded =
+        open_floor(&mut object, btf, true).map_err(|error| format!("fexit load: {error:#}"))?;
+    let mut links = Vec::new();
+    for (name, program) in [
+        ("do_sys_openat2", &loaded.progs.empty_openat2_exit),
+        ("do_handle_open", &loaded.progs.empty_by_handle_exit),
+    ] {
+        links.push(
+            program
+                .attach()
+                .map_err(|error| format!("fexit/{name}: {error:#}"))?,
+        );
+    }
+    let bss: *mut skel::types::bss = loaded
+        .maps
+        .bss_data
+        .as_deref_mut()
+        .ok_or_else(|| "fexit: no .bss".to_string())?;
+    // SAFETY: the .bss map is mmap'ed for as long as `loaded` lives, and the kernel writes
+    // `fired` concurrently: volatile accesses of aligned integers through the raw pointer.
+    unsafe { std::ptr::write_volatile(&raw mut (*bss).probe_tgid, std::process::id()) };
+    for _ in 0..3 {
+        drop(std::fs::File::open("/"));
+        if unsafe { std::ptr::read_volatile(&raw const (*bss).fired) } > 0 {
+            return Ok(());
+        }
+    }
+    Err("fexit/do_sys_openat2 attached but never ran".to_string())
 }

@@ -1,4 +1,5 @@
-//! Opening, loading and attaching the programs of `bpf/probe.bpf.c` as the options say.
+//! Opening, loading and attaching the programs of `bpf/probe.bpf.c` as the options say, file
+//! opens at fexit where the kernel allows it.
 
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
@@ -7,7 +8,11 @@ use std::path::PathBuf;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags};
 
+use agentmesh_api::meshlogic::FileHook;
+use meshlogic_probe_core::config::FileHookChoice;
+
 use super::event::{HEADER_LEN, PATH_LEN};
+use super::floor::fexit_fires;
 use super::keys::mute_path_entries;
 use super::skel::ProbeSkelBuilder;
 use super::{KernelError, KernelOptions, Loaded};
@@ -27,9 +32,60 @@ fn wakeup_every(ring_buffer_size: u32, cpus: Result<usize, libbpf_rs::Error>) ->
     }
 }
 
+/// The file hook to load, and why `auto` did not get fexit.
+fn choose_file_hook(
+    options: &KernelOptions,
+) -> Result<(Option<FileHook>, Option<String>), KernelError> {
+    if !options.enable_file {
+        return Ok((None, None));
+    }
+    let btf = options.btf_path.as_deref();
+    match options.file_hook {
+        FileHookChoice::Only(FileHook::SysExit) => Ok((Some(FileHook::SysExit), None)),
+        FileHookChoice::Only(FileHook::Fexit) => fexit_fires(btf)
+            .map(|()| (Some(FileHook::Fexit), None))
+            .map_err(KernelError::Load),
+        FileHookChoice::Auto => Ok(match fexit_fires(btf) {
+            Ok(()) => (Some(FileHook::Fexit), None),
+            Err(why) => (Some(FileHook::SysExit), Some(why)),
+        }),
+    }
+}
+
+/// Loads as the options say, the file hook chosen by [`choose_file_hook`]. With `auto`, a
+/// probe that the kernel refuses with the fexit hook (when the empty pair was taken) is loaded
+/// again with `sys_exit`, into `spare`.
 pub(super) fn load<'obj>(
     options: &KernelOptions,
     object: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+    spare: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+) -> Result<(Skel<'obj>, Vec<Link>, Loaded), KernelError> {
+    let (file_hook, note) = choose_file_hook(options)?;
+    match load_with(options, object, file_hook) {
+        Err(error)
+            if file_hook == Some(FileHook::Fexit) && options.file_hook == FileHookChoice::Auto =>
+        {
+            let why = format!("the probe with fexit: {error}");
+            tracing::warn!(%why, "file opens observed at sys_exit");
+            let (skel, links, mut loaded) = load_with(options, spare, Some(FileHook::SysExit))?;
+            loaded.file_hook_note = Some(why);
+            Ok((skel, links, loaded))
+        }
+        Err(error) => Err(error),
+        Ok((skel, links, mut loaded)) => {
+            if let Some(why) = note {
+                tracing::info!(%why, "no fexit here: file opens observed at sys_exit");
+                loaded.file_hook_note = Some(why);
+            }
+            Ok((skel, links, loaded))
+        }
+    }
+}
+
+fn load_with<'obj>(
+    options: &KernelOptions,
+    object: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+    file_hook: Option<FileHook>,
 ) -> Result<(Skel<'obj>, Vec<Link>, Loaded), KernelError> {
     let load_error = |error: libbpf_rs::Error| KernelError::Load(format!("{error:#}"));
     let mut builder = ProbeSkelBuilder::default();
@@ -61,7 +117,12 @@ pub(super) fn load<'obj>(
         .set_autoload(options.enable_process || blocking);
     open.progs.handle_exit.set_autoload(options.enable_process);
     open.progs.handle_cgroup_mkdir.set_autoload(true);
-    open.progs.handle_sys_exit.set_autoload(options.enable_file);
+    let fexit = file_hook == Some(FileHook::Fexit);
+    open.progs
+        .handle_sys_exit
+        .set_autoload(file_hook == Some(FileHook::SysExit));
+    open.progs.handle_openat2_exit.set_autoload(fexit);
+    open.progs.handle_by_handle_exit.set_autoload(fexit);
     let connects = options.enable_network || blocking;
     open.progs.handle_connect4.set_autoload(connects);
     open.progs.handle_connect6.set_autoload(connects);
@@ -89,9 +150,19 @@ pub(super) fn load<'obj>(
             &skel.progs.handle_exit,
         ),
         (
-            options.enable_file,
+            file_hook == Some(FileHook::SysExit),
             "handle_sys_exit",
             &skel.progs.handle_sys_exit,
+        ),
+        (
+            fexit,
+            "handle_openat2_exit",
+            &skel.progs.handle_openat2_exit,
+        ),
+        (
+            fexit,
+            "handle_by_handle_exit",
+            &skel.progs.handle_by_handle_exit,
         ),
         (true, "handle_cgroup_mkdir", &skel.progs.handle_cgroup_mkdir),
     ];
@@ -105,6 +176,8 @@ pub(super) fn load<'obj>(
     }
     let loaded = Loaded {
         programs: links.len() as u32,
+        file_hook,
+        file_hook_note: None,
         blocking: if blocking {
             Ok(())
         } else {

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use agentmesh_api::meshlogic::CgroupDriver;
+use agentmesh_api::meshlogic::{CgroupDriver, FileHook};
+use meshlogic_probe_core::config::FileHookChoice;
 use tokio::sync::Notify;
 
 use crate::counters::SensorCounters;
@@ -50,6 +51,8 @@ pub struct KernelOptions {
     /// up) are not the pod's: skipped in the kernel and counted (`runtime_setup_opens`). Off
     /// in tests whose "pods" are host processes in cgroups the test made.
     pub skip_runtime_opens: bool,
+    /// Which hook observes file opens.
+    pub file_hook: FileHookChoice,
 }
 
 /// Kernel counters summed over CPUs, refreshed by the kernel thread.
@@ -71,6 +74,10 @@ impl KernelCounters {
 pub struct Loaded {
     /// Programs attached.
     pub programs: u32,
+    /// Where file opens are observed; `None` when they are not (`ebpf.enableFile: false`).
+    pub file_hook: Option<FileHook>,
+    /// Why `auto` did not get the fexit hook, when it did not.
+    pub file_hook_note: Option<String>,
     /// Tier 3 enforcement attached; otherwise why not.
     pub blocking: Result<(), String>,
 }

@@ -47,7 +47,8 @@ impl Thread {
             loaded,
         } = self;
         let mut object = MaybeUninit::uninit();
-        let (skel, links, done) = match load(&options, &mut object) {
+        let mut spare = MaybeUninit::uninit();
+        let (skel, links, done) = match load(&options, &mut object, &mut spare) {
             Ok(done) => done,
             Err(error) => {
                 let _ = loaded.send(Err(error));

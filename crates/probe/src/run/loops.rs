@@ -160,6 +160,7 @@ pub(super) async fn report_windows(
                 tier: status.tier(),
                 fallback_reason: status.fallback_reason(),
                 programs_loaded: status.programs_loaded(),
+                file_hook: status.file_hook(),
                 ring_buffer_drops: drops,
             },
             pods,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentmesh_api::meshlogic::TelemetrySink;
+use agentmesh_api::meshlogic::{FileHook, TelemetrySink};
 use agentmesh_api::wire::EnforcementSet;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -126,6 +126,7 @@ fn load_kernel(
         cgroup_driver: config.cgroup_driver,
         pod_cgroup_created: pod_cgroup_created.clone(),
         skip_runtime_opens: config.skip_runtime_opens,
+        file_hook: config.file_hook,
     };
     match KernelProbe::start(options, shared.clone(), metrics.sensors.clone()) {
         Ok(probe) => {
@@ -179,6 +180,12 @@ pub async fn start(mut config: ProbeConfig) -> Result<ProbeHandle, StartError> {
     let TierDecision { tier, reason } = decision;
     if let Some(probe) = &kernel {
         status.set_programs_loaded(probe.loaded.programs);
+        let loaded = &probe.loaded;
+        status.set_file_hook(loaded.file_hook, loaded.file_hook_note.clone());
+        if let Some(hook) = loaded.file_hook {
+            let label = vec![("hook".to_string(), hook.to_string())];
+            metrics.file_hook.get_or_create(&label).set(1);
+        }
     }
     status.set_tier(tier, reason.clone());
     metrics.tier.set(tier.number().into());
@@ -193,6 +200,7 @@ pub async fn start(mut config: ProbeConfig) -> Result<ProbeHandle, StartError> {
         None => tracing::info!(
             tier = tier.number(),
             programs = status.programs_loaded(),
+            file_hook = status.file_hook().map(FileHook::as_str),
             "probe started"
         ),
     }

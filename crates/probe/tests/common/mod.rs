@@ -40,6 +40,44 @@ pub async fn root_probe_with(
     Some((server, probe))
 }
 
+/// The file hook the kernel tests must find in use: `MESHLOGIC_EXPECT_FILE_HOOK` (set by `make
+/// test-kernels`, which knows what each kernel allows), else the one `MESHLOGIC_FILE_HOOK`
+/// forces; `None`: either may be right here.
+pub fn expected_file_hook() -> Option<agentmesh_api::meshlogic::FileHook> {
+    use meshlogic_probe::config::FileHookChoice;
+    let parse = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|value| value.parse::<FileHookChoice>().expect(name))
+    };
+    match parse("MESHLOGIC_EXPECT_FILE_HOOK").or_else(|| parse("MESHLOGIC_FILE_HOOK")) {
+        Some(FileHookChoice::Only(hook)) => Some(hook),
+        Some(FileHookChoice::Auto) | None => None,
+    }
+}
+
+/// Programs a probe with every category on loads at tier 2: exec, exit, cgroup_mkdir, the
+/// cgroup connect4 and connect6, and the file hook's (sys_exit; fexit of do_sys_openat2 and
+/// do_handle_open).
+pub fn tier2_programs(hook: Option<agentmesh_api::meshlogic::FileHook>) -> u32 {
+    use agentmesh_api::meshlogic::FileHook;
+    5 + match hook {
+        Some(FileHook::SysExit) => 1,
+        Some(FileHook::Fexit) => 2,
+        None => 0,
+    }
+}
+
+/// How long a test waits for what the probe must do: 15 s, times `MESHLOGIC_TEST_WAIT_SCALE`
+/// (`make test-kernels` sets it: under emulation everything is several times slower). Nothing
+/// waits a fixed time for success: a longer wait only lets a slow machine finish.
+pub fn wait() -> Duration {
+    let scale = std::env::var("MESHLOGIC_TEST_WAIT_SCALE")
+        .map_or(Ok(1), |value| value.parse::<u32>())
+        .expect("MESHLOGIC_TEST_WAIT_SCALE");
+    Duration::from_secs(15) * scale.max(1)
+}
+
 pub fn require_root() -> bool {
     if std::env::var("MESHLOGIC_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
         eprintln!("skipped: MESHLOGIC_SKIP_ROOT_TESTS=1");
@@ -197,6 +235,10 @@ pub fn config(server: &TrustServer, spec: serde_json::Value) -> ProbeConfig {
             proc_root: "/proc".into(),
             report_queue: 64,
             kube: KubeAccess::Disabled,
+            // `make test-kernels` runs the kernel tests with each hook the kernel has.
+            file_hook: std::env::var("MESHLOGIC_FILE_HOOK")
+                .map_or(Ok(Default::default()), |hook| hook.parse())
+                .expect("MESHLOGIC_FILE_HOOK"),
         },
     )
     .map(|mut config| {
@@ -237,10 +279,7 @@ pub async fn wait_watched(probe: &meshlogic_probe::run::ProbeHandle, pods: &[&Te
             tokio::time::sleep(Duration::from_millis(100)).await;
             return;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "pod cgroups never watched"
-        );
+        assert!(start.elapsed() < wait(), "pod cgroups never watched");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -238,6 +238,7 @@ mod tests {
             tier,
             reason: reason.map(str::to_owned),
             programs_loaded: 0,
+            file_hook: None,
             last_report_at: None,
         }
     }

@@ -36,6 +36,7 @@ pub(crate) fn start_probe(
     original: &Path,
     trust: &SocketAddr,
     ebpf: &str,
+    file_hook: Option<&str>,
 ) -> (Child, SocketAddr) {
     let dir = std::env::temp_dir().join(format!("meshlogic-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -83,6 +84,7 @@ pub(crate) fn start_probe(
             &metrics.to_string(),
         ])
         .env("AGENTMESH_LOG_LEVEL", "warn")
+        .env("MESHLOGIC_FILE_HOOK", file_hook.unwrap_or("auto"))
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
@@ -101,8 +103,9 @@ pub(crate) fn start_probe(
                 break;
             }
         }
+        // Long enough for a VM under emulation (bench-kernels) to verify the programs.
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(300),
             "the probe did not become ready"
         );
         std::thread::sleep(Duration::from_millis(50));

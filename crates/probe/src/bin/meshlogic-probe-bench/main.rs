@@ -6,17 +6,21 @@
 //! - exec, open and connect loops without and with the probe: overhead ratio per workload (the
 //!   median over `ROUNDS` rounds of each round's ratio), plus opens by an unwatched process and
 //!   opens of a new path each time; and the same loops with only an empty program at the raw
-//!   `sys_exit` tracepoint, the one hook this kernel offers for file opens: the floor under any
-//!   observer of opens;
+//!   `sys_exit` tracepoint, the one file hook a kernel that refuses fexit offers (this machine's):
+//!   the floor under any observer of opens there;
 //! - the highest open-event rate delivered with zero ring-buffer drops, stepping the offered
 //!   rate up;
 //! - the probe's peak RSS (VmHWM).
 //!
+//! `meshlogic-probe-bench hooks` measures the file hooks instead, by instruction count, in the
+//! VMs of `scripts/bench-kernels.sh` (see `hooks`).
+//!
 //! By concern: `cpu` (what a workload and the probe cost), `workloads` (the loops measured),
-//! `harness` (the probe under test, its trust API stub, cgroups).
+//! `harness` (the probe under test, its trust API stub, cgroups), `hooks` (the hook comparison).
 
 mod cpu;
 mod harness;
+mod hooks;
 mod workloads;
 
 use std::net::TcpListener;
@@ -44,7 +48,14 @@ fn main() {
     let uid = "0b6c1f8e-3f6a-4d38-9d0e-3f2d1c0a9b11";
     let pod = top.join(format!("kubepods/burstable/pod{uid}/{:064x}", 1));
     std::fs::create_dir_all(&pod).expect("creating the bench pod cgroup");
-    let result = std::panic::catch_unwind(|| run(&root, &original, &pod));
+    let hooks = std::env::args().nth(1).as_deref() == Some("hooks");
+    let result = std::panic::catch_unwind(|| {
+        if hooks {
+            hooks::run(&root, &original, &pod)
+        } else {
+            run(&root, &original, &pod)
+        }
+    });
     move_to(&original);
     let _ = remove_tree(&top);
     if let Err(panic) = result {
@@ -118,12 +129,13 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     for _round in 0..ROUNDS {
         for slot in [WITHOUT, PROBE, FLOOR, NO_FILE] {
             let probe = match slot {
-                PROBE => Some(start_probe(root, original, &trust, "{}")),
+                PROBE => Some(start_probe(root, original, &trust, "{}", None)),
                 NO_FILE => Some(start_probe(
                     root,
                     original,
                     &trust,
                     r#"{"enableFile":false}"#,
+                    None,
                 )),
                 _ => None,
             };
@@ -182,7 +194,7 @@ fn run(root: &Path, original: &Path, pod: &Path) {
     }
 
     // Capacity: offered open rate stepped up until the ring buffer drops.
-    let (mut child, metrics) = start_probe(root, original, &trust, "{}");
+    let (mut child, metrics) = start_probe(root, original, &trust, "{}", None);
     let mut sustained = 0f64;
     println!();
     for offered in [

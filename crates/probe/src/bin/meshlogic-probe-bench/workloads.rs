@@ -16,7 +16,12 @@ pub(crate) fn exec_loop(n: usize) {
 }
 
 pub(crate) fn open_loop(n: usize) {
-    let path = CString::new("/etc/hostname").unwrap();
+    open_path_loop("/etc/hostname", n);
+}
+
+/// open+close of `path`, n times.
+pub(crate) fn open_path_loop(path: &str, n: usize) {
+    let path = CString::new(path).unwrap();
     for _ in 0..n {
         // SAFETY: a valid C string; the descriptor is closed at once.
         unsafe {
