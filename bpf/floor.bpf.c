@@ -26,8 +26,10 @@ int BPF_PROG(empty_sys_exit, struct pt_regs *regs, long ret)
 	return 0;
 }
 
-SEC("fexit/do_sys_openat2")
-int BPF_PROG(empty_openat2_exit, int dfd, const char *filename, struct open_how *how, long ret)
+/* do_file_open from 7.0: user space sets the target it finds. */
+SEC("fexit/do_filp_open")
+int BPF_PROG(empty_filp_open_exit, int dfd, struct filename *pathname,
+	     const struct open_flags *op, struct file *file)
 {
 	saw_open();
 	return 0;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /* File opens at the raw sys_exit tracepoint or at fexit of the kernel's open functions, named by
- * the file opened: repeats folded and mute
- * paths dropped in the kernel. Included by probe.bpf.c only (one object, one skeleton). */
+ * the file opened: repeats folded and mute paths dropped in the kernel. Included by probe.bpf.c
+ * only (one object, one skeleton). */
 #ifndef MESHLOGIC_PROBE_OPEN_BPF_H
 #define MESHLOGIC_PROBE_OPEN_BPF_H
 
@@ -25,41 +25,77 @@ static __always_inline struct file *fd_file(struct task_struct *task, long fdnum
 	return file;
 }
 
-/* An open that returned ret (a descriptor, or -errno). A file opened is named by its path from
+/* The text an open asked for, into dst (PATH_LEN bytes): its length with the NUL, or <= 0. */
+static __always_inline long read_name(char *dst, const char *name, bool kernel_name)
+{
+	if (!name)
+		return 0;
+	if (kernel_name)
+		return bpf_probe_read_kernel_str(dst, PATH_LEN, name);
+	return bpf_probe_read_user_str(dst, PATH_LEN, name);
+}
+
+/* The task's root directory, as an address. A BTF pointer's fields are read directly where the
+ * kernel has bpf_get_current_task_btf (5.11): a load each, not a helper call each; CO-RE drops
+ * the branch the kernel cannot take before the verifier sees it (5.10 would refuse the helper). */
+static __always_inline __u64 task_root_dentry(void)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+		return (__u64)bpf_get_current_task_btf()->fs->root.dentry;
+	return (__u64)BPF_CORE_READ(current_task(), fs, root.dentry);
+}
+
+/* An open: the text it asked for (name: a user address, or with kernel_name the kernel's copy),
+ * its flags, and what it returned (a descriptor or -errno), or instead the file it opened as a
+ * BTF pointer (an fexit argument), whose fields are read directly. A file opened is named by its path from
  * the task's root, resolved from its dentries: a relative name, `..`, /proc/self/cwd/x, a
- * symbolic link or a path through a descriptor all name the file itself. A failed open (nothing
- * opened) is named by the text it asked for, as is a file too deep to resolve. */
-static __always_inline int handle_open(const char *filename, __s32 open_flags, long ret)
+ * symbolic link or a path through a descriptor all name the file itself. A failed open
+ * (nothing opened) is named by the text it asked for, as is a file too deep to resolve. */
+static __always_inline int handle_open(const char *name, bool kernel_name, __s32 open_flags,
+				       long ret, struct file *btf_file)
 {
 	__u32 flags = 0;
 	struct pod_of *entry = 0;
 	__u64 pod = find_pod_entry(&flags, &entry);
 	if (unwatched(pod))
 		return 0;
-	struct task_struct *task = current_task();
-	if (skip_runtime_opens && runtime_root) {
-		if ((__u64)BPF_CORE_READ(task, fs, root.dentry) == runtime_root) {
-			count(C_RUNTIME_SETUP);
-			return 0;
-		}
+	if (skip_runtime_opens && runtime_root && task_root_dentry() == runtime_root) {
+		count(C_RUNTIME_SETUP);
+		return 0;
 	}
+	struct task_struct *task = current_task();
+	/* The file opened, NULL when the open failed: the fexit hook is given it (a BTF pointer,
+	 * read directly), the others find it by the descriptor returned. */
+	struct file *file = btf_file;
+	if (!btf_file)
+		file = ret >= 0 ? fd_file(task, ret) : 0;
 	/* The path is read onto the stack: the kernel checks a copy to the stack for less than one
 	 * to a map value, and a repeated open never needs it anywhere else. */
 	struct stack_path path;
 	long n = 0;
-	struct file *file = ret >= 0 ? fd_file(task, ret) : 0;
 	/* What makes a repeat: the file opened (its dentry, whatever text named it: another
 	 * directory, a swapped link or a rename is another dentry), or for a failed open the text
 	 * asked for. Repeats, most opens, skip the walk up the file's dentries below. */
 	__u64 identity;
-	if (file) {
+	if (btf_file) {
+		/* Read directly, scalars only (the verifier allows no arithmetic on a BTF pointer):
+		 * the dentry as its name (hash and length), its directory's inode and its own inode.
+		 * Another name, another directory or another file is another identity, as another
+		 * dentry is; a freed dentry reused for another file does not pass for it. */
+		struct dentry *dentry = btf_file->f_path.dentry;
+		__u64 ino = btf_file->f_inode->i_ino;
+		__u64 name_hash = ((__u64)dentry->d_name.len << 32) | dentry->d_name.hash;
+		__u64 dir = dentry->d_parent->d_inode->i_ino;
+		identity = hash_key ^ (((ino << 17) ^ name_hash) * 0x9E3779B97F4A7C15ULL);
+		identity = (identity ^ dir) * 0x9E3779B97F4A7C15ULL;
+	} else if (file) {
 		/* The inode number too: a freed dentry reused for another file within the window
 		 * does not pass for it. */
 		__u64 dentry = (__u64)BPF_CORE_READ(file, f_path.dentry);
 		__u64 ino = BPF_CORE_READ(file, f_inode, i_ino);
 		identity = hash_key ^ ((dentry ^ (ino << 17)) * 0x9E3779B97F4A7C15ULL);
 	} else {
-		n = filename ? bpf_probe_read_user_str(path.path, sizeof(path.path), filename) : 0;
+		n = read_name(path.path, name, kernel_name);
 		if (n <= 0) {
 			path.path[0] = 0;
 			n = 1;
@@ -97,8 +133,8 @@ static __always_inline int handle_open(const char *filename, __s32 open_flags, l
 		if (at >= 0)
 			n = bpf_probe_read_kernel_str(path.path, sizeof(path.path),
 						      &buf->data[at & (PATH_LEN - 1)]);
-		if (n <= 0 && filename)
-			n = bpf_probe_read_user_str(path.path, sizeof(path.path), filename);
+		if (n <= 0)
+			n = read_name(path.path, name, kernel_name);
 		if (n <= 0) {
 			path.path[0] = 0;
 			n = 1;
@@ -195,18 +231,29 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 	if (!filename && ret < 0)
 		return 0; /* a failed open_by_handle_at: no file, no path */
-	return handle_open(filename, open_flags, ret);
+	return handle_open(filename, false, open_flags, ret, 0);
 }
 
 /* The cheaper hook, where the kernel lets fexit programs attach (not under lockdown): the same
- * opens, seen at the exit of the two functions every open-like system call ends in, so that no
- * other system call pays anything. do_sys_openat2 serves open, openat, openat2 and creat from
- * both the 64-bit and the 32-bit entry (since 5.6); do_handle_open serves open_by_handle_at.
- * User space loads these or handle_sys_exit, never both (kernel/load.rs). */
-SEC("fexit/do_sys_openat2")
-int BPF_PROG(handle_openat2_exit, int dfd, const char *filename, struct open_how *how, long ret)
+ * opens, seen at the exit of the kernel's open functions, so that no other system call pays
+ * anything. do_filp_open (do_file_open from 7.0: user space sets the target) serves open,
+ * openat, openat2 and creat from both the 64-bit and the 32-bit entry, and io_uring's openat,
+ * which sys_exit never saw; its arguments and result are BTF pointers, read directly: the
+ * kernel's copy of the name, the flags, the file opened. do_handle_open serves
+ * open_by_handle_at. User space loads these or handle_sys_exit, never both (kernel/load.rs). */
+#define OPEN_FLAG_EXEC 0x20 /* __FMODE_EXEC: exec and uselib opening the file they map */
+#define MAX_ERRNO 4095
+
+SEC("fexit/do_filp_open")
+int BPF_PROG(handle_filp_open_exit, int dfd, struct filename *pathname,
+	     const struct open_flags *op, struct file *file)
 {
-	return handle_open(filename, (__s32)BPF_CORE_READ(how, flags), ret);
+	__s32 open_flags = op->open_flag;
+	if (open_flags & OPEN_FLAG_EXEC)
+		return 0; /* not an open of the task's: an exec's */
+	if ((__u64)file >= (__u64)-MAX_ERRNO)
+		return handle_open(pathname->name, true, open_flags, -1, 0); /* failed: its text */
+	return handle_open(pathname->name, true, open_flags, 0, file);
 }
 
 SEC("fexit/do_handle_open")
@@ -214,7 +261,7 @@ int BPF_PROG(handle_by_handle_exit, int mountdirfd, void *ufh, int open_flag, lo
 {
 	if (ret < 0)
 		return 0; /* no file, no path */
-	return handle_open(0, open_flag, ret);
+	return handle_open(0, false, open_flag, ret, 0);
 }
 
 #endif

@@ -358,7 +358,7 @@ pub enum CgroupDriver {
 /// Where the probe observes file opens (README, "The node probe": "File hook").
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum FileHook {
-    /// fexit of the kernel's open functions (`do_sys_openat2`, `do_handle_open`): only opens
+    /// fexit of the kernel's open functions (`do_filp_open`, `do_handle_open`): only opens
     /// pay. Needs fexit (x86-64 from 5.5, arm64 from 6.0) and a kernel not locked down.
     #[serde(rename = "fexit")]
     Fexit,

@@ -11,19 +11,33 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use super::skel::floor as skel;
 
+/// The kernel function every path-opening system call ends in, by kernel version: fexit
+/// programs attach to the first of these the kernel has.
+pub const OPEN_FUNCTIONS: [&str; 2] = ["do_filp_open", "do_file_open"];
+
+/// With `fexit`, the fexit pair attached to `open_function`; else the sys_exit program.
 fn open_floor<'obj>(
     object: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
     btf: Option<&Path>,
-    fexit: bool,
+    fexit: Option<&str>,
 ) -> Result<skel::FloorSkel<'obj>, libbpf_rs::Error> {
     let mut builder = skel::FloorSkelBuilder::default();
     if let Some(btf) = btf {
         builder.obj_builder.btf_custom_path(btf)?;
     }
     let mut open = builder.open(object)?;
-    open.progs.empty_sys_exit.set_autoload(!fexit);
-    open.progs.empty_openat2_exit.set_autoload(fexit);
-    open.progs.empty_by_handle_exit.set_autoload(fexit);
+    open.progs.empty_sys_exit.set_autoload(fexit.is_none());
+    open.progs
+        .empty_filp_open_exit
+        .set_autoload(fexit.is_some());
+    open.progs
+        .empty_by_handle_exit
+        .set_autoload(fexit.is_some());
+    if let Some(function) = fexit {
+        open.progs
+            .empty_filp_open_exit
+            .set_attach_target(0, Some(function.to_string()))?;
+    }
     open.load()
 }
 
@@ -31,31 +45,44 @@ fn open_floor<'obj>(
 /// dropped.
 pub fn attach_empty_sys_exit() -> Result<Link, libbpf_rs::Error> {
     let mut object = MaybeUninit::uninit();
-    let loaded = open_floor(&mut object, None, false)?;
+    let loaded = open_floor(&mut object, None, None)?;
     loaded.progs.empty_sys_exit.attach()
 }
 
-/// Loads and attaches the empty fexit pair; attached until the links are dropped.
-pub fn attach_empty_fexit(btf: Option<&Path>) -> Result<Vec<Link>, libbpf_rs::Error> {
+/// Loads and attaches the empty fexit pair at `open_function` (from [`fexit_fires`]);
+/// attached until the links are dropped.
+pub fn attach_empty_fexit(open_function: &str) -> Result<Vec<Link>, libbpf_rs::Error> {
     let mut object = MaybeUninit::uninit();
-    let loaded = open_floor(&mut object, btf, true)?;
+    let loaded = open_floor(&mut object, None, Some(open_function))?;
     Ok(vec![
-        loaded.progs.empty_openat2_exit.attach()?,
+        loaded.progs.empty_filp_open_exit.attach()?,
         loaded.progs.empty_by_handle_exit.attach()?,
     ])
 }
 
-/// Whether the fexit hook can be had here: the empty pair loads and attaches (a kernel under
-/// lockdown, or without fexit on this architecture, refuses one or the other), and an open of
-/// this process is then seen (an attached program that never runs would observe nothing).
-/// Err: why not, for the status and the log. Everything is detached on return.
-pub fn fexit_fires(btf: Option<&Path>) -> Result<(), String> {
+/// Whether the fexit hook can be had here, and at which open function ([`OPEN_FUNCTIONS`]): the
+/// empty pair loads and attaches (a kernel under lockdown, or without fexit on this
+/// architecture, refuses one or the other), and an open of this process is then seen (an
+/// attached program that never runs would observe nothing). Err: why not, for the status and
+/// the log. Everything is detached on return.
+pub fn fexit_fires(btf: Option<&Path>) -> Result<&'static str, String> {
+    let mut errors = Vec::new();
+    for function in OPEN_FUNCTIONS {
+        match fexit_fires_at(btf, function) {
+            Ok(()) => return Ok(function),
+            Err(error) => errors.push(error),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+fn fexit_fires_at(btf: Option<&Path>, function: &str) -> Result<(), String> {
     let mut object = MaybeUninit::uninit();
-    let mut loaded =
-        open_floor(&mut object, btf, true).map_err(|error| format!("fexit load: {error:#}"))?;
+    let mut loaded = open_floor(&mut object, btf, Some(function))
+        .map_err(|error| format!("fexit/{function}: {error:#}"))?;
     let mut links = Vec::new();
     for (name, program) in [
-        ("do_sys_openat2", &loaded.progs.empty_openat2_exit),
+        (function, &loaded.progs.empty_filp_open_exit),
         ("do_handle_open", &loaded.progs.empty_by_handle_exit),
     ] {
         links.push(
@@ -78,5 +105,5 @@ pub fn fexit_fires(btf: Option<&Path>) -> Result<(), String> {
             return Ok(());
         }
     }
-    Err("fexit/do_sys_openat2 attached but never ran".to_string())
+    Err(format!("fexit/{function} attached but never ran"))
 }

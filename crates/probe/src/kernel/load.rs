@@ -32,22 +32,39 @@ fn wakeup_every(ring_buffer_size: u32, cpus: Result<usize, libbpf_rs::Error>) ->
     }
 }
 
+/// Where file opens are observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    /// fexit of this open function (and of do_handle_open).
+    Fexit(&'static str),
+    SysExit,
+}
+
+impl Hook {
+    fn kind(self) -> FileHook {
+        match self {
+            Self::Fexit(_) => FileHook::Fexit,
+            Self::SysExit => FileHook::SysExit,
+        }
+    }
+}
+
 /// The file hook to load, and why `auto` did not get fexit.
 fn choose_file_hook(
     options: &KernelOptions,
-) -> Result<(Option<FileHook>, Option<String>), KernelError> {
+) -> Result<(Option<Hook>, Option<String>), KernelError> {
     if !options.enable_file {
         return Ok((None, None));
     }
     let btf = options.btf_path.as_deref();
     match options.file_hook {
-        FileHookChoice::Only(FileHook::SysExit) => Ok((Some(FileHook::SysExit), None)),
+        FileHookChoice::Only(FileHook::SysExit) => Ok((Some(Hook::SysExit), None)),
         FileHookChoice::Only(FileHook::Fexit) => fexit_fires(btf)
-            .map(|()| (Some(FileHook::Fexit), None))
+            .map(|function| (Some(Hook::Fexit(function)), None))
             .map_err(KernelError::Load),
         FileHookChoice::Auto => Ok(match fexit_fires(btf) {
-            Ok(()) => (Some(FileHook::Fexit), None),
-            Err(why) => (Some(FileHook::SysExit), Some(why)),
+            Ok(function) => (Some(Hook::Fexit(function)), None),
+            Err(why) => (Some(Hook::SysExit), Some(why)),
         }),
     }
 }
@@ -63,11 +80,12 @@ pub(super) fn load<'obj>(
     let (file_hook, note) = choose_file_hook(options)?;
     match load_with(options, object, file_hook) {
         Err(error)
-            if file_hook == Some(FileHook::Fexit) && options.file_hook == FileHookChoice::Auto =>
+            if matches!(file_hook, Some(Hook::Fexit(_)))
+                && options.file_hook == FileHookChoice::Auto =>
         {
             let why = format!("the probe with fexit: {error}");
             tracing::warn!(%why, "file opens observed at sys_exit");
-            let (skel, links, mut loaded) = load_with(options, spare, Some(FileHook::SysExit))?;
+            let (skel, links, mut loaded) = load_with(options, spare, Some(Hook::SysExit))?;
             loaded.file_hook_note = Some(why);
             Ok((skel, links, loaded))
         }
@@ -85,7 +103,7 @@ pub(super) fn load<'obj>(
 fn load_with<'obj>(
     options: &KernelOptions,
     object: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
-    file_hook: Option<FileHook>,
+    file_hook: Option<Hook>,
 ) -> Result<(Skel<'obj>, Vec<Link>, Loaded), KernelError> {
     let load_error = |error: libbpf_rs::Error| KernelError::Load(format!("{error:#}"));
     let mut builder = ProbeSkelBuilder::default();
@@ -117,12 +135,18 @@ fn load_with<'obj>(
         .set_autoload(options.enable_process || blocking);
     open.progs.handle_exit.set_autoload(options.enable_process);
     open.progs.handle_cgroup_mkdir.set_autoload(true);
-    let fexit = file_hook == Some(FileHook::Fexit);
+    let fexit = matches!(file_hook, Some(Hook::Fexit(_)));
     open.progs
         .handle_sys_exit
-        .set_autoload(file_hook == Some(FileHook::SysExit));
-    open.progs.handle_openat2_exit.set_autoload(fexit);
+        .set_autoload(file_hook == Some(Hook::SysExit));
+    open.progs.handle_filp_open_exit.set_autoload(fexit);
     open.progs.handle_by_handle_exit.set_autoload(fexit);
+    if let Some(Hook::Fexit(function)) = file_hook {
+        open.progs
+            .handle_filp_open_exit
+            .set_attach_target(0, Some(function.to_string()))
+            .map_err(load_error)?;
+    }
     let connects = options.enable_network || blocking;
     open.progs.handle_connect4.set_autoload(connects);
     open.progs.handle_connect6.set_autoload(connects);
@@ -150,14 +174,14 @@ fn load_with<'obj>(
             &skel.progs.handle_exit,
         ),
         (
-            file_hook == Some(FileHook::SysExit),
+            file_hook == Some(Hook::SysExit),
             "handle_sys_exit",
             &skel.progs.handle_sys_exit,
         ),
         (
             fexit,
-            "handle_openat2_exit",
-            &skel.progs.handle_openat2_exit,
+            "handle_filp_open_exit",
+            &skel.progs.handle_filp_open_exit,
         ),
         (
             fexit,
@@ -176,7 +200,7 @@ fn load_with<'obj>(
     }
     let loaded = Loaded {
         programs: links.len() as u32,
-        file_hook,
+        file_hook: file_hook.map(Hook::kind),
         file_hook_note: None,
         blocking: if blocking {
             Ok(())

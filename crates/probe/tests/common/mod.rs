@@ -57,7 +57,7 @@ pub fn expected_file_hook() -> Option<agentmesh_api::meshlogic::FileHook> {
 }
 
 /// Programs a probe with every category on loads at tier 2: exec, exit, cgroup_mkdir, the
-/// cgroup connect4 and connect6, and the file hook's (sys_exit; fexit of do_sys_openat2 and
+/// cgroup connect4 and connect6, and the file hook's (sys_exit; fexit of do_filp_open and
 /// do_handle_open).
 pub fn tier2_programs(hook: Option<agentmesh_api::meshlogic::FileHook>) -> u32 {
     use agentmesh_api::meshlogic::FileHook;

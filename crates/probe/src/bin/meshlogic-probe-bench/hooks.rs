@@ -102,7 +102,10 @@ pub(crate) fn run(root: &Path, original: &Path, pod: &Path) {
                 _ => None,
             };
             let links = match slot {
-                Slot::EmptyFexit => floor::attach_empty_fexit(None).expect("empty fexit"),
+                Slot::EmptyFexit => {
+                    let function = fexit.as_ref().expect("fexit here");
+                    floor::attach_empty_fexit(function).expect("empty fexit")
+                }
                 Slot::EmptySysExit => vec![floor::attach_empty_sys_exit().expect("empty sys_exit")],
                 _ => Vec::new(),
             };
