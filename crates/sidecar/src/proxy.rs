@@ -239,8 +239,9 @@ pub fn check_mcp_headers(headers: &HeaderMap, body: &Body) -> Result<(), String>
 struct Judged {
     /// Denials to answer: JSON-RPC error responses.
     denials: Vec<Value>,
-    /// The body to forward (`None`: nothing left to forward).
-    forward: Option<Bytes>,
+    /// The messages to forward (`None`: nothing left to forward), and whether they are the
+    /// whole body as it came (then its bytes are forwarded unchanged, unless a trace is added).
+    forward: Option<(Vec<Value>, bool)>,
     /// The methods seen, for the latency metric.
     method: &'static str,
     /// Whether a list was asked for (only then can the answer need filtering).
@@ -450,12 +451,14 @@ impl Proxy {
             Ok(bytes) => bytes,
             Err(response) => return (*response, "other"),
         };
+        // Parsed once: the trace, the decision and the forwarded body all come from this.
+        let parsed = jsonrpc::parse_body(&bytes);
         // The MCP SDKs carry the agent's trace in `params._meta`, not in a header: then the
         // call is a span of that trace (the request's span, made before the body was read,
         // is not).
         let in_meta = (agentmesh_runtime::traces::enabled()
             && !parts.headers.contains_key("traceparent"))
-        .then(|| meta_trace(&bytes))
+        .then(|| parsed.as_ref().ok().and_then(meta_trace))
         .flatten();
         match in_meta {
             Some((parent, state)) => {
@@ -466,9 +469,11 @@ impl Proxy {
                     &parent,
                     state.as_deref(),
                 ));
-                self.post_body(parts, bytes, target).instrument(span).await
+                self.post_body(parts, bytes, parsed, target)
+                    .instrument(span)
+                    .await
             }
-            None => self.post_body(parts, bytes, target).await,
+            None => self.post_body(parts, bytes, parsed, target).await,
         }
     }
 
@@ -476,9 +481,10 @@ impl Proxy {
         self: &Arc<Self>,
         parts: hyper::http::request::Parts,
         bytes: Bytes,
+        parsed: Result<Body, jsonrpc::BodyError>,
         target: Target,
     ) -> (Response<ProxyBody>, &'static str) {
-        let judged = match self.judge(&parts.headers, &bytes) {
+        let judged = match self.judge(&parts.headers, parsed) {
             Ok(judged) => judged,
             Err(response) => return (*response, "refused"),
         };
@@ -507,7 +513,8 @@ impl Proxy {
         } else {
             judged.denials
         };
-        let Some(forward) = judged.forward else {
+        let batch = judged.batch;
+        let Some((mut kept, whole)) = judged.forward else {
             // Everything was denied: answer without the upstream.
             let answer = if judged.batch {
                 Value::Array(denials)
@@ -517,16 +524,31 @@ impl Proxy {
             return (json_response(StatusCode::OK, &answer), method);
         };
         // The upstream's SDK reads the trace from `params._meta`: this request is its parent.
-        let forward = match agentmesh_runtime::traces::current_traceparent() {
-            Some(traceparent) => with_meta_traceparent(forward, &traceparent),
-            None => forward,
+        let traceparent = agentmesh_runtime::traces::current_traceparent();
+        let forward = match traceparent {
+            None if whole => bytes,
+            traceparent => {
+                if let Some(traceparent) = &traceparent {
+                    set_meta_traceparent(&mut kept, traceparent);
+                }
+                let json = if batch {
+                    serde_json::to_vec(&kept)
+                } else {
+                    serde_json::to_vec(&kept[0])
+                };
+                Bytes::from(json.expect("JSON values serialize"))
+            }
         };
         (self.send(parts, forward, target, denials).await, method)
     }
 
-    /// Parses, checks and decides a POST body.
-    fn judge(&self, headers: &HeaderMap, bytes: &Bytes) -> Result<Judged, Refusal> {
-        let body = jsonrpc::parse_body(bytes).map_err(|error| {
+    /// Checks and decides a POST body, as parsed.
+    fn judge(
+        &self,
+        headers: &HeaderMap,
+        parsed: Result<Body, jsonrpc::BodyError>,
+    ) -> Result<Judged, Refusal> {
+        let body = parsed.map_err(|error| {
             self.count(None, "refused");
             Box::new(rpc_error(
                 StatusCode::BAD_REQUEST,
@@ -550,7 +572,8 @@ impl Proxy {
         }
         let now = crate::now();
         let mut denials = Vec::new();
-        let mut kept = Vec::new();
+        // Per message: forwarded or not.
+        let mut keep = Vec::with_capacity(body.messages().len());
         let mut any_denied = false;
         let mut lists = false;
         for message in body.messages() {
@@ -561,12 +584,13 @@ impl Proxy {
             );
             let Some(kind) = method.and_then(CallKind::of_method) else {
                 self.count(method, "forwarded");
-                kept.push(message);
+                keep.push(true);
                 continue;
             };
             let Some(name) = jsonrpc::called_name(message) else {
                 self.count(method, "refused");
                 any_denied = true;
+                keep.push(false);
                 denials.push(jsonrpc::error_response(
                     jsonrpc::id(message),
                     -32602,
@@ -585,6 +609,7 @@ impl Proxy {
             };
             let verdict = self.governor.decide(kind, name, now);
             self.record(kind, name, &verdict, now);
+            keep.push(!verdict.denied());
             if verdict.denied() {
                 any_denied = true;
                 denials.push(jsonrpc::error_response(
@@ -593,30 +618,29 @@ impl Proxy {
                     &format!("Blocked by AgentMesh policy: {}", verdict.explanation),
                     Some(verdict.error_data()),
                 ));
-            } else {
-                kept.push(message);
             }
         }
         let method = match &body {
             Body::Single(m) => crate::metrics::method_label(jsonrpc::method(m)),
             Body::Batch(_) => "batch",
         };
-        let forward = if kept.is_empty() {
-            None
-        } else if !any_denied {
-            Some(bytes.clone())
-        } else {
-            let kept: Vec<&Value> = kept;
-            Some(Bytes::from(
-                serde_json::to_vec(&kept).expect("JSON values serialize"),
-            ))
+        let batch = matches!(body, Body::Batch(_));
+        let messages = match body {
+            Body::Single(message) => vec![message],
+            Body::Batch(messages) => messages,
         };
+        let kept: Vec<Value> = messages
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(message, keep)| keep.then_some(message))
+            .collect();
+        let forward = (!kept.is_empty()).then_some((kept, !any_denied));
         Ok(Judged {
             denials,
             forward,
             method,
             lists,
-            batch: matches!(body, Body::Batch(_)),
+            batch,
         })
     }
 
@@ -1250,13 +1274,8 @@ fn endpoint(target: &Target, data: &str) -> (String, String) {
 
 /// The `traceparent` (and `tracestate`) of a message's `params._meta` (the first message of a
 /// batch), as MCP's SDKs carry a trace.
-fn meta_trace(bytes: &[u8]) -> Option<(String, Option<String>)> {
-    let message: Value = serde_json::from_slice(bytes).ok()?;
-    let message = match &message {
-        Value::Array(messages) => messages.first()?,
-        other => other,
-    };
-    let meta = message.get("params")?.get("_meta")?;
+fn meta_trace(body: &Body) -> Option<(String, Option<String>)> {
+    let meta = body.messages().first()?.get("params")?.get("_meta")?;
     let parent = meta.get("traceparent")?.as_str()?.to_owned();
     let state = meta
         .get("tracestate")
@@ -1265,34 +1284,20 @@ fn meta_trace(bytes: &[u8]) -> Option<(String, Option<String>)> {
     Some((parent, state))
 }
 
-/// `bytes` with `params._meta.traceparent` of every request in it set to `traceparent`
-/// (`tracestate` is passed on as it came). Anything that is not JSON-RPC with object params goes
-/// unchanged.
-fn with_meta_traceparent(bytes: Bytes, traceparent: &str) -> Bytes {
-    let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
-        return bytes;
-    };
-    let mut changed = false;
-    let mut set = |message: &mut Value| {
+/// Sets `params._meta.traceparent` of every message with object params to `traceparent`
+/// (`tracestate` is passed on as it came; `_meta` made where missing).
+fn set_meta_traceparent(messages: &mut [Value], traceparent: &str) {
+    for message in messages {
         let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) else {
-            return;
+            continue;
         };
         let meta = params
             .entry("_meta")
             .or_insert_with(|| Value::Object(Default::default()));
         if let Some(meta) = meta.as_object_mut() {
             meta.insert("traceparent".into(), Value::String(traceparent.to_owned()));
-            changed = true;
         }
-    };
-    match &mut message {
-        Value::Array(messages) => messages.iter_mut().for_each(&mut set),
-        other => set(other),
     }
-    if !changed {
-        return bytes;
-    }
-    serde_json::to_vec(&message).map_or(bytes, Bytes::from)
 }
 
 /// Serves the proxy on `listener` until `shutdown` resolves; in-flight requests then get
@@ -1334,29 +1339,33 @@ mod tests {
 
     #[test]
     fn the_trace_in_meta_is_read_and_replaced_in_every_request() {
-        let single = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"traceparent":"00-aa-bb-01","tracestate":"v=1"}}}"#;
+        let parse = |bytes: &[u8]| jsonrpc::parse_body(bytes).unwrap();
+        let single = parse(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"traceparent":"00-aa-bb-01","tracestate":"v=1"}}}"#,
+        );
         assert_eq!(
-            meta_trace(single),
+            meta_trace(&single),
             Some(("00-aa-bb-01".to_owned(), Some("v=1".to_owned())))
         );
         let ours = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let replaced: Value =
-            serde_json::from_slice(&with_meta_traceparent(Bytes::from_static(single), ours))
-                .unwrap();
-        assert_eq!(replaced["params"]["_meta"]["traceparent"], ours);
-        assert_eq!(replaced["params"]["_meta"]["tracestate"], "v=1");
-        assert_eq!(replaced["params"]["name"], "echo");
+        let mut replaced = single.messages().to_vec();
+        set_meta_traceparent(&mut replaced, ours);
+        assert_eq!(replaced[0]["params"]["_meta"]["traceparent"], ours);
+        assert_eq!(replaced[0]["params"]["_meta"]["tracestate"], "v=1");
+        assert_eq!(replaced[0]["params"]["name"], "echo");
         // A batch: every request gets it, `_meta` made where missing.
-        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#;
-        let replaced: Value =
-            serde_json::from_slice(&with_meta_traceparent(Bytes::from_static(batch), ours))
-                .unwrap();
+        let batch = parse(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+        );
+        assert_eq!(meta_trace(&batch), None);
+        let mut replaced = batch.messages().to_vec();
+        set_meta_traceparent(&mut replaced, ours);
         assert_eq!(replaced[0]["params"]["_meta"]["traceparent"], ours);
         assert!(replaced[1].get("params").is_none());
-        // Not JSON, or no params: unchanged.
-        let junk = Bytes::from_static(b"not json");
-        assert_eq!(with_meta_traceparent(junk.clone(), ours), junk);
-        assert_eq!(meta_trace(b"[]"), None);
+        // params that are not an object: unchanged.
+        let mut odd = vec![serde_json::json!({"id": 2, "method": "x", "params": [1]})];
+        set_meta_traceparent(&mut odd, ours);
+        assert_eq!(odd[0]["params"], serde_json::json!([1]));
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
