@@ -21,7 +21,7 @@ setup: ## Install what this machine lacks (idempotent, quick when nothing is mis
 build: setup ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets --locked
 
-test: setup lint unit fuzz-smoke chart-test images-test e2e demo-check ## Every test: lint, unit and integration tests, a short fuzz run, charts, images, end-to-end, the demo
+test: setup lint unit fuzz-smoke chart-test images-test e2e demo-check test-kernels ## Every test: lint, unit and integration tests, a short fuzz run, charts, images, end-to-end, the demo, the probe on other kernels
 
 test-kernels: setup ## The probe's kernel and fallback tests in QEMU VMs on Debian's 5.10, 6.1, 6.12 and newest kernels (TEST_KERNELS=... for a subset)
 	CARGO=$(CARGO) scripts/test-kernels.sh

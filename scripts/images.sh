@@ -21,6 +21,8 @@
 # $AGENTMESH_CACHE/images/images.txt lists `<archive> <image reference> <manifest digest>`, one
 # image a line.
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 AGENTMESH_CACHE="${AGENTMESH_CACHE:-$HOME/.cache/agentmesh}"
@@ -40,15 +42,7 @@ die() { echo "images: $*" >&2; exit 1; }
 # musl-tools compiles ring's C for the musl target, jq edits index.json, file checks binaries.
 # libelf-dev and zlib1g-dev (static libelf.a, libz.a for the probe) come with scripts/setup.sh.
 setup() {
-  local packages=(buildah skopeo musl-tools jq file binutils libelf-dev zlib1g-dev) missing=() package
-  for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-  done
-  if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_ensure buildah skopeo musl-tools jq file binutils libelf-dev zlib1g-dev
   if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
     log "installing the Rust target $MUSL_TARGET"
     rustup target add "$MUSL_TARGET" ||

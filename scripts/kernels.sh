@@ -34,16 +34,10 @@ declare -A SOURCES=(
 )
 NAMES=(5.10 6.1 6.12 newest)
 
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
 setup() {
-  local packages=(zstd xz-utils kmod cpio busybox-static qemu-system-x86) missing=() package
-  for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-  done
-  if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_ensure zstd xz-utils kmod cpio busybox-static qemu-system-x86
 }
 
 # apt-get/apt-cache with a private state under $1 (lists, archives, an empty dpkg status) and

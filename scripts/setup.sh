@@ -15,15 +15,9 @@ mkdir -p "$AGENTMESH_CACHE"
 # (Redis, PostgreSQL): the tests start their own on loopback, never the packages' services.
 APT_PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make runc iptables conntrack busybox-static gcc libc6-dev redis-server postgresql)
 
-missing=()
-for package in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
+apt_ensure "${APT_PACKAGES[@]}"
 
 # The Rust toolchain comes with the machine (rustup); rustfmt and clippy must be there.
 for tool in cargo rustfmt cargo-clippy; do

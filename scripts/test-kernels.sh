@@ -18,7 +18,9 @@ read -r -a kernels <<<"${TEST_KERNELS:-5.10 6.1 6.12 newest}"
 STARTED=$SECONDS
 log() { echo "test-kernels: [$((SECONDS - STARTED)) s] $*" >&2; }
 
-command -v jq >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
+# shellcheck source=scripts/apt.sh
+source scripts/apt.sh
+apt_ensure jq
 scripts/kernels.sh fetch "${kernels[@]}" | while read -r name release _; do log "kernel $name: $release"; done
 
 log "building the probe's test binaries"
@@ -36,7 +38,7 @@ run() {
   shift 3
   for pair in "$@"; do names+=("${pair%%=*}"); done
   log="$logs/$kernel-$label.log"
-  env "$@" MESHLOGIC_TEST_WAIT_SCALE=4 VM_ENV="RUST_BACKTRACE RUST_LOG MESHLOGIC_TEST_WAIT_SCALE ${names[*]}" "$ROOT/scripts/vm.sh" "$kernel" -m 3072 --timeout 1200 -- \
+  env "$@" MESHLOGIC_TEST_WAIT_SCALE=4 VM_ENV="RUST_BACKTRACE RUST_LOG MESHLOGIC_TEST_WAIT_SCALE ${names[*]}" "$ROOT/scripts/vm.sh" "$kernel" -m 3072 --timeout 600 -- \
     "$binary" ${TEST_KERNELS_FILTER:+"$TEST_KERNELS_FILTER"} >"$log" 2>&1 || status=$?
   summary="$(grep -E '^test result:' "$log" | tail -n1)"
   log "$kernel $label: ${summary:-no result} (exit $status, log $log)"

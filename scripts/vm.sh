@@ -100,6 +100,7 @@ fi
 out="$(mktemp -d "${TMPDIR:-/tmp}/agentmesh-vm.XXXXXX")"
 trap 'rm -rf "$out"' EXIT
 {
+  echo ": >/tmp/vm-out/started" # the command was reached: a crash after this is not retried
   echo "cd $(printf '%q' "$PWD") || exit 125"
   echo "export PATH=$(printf '%q' "$PATH") HOME=$(printf '%q' "$HOME")"
   for variable in ${VM_ENV:-}; do
@@ -126,9 +127,9 @@ boot || status=$?
 # Under emulation a boot fails now and then before the command runs: QEMU 7.2's TCG has crashed
 # (SIGSEGV), and 6.12 has panicked in an interrupt (a fatal exception at 1.5 s), each once in a
 # few dozen boots. A boot that did not reach the command, other than by the timeout, is tried
-# twice more.
+# twice more (never one that did: the command runs once).
 for retry in 1 2; do
-  [[ ! -s "$out/status" ]] && ((status != 124)) || break
+  [[ ! -e "$out/started" ]] && ((status != 124)) || break
   echo "vm: $name did not reach the command (qemu exit $status; console: $(grep -m1 -E 'panic|BUG|Oops' "$out/console" || echo -)); booting again ($retry/2)" >&2
   status=0
   boot || status=$?

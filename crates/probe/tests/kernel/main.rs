@@ -64,6 +64,16 @@ async fn attribution(layout: Layout) {
         seen.execs >= 2 && seen.exits >= 1 && seen.connects >= 2,
         "{seen:#?}"
     );
+    // An exec is an exec, not also an open of the program (the kernel opens it through the
+    // same function as open(2) does, which the fexit hook sees: flagged __FMODE_EXEC).
+    let true_path = std::fs::canonicalize("/bin/true").unwrap();
+    assert!(
+        !seen
+            .read_paths
+            .iter()
+            .any(|p| std::path::Path::new(p) == true_path || p == "/bin/true"),
+        "an exec counted as an open: {seen:#?}"
+    );
     // An open is named by the file opened: /etc/os-release is often a link to
     // /usr/lib/os-release.
     let os_release = std::fs::canonicalize("/etc/os-release")
