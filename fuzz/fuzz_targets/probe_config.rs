@@ -15,7 +15,7 @@ use agentmesh_api::meshlogic::{
 };
 use agentmesh_api::settings::Settings;
 use libfuzzer_sys::fuzz_target;
-use meshlogic_probe_core::config::{KubeAccess, Overrides, ProbeConfig, Tier};
+use meshlogic_probe_core::config::{FileHookChoice, KubeAccess, Overrides, ProbeConfig, Tier};
 use meshlogic_probe_core::keys::mute_path_entries;
 use meshlogic_probe_core::layout::{PATH_LEN, PathKey};
 
@@ -50,6 +50,18 @@ fuzz_target!(|data: &[u8]| {
     else {
         return;
     };
+    // MESHLOGIC_FILE_HOOK: one of three spellings, or a refusal that names the variable.
+    let file_hook = match env
+        .get("MESHLOGIC_FILE_HOOK")
+        .map(|v| v.parse::<FileHookChoice>())
+    {
+        None => FileHookChoice::Auto,
+        Some(Ok(choice)) => choice,
+        Some(Err(error)) => {
+            assert!(error.starts_with("MESHLOGIC_FILE_HOOK "), "{error}");
+            return;
+        }
+    };
     let trust_api = env
         .get("MESHLOGIC_TRUST_API")
         .map_or("http://meshlogic-operator.agentmesh.svc:8080", |v| v);
@@ -64,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
         proc_root: "/proc".into(),
         report_queue,
         kube: KubeAccess::Disabled,
+        file_hook,
     };
     let config = match ProbeConfig::from_json(file, overrides.clone()) {
         Ok(config) => config,
@@ -82,6 +95,7 @@ fuzz_target!(|data: &[u8]| {
         .expect("agent is namespace/name");
     assert!(!namespace.is_empty() && !name.is_empty());
     assert!(!config.node_name.is_empty());
+    assert_eq!(config.file_hook, file_hook);
     assert!(config.trust_api.starts_with("http://") && !config.trust_api.ends_with('/'));
     assert!(matches!(
         config.requested_tier,
