@@ -9,7 +9,7 @@
 # as root, in the current directory, with the environment variables named in VM_ENV
 # (space-separated), fresh proc, sys, dev, cgroup2 (at /sys/fs/cgroup), bpffs, tracefs,
 # debugfs and securityfs, and tmpfs on /tmp and /run. COMMAND's output is copied to stdout; the
-# script exits with COMMAND's status (125 when the VM never ran it).
+# script exits with COMMAND's status (125 when the VM never ran it, or stopped before it ended).
 #
 # Emulated (TCG): this host's /dev/kvm cannot run stock kernels. Time inside the VM is no
 # measure of speed (±25 %); `-icount shift=0` (VM_ICOUNT=1) counts instructions instead.
@@ -135,7 +135,13 @@ for retry in 1 2; do
   boot || status=$?
 done
 if [[ ! -s "$out/status" ]]; then
-  echo "vm: $name ($release) did not run the command (qemu exit $status); its console:" >&2
+  if [[ -e "$out/started" ]]; then
+    echo "vm: $name ($release) stopped before the command finished (qemu exit $status; 124: the timeout); its output so far:" >&2
+    cat "$out/output" >&2
+  else
+    echo "vm: $name ($release) did not run the command (qemu exit $status)" >&2
+  fi
+  echo "vm: its console:" >&2
   tail -n 40 "$out/console" >&2
   exit 125
 fi
