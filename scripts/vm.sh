@@ -71,9 +71,16 @@ for module in $(cat /modules/order); do insmod "/modules/$module" 2>/dev/null; d
 msize=512000
 ip link set lo up
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=$msize,cache=loose host /host || { echo "vm: cannot mount the host"; poweroff -f; }
+mkdir -p /oldtmp
+mount --bind /host/tmp /oldtmp
 mount -t tmpfs tmp /host/tmp
 mkdir -p /host/tmp/vm-out
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=$msize out /host/tmp/vm-out
+# The host directories under /tmp the command needs (its working directory, e.g. a CI clone
+# there), seen through the fresh /tmp (read-only, as the rest of the host).
+for keep in $(cat /host/tmp/vm-out/keep 2>/dev/null); do
+  mkdir -p "/host$keep" && mount --bind "/oldtmp${keep#/tmp}" "/host$keep"
+done
 mount -t tmpfs run /host/run
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
@@ -99,6 +106,7 @@ fi
 
 out="$(mktemp -d "${TMPDIR:-/tmp}/agentmesh-vm.XXXXXX")"
 trap 'rm -rf "$out"' EXIT
+case "$PWD/" in /tmp/*) echo "$PWD" >"$out/keep" ;; esac
 {
   echo ": >/tmp/vm-out/started" # the command was reached: a crash after this is not retried
   echo "cd $(printf '%q' "$PWD") || exit 125"
