@@ -31,6 +31,31 @@ pub(crate) fn scrape(addr: SocketAddr) -> (f64, f64) {
 
 /// Starts the real probe binary in the original cgroup, with `ebpf` as its spec's `ebpf` (JSON);
 /// waits for its /ready.
+/// A loopback server that accepts connects and closes them at once: the connect loops' target.
+pub(crate) fn connect_target() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A deep accept queue: with std's 128, a moment without the accept thread on a CPU drops
+    // SYNs, and their 1 s retransmits would show up as connect wall time.
+    // SAFETY: listen(2) on a listening socket only changes its backlog.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+    let target = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    target
+}
+
+/// [`start_probe`] told `ebpf.enableFile: false` (no file hook at all).
+pub(crate) fn start_probe_without_files(
+    root: &Path,
+    original: &Path,
+    trust: &SocketAddr,
+) -> (Child, SocketAddr) {
+    start_probe(root, original, trust, r#"{"enableFile":false}"#, None)
+}
+
 pub(crate) fn start_probe(
     root: &Path,
     original: &Path,

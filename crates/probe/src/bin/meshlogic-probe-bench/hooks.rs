@@ -9,14 +9,15 @@
 //! program, then the overhead of: the probe with its file hook at fexit, the probe at sys_exit,
 //! the probe without file events (`enableFile: false`), and each hook's empty program alone.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
 use meshlogic_probe::kernel::floor;
 
 use super::cpu::{Sample, measure};
-use super::harness::{move_to, start_probe, stop, trust_stub};
+use super::harness::{
+    connect_target, move_to, start_probe, start_probe_without_files, stop, trust_stub,
+};
 use super::median;
 use super::workloads::{connect_loop, exec_loop, open_path_loop};
 
@@ -47,13 +48,7 @@ const SLOTS: [(Slot, &str); 6] = [
 
 pub(crate) fn run(root: &Path, original: &Path, pod: &Path) {
     let trust = trust_stub();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            drop(stream);
-        }
-    });
+    let target = connect_target();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let fexit = floor::fexit_fires(None);
     if let Err(why) = &fexit {
@@ -92,13 +87,7 @@ pub(crate) fn run(root: &Path, original: &Path, pod: &Path) {
                 Slot::ProbeSysExit => {
                     Some(start_probe(root, original, &trust, "{}", Some("sys_exit")))
                 }
-                Slot::ProbeNoFile => Some(start_probe(
-                    root,
-                    original,
-                    &trust,
-                    r#"{"enableFile":false}"#,
-                    None,
-                )),
+                Slot::ProbeNoFile => Some(start_probe_without_files(root, original, &trust)),
                 _ => None,
             };
             let links = match slot {

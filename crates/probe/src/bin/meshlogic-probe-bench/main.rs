@@ -23,7 +23,6 @@ mod harness;
 mod hooks;
 mod workloads;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
@@ -68,17 +67,7 @@ type Workload = (&'static str, Box<dyn Fn()>, usize);
 
 fn run(root: &Path, original: &Path, pod: &Path) {
     let trust = trust_stub();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    // A deep accept queue: with std's 128, a moment without the accept thread on a CPU drops
-    // SYNs, and their 1 s retransmits would show up as connect wall time.
-    // SAFETY: listen(2) on a listening socket only changes its backlog.
-    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
-    let target = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            drop(stream);
-        }
-    });
+    let target = connect_target();
 
     move_to(pod);
     println!(
@@ -130,13 +119,7 @@ fn run(root: &Path, original: &Path, pod: &Path) {
         for slot in [WITHOUT, PROBE, FLOOR, NO_FILE] {
             let probe = match slot {
                 PROBE => Some(start_probe(root, original, &trust, "{}", None)),
-                NO_FILE => Some(start_probe(
-                    root,
-                    original,
-                    &trust,
-                    r#"{"enableFile":false}"#,
-                    None,
-                )),
+                NO_FILE => Some(start_probe_without_files(root, original, &trust)),
                 _ => None,
             };
             let floor = (slot == FLOOR).then(|| {
