@@ -65,10 +65,21 @@ async fn telemetry_is_noised_and_epsilon_is_accounted() {
         pod.run("for i in $(seq 200); do : < /etc/hostname; done")
             .success()
     );
+    // Windows starting from here on hold no event of the pod (its processes are gone).
+    let quiet_from = common::now_ms() + 2000;
 
+    let start_ms = |r: &serde_json::Value| r["windowStartMs"].as_u64().unwrap();
     let start = Instant::now();
-    while records.lock().unwrap().len() < 10 {
-        assert!(start.elapsed() < Duration::from_secs(25), "no telemetry");
+    loop {
+        let (all, quiet) = {
+            let records = records.lock().unwrap();
+            let quiet = records.iter().filter(|r| start_ms(r) >= quiet_from).count();
+            (records.len(), quiet)
+        };
+        if all >= 10 && quiet >= 5 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no telemetry");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let records = records.lock().unwrap().clone();
@@ -81,15 +92,24 @@ async fn telemetry_is_noised_and_epsilon_is_accounted() {
     // The exact count of the pod's opens went to the trust API...
     let exact = common::Merged::of(&server.pod_windows(&pod.uid)).file_opens;
     assert!(exact >= 200, "{exact}");
-    // ...and the telemetry is noised. No watched process connects anywhere, so the true
-    // connect count of every window is 0; Laplace noise of scale 8 rounds to a positive count
-    // with probability 0.47 per release, so 10 releases all at 0 (probability 0.53^10 < 0.2%)
-    // would mean no noise.
-    let noised_zeros = records
-        .iter()
-        .filter(|r| r["counts"]["connects"].as_u64().unwrap() != 0)
-        .count();
-    assert!(noised_zeros > 0, "no noise visible: {records:#?}");
+    // ...and the telemetry is noised (see `common::released_zeros`).
+    let zeros = common::released_zeros(
+        records.iter().map(|r| {
+            let count = |name: &str| r["counts"][name].as_u64().unwrap();
+            let released = [
+                count("execs"),
+                count("exits"),
+                count("fileOpens"),
+                count("connects"),
+            ];
+            (start_ms(r), released)
+        }),
+        quiet_from,
+    );
+    assert!(
+        zeros.noised > 0,
+        "no noise visible in {zeros:?}: {records:#?}"
+    );
     let metrics = common::get(probe.listen_addr, "/metrics").await;
     let spent: f64 = metrics
         .lines()

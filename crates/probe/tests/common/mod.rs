@@ -283,3 +283,45 @@ pub async fn wait_watched(probe: &meshlogic_probe::run::ProbeHandle, pods: &[&Te
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Milliseconds since the Unix epoch, as telemetry windows are stamped.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Released counts whose true value is 0, and how many of them came out non-zero.
+#[derive(Debug)]
+pub struct ReleasedZeros {
+    pub samples: usize,
+    pub noised: usize,
+}
+
+/// Over telemetry windows `(windowStartMs, [execs, exits, fileOpens, connects])` released
+/// while one test pod ran a file loop: the true connect count is 0 in every window (no watched
+/// process connects anywhere) and all four are 0 in windows starting at or after `quiet_from`
+/// (the pod has no process left). Laplace noise of scale 8 (ε 0.5) rounds to a positive count
+/// with probability e^(−1/16)/2 ≈ 0.47, so no noised count among n samples has
+/// probability 0.53^n; at least 25 samples are required (≈ 1e-7).
+pub fn released_zeros(
+    windows: impl IntoIterator<Item = (u64, [u64; 4])>,
+    quiet_from: u64,
+) -> ReleasedZeros {
+    let mut zeros = ReleasedZeros {
+        samples: 0,
+        noised: 0,
+    };
+    for (start, counts) in windows {
+        let true_zeros: &[u64] = if start >= quiet_from {
+            &counts
+        } else {
+            &counts[3..]
+        };
+        zeros.samples += true_zeros.len();
+        zeros.noised += true_zeros.iter().filter(|&&c| c != 0).count();
+    }
+    assert!(zeros.samples >= 25, "too few samples: {zeros:?}");
+    zeros
+}
