@@ -261,6 +261,26 @@ impl PostgresServer {
             .expect("postgres");
         wait_for_port(self.port, &mut child, "postgres");
         self.child = Some(child);
+        // An open port is not a server that takes connections: until its start-up is over it
+        // answers "the database system is starting up".
+        let start = Instant::now();
+        loop {
+            let ready = Command::new(postgres_bin("pg_isready"))
+                .args(["-h", "127.0.0.1", "-t", "1", "-p"])
+                .arg(self.port.to_string())
+                .stdout(Stdio::null())
+                .status()
+                .expect("pg_isready");
+            if ready.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "postgres on port {} never became ready ({ready})",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
