@@ -160,6 +160,10 @@ pub struct ProbeConfig {
     pub skip_runtime_opens: bool,
     /// Which hook observes file opens.
     pub file_hook: FileHookChoice,
+    /// A fault for tests, never set otherwise: the probe's fexit program is aimed at a
+    /// function whose arguments it cannot read, so the kernel's verifier refuses it after the
+    /// empty pair fired — the path where `auto` loads the probe again with `sys_exit`.
+    pub inject_fexit_load_failure: bool,
 }
 
 impl ProbeConfig {
@@ -354,6 +358,7 @@ impl ProbeConfig {
             filter_pods: true,
             skip_runtime_opens: true,
             file_hook: overrides.file_hook,
+            inject_fexit_load_failure: false,
         })
     }
 }

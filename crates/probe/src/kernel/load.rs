@@ -77,20 +77,22 @@ pub(super) fn load<'obj>(
     object: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
     spare: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
 ) -> Result<(Skel<'obj>, Vec<Link>, Loaded), KernelError> {
-    let (file_hook, note) = choose_file_hook(options)?;
-    match load_with(options, object, file_hook) {
-        Err(error)
-            if matches!(file_hook, Some(Hook::Fexit(_)))
-                && options.file_hook == FileHookChoice::Auto =>
-        {
-            let why = format!("the probe with fexit: {error}");
+    let (mut file_hook, note) = choose_file_hook(options)?;
+    if options.inject_fexit_load_failure && matches!(file_hook, Some(Hook::Fexit(_))) {
+        // The injected fault: do_handle_open's third argument is an int, which the program
+        // would read as do_filp_open's `struct open_flags *`: the verifier refuses it.
+        file_hook = Some(Hook::Fexit("do_handle_open"));
+    }
+    match (load_with(options, object, file_hook), file_hook) {
+        (Err(error), Some(Hook::Fexit(function))) if options.file_hook == FileHookChoice::Auto => {
+            let why = format!("the probe with fexit/{function}: {error}");
             tracing::warn!(%why, "file opens observed at sys_exit");
             let (skel, links, mut loaded) = load_with(options, spare, Some(Hook::SysExit))?;
             loaded.file_hook_note = Some(why);
             Ok((skel, links, loaded))
         }
-        Err(error) => Err(error),
-        Ok((skel, links, mut loaded)) => {
+        (Err(error), _) => Err(error),
+        (Ok((skel, links, mut loaded)), _) => {
             if let Some(why) = note {
                 tracing::info!(%why, "no fexit here: file opens observed at sys_exit");
                 loaded.file_hook_note = Some(why);

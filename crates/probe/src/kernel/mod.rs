@@ -53,6 +53,8 @@ pub struct KernelOptions {
     pub skip_runtime_opens: bool,
     /// Which hook observes file opens.
     pub file_hook: FileHookChoice,
+    /// See [`crate::config::ProbeConfig::inject_fexit_load_failure`].
+    pub inject_fexit_load_failure: bool,
 }
 
 /// Kernel counters summed over CPUs, refreshed by the kernel thread.

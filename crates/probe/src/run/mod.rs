@@ -127,6 +127,7 @@ fn load_kernel(
         pod_cgroup_created: pod_cgroup_created.clone(),
         skip_runtime_opens: config.skip_runtime_opens,
         file_hook: config.file_hook,
+        inject_fexit_load_failure: config.inject_fexit_load_failure,
     };
     match KernelProbe::start(options, shared.clone(), metrics.sensors.clone()) {
         Ok(probe) => {

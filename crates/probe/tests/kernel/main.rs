@@ -165,6 +165,62 @@ async fn the_file_hook_in_use_is_reported_everywhere() {
     probe.shutdown();
 }
 
+/// `auto` on a kernel that runs the empty fexit pair but refuses the probe's own fexit program
+/// (injected: the program is aimed at a function whose arguments it cannot read): the probe
+/// loads again with sys_exit, says why, holds no program of the refused load, and sees opens.
+/// Where fexit does not fire at all (this host) the empty pair already sends it to sys_exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_loads_again_with_sys_exit_when_the_kernel_refuses_the_fexit_probe() {
+    use agentmesh_api::meshlogic::FileHook;
+    if std::env::var("MESHLOGIC_FILE_HOOK").is_ok_and(|h| h != "auto") {
+        return; // a forced hook has no fallback
+    }
+    let Some((server, probe)) = common::root_probe_with(json!({}), |c| {
+        c.inject_fexit_load_failure = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let health: serde_json::Value = serde_json::from_str(&probe.status.to_json()).unwrap();
+    assert_eq!(probe.status.tier(), 2, "{health}");
+    assert_eq!(
+        probe.status.file_hook(),
+        Some(FileHook::SysExit),
+        "{health}"
+    );
+    assert_eq!(
+        probe.status.programs_loaded(),
+        common::tier2_programs(Some(FileHook::SysExit)),
+        "{health}"
+    );
+    let note = health["fileHookNote"].as_str().unwrap_or_default();
+    if common::expected_file_hook() == Some(FileHook::Fexit) {
+        // The empty pair fired: it was the probe's program that the verifier refused.
+        assert!(
+            note.starts_with("the probe with fexit/do_handle_open: "),
+            "{health}"
+        );
+    } else {
+        assert!(!note.is_empty(), "{health}");
+    }
+    let metrics = common::get(probe.listen_addr, "/metrics").await;
+    assert!(
+        metrics.contains("meshlogic_probe_file_hook{hook=\"sys_exit\"} 1"),
+        "{metrics}"
+    );
+
+    let pod = TestPod::new(Layout::Cgroupfs);
+    common::wait_watched(&probe, &[&pod]).await;
+    assert!(pod.run("cat /etc/hostname > /dev/null").success());
+    server
+        .wait_for_pod(&pod.uid, common::wait(), |m| {
+            m.read_paths.iter().any(|p| p == "/etc/hostname")
+        })
+        .await;
+    probe.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_attributed_to_the_pod_in_the_cgroupfs_layout() {
     attribution(Layout::Cgroupfs).await;
