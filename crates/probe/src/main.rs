@@ -78,6 +78,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    meshlogic_probe::kernel::libbpf_log::to_tracing();
     let kube = if args.no_kube {
         KubeAccess::Disabled
     } else if let Some(path) = args.kubeconfig {

@@ -68,7 +68,7 @@ pub fn attach_empty_fexit(open_function: &str) -> Result<Vec<Link>, libbpf_rs::E
 pub fn fexit_fires(btf: Option<&Path>) -> Result<&'static str, String> {
     let mut errors = Vec::new();
     for function in OPEN_FUNCTIONS {
-        match fexit_fires_at(btf, function) {
+        match super::libbpf_log::refusal_expected(|| fexit_fires_at(btf, function)) {
             Ok(()) => return Ok(function),
             Err(error) => errors.push(error),
         }

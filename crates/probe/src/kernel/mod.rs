@@ -4,6 +4,7 @@
 
 pub mod event;
 pub mod floor;
+pub mod libbpf_log;
 mod load;
 pub mod maps;
 pub mod skel;
